@@ -1,0 +1,23 @@
+//! udp-agent: UDP datagrams captured in the kernel with XDP, delivered as
+//! Amazon EventBridge events.
+//!
+//! One module per pipeline stage, in the order a packet meets them:
+//! [`loader`] (load and attach the XDP object) ▸ [`capture`] (drain the ring
+//! buffer) ▸ [`record`] (decode a ring record) ▸ [`encode`] (the PutEvents
+//! entry) ▸ [`batch`] (AWS request limits) ▸ [`sink`] (stdout, EventBridge).
+//! [`control`] owns the pinned maps that `udp-agent ports`/`stats` change and
+//! read; [`pipeline`] wires the stages together for `udp-agent run`.
+
+pub mod batch;
+pub mod capture;
+pub mod cli;
+pub mod clock;
+pub mod control;
+pub mod encode;
+pub mod loader;
+pub mod pipeline;
+pub mod ports;
+pub mod privileges;
+pub mod record;
+pub mod sink;
+pub mod stats;

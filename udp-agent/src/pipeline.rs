@@ -1,0 +1,291 @@
+//! `udp-agent run`: load, pin, attach, and run capture ▸ encode/batch ▸ sink
+//! until SIGINT/SIGTERM, then shut down without losing what was captured.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::maps::RingBuf;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::{Instant, sleep_until},
+};
+use tracing::{info, warn};
+use udp_ebpf_common::Config;
+
+use crate::{
+    batch::Batcher,
+    capture,
+    cli::RunArgs,
+    clock::WallClock,
+    control::{self, Control},
+    encode::{DEFAULT_EVENT_BUS, Encoder, Entry},
+    loader, privileges,
+    record::Packet,
+    sink::{self, SinkKind},
+    stats::{PipelineStats, count_drop},
+};
+
+/// Batches that may wait for the sink. Small: batches are already up to 10
+/// entries each, and a slow sink must push back into the (counted) packet
+/// queue rather than grow memory here.
+const BATCH_QUEUE: usize = 64;
+
+/// Removes the pins when `run` returns, however it returns.
+struct PinGuard(PathBuf);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        if let Err(e) = control::remove_pins(&self.0) {
+            warn!(error = %e, "could not remove pins");
+        }
+    }
+}
+
+/// Runs the agent until a signal asks it to stop.
+pub async fn run(args: RunArgs) -> Result<()> {
+    args.validate().map_err(|e| anyhow!(e))?;
+    privileges::check_run().map_err(|e| anyhow!(e))?;
+    // Resolve every interface before touching the kernel.
+    for iface in &args.ifaces {
+        loader::ifindex(iface)?;
+    }
+    if args.ports.is_empty() {
+        warn!("no --port given: nothing is captured until `udp-agent ports add` enables one");
+    }
+
+    let pin_dir = args.pin.pin_dir.clone();
+    let _lock = control::claim(&pin_dir)
+        .with_context(|| format!("preparing pin directory {}", pin_dir.display()))?;
+    let _pins = PinGuard(pin_dir.clone());
+
+    let mut ebpf = loader::load(args.ring_bytes)?;
+    let mut control = Control::take_and_pin(&mut ebpf, &pin_dir)?;
+    control.set_config(Config {
+        snaplen: args.snaplen,
+        ..Config::default()
+    })?;
+    for range in &args.ports {
+        control.set_ports(*range, true)?;
+    }
+    let ring = RingBuf::try_from(
+        ebpf.take_map("EVENTS")
+            .context("the eBPF object has no EVENTS ring buffer")?,
+    )
+    .context("opening the EVENTS ring buffer")?;
+
+    let stats = Arc::new(PipelineStats::default());
+    let mut encoder = Encoder::new(
+        &args.source,
+        &args.detail_type,
+        DEFAULT_EVENT_BUS,
+        WallClock::now(),
+    );
+    let (packet_tx, packet_rx) = mpsc::channel::<Packet>(args.queue_capacity as usize);
+    let (batch_tx, batch_rx) = mpsc::channel::<Vec<Entry>>(BATCH_QUEUE);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // Attach last: from here on, packets flow.
+    let mut attachments = Vec::new();
+    for iface in &args.ifaces {
+        match loader::attach(&mut ebpf, iface, args.xdp_mode) {
+            Ok(a) => {
+                encoder.name_interface(a.ifindex, &a.iface);
+                attachments.push(a);
+            }
+            Err(e) => {
+                for a in attachments {
+                    loader::detach(&mut ebpf, a);
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    let ports: Vec<String> = args.ports.iter().map(ToString::to_string).collect();
+    info!(
+        ports = ports.join(","),
+        pin_dir = %pin_dir.display(),
+        sink = ?args.sink,
+        "capturing"
+    );
+
+    let capture = tokio::spawn(capture::run(ring, packet_tx, stats.clone(), stop_rx));
+    let encode = tokio::spawn(encode_task(
+        packet_rx,
+        batch_tx,
+        encoder,
+        Duration::from_millis(args.batch_linger_ms),
+        stats.clone(),
+    ));
+    let mut sink: JoinHandle<std::io::Result<()>> = match args.sink {
+        SinkKind::Stdout => tokio::spawn(sink::stdout::run(
+            tokio::io::stdout(),
+            batch_rx,
+            stats.clone(),
+        )),
+    };
+
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sink_result = None;
+    tokio::select! {
+        _ = sigint.recv() => info!("SIGINT: shutting down"),
+        _ = sigterm.recv() => info!("SIGTERM: shutting down"),
+        r = &mut sink => {
+            warn!("sink stopped early; shutting down");
+            sink_result = Some(r);
+        }
+    }
+
+    // Detach first so the final ring drain sees everything the kernel wrote.
+    for a in attachments {
+        loader::detach(&mut ebpf, a);
+    }
+    let _ = stop_tx.send(true);
+    capture
+        .await
+        .context("capture task")?
+        .context("draining the ring buffer")?;
+    encode.await.context("encode task")?;
+    let sink_result = match sink_result {
+        Some(r) => r,
+        None => sink.await,
+    };
+
+    report(&control, &stats);
+    sink_result
+        .context("sink task")?
+        .context("writing events")?;
+    Ok(())
+}
+
+/// Encodes packets and groups them into batches for the sink.
+async fn encode_task(
+    mut rx: mpsc::Receiver<Packet>,
+    tx: mpsc::Sender<Vec<Entry>>,
+    mut encoder: Encoder,
+    linger: Duration,
+    stats: Arc<PipelineStats>,
+) {
+    let mut batcher = Batcher::default();
+    let mut deadline: Option<Instant> = None;
+    let mut clock = tokio::time::interval(Duration::from_secs(1));
+    let send = |batch: Vec<Entry>| {
+        let tx = tx.clone();
+        let stats = stats.clone();
+        async move {
+            let n = batch.len() as u64;
+            stats.batched.fetch_add(n, Relaxed);
+            if tx.send(batch).await.is_err() {
+                stats.sink_failed.fetch_add(n, Relaxed);
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            packet = rx.recv() => {
+                let Some(packet) = packet else { break };
+                match batcher.push(encoder.encode(&packet)) {
+                    Ok(Some(batch)) => send(batch).await,
+                    Ok(None) => {}
+                    Err(_) => count_drop(&stats.oversize, "entry larger than a PutEvents request; dropped"),
+                }
+                if batcher.is_full()
+                    && let Some(batch) = batcher.take()
+                {
+                    send(batch).await;
+                }
+                deadline = match (batcher.is_empty(), deadline) {
+                    (true, _) => None,
+                    (false, None) => Some(Instant::now() + linger),
+                    (false, d) => d,
+                };
+            }
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                deadline = None;
+                if let Some(batch) = batcher.take() {
+                    send(batch).await;
+                }
+            }
+            _ = clock.tick() => encoder.set_clock(WallClock::now()),
+        }
+    }
+    if let Some(batch) = batcher.take() {
+        send(batch).await;
+    }
+}
+
+/// Final counters on stderr, so an operator sees what the run did.
+fn report(control: &Control, stats: &PipelineStats) {
+    match control.counters() {
+        Ok(kernel) => {
+            let line: Vec<String> = kernel.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            info!("kernel counters: {}", line.join(" "));
+        }
+        Err(e) => warn!(error = %e, "could not read kernel counters"),
+    }
+    let line: Vec<String> = stats
+        .snapshot()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    info!("pipeline counters: {}", line.join(" "));
+}
+
+/// `udp-agent ports …`
+pub fn ports(pin_dir: &Path, action: &crate::cli::PortsAction) -> Result<()> {
+    use crate::cli::PortsAction;
+    let mut control = Control::open(pin_dir)?;
+    match action {
+        PortsAction::Add { ports } => {
+            for r in ports {
+                control.set_ports(*r, true)?;
+                eprintln!("enabled {r}");
+            }
+        }
+        PortsAction::Remove { ports } => {
+            for r in ports {
+                control.set_ports(*r, false)?;
+                eprintln!("disabled {r}");
+            }
+        }
+        PortsAction::List => {
+            for r in control.enabled_ports()? {
+                println!("{r}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `udp-agent stats`
+pub fn stats(pin_dir: &Path, json: bool) -> Result<()> {
+    let control = Control::open(pin_dir)?;
+    let counters = control.counters()?;
+    if json {
+        let map: serde_json::Map<String, serde_json::Value> = counters
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), serde_json::Value::from(*v)))
+            .collect();
+        println!("{}", serde_json::Value::Object(map));
+    } else {
+        for (k, v) in counters {
+            println!("{k} {v}");
+        }
+    }
+    Ok(())
+}
+
+/// Exits with a clear message if the build lacks the XDP object.
+pub fn require_object() -> Result<()> {
+    if loader::EBPF_OBJECT.is_empty() {
+        bail!(loader::LoadError::NotEmbedded);
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Decoding of ring buffer records written by the XDP program.
+//!
+//! A record is a [`RecordHeader`] followed by exactly `cap_len` payload bytes.
+//! The kernel side is trusted to follow that layout, but every length is still
+//! checked: a record that does not add up is an error the caller counts, not
+//! a panic or a silently wrong event.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use thiserror::Error;
+use udp_ebpf_common::{IP_V4, IP_V6, RECORD_HEADER_LEN, RecordHeader};
+
+/// A captured datagram, owned, as the agent's later stages see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet {
+    /// CLOCK_MONOTONIC nanoseconds at capture.
+    pub timestamp_ns: u64,
+    pub ifindex: u32,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// UDP payload length on the wire.
+    pub wire_len: u32,
+    /// Captured payload bytes (`payload.len() <= wire_len`).
+    pub payload: Vec<u8>,
+}
+
+impl Packet {
+    pub fn ip_version(&self) -> u8 {
+        match self.src {
+            IpAddr::V4(_) => 4,
+            IpAddr::V6(_) => 6,
+        }
+    }
+
+    /// True when fewer bytes were captured than the datagram carried.
+    pub fn truncated(&self) -> bool {
+        (self.payload.len() as u64) < u64::from(self.wire_len)
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its {RECORD_HEADER_LEN}-byte header")]
+    Short(usize),
+    #[error("record header says {cap_len} payload bytes but {actual} follow")]
+    LengthMismatch { cap_len: u32, actual: usize },
+    #[error("record captured {cap_len} bytes of a {wire_len}-byte payload")]
+    CapturedMoreThanWire { cap_len: u32, wire_len: u32 },
+    #[error("record has IP version {0}")]
+    IpVersion(u8),
+}
+
+/// Reads the fixed header at the start of `bytes`.
+pub fn decode_header(bytes: &[u8]) -> Result<RecordHeader, DecodeError> {
+    if bytes.len() < RECORD_HEADER_LEN {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: at least size_of::<RecordHeader>() bytes are readable (checked
+    // above, and a const assertion pins the size); RecordHeader is Pod, so any
+    // bit pattern is valid; read_unaligned copes with the ring's alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RecordHeader>()) })
+}
+
+/// Decodes one ring record into an owned [`Packet`].
+pub fn decode(bytes: &[u8]) -> Result<Packet, DecodeError> {
+    let h = decode_header(bytes)?;
+    let payload = &bytes[RECORD_HEADER_LEN..];
+    if payload.len() != h.cap_len as usize {
+        return Err(DecodeError::LengthMismatch {
+            cap_len: h.cap_len,
+            actual: payload.len(),
+        });
+    }
+    if h.cap_len > h.wire_len {
+        return Err(DecodeError::CapturedMoreThanWire {
+            cap_len: h.cap_len,
+            wire_len: h.wire_len,
+        });
+    }
+    let (src, dst) = match h.ip_version {
+        IP_V4 => (v4(&h.src_addr), v4(&h.dst_addr)),
+        IP_V6 => (
+            IpAddr::V6(Ipv6Addr::from(h.src_addr)),
+            IpAddr::V6(Ipv6Addr::from(h.dst_addr)),
+        ),
+        other => return Err(DecodeError::IpVersion(other)),
+    };
+    Ok(Packet {
+        timestamp_ns: h.timestamp_ns,
+        ifindex: h.ifindex,
+        src,
+        dst,
+        src_port: h.src_port,
+        dst_port: h.dst_port,
+        wire_len: h.wire_len,
+        payload: payload.to_vec(),
+    })
+}
+
+fn v4(a: &[u8; 16]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+}
+
+/// Serialises a header the way the kernel lays it out (for tests and benches).
+pub fn encode_record(h: &RecordHeader, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; RECORD_HEADER_LEN];
+    // SAFETY: `out` has exactly size_of::<RecordHeader>() bytes.
+    unsafe { std::ptr::write_unaligned(out.as_mut_ptr().cast::<RecordHeader>(), *h) };
+    out.extend_from_slice(payload);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire layout, byte by byte, as the XDP program writes it.
+    #[rustfmt::skip]
+    const FIXTURE: [u8; 67] = [
+        0x15, 0xCD, 0x5B, 0x07, 0x00, 0x00, 0x00, 0x00, // timestamp_ns = 123456789
+        0x07, 0x00, 0x00, 0x00,                         // ifindex = 7
+        0x05, 0x00, 0x00, 0x00,                         // wire_len = 5
+        0x03, 0x00, 0x00, 0x00,                         // cap_len = 3
+        0x40, 0x9C,                                     // src_port = 40000
+        0x02, 0x02,                                     // dst_port = 514
+        0x04,                                           // ip_version = 4
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,       // padding
+        198, 18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // src_addr
+        198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // dst_addr
+        b'a', b'b', b'c',                               // payload
+    ];
+
+    #[test]
+    fn decodes_the_wire_layout() {
+        let p = decode(&FIXTURE).unwrap();
+        assert_eq!(p.timestamp_ns, 123_456_789);
+        assert_eq!(p.ifindex, 7);
+        assert_eq!(p.wire_len, 5);
+        assert_eq!(p.src, "198.18.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(p.dst, "198.18.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!((p.src_port, p.dst_port), (40000, 514));
+        assert_eq!(p.payload, b"abc");
+        assert!(p.truncated());
+        assert_eq!(p.ip_version(), 4);
+    }
+
+    #[test]
+    fn round_trips_through_encode_record() {
+        let h = decode_header(&FIXTURE).unwrap();
+        assert_eq!(encode_record(&h, b"abc"), FIXTURE.to_vec());
+    }
+
+    #[test]
+    fn decodes_ipv6() {
+        let mut h = decode_header(&FIXTURE).unwrap();
+        h.ip_version = 6;
+        h.src_addr = "fd00::1".parse::<Ipv6Addr>().unwrap().octets();
+        h.dst_addr = "fd00::2".parse::<Ipv6Addr>().unwrap().octets();
+        let p = decode(&encode_record(&h, b"abc")).unwrap();
+        assert_eq!(p.src, "fd00::1".parse::<IpAddr>().unwrap());
+        assert_eq!(p.dst, "fd00::2".parse::<IpAddr>().unwrap());
+        assert_eq!(p.ip_version(), 6);
+    }
+
+    #[test]
+    fn rejects_records_that_do_not_add_up() {
+        assert_eq!(decode(&FIXTURE[..63]), Err(DecodeError::Short(63)));
+        assert_eq!(
+            decode(&FIXTURE[..66]),
+            Err(DecodeError::LengthMismatch {
+                cap_len: 3,
+                actual: 2
+            })
+        );
+        let mut h = decode_header(&FIXTURE).unwrap();
+        h.wire_len = 2;
+        assert_eq!(
+            decode(&encode_record(&h, b"abc")),
+            Err(DecodeError::CapturedMoreThanWire {
+                cap_len: 3,
+                wire_len: 2
+            })
+        );
+        h.wire_len = 3;
+        h.ip_version = 5;
+        assert_eq!(
+            decode(&encode_record(&h, b"abc")),
+            Err(DecodeError::IpVersion(5))
+        );
+    }
+}

@@ -1,0 +1,36 @@
+//! The stdout sink: one PutEvents request entry per line, nothing else.
+
+use std::sync::{Arc, atomic::Ordering::Relaxed};
+
+use tokio::{
+    io::{AsyncWrite, AsyncWriteExt, BufWriter},
+    sync::mpsc,
+};
+
+use crate::{encode::Entry, stats::PipelineStats};
+
+/// Writes every entry of every batch as a JSON line to `out`, flushing when
+/// no more batches are waiting (so a quiet stream is printed promptly and a
+/// busy one in large writes).
+pub async fn run<W: AsyncWrite + Unpin>(
+    out: W,
+    mut rx: mpsc::Receiver<Vec<Entry>>,
+    stats: Arc<PipelineStats>,
+) -> std::io::Result<()> {
+    let mut out = BufWriter::with_capacity(64 * 1024, out);
+    while let Some(batch) = rx.recv().await {
+        for entry in &batch {
+            let mut line = entry.to_json_line();
+            line.push('\n');
+            if let Err(e) = out.write_all(line.as_bytes()).await {
+                stats.sink_failed.fetch_add(batch.len() as u64, Relaxed);
+                return Err(e);
+            }
+            stats.emitted.fetch_add(1, Relaxed);
+        }
+        if rx.is_empty() {
+            out.flush().await?;
+        }
+    }
+    out.flush().await
+}

@@ -1,0 +1,290 @@
+//! Header parsers over a raw byte range `[start, end)`.
+//!
+//! The XDP program calls these with `ctx.data()`/`ctx.data_end()`; host tests
+//! call them with the address range of a `Vec<u8>`. Every header is checked
+//! against `end` before any of its fields is read (`header`), in the form the
+//! BPF verifier understands, and every offset is bounded (constant VLAN depth,
+//! IPv4 header length from a 4-bit field, a constant number of IPv6 extension
+//! headers), so the verifier can prove each access safe.
+//!
+//! `frame_len` is the length of the whole frame, which for a multi-buffer
+//! (`xdp.frags`) frame is longer than `end - start`: headers must be in the
+//! first buffer, the payload may continue in later fragments. Length fields are
+//! checked against `frame_len`, never trusted.
+
+/// How many 802.1Q / 802.1ad tags we step over (QinQ is two).
+pub const VLAN_MAX_DEPTH: usize = 2;
+/// How many IPv6 extension headers we walk before giving up.
+pub const IPV6_EXT_MAX_DEPTH: usize = 6;
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88A8;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const UDP_HLEN: usize = 8;
+
+/// What a frame turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not IPv4/IPv6, or IP but not UDP.
+    NotUdp,
+    /// A header is cut short, or a length field contradicts the frame.
+    Malformed,
+    /// An IPv4 fragment, or an IPv6 packet with a non-atomic fragment header.
+    Fragment,
+    /// A well-formed UDP datagram.
+    Udp(UdpMeta),
+}
+
+/// The fields of a UDP datagram the agent reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UdpMeta {
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// IPv4 addresses occupy the first 4 bytes; the rest are zero.
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Offset of the first payload byte from the start of the frame.
+    pub payload_offset: u32,
+    /// UDP payload length on the wire (UDP length field - 8), already checked
+    /// to lie within the frame.
+    pub payload_len: u32,
+}
+
+/// Address of a `len`-byte header at `off`, if all of it lies before `end`.
+///
+/// Every field of a header is then read through this one checked address
+/// with a constant offset (`rd8`/`rd16`): the verifier ties the bounds check
+/// to that register, whereas recomputing `start + off + k` for each field
+/// would give it a fresh, unchecked packet pointer.
+#[inline(always)]
+fn header(start: usize, end: usize, off: usize, len: usize) -> Option<usize> {
+    let p = start + off;
+    if p + len > end {
+        return None;
+    }
+    Some(p)
+}
+
+/// Byte `k` of a header returned by [`header`].
+///
+/// # Safety
+/// `p` must come from `header(.., len)` with `k < len`.
+#[inline(always)]
+unsafe fn rd8(p: usize, k: usize) -> u8 {
+    // SAFETY: the caller's header check covers `p + k`.
+    unsafe { *((p + k) as *const u8) }
+}
+
+/// Big-endian u16 at byte `k` of a header returned by [`header`].
+///
+/// # Safety
+/// `p` must come from `header(.., len)` with `k + 2 <= len`.
+#[inline(always)]
+unsafe fn rd16(p: usize, k: usize) -> u16 {
+    // SAFETY: forwarded from the caller.
+    unsafe { u16::from_be_bytes([rd8(p, k), rd8(p, k + 1)]) }
+}
+
+/// `N` address bytes at byte `k` of a header, in the front of 16 bytes.
+///
+/// # Safety
+/// `p` must come from `header(.., len)` with `k + N <= len`.
+#[inline(always)]
+unsafe fn rd_addr<const N: usize>(p: usize, k: usize) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < N {
+        // SAFETY: forwarded from the caller.
+        out[i] = unsafe { rd8(p, k + i) };
+        i += 1;
+    }
+    out
+}
+
+/// Steps over the Ethernet header and up to `VLAN_MAX_DEPTH` VLAN tags.
+/// Returns the inner EtherType and the offset of the layer-3 header.
+#[inline(always)]
+pub fn parse_eth(start: usize, end: usize) -> Option<(u16, usize)> {
+    let eth = header(start, end, 0, ETH_HLEN)?;
+    // SAFETY: `eth` covers ETH_HLEN bytes.
+    let mut proto = unsafe { rd16(eth, 12) };
+    let mut off = ETH_HLEN;
+    let mut depth = 0;
+    while depth < VLAN_MAX_DEPTH {
+        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+            break;
+        }
+        // A tag is 2 bytes of TCI followed by the next EtherType.
+        let tag = header(start, end, off, 4)?;
+        // SAFETY: `tag` covers 4 bytes.
+        proto = unsafe { rd16(tag, 2) };
+        off += 4;
+        depth += 1;
+    }
+    Some((proto, off))
+}
+
+/// Parses a whole frame down to the UDP payload.
+#[inline(always)]
+pub fn parse_frame(start: usize, end: usize, frame_len: usize) -> Outcome {
+    let Some((proto, l3)) = parse_eth(start, end) else {
+        return Outcome::Malformed;
+    };
+    match proto {
+        ETH_P_IP => parse_ipv4(start, end, frame_len, l3),
+        ETH_P_IPV6 => parse_ipv6(start, end, frame_len, l3),
+        _ => Outcome::NotUdp,
+    }
+}
+
+/// IPv4 at `off`: variable header length (options), fragments, total length.
+#[inline(always)]
+pub fn parse_ipv4(start: usize, end: usize, frame_len: usize, off: usize) -> Outcome {
+    // The fixed 20 bytes must be there before any field is trusted.
+    let Some(ip) = header(start, end, off, IPV4_MIN_HLEN) else {
+        return Outcome::Malformed;
+    };
+    // SAFETY: `ip` covers IPV4_MIN_HLEN bytes; all offsets below are < 20.
+    let (b0, total_len, frag, proto) =
+        unsafe { (rd8(ip, 0), rd16(ip, 2), rd16(ip, 6), rd8(ip, 9)) };
+    // IHL counts 32-bit words: 5..=15, i.e. 20..=60 bytes. Options make the
+    // header variable, so its full length is checked against `end` again.
+    let hlen = ((b0 & 0x0F) as usize) * 4;
+    if b0 >> 4 != 4 || hlen < IPV4_MIN_HLEN || header(start, end, off, hlen).is_none() {
+        return Outcome::Malformed;
+    }
+    if proto != IPPROTO_UDP {
+        return Outcome::NotUdp;
+    }
+    // More-fragments flag (0x2000) or a non-zero offset (0x1FFF).
+    if frag & 0x3FFF != 0 {
+        return Outcome::Fragment;
+    }
+    let total_len = total_len as usize;
+    // The IP packet must hold its own header plus a UDP header, and must not
+    // claim more bytes than the frame carries (Ethernet padding may make the
+    // frame longer, never shorter).
+    if total_len < hlen + UDP_HLEN || off + total_len > frame_len {
+        return Outcome::Malformed;
+    }
+    // SAFETY: addresses are at 12..20 of the 20 checked bytes.
+    let (src, dst) = unsafe { (rd_addr::<4>(ip, 12), rd_addr::<4>(ip, 16)) };
+    parse_udp(start, end, off + hlen, total_len - hlen, 4, src, dst)
+}
+
+/// IPv6 at `off`, walking hop-by-hop, routing, destination-options and
+/// (atomic) fragment headers up to `IPV6_EXT_MAX_DEPTH`.
+#[inline(always)]
+pub fn parse_ipv6(start: usize, end: usize, frame_len: usize, off: usize) -> Outcome {
+    let Some(ip) = header(start, end, off, IPV6_HLEN) else {
+        return Outcome::Malformed;
+    };
+    // SAFETY: `ip` covers IPV6_HLEN bytes; all offsets below are < 40.
+    let (b0, payload_len, mut next, src, dst) = unsafe {
+        (
+            rd8(ip, 0),
+            rd16(ip, 4),
+            rd8(ip, 6),
+            rd_addr::<16>(ip, 8),
+            rd_addr::<16>(ip, 24),
+        )
+    };
+    if b0 >> 4 != 6 {
+        return Outcome::Malformed;
+    }
+    let mut remaining = payload_len as usize;
+    if off + IPV6_HLEN + remaining > frame_len {
+        return Outcome::Malformed;
+    }
+    let mut l4 = off + IPV6_HLEN;
+    let mut depth = 0;
+    while depth < IPV6_EXT_MAX_DEPTH {
+        match next {
+            IPPROTO_UDP => break,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                // Next header, then the length in 8-octet units not counting
+                // the first 8 octets (so every such header is >= 8 bytes).
+                let Some(ext) = header(start, end, l4, 8) else {
+                    return Outcome::Malformed;
+                };
+                // SAFETY: `ext` covers 8 bytes.
+                let (nh, units) = unsafe { (rd8(ext, 0), rd8(ext, 1)) };
+                let len = (units as usize + 1) * 8;
+                if len > remaining {
+                    return Outcome::Malformed;
+                }
+                next = nh;
+                l4 += len;
+                remaining -= len;
+            }
+            IPPROTO_FRAGMENT => {
+                let Some(ext) = header(start, end, l4, 8) else {
+                    return Outcome::Malformed;
+                };
+                // SAFETY: `ext` covers 8 bytes.
+                let (nh, frag) = unsafe { (rd8(ext, 0), rd16(ext, 2)) };
+                // Offset (high 13 bits) or M flag (bit 0): a real fragment.
+                // Offset 0 without M is an "atomic fragment": the whole datagram.
+                if frag & 0xFFF9 != 0 {
+                    return Outcome::Fragment;
+                }
+                if remaining < 8 {
+                    return Outcome::Malformed;
+                }
+                next = nh;
+                l4 += 8;
+                remaining -= 8;
+            }
+            _ => return Outcome::NotUdp,
+        }
+        depth += 1;
+    }
+    if next != IPPROTO_UDP {
+        return Outcome::NotUdp;
+    }
+    parse_udp(start, end, l4, remaining, 6, src, dst)
+}
+
+/// UDP at `off`, inside an IP payload of `ip_remaining` bytes.
+#[inline(always)]
+fn parse_udp(
+    start: usize,
+    end: usize,
+    off: usize,
+    ip_remaining: usize,
+    ip_version: u8,
+    src_addr: [u8; 16],
+    dst_addr: [u8; 16],
+) -> Outcome {
+    let Some(udp) = header(start, end, off, UDP_HLEN) else {
+        return Outcome::Malformed;
+    };
+    // SAFETY: `udp` covers UDP_HLEN bytes.
+    let (src_port, dst_port, udp_len) = unsafe { (rd16(udp, 0), rd16(udp, 2), rd16(udp, 4)) };
+    let udp_len = udp_len as usize;
+    // The UDP length covers its own 8-byte header, and cannot exceed what the
+    // IP header says follows it (which was checked against the frame).
+    if udp_len < UDP_HLEN || udp_len > ip_remaining {
+        return Outcome::Malformed;
+    }
+    Outcome::Udp(UdpMeta {
+        ip_version,
+        src_addr,
+        dst_addr,
+        src_port,
+        dst_port,
+        payload_offset: (off + UDP_HLEN) as u32,
+        payload_len: (udp_len - UDP_HLEN) as u32,
+    })
+}

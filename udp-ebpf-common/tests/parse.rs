@@ -1,0 +1,592 @@
+//! Host tests of `parse::parse_frame` over frames from `frame::FrameBuilder`.
+//!
+//! Every test asserts the exact `Outcome`, including every `UdpMeta` field.
+
+use udp_ebpf_common::frame::{ETH_MIN_LEN, FrameBuilder, IPPROTO_TCP};
+use udp_ebpf_common::parse::{
+    ETH_P_8021AD, ETH_P_8021Q, IPPROTO_DSTOPTS, IPPROTO_HOPOPTS, IPPROTO_ROUTING,
+    IPV6_EXT_MAX_DEPTH, Outcome, UdpMeta, parse_frame,
+};
+
+const SRC4: [u8; 4] = [192, 0, 2, 1];
+const DST4: [u8; 4] = [198, 51, 100, 7];
+/// 2001:db8::1
+const SRC6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+/// 2001:db8::2:7
+const DST6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 7];
+const SPORT: u16 = 40000;
+const DPORT: u16 = 9000;
+const PAYLOAD: &[u8] = b"{\"detail\":{\"k\":1}}";
+
+/// Ethernet + IPv4 + UDP header bytes.
+const V4_HDRS: usize = 14 + 20 + 8;
+/// Ethernet + IPv6 + UDP header bytes.
+const V6_HDRS: usize = 14 + 40 + 8;
+
+/// The whole frame in one buffer.
+fn parse(frame: &[u8]) -> Outcome {
+    parse_frame(
+        frame.as_ptr() as usize,
+        frame.as_ptr() as usize + frame.len(),
+        frame.len(),
+    )
+}
+
+/// A multi-buffer frame: only the first `first` bytes are in the linear
+/// buffer, `frame_len` is the whole frame.
+fn parse_split(frame: &[u8], first: usize) -> Outcome {
+    parse_frame(
+        frame.as_ptr() as usize,
+        frame.as_ptr() as usize + first,
+        frame.len(),
+    )
+}
+
+/// A frame cut to its first `n` bytes, as if that were all there is.
+fn parse_prefix(frame: &[u8], n: usize) -> Outcome {
+    parse(&frame[..n])
+}
+
+fn pad16<const N: usize>(a: [u8; N]) -> [u8; 16] {
+    let mut out = [0; 16];
+    out[..N].copy_from_slice(&a);
+    out
+}
+
+fn udp4(payload_offset: usize, payload_len: usize) -> Outcome {
+    Outcome::Udp(UdpMeta {
+        ip_version: 4,
+        src_addr: pad16(SRC4),
+        dst_addr: pad16(DST4),
+        src_port: SPORT,
+        dst_port: DPORT,
+        payload_offset: payload_offset as u32,
+        payload_len: payload_len as u32,
+    })
+}
+
+fn udp6(payload_offset: usize, payload_len: usize) -> Outcome {
+    Outcome::Udp(UdpMeta {
+        ip_version: 6,
+        src_addr: SRC6,
+        dst_addr: DST6,
+        src_port: SPORT,
+        dst_port: DPORT,
+        payload_offset: payload_offset as u32,
+        payload_len: payload_len as u32,
+    })
+}
+
+fn v4() -> FrameBuilder {
+    FrameBuilder::ipv4(SRC4, DST4).udp(SPORT, DPORT, PAYLOAD)
+}
+
+fn v6() -> FrameBuilder {
+    FrameBuilder::ipv6(SRC6, DST6).udp(SPORT, DPORT, PAYLOAD)
+}
+
+/// Parses `b`'s frame, checks it is UDP at `b.headers_len()` with the whole
+/// payload, and returns the outcome.
+fn parse_good(b: &FrameBuilder) -> Outcome {
+    let frame = b.build();
+    let out = parse(&frame);
+    let Outcome::Udp(meta) = out else {
+        panic!("{b:?}: {out:?}");
+    };
+    assert_eq!(meta.payload_offset as usize, b.headers_len(), "{b:?}");
+    assert_eq!(
+        &frame[b.headers_len()..][..meta.payload_len as usize],
+        PAYLOAD,
+        "{b:?}"
+    );
+    out
+}
+
+// ---------------------------------------------------------------- IPv4
+
+#[test]
+fn ipv4_plain() {
+    let b = v4();
+    assert_eq!(b.build().len(), V4_HDRS + PAYLOAD.len());
+    assert_eq!(parse_good(&b), udp4(V4_HDRS, PAYLOAD.len()));
+}
+
+#[test]
+fn ipv4_ports_and_addresses_are_read_not_assumed() {
+    let f = FrameBuilder::ipv4([10, 255, 0, 1], [172, 16, 9, 254])
+        .udp(53, 65535, b"x")
+        .build();
+    assert_eq!(
+        parse(&f),
+        Outcome::Udp(UdpMeta {
+            ip_version: 4,
+            src_addr: pad16([10, 255, 0, 1]),
+            dst_addr: pad16([172, 16, 9, 254]),
+            src_port: 53,
+            dst_port: 65535,
+            payload_offset: V4_HDRS as u32,
+            payload_len: 1,
+        })
+    );
+}
+
+#[test]
+fn ipv4_options_every_ihl() {
+    for ihl in 6..=15usize {
+        let b = v4().ipv4_options(&vec![1; (ihl - 5) * 4]);
+        let f = b.build();
+        assert_eq!(f[14], 0x40 | ihl as u8);
+        assert_eq!(
+            parse_good(&b),
+            udp4(14 + ihl * 4 + 8, PAYLOAD.len()),
+            "IHL {ihl}"
+        );
+    }
+}
+
+#[test]
+fn ipv4_options_are_padded_to_words() {
+    // 3 bytes of options: one word, IHL 6.
+    let b = v4().ipv4_options(&[1, 1, 1]);
+    assert_eq!(b.build()[14], 0x46);
+    assert_eq!(parse_good(&b), udp4(14 + 24 + 8, PAYLOAD.len()));
+}
+
+#[test]
+fn ipv4_ihl_below_5_is_malformed() {
+    for ihl in 0..5u8 {
+        let mut f = v4().build();
+        f[14] = 0x40 | ihl;
+        assert_eq!(parse(&f), Outcome::Malformed, "IHL {ihl}");
+    }
+}
+
+#[test]
+fn ipv4_wrong_version_is_malformed() {
+    for version in [0u8, 5, 6, 15] {
+        let mut f = v4().build();
+        f[14] = (version << 4) | 5;
+        assert_eq!(parse(&f), Outcome::Malformed, "version {version}");
+    }
+}
+
+#[test]
+fn ipv4_fragments() {
+    for (offset, more) in [
+        (0, true),
+        (1, false),
+        (185, false),
+        (185, true),
+        (0x1FFF, false),
+    ] {
+        let f = v4().ipv4_fragment(offset, more).build();
+        assert_eq!(parse(&f), Outcome::Fragment, "offset {offset} MF {more}");
+    }
+    // Offset 0 without MF (and without DF) is a whole datagram.
+    let b = v4().ipv4_fragment(0, false);
+    assert_eq!(parse_good(&b), udp4(V4_HDRS, PAYLOAD.len()));
+}
+
+#[test]
+fn ipv4_total_len_longer_than_frame_is_malformed() {
+    let real = 20 + 8 + PAYLOAD.len();
+    for lie in [real + 1, real + 100, 0xFFFF] {
+        let f = v4().ip_total_len_override(lie as u16).build();
+        assert_eq!(parse(&f), Outcome::Malformed, "total length {lie}");
+    }
+}
+
+#[test]
+fn ipv4_total_len_too_short_for_headers_is_malformed() {
+    // Shorter than IP header + UDP header (with and without options).
+    for lie in [0u16, 19, 20, 27] {
+        let f = v4().ip_total_len_override(lie).build();
+        assert_eq!(parse(&f), Outcome::Malformed, "total length {lie}");
+    }
+    let f = v4()
+        .ipv4_options(&[1; 8])
+        .ip_total_len_override(28 + 7)
+        .build();
+    assert_eq!(parse(&f), Outcome::Malformed);
+}
+
+#[test]
+fn ipv4_total_len_shorter_than_udp_len_is_malformed() {
+    // The IP packet ends before the UDP datagram does.
+    let f = v4()
+        .ip_total_len_override((20 + 8 + PAYLOAD.len() - 1) as u16)
+        .build();
+    assert_eq!(parse(&f), Outcome::Malformed);
+}
+
+// ---------------------------------------------------------------- IPv6
+
+#[test]
+fn ipv6_plain() {
+    let b = v6();
+    assert_eq!(b.build().len(), V6_HDRS + PAYLOAD.len());
+    assert_eq!(parse_good(&b), udp6(V6_HDRS, PAYLOAD.len()));
+}
+
+#[test]
+fn ipv6_extension_chain() {
+    // Hop-by-hop (8 bytes), routing (16), destination options (24).
+    let b = v6()
+        .ipv6_ext(IPPROTO_HOPOPTS, 0)
+        .ipv6_ext(IPPROTO_ROUTING, 1)
+        .ipv6_ext(IPPROTO_DSTOPTS, 2);
+    assert_eq!(parse_good(&b), udp6(V6_HDRS + 8 + 16 + 24, PAYLOAD.len()));
+}
+
+#[test]
+fn ipv6_long_extension_header() {
+    // Hdr Ext Len 255: 2048 bytes.
+    let b = v6().ipv6_ext(IPPROTO_DSTOPTS, 255);
+    assert_eq!(parse_good(&b), udp6(V6_HDRS + 2048, PAYLOAD.len()));
+}
+
+#[test]
+fn ipv6_extension_depth_limit() {
+    assert_eq!(IPV6_EXT_MAX_DEPTH, 6);
+    // Exactly the limit: walked.
+    let mut b = v6();
+    for _ in 0..IPV6_EXT_MAX_DEPTH {
+        b = b.ipv6_ext(IPPROTO_DSTOPTS, 0);
+    }
+    assert_eq!(
+        parse_good(&b),
+        udp6(V6_HDRS + 8 * IPV6_EXT_MAX_DEPTH, PAYLOAD.len())
+    );
+    // One more, of either kind: not walked.
+    let f = b.clone().ipv6_ext(IPPROTO_DSTOPTS, 0).build();
+    assert_eq!(parse(&f), Outcome::NotUdp);
+    let f = b.ipv6_fragment(0, false).build();
+    assert_eq!(parse(&f), Outcome::NotUdp);
+}
+
+#[test]
+fn ipv6_atomic_fragment_is_udp() {
+    let b = v6().ipv6_fragment(0, false);
+    assert_eq!(parse_good(&b), udp6(V6_HDRS + 8, PAYLOAD.len()));
+    let b = v6()
+        .ipv6_ext(IPPROTO_HOPOPTS, 0)
+        .ipv6_fragment(0, false)
+        .ipv6_ext(IPPROTO_DSTOPTS, 1);
+    assert_eq!(parse_good(&b), udp6(V6_HDRS + 8 + 8 + 16, PAYLOAD.len()));
+}
+
+#[test]
+fn ipv6_fragments() {
+    for (offset, more) in [
+        (0, true),
+        (1, false),
+        (185, false),
+        (185, true),
+        (0x1FFF, true),
+    ] {
+        let f = v6().ipv6_fragment(offset, more).build();
+        assert_eq!(parse(&f), Outcome::Fragment, "offset {offset} M {more}");
+        let f = v6()
+            .ipv6_ext(IPPROTO_HOPOPTS, 0)
+            .ipv6_fragment(offset, more)
+            .build();
+        assert_eq!(
+            parse(&f),
+            Outcome::Fragment,
+            "after HBH: offset {offset} M {more}"
+        );
+    }
+}
+
+#[test]
+fn ipv6_wrong_version_is_malformed() {
+    for version in [0u8, 4, 7, 15] {
+        let mut f = v6().build();
+        f[14] = version << 4;
+        assert_eq!(parse(&f), Outcome::Malformed, "version {version}");
+    }
+}
+
+#[test]
+fn ipv6_payload_len_longer_than_frame_is_malformed() {
+    let real = 8 + PAYLOAD.len();
+    for lie in [real + 1, real + 1000, 0xFFFF] {
+        let f = v6().ip_total_len_override(lie as u16).build();
+        assert_eq!(parse(&f), Outcome::Malformed, "payload length {lie}");
+    }
+}
+
+#[test]
+fn ipv6_payload_len_shorter_than_headers_is_malformed() {
+    // Too short for the UDP datagram, the UDP header, or an extension header.
+    for lie in [0, 7, 8, 8 + PAYLOAD.len() - 1] {
+        let f = v6().ip_total_len_override(lie as u16).build();
+        assert_eq!(parse(&f), Outcome::Malformed, "payload length {lie}");
+    }
+    let f = v6()
+        .ipv6_ext(IPPROTO_DSTOPTS, 2)
+        .ip_total_len_override(16)
+        .build();
+    assert_eq!(parse(&f), Outcome::Malformed);
+    let f = v6()
+        .ipv6_fragment(0, false)
+        .ip_total_len_override(4)
+        .build();
+    assert_eq!(parse(&f), Outcome::Malformed);
+}
+
+#[test]
+fn ipv6_unknown_extension_is_not_udp() {
+    // Authentication header (51) is not walked.
+    let f = v6().ipv6_ext(51, 1).build();
+    assert_eq!(parse(&f), Outcome::NotUdp);
+}
+
+// ---------------------------------------------------------------- VLAN
+
+#[test]
+fn vlan_8021q() {
+    let b = v4().dot1q(42);
+    assert_eq!(&b.build()[12..18], &[0x81, 0x00, 0x00, 42, 0x08, 0x00]);
+    assert_eq!(parse_good(&b), udp4(V4_HDRS + 4, PAYLOAD.len()));
+    let b = v6().vlan(ETH_P_8021Q, 0xFFF);
+    assert_eq!(parse_good(&b), udp6(V6_HDRS + 4, PAYLOAD.len()));
+}
+
+#[test]
+fn vlan_8021ad_single_tag() {
+    let b = v4().vlan(ETH_P_8021AD, 7);
+    assert_eq!(parse_good(&b), udp4(V4_HDRS + 4, PAYLOAD.len()));
+}
+
+#[test]
+fn vlan_qinq() {
+    let b = v4().qinq(100, 200);
+    assert_eq!(
+        &b.build()[12..22],
+        &[0x88, 0xa8, 0x00, 100, 0x81, 0x00, 0x00, 200, 0x08, 0x00]
+    );
+    assert_eq!(parse_good(&b), udp4(V4_HDRS + 8, PAYLOAD.len()));
+    let b = v6()
+        .vlan(ETH_P_8021AD, 1)
+        .vlan(ETH_P_8021Q, 2)
+        .ipv6_ext(IPPROTO_HOPOPTS, 0);
+    assert_eq!(parse_good(&b), udp6(V6_HDRS + 8 + 8, PAYLOAD.len()));
+}
+
+#[test]
+fn vlan_three_tags_is_not_udp() {
+    let f = v4().qinq(100, 200).dot1q(300).build();
+    assert_eq!(parse(&f), Outcome::NotUdp);
+    // Malformed until the third TPID can be read (at 20..22), then NotUdp.
+    for n in 0..f.len() {
+        let want = if n < 22 {
+            Outcome::Malformed
+        } else {
+            Outcome::NotUdp
+        };
+        assert_eq!(parse_prefix(&f, n), want, "prefix {n}");
+    }
+}
+
+// ---------------------------------------------------------------- not UDP
+
+#[test]
+fn tcp_is_not_udp() {
+    let tcp = [0u8; 20];
+    let f = FrameBuilder::ipv4(SRC4, DST4)
+        .protocol(IPPROTO_TCP)
+        .payload(&tcp)
+        .build();
+    assert_eq!(f.len(), 14 + 20 + 20);
+    assert_eq!(parse(&f), Outcome::NotUdp);
+    let f = FrameBuilder::ipv4(SRC4, DST4)
+        .ipv4_options(&[1; 12])
+        .protocol(IPPROTO_TCP)
+        .payload(&tcp)
+        .build();
+    assert_eq!(parse(&f), Outcome::NotUdp);
+    let f = FrameBuilder::ipv6(SRC6, DST6)
+        .ipv6_ext(IPPROTO_HOPOPTS, 0)
+        .protocol(IPPROTO_TCP)
+        .payload(&tcp)
+        .build();
+    assert_eq!(parse(&f), Outcome::NotUdp);
+    // ICMPv6.
+    let f = FrameBuilder::ipv6(SRC6, DST6)
+        .protocol(58)
+        .payload(&[128, 0, 0, 0, 0, 1, 0, 1])
+        .build();
+    assert_eq!(parse(&f), Outcome::NotUdp);
+}
+
+#[test]
+fn tcp_prefixes() {
+    // Malformed until the fixed IPv4 header is complete, then NotUdp.
+    let f = FrameBuilder::ipv4(SRC4, DST4)
+        .protocol(IPPROTO_TCP)
+        .payload(&[0; 20])
+        .build();
+    for n in 0..=f.len() {
+        let want = if n < 34 {
+            Outcome::Malformed
+        } else {
+            Outcome::NotUdp
+        };
+        assert_eq!(parse_prefix(&f, n), want, "prefix {n}");
+    }
+}
+
+#[test]
+fn arp_is_not_udp() {
+    let f = FrameBuilder::arp_request([2, 0, 0, 0, 0, 9], SRC4, DST4)
+        .pad_to(ETH_MIN_LEN)
+        .build();
+    assert_eq!(f.len(), 60);
+    assert_eq!(parse(&f), Outcome::NotUdp);
+    for n in 0..14 {
+        assert_eq!(parse_prefix(&f, n), Outcome::Malformed, "prefix {n}");
+    }
+    // A bare Ethernet header with a non-IP EtherType.
+    assert_eq!(parse_prefix(&f, 14), Outcome::NotUdp);
+    let f = FrameBuilder::ethernet(0x88CC).dot1q(5).build();
+    assert_eq!(parse(&f), Outcome::NotUdp);
+}
+
+// ---------------------------------------------------------------- UDP length
+
+#[test]
+fn udp_len_below_header_is_malformed() {
+    for len in 0..8u16 {
+        let f = v4().udp_len_override(len).build();
+        assert_eq!(parse(&f), Outcome::Malformed, "IPv4 UDP length {len}");
+        let f = v6().udp_len_override(len).build();
+        assert_eq!(parse(&f), Outcome::Malformed, "IPv6 UDP length {len}");
+    }
+}
+
+#[test]
+fn udp_len_beyond_ip_payload_is_malformed() {
+    let real = 8 + PAYLOAD.len();
+    for lie in [real + 1, real + 100, 0xFFFF] {
+        let f = v4().udp_len_override(lie as u16).build();
+        assert_eq!(parse(&f), Outcome::Malformed, "IPv4 UDP length {lie}");
+        let f = v6().udp_len_override(lie as u16).build();
+        assert_eq!(parse(&f), Outcome::Malformed, "IPv6 UDP length {lie}");
+    }
+    // Also when the frame has room for it (Ethernet padding): the IP length
+    // bounds the UDP datagram, not the frame.
+    let f = v4().udp_len_override(real as u16 + 4).pad_to(200).build();
+    assert_eq!(parse(&f), Outcome::Malformed);
+}
+
+#[test]
+fn udp_len_shorter_than_ip_payload_is_trusted() {
+    // Bytes after the UDP datagram inside the IP packet are not payload.
+    let f = v4().udp_len_override(8 + 3).build();
+    assert_eq!(parse(&f), udp4(V4_HDRS, 3));
+    let f = v6().udp_len_override(8).build();
+    assert_eq!(parse(&f), udp6(V6_HDRS, 0));
+}
+
+#[test]
+fn zero_length_payload() {
+    let f = FrameBuilder::ipv4(SRC4, DST4)
+        .udp(SPORT, DPORT, &[])
+        .build();
+    assert_eq!(f.len(), V4_HDRS);
+    assert_eq!(parse(&f), udp4(V4_HDRS, 0));
+    let f = FrameBuilder::ipv6(SRC6, DST6)
+        .udp(SPORT, DPORT, &[])
+        .build();
+    assert_eq!(f.len(), V6_HDRS);
+    assert_eq!(parse(&f), udp6(V6_HDRS, 0));
+}
+
+#[test]
+fn ethernet_padding_is_not_payload() {
+    // A 1-byte datagram is 43 bytes; a NIC pads the frame to 60.
+    let b = FrameBuilder::ipv4(SRC4, DST4)
+        .udp(SPORT, DPORT, b"!")
+        .pad_to(ETH_MIN_LEN);
+    let f = b.build();
+    assert_eq!(f.len(), 60);
+    assert_eq!(parse(&f), udp4(V4_HDRS, 1));
+    let f = FrameBuilder::ipv4(SRC4, DST4)
+        .udp(SPORT, DPORT, &[])
+        .pad_to(ETH_MIN_LEN)
+        .build();
+    assert_eq!(parse(&f), udp4(V4_HDRS, 0));
+    // A trailer after an IPv6 packet.
+    let f = v6().pad_to(V6_HDRS + PAYLOAD.len() + 4).build();
+    assert_eq!(parse(&f), udp6(V6_HDRS, PAYLOAD.len()));
+}
+
+// ---------------------------------------------------------------- truncation
+
+/// Good UDP frames with varied header stacks, none padded.
+fn truncation_cases() -> Vec<FrameBuilder> {
+    vec![
+        v4(),
+        v4().ipv4_options(&[1; 40]),
+        v4().qinq(10, 20).ipv4_options(&[1, 1, 1, 1]),
+        v6(),
+        v6().dot1q(3)
+            .ipv6_ext(IPPROTO_HOPOPTS, 0)
+            .ipv6_ext(IPPROTO_ROUTING, 1)
+            .ipv6_fragment(0, false)
+            .ipv6_ext(IPPROTO_DSTOPTS, 2),
+        v6().qinq(1, 2).ipv6_ext(IPPROTO_DSTOPTS, 0),
+    ]
+}
+
+#[test]
+fn truncated_at_every_byte_is_malformed() {
+    for b in truncation_cases() {
+        let f = b.build();
+        let want = parse_good(&b);
+        // Cut anywhere, the frame ends before what its length fields claim.
+        for n in 0..f.len() {
+            assert_eq!(parse_prefix(&f, n), Outcome::Malformed, "{b:?} prefix {n}");
+        }
+        assert_eq!(parse_prefix(&f, f.len()), want);
+    }
+}
+
+#[test]
+fn headers_cut_in_first_buffer_are_malformed() {
+    // Multi-buffer: frame_len is the whole frame, but the first buffer ends
+    // at `n`. Headers must all be in the first buffer; the payload need not.
+    for b in truncation_cases() {
+        let f = b.build();
+        let want = parse_good(&b);
+        for n in 0..b.headers_len() {
+            assert_eq!(parse_split(&f, n), Outcome::Malformed, "{b:?} first {n}");
+        }
+        for n in b.headers_len()..=f.len() {
+            assert_eq!(parse_split(&f, n), want, "{b:?} first {n}");
+        }
+    }
+}
+
+#[test]
+fn payload_beyond_first_buffer() {
+    let payload = vec![0x5A; 3000];
+    let b = FrameBuilder::ipv4(SRC4, DST4).udp(SPORT, DPORT, &payload);
+    let f = b.build();
+    assert_eq!(parse_split(&f, b.headers_len() + 10), udp4(V4_HDRS, 3000));
+    let b = FrameBuilder::ipv6(SRC6, DST6)
+        .ipv6_ext(IPPROTO_HOPOPTS, 0)
+        .udp(SPORT, DPORT, &payload);
+    let f = b.build();
+    assert_eq!(
+        parse_split(&f, b.headers_len() + 10),
+        udp6(V6_HDRS + 8, 3000)
+    );
+    // The lengths are still checked against the whole frame.
+    let f = FrameBuilder::ipv4(SRC4, DST4)
+        .udp(SPORT, DPORT, &payload)
+        .ip_total_len_override(20 + 8 + 3001)
+        .build();
+    assert_eq!(parse_split(&f, V4_HDRS + 10), Outcome::Malformed);
+}
