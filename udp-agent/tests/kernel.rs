@@ -1,0 +1,435 @@
+//! Ring 2: the real XDP object run by the kernel with `BPF_PROG_TEST_RUN`
+//! over crafted frames — no interface needed. Each test loads its own copy
+//! of the object (its own maps), runs frames through it, and asserts the
+//! action, the ring records and the counters a user would see.
+//!
+//! Needs root (or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON) and an agent built
+//! with the eBPF object (`cargo xtask test` does both); otherwise each test
+//! prints `SKIPPED:` and returns.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::{
+    Ebpf, TestRun, TestRunOptions,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+};
+use udp_agent::{
+    loader,
+    record::{self, Packet},
+};
+use udp_ebpf_common::{
+    Config, MAX_CAPTURE, PortRule, RECORD_HEADER_LEN, counter, frame::FrameBuilder,
+};
+
+const XDP_PASS: u32 = 2;
+const SRC4: [u8; 4] = [198, 18, 0, 2];
+const DST4: [u8; 4] = [198, 18, 0, 1];
+const SRC6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const DST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+const PORT: u16 = 514;
+
+struct Kernel {
+    ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    ports: Array<MapData, PortRule>,
+    config: Array<MapData, Config>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+fn skip_reason() -> Option<String> {
+    if loader::EBPF_OBJECT.is_empty() {
+        return Some("agent built without the eBPF object (use `cargo xtask test`)".into());
+    }
+    // SAFETY: trivial libc call.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("BPF_PROG_TEST_RUN needs root".into());
+    }
+    None
+}
+
+macro_rules! kernel_or_skip {
+    ($ring_bytes:expr) => {
+        match skip_reason() {
+            Some(reason) => {
+                println!("SKIPPED: {reason}");
+                return;
+            }
+            None => Kernel::load($ring_bytes),
+        }
+    };
+    () => {
+        kernel_or_skip!(1 << 20)
+    };
+}
+
+impl Kernel {
+    fn load(ring_bytes: u32) -> Self {
+        let mut ebpf = loader::load(ring_bytes).expect("load XDP object");
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").unwrap()).unwrap();
+        let ports = Array::try_from(ebpf.take_map("PORTS").unwrap()).unwrap();
+        let config = Array::try_from(ebpf.take_map("CONFIG").unwrap()).unwrap();
+        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").unwrap()).unwrap();
+        let mut k = Self {
+            ebpf,
+            ring,
+            ports,
+            config,
+            counters,
+        };
+        k.set_snaplen(MAX_CAPTURE);
+        k.enable(PORT);
+        k
+    }
+
+    fn enable(&mut self, port: u16) {
+        self.ports
+            .set(u32::from(port), PortRule::enabled(), 0)
+            .unwrap();
+    }
+
+    fn set_snaplen(&mut self, snaplen: u32) {
+        self.config
+            .set(
+                0,
+                Config {
+                    snaplen,
+                    ..Config::default()
+                },
+                0,
+            )
+            .unwrap();
+    }
+
+    /// Runs one frame; every frame must leave with XDP_PASS.
+    fn run(&mut self, frame: &[u8]) {
+        let prog = loader::program(&mut self.ebpf);
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        assert_eq!(
+            result.return_value,
+            XDP_PASS,
+            "the program must never drop or abort ({} byte frame)",
+            frame.len()
+        );
+    }
+
+    /// Raw ring records, in order.
+    fn raw_records(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            out.push(item.to_vec());
+        }
+        out
+    }
+
+    fn packets(&mut self) -> Vec<Packet> {
+        self.raw_records()
+            .iter()
+            .map(|r| record::decode(r).expect("decodable record"))
+            .collect()
+    }
+
+    fn counter(&self, index: u32) -> u64 {
+        self.counters.get(&index, 0).unwrap().iter().sum()
+    }
+
+    /// All counters by name, for readable assertion failures.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        counter::NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, self.counter(i as u32)))
+            .collect()
+    }
+
+    fn assert_counters(&self, expected: &[(&str, u64)]) {
+        let got = self.counters();
+        for (name, value) in got.iter() {
+            let want = expected
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(0, |(_, v)| *v);
+            assert_eq!(*value, want, "counter {name}: all counters {got:?}");
+        }
+    }
+}
+
+fn payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + 3) as u8).collect()
+}
+
+fn v4(payload: &[u8]) -> FrameBuilder {
+    FrameBuilder::ipv4(SRC4, DST4).udp(40000, PORT, payload)
+}
+
+fn v6(payload: &[u8]) -> FrameBuilder {
+    FrameBuilder::ipv6(SRC6.octets(), DST6.octets()).udp(40000, PORT, payload)
+}
+
+fn assert_v4_packet(p: &Packet, sent: &[u8]) {
+    assert_eq!(p.src, IpAddr::V4(Ipv4Addr::from(SRC4)));
+    assert_eq!(p.dst, IpAddr::V4(Ipv4Addr::from(DST4)));
+    assert_eq!((p.src_port, p.dst_port), (40000, PORT));
+    assert_eq!(p.wire_len as usize, sent.len());
+    assert_eq!(p.payload, sent, "payload bytes");
+    assert!(!p.truncated());
+}
+
+#[test]
+fn ipv4_datagram_is_captured_with_every_field() {
+    let mut k = kernel_or_skip!();
+    let sent = b"<13>Nov 27 host app: hello".to_vec();
+    k.run(&v4(&sent).build());
+    let packets = k.packets();
+    assert_eq!(packets.len(), 1);
+    assert_v4_packet(&packets[0], &sent);
+    assert_eq!(packets[0].ip_version(), 4);
+    k.assert_counters(&[("seen", 1), ("captured", 1)]);
+}
+
+#[test]
+fn a_small_datagram_takes_a_small_ring_record() {
+    let mut k = kernel_or_skip!();
+    k.run(&v4(b"hello").build());
+    let records = k.raw_records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].len(), RECORD_HEADER_LEN + 5);
+}
+
+#[test]
+fn ring_holds_as_many_small_records_as_their_size_allows_then_counts_ring_full() {
+    // 64 KiB ring; a 5-byte datagram is an 80-byte slot (8-byte ring header
+    // + 69 bytes rounded up to 8): 819 fit. Jumbo-sized slots would fit 7.
+    let mut k = kernel_or_skip!(64 * 1024);
+    let frame = v4(b"hello").build();
+    for _ in 0..800 {
+        k.run(&frame);
+    }
+    assert_eq!(k.counter(counter::RING_FULL), 0, "{:?}", k.counters());
+    for _ in 0..100 {
+        k.run(&frame);
+    }
+    let captured = k.counter(counter::CAPTURED);
+    let full = k.counter(counter::RING_FULL);
+    assert_eq!(captured, 819, "{:?}", k.counters());
+    assert_eq!(captured + full, 900);
+    assert_eq!(k.raw_records().len() as u64, captured);
+}
+
+#[test]
+fn disabled_port_is_counted_and_passed() {
+    let mut k = kernel_or_skip!();
+    k.run(&FrameBuilder::ipv4(SRC4, DST4).udp(40000, 515, b"x").build());
+    assert!(k.packets().is_empty());
+    k.assert_counters(&[("seen", 1), ("port_disabled", 1)]);
+    k.enable(515);
+    k.run(&FrameBuilder::ipv4(SRC4, DST4).udp(40000, 515, b"x").build());
+    assert_eq!(
+        k.packets().len(),
+        1,
+        "enabled at runtime: next packet is captured"
+    );
+}
+
+#[test]
+fn non_udp_is_counted_and_passed() {
+    let mut k = kernel_or_skip!();
+    k.run(&FrameBuilder::arp_request([2, 0, 0, 0, 0, 1], SRC4, DST4).build());
+    k.run(
+        &FrameBuilder::ipv4(SRC4, DST4)
+            .protocol(6)
+            .payload(&[0; 20])
+            .build(),
+    );
+    k.run(
+        &FrameBuilder::ipv6(SRC6.octets(), DST6.octets())
+            .protocol(58)
+            .payload(&[0; 8])
+            .build(),
+    );
+    assert!(k.packets().is_empty());
+    k.assert_counters(&[("seen", 3), ("not_udp", 3)]);
+}
+
+#[test]
+fn ipv4_options_of_every_length_are_stepped_over() {
+    let mut k = kernel_or_skip!();
+    for words in 1..=10usize {
+        let opts = vec![1u8; words * 4]; // NOPs
+        let sent = payload(10 + words);
+        k.run(&v4(&sent).ipv4_options(&opts).build());
+        let packets = k.packets();
+        assert_eq!(packets.len(), 1, "IHL {}", 5 + words);
+        assert_v4_packet(&packets[0], &sent);
+    }
+    k.assert_counters(&[("seen", 10), ("captured", 10)]);
+}
+
+#[test]
+fn ipv6_with_extension_headers_is_captured() {
+    let mut k = kernel_or_skip!();
+    let sent = payload(300);
+    let frames = [
+        v6(&sent).build(),
+        v6(&sent).ipv6_ext(0, 0).build(),
+        v6(&sent)
+            .ipv6_ext(0, 1)
+            .ipv6_ext(43, 2)
+            .ipv6_ext(60, 0)
+            .build(),
+        v6(&sent).ipv6_fragment(0, false).build(), // atomic fragment
+    ];
+    for f in &frames {
+        k.run(f);
+        let packets = k.packets();
+        assert_eq!(packets.len(), 1);
+        let p = &packets[0];
+        assert_eq!(p.src, IpAddr::V6(SRC6));
+        assert_eq!(p.dst, IpAddr::V6(DST6));
+        assert_eq!(p.ip_version(), 6);
+        assert_eq!(p.payload, sent);
+        assert_eq!(p.wire_len, 300);
+    }
+    k.assert_counters(&[("seen", 4), ("captured", 4)]);
+}
+
+#[test]
+fn vlan_and_qinq_are_captured() {
+    let mut k = kernel_or_skip!();
+    let sent = payload(64);
+    k.run(&v4(&sent).dot1q(100).build());
+    k.run(&v4(&sent).qinq(200, 300).build());
+    k.run(&v6(&sent).qinq(200, 300).build());
+    let packets = k.packets();
+    assert_eq!(packets.len(), 3);
+    assert_v4_packet(&packets[0], &sent);
+    assert_v4_packet(&packets[1], &sent);
+    assert_eq!(packets[2].payload, sent);
+    // A third tag is deeper than we look: not UDP as far as we can tell.
+    k.run(
+        &v4(&sent)
+            .vlan(0x88A8, 1)
+            .vlan(0x8100, 2)
+            .vlan(0x8100, 3)
+            .build(),
+    );
+    assert!(k.packets().is_empty());
+    k.assert_counters(&[("seen", 4), ("captured", 3), ("not_udp", 1)]);
+}
+
+#[test]
+fn truncation_at_every_header_boundary_is_malformed() {
+    let mut k = kernel_or_skip!();
+    let frames = [
+        v4(b"abc").build(),
+        v4(b"abc").ipv4_options(&[1; 8]).build(),
+        v6(b"abc").ipv6_ext(0, 0).build(),
+        v4(b"abc").qinq(1, 2).build(),
+    ];
+    let mut runs = 0;
+    for f in &frames {
+        // BPF_PROG_TEST_RUN refuses XDP input shorter than an Ethernet header.
+        for cut in 14..f.len() - 3 {
+            k.run(&f[..cut]);
+            runs += 1;
+        }
+    }
+    assert!(k.packets().is_empty());
+    k.assert_counters(&[("seen", runs), ("malformed", runs)]);
+}
+
+#[test]
+fn lying_length_fields_are_malformed() {
+    let mut k = kernel_or_skip!();
+    let sent = payload(20);
+    k.run(&v4(&sent).udp_len_override(7).build());
+    k.run(&v4(&sent).udp_len_override(29).build()); // 1 past the IP payload
+    k.run(&v4(&sent).udp_len_override(60_000).build());
+    k.run(&v4(&sent).ip_total_len_override(1500).build()); // past the frame
+    k.run(&v6(&sent).udp_len_override(4).build());
+    k.run(&v6(&sent).ip_total_len_override(1000).build());
+    assert!(k.packets().is_empty());
+    k.assert_counters(&[("seen", 6), ("malformed", 6)]);
+    // A UDP length shorter than the IP payload is believed (as Linux does).
+    k.run(&v4(&sent).udp_len_override(8 + 5).build());
+    let packets = k.packets();
+    assert_eq!(packets.len(), 1);
+    assert_eq!(packets[0].payload, sent[..5]);
+}
+
+#[test]
+fn fragments_are_counted_not_captured() {
+    let mut k = kernel_or_skip!();
+    k.run(&v4(&payload(100)).ipv4_fragment(0, true).build());
+    k.run(&v4(&payload(100)).ipv4_fragment(10, false).build());
+    k.run(&v6(&payload(100)).ipv6_fragment(0, true).build());
+    k.run(&v6(&payload(100)).ipv6_fragment(20, false).build());
+    assert!(k.packets().is_empty());
+    k.assert_counters(&[("seen", 4), ("fragment", 4)]);
+}
+
+#[test]
+fn empty_and_one_byte_payloads() {
+    let mut k = kernel_or_skip!();
+    k.run(&v4(b"").build());
+    k.run(&v6(b"").build());
+    k.run(&v4(b"\x00").build());
+    let packets = k.packets();
+    assert_eq!(packets.len(), 3);
+    assert!(packets[0].payload.is_empty() && packets[0].wire_len == 0);
+    assert!(packets[1].payload.is_empty() && packets[1].wire_len == 0);
+    assert_eq!(packets[2].payload, [0]);
+    k.assert_counters(&[("seen", 3), ("captured", 3)]);
+}
+
+#[test]
+fn jumbo_payloads_are_captured_whole_across_fragments() {
+    // Frames larger than a page reach a frags-aware program as multi-buffer
+    // frames in BPF_PROG_TEST_RUN, as they do on veth at MTU 9001.
+    let mut k = kernel_or_skip!();
+    for len in [1472usize, 3000, 4096, 8900, 8973] {
+        let sent = payload(len);
+        k.run(&v4(&sent).build());
+        let packets = k.packets();
+        assert_eq!(packets.len(), 1, "{len}-byte payload");
+        assert_v4_packet(&packets[0], &sent);
+    }
+    let sent = payload(8953); // the IPv6 maximum at MTU 9001
+    k.run(&v6(&sent).build());
+    assert_eq!(k.packets()[0].payload, sent);
+    k.assert_counters(&[("seen", 6), ("captured", 6)]);
+}
+
+#[test]
+fn snaplen_truncates_and_marks() {
+    let mut k = kernel_or_skip!();
+    k.set_snaplen(100);
+    let sent = payload(1000);
+    k.run(&v4(&sent).build());
+    let packets = k.packets();
+    assert_eq!(packets[0].payload, sent[..100]);
+    assert_eq!(packets[0].wire_len, 1000);
+    assert!(packets[0].truncated());
+    k.set_snaplen(0);
+    k.run(&v4(&sent).build());
+    let packets = k.packets();
+    assert!(packets[0].payload.is_empty());
+    assert_eq!(packets[0].wire_len, 1000);
+    k.assert_counters(&[("seen", 2), ("captured", 2), ("truncated", 2)]);
+}
+
+#[test]
+fn payloads_beyond_the_capture_limit_are_truncated_to_it() {
+    let mut k = kernel_or_skip!();
+    let sent = payload(12_000); // possible on loopback (MTU 65536)
+    k.run(&v4(&sent).build());
+    let packets = k.packets();
+    assert_eq!(packets[0].payload.len(), MAX_CAPTURE as usize);
+    assert_eq!(packets[0].payload, sent[..MAX_CAPTURE as usize]);
+    assert_eq!(packets[0].wire_len, 12_000);
+    k.assert_counters(&[("seen", 1), ("captured", 1), ("truncated", 1)]);
+}
