@@ -17,9 +17,18 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, Map, MapData, PerCpuArray};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use aya::maps::{
+    Array, HashMap, Map, MapData, PerCpuArray,
+    lpm_trie::{Key, LpmTrie},
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use thiserror::Error;
-use udp_ebpf_common::{Config, PORT_COUNT, PortRule, counter};
+use udp_ebpf_common::{
+    CONFIG_ALLOWLIST, CONFIG_REJECT_DROP, Config, Limit, PORT_COUNT, PortRule, PortState,
+    SourceKey, SourceState, counter,
+};
 
 use crate::ports::{PortRange, compact};
 
@@ -29,8 +38,27 @@ pub const LOCK_DIR: &str = "/run/udp-agent";
 const BPF_FS_MAGIC: i64 = 0xCAFE_4A11;
 
 pub const PORTS_PIN: &str = "PORTS";
+pub const PORT_STATE_PIN: &str = "PORT_STATE";
 pub const CONFIG_PIN: &str = "CONFIG";
 pub const COUNTERS_PIN: &str = "COUNTERS";
+pub const SOURCES_PIN: &str = "SOURCES";
+pub const ALLOW_V4_PIN: &str = "ALLOW_V4";
+pub const DENY_V4_PIN: &str = "DENY_V4";
+pub const ALLOW_V6_PIN: &str = "ALLOW_V6";
+pub const DENY_V6_PIN: &str = "DENY_V6";
+
+/// Every map another process may need, in pinning order.
+const PINNED: [&str; 9] = [
+    PORTS_PIN,
+    PORT_STATE_PIN,
+    CONFIG_PIN,
+    COUNTERS_PIN,
+    SOURCES_PIN,
+    ALLOW_V4_PIN,
+    DENY_V4_PIN,
+    ALLOW_V6_PIN,
+    DENY_V6_PIN,
+];
 
 #[derive(Debug, Error)]
 pub enum ControlError {
@@ -196,57 +224,198 @@ fn open_pin(pin_dir: &Path, name: &'static str) -> Result<Map, ControlError> {
         path: path.clone(),
         source,
     })?;
-    Ok(match name {
+    Ok(wrap(name, data))
+}
+
+/// The `Map` variant each of our maps is.
+fn wrap(name: &str, data: MapData) -> Map {
+    match name {
         COUNTERS_PIN => Map::PerCpuArray(data),
+        SOURCES_PIN => Map::LruHashMap(data),
+        ALLOW_V4_PIN | DENY_V4_PIN | ALLOW_V6_PIN | DENY_V6_PIN => Map::LpmTrie(data),
         _ => Map::Array(data),
-    })
+    }
+}
+
+/// `pass` or `drop`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Action {
+    /// Hand the packet on to the host's network stack.
+    #[default]
+    Pass,
+    /// Consume it: nothing else on the host sees it (no ICMP port
+    /// unreachable goes back to the sender).
+    Drop,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::Pass => "pass",
+            Action::Drop => "drop",
+        })
+    }
+}
+
+/// What `ports add` sets on a port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSettings {
+    /// Packets per second; 0 is unlimited.
+    pub rate: u64,
+    /// Largest burst in packets; 0 means one second's worth (= rate).
+    pub burst: u64,
+    /// What happens to a captured packet.
+    pub action: Action,
+}
+
+impl PortSettings {
+    /// Refuses combinations that cannot be what the user meant.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_rate("", self.rate, self.burst)
+    }
+
+    pub fn rule(&self) -> PortRule {
+        let mut flags = udp_ebpf_common::PORT_ENABLED;
+        if self.action == Action::Drop {
+            flags |= udp_ebpf_common::PORT_DROP;
+        }
+        PortRule {
+            flags,
+            _reserved: 0,
+            limit: Limit::per_second(self.rate, self.burst),
+        }
+    }
+
+    pub fn from_rule(rule: &PortRule) -> Self {
+        Self {
+            rate: rule.limit.rate(),
+            burst: rule.limit.burst(),
+            action: if rule.drops() {
+                Action::Drop
+            } else {
+                Action::Pass
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for PortSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.rate == 0 {
+            write!(f, "rate=unlimited action={}", self.action)
+        } else {
+            write!(
+                f,
+                "rate={}/s burst={} action={}",
+                self.rate, self.burst, self.action
+            )
+        }
+    }
+}
+
+/// Checks a rate/burst pair from the command line.
+pub fn validate_rate(what: &str, rate: u64, burst: u64) -> Result<(), String> {
+    if rate == 0 && burst != 0 {
+        return Err(format!(
+            "{what}burst {burst} without a {what}rate: give a rate (packets/s) too, or neither for no limit"
+        ));
+    }
+    if rate > 1_000_000_000 {
+        return Err(format!(
+            "{what}rate {rate}/s is above 1,000,000,000/s, the finest the kernel's nanosecond clock can pace"
+        ));
+    }
+    if burst > 1_000_000_000 {
+        return Err(format!(
+            "{what}burst {burst} is unreasonably large (max 1,000,000,000)"
+        ));
+    }
+    Ok(())
+}
+
+/// One row of the busiest-ports table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortStats {
+    pub port: u16,
+    pub settings: Option<PortSettings>,
+    pub captured: u64,
+    pub limited: u64,
+}
+
+/// One row of the busiest-sources table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceStats {
+    pub addr: std::net::IpAddr,
+    pub captured: u64,
+    pub limited: u64,
+}
+
+/// The settings that apply to all ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub global_rate: u64,
+    pub global_burst: u64,
+    pub source_rate: u64,
+    pub source_burst: u64,
+    pub reject_action: Action,
 }
 
 /// Reads and changes a running agent's maps.
 pub struct Control {
     pin_dir: PathBuf,
     ports: Array<MapData, PortRule>,
+    port_state: Array<MapData, PortState>,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
+    sources: HashMap<MapData, SourceKey, SourceState>,
+    allow_v4: LpmTrie<MapData, [u8; 4], u8>,
+    deny_v4: LpmTrie<MapData, [u8; 4], u8>,
+    allow_v6: LpmTrie<MapData, [u8; 16], u8>,
+    deny_v6: LpmTrie<MapData, [u8; 16], u8>,
 }
 
 impl Control {
     /// Opens the maps pinned under `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<Self, ControlError> {
-        let conv = |name: &'static str| {
-            move |source| ControlError::Map {
-                what: "using pinned map",
-                path: pin_dir.join(name),
-                source,
-            }
-        };
-        Ok(Self {
-            pin_dir: pin_dir.to_path_buf(),
-            ports: Array::try_from(open_pin(pin_dir, PORTS_PIN)?).map_err(conv(PORTS_PIN))?,
-            config: Array::try_from(open_pin(pin_dir, CONFIG_PIN)?).map_err(conv(CONFIG_PIN))?,
-            counters: PerCpuArray::try_from(open_pin(pin_dir, COUNTERS_PIN)?)
-                .map_err(conv(COUNTERS_PIN))?,
-        })
+        let mut maps = Vec::with_capacity(PINNED.len());
+        for name in PINNED {
+            maps.push(open_pin(pin_dir, name)?);
+        }
+        Self::from_maps(pin_dir, maps)
     }
 
     /// Takes the control maps out of a freshly loaded object, pins them
     /// under `pin_dir`, and wraps them.
     pub fn take_and_pin(ebpf: &mut aya::Ebpf, pin_dir: &Path) -> Result<Self, ControlError> {
-        let mut take = |name: &'static str| -> Result<Map, ControlError> {
+        Self::take(ebpf, pin_dir, true)
+    }
+
+    /// Takes the control maps without pinning them (tests, benchmarks).
+    pub fn take_unpinned(ebpf: &mut aya::Ebpf) -> Result<Self, ControlError> {
+        Self::take(ebpf, Path::new("(unpinned)"), false)
+    }
+
+    fn take(ebpf: &mut aya::Ebpf, pin_dir: &Path, pin: bool) -> Result<Self, ControlError> {
+        let mut maps = Vec::with_capacity(PINNED.len());
+        for name in PINNED {
             let path = pin_dir.join(name);
             let map = ebpf.take_map(name).ok_or_else(|| ControlError::Io {
                 path: path.clone(),
                 source: io::Error::other(format!("the eBPF object has no map {name}")),
             })?;
-            map.pin(&path).map_err(|e| ControlError::Io {
-                path,
-                source: io::Error::other(e),
-            })?;
-            Ok(map)
-        };
-        let ports = take(PORTS_PIN)?;
-        let config = take(CONFIG_PIN)?;
-        let counters = take(COUNTERS_PIN)?;
+            if pin {
+                map.pin(&path).map_err(|e| ControlError::Io {
+                    path,
+                    source: io::Error::other(e),
+                })?;
+            }
+            maps.push(map);
+        }
+        Self::from_maps(pin_dir, maps)
+    }
+
+    /// `maps` in `PINNED` order.
+    fn from_maps(pin_dir: &Path, maps: Vec<Map>) -> Result<Self, ControlError> {
         let conv = |name: &'static str| {
             move |source| ControlError::Map {
                 what: "using map",
@@ -254,11 +423,19 @@ impl Control {
                 source,
             }
         };
+        let mut it = maps.into_iter();
+        let mut next = || it.next().expect("one map per pinned name");
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
-            ports: Array::try_from(ports).map_err(conv(PORTS_PIN))?,
-            config: Array::try_from(config).map_err(conv(CONFIG_PIN))?,
-            counters: PerCpuArray::try_from(counters).map_err(conv(COUNTERS_PIN))?,
+            ports: Array::try_from(next()).map_err(conv(PORTS_PIN))?,
+            port_state: Array::try_from(next()).map_err(conv(PORT_STATE_PIN))?,
+            config: Array::try_from(next()).map_err(conv(CONFIG_PIN))?,
+            counters: PerCpuArray::try_from(next()).map_err(conv(COUNTERS_PIN))?,
+            sources: HashMap::try_from(next()).map_err(conv(SOURCES_PIN))?,
+            allow_v4: LpmTrie::try_from(next()).map_err(conv(ALLOW_V4_PIN))?,
+            deny_v4: LpmTrie::try_from(next()).map_err(conv(DENY_V4_PIN))?,
+            allow_v6: LpmTrie::try_from(next()).map_err(conv(ALLOW_V6_PIN))?,
+            deny_v6: LpmTrie::try_from(next()).map_err(conv(DENY_V6_PIN))?,
         })
     }
 
@@ -271,18 +448,57 @@ impl Control {
         move |source| ControlError::Map { what, path, source }
     }
 
-    /// Enables or disables every port in `range`.
-    pub fn set_ports(&mut self, range: PortRange, enabled: bool) -> Result<(), ControlError> {
-        let rule = if enabled {
-            PortRule::enabled()
-        } else {
-            PortRule::default()
-        };
+    /// Enables every port in `range` with `settings`.
+    pub fn add_ports(
+        &mut self,
+        range: PortRange,
+        settings: PortSettings,
+    ) -> Result<(), ControlError> {
+        let rule = settings.rule();
         for port in range.iter() {
             let err = self.map_err("updating", PORTS_PIN);
             self.ports.set(u32::from(port), rule, 0).map_err(err)?;
         }
         Ok(())
+    }
+
+    /// Enables or disables every port in `range` (no limit, action pass).
+    pub fn set_ports(&mut self, range: PortRange, enabled: bool) -> Result<(), ControlError> {
+        if enabled {
+            return self.add_ports(range, PortSettings::default());
+        }
+        for port in range.iter() {
+            let err = self.map_err("updating", PORTS_PIN);
+            self.ports
+                .set(u32::from(port), PortRule::default(), 0)
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// The rule of one port, if it is enabled.
+    pub fn port(&self, port: u16) -> Result<Option<PortSettings>, ControlError> {
+        let err = self.map_err("reading", PORTS_PIN);
+        let rule = self.ports.get(&u32::from(port), 0).map_err(err)?;
+        Ok(rule.is_enabled().then(|| PortSettings::from_rule(&rule)))
+    }
+
+    /// Enabled ports grouped into ranges of identical settings.
+    pub fn port_rules(&self) -> Result<Vec<(PortRange, PortSettings)>, ControlError> {
+        let mut out: Vec<(PortRange, PortSettings)> = Vec::new();
+        for port in 1..PORT_COUNT {
+            let Some(settings) = self.port(port as u16)? else {
+                continue;
+            };
+            let port = port as u16;
+            match out.last_mut() {
+                Some((r, s)) if *s == settings && r.last.checked_add(1) == Some(port) => {
+                    r.last = port;
+                }
+                _ => out.push((PortRange::single(port), settings)),
+            }
+        }
+        Ok(out)
     }
 
     /// The enabled ports, as compact ranges.
@@ -307,13 +523,163 @@ impl Control {
         self.config.get(&0, 0).map_err(err)
     }
 
+    pub fn limits(&self) -> Result<Limits, ControlError> {
+        let c = self.config()?;
+        Ok(Limits {
+            global_rate: c.global.rate(),
+            global_burst: c.global.burst(),
+            source_rate: c.per_source.rate(),
+            source_burst: c.per_source.burst(),
+            reject_action: if c.flags & CONFIG_REJECT_DROP != 0 {
+                Action::Drop
+            } else {
+                Action::Pass
+            },
+        })
+    }
+
+    /// Writes the limits in one map update (validated by the caller).
+    pub fn set_limits(&mut self, limits: &Limits) -> Result<(), ControlError> {
+        let mut c = self.config()?;
+        c.global = Limit::per_second(limits.global_rate, limits.global_burst);
+        c.per_source = Limit::per_second(limits.source_rate, limits.source_burst);
+        c.flags &= !CONFIG_REJECT_DROP;
+        if limits.reject_action == Action::Drop {
+            c.flags |= CONFIG_REJECT_DROP;
+        }
+        self.set_config(c)
+    }
+
+    /// Adds a prefix to the allow (`allow = true`) or deny list.
+    pub fn add_source(&mut self, net: IpNet, allow: bool) -> Result<(), ControlError> {
+        let net = net.trunc();
+        let name = list_name(&net, allow);
+        let err = self.map_err("updating", name);
+        match (net, allow) {
+            (IpNet::V4(n), true) => self.allow_v4.insert(&key4(&n), 1, 0),
+            (IpNet::V4(n), false) => self.deny_v4.insert(&key4(&n), 1, 0),
+            (IpNet::V6(n), true) => self.allow_v6.insert(&key6(&n), 1, 0),
+            (IpNet::V6(n), false) => self.deny_v6.insert(&key6(&n), 1, 0),
+        }
+        .map_err(err)?;
+        self.sync_allowlist_flag()
+    }
+
+    /// Removes a prefix from a list; `Ok(false)` if it was not there.
+    pub fn remove_source(&mut self, net: IpNet, allow: bool) -> Result<bool, ControlError> {
+        let net = net.trunc();
+        let name = list_name(&net, allow);
+        let result = match (net, allow) {
+            (IpNet::V4(n), true) => self.allow_v4.remove(&key4(&n)),
+            (IpNet::V4(n), false) => self.deny_v4.remove(&key4(&n)),
+            (IpNet::V6(n), true) => self.allow_v6.remove(&key6(&n)),
+            (IpNet::V6(n), false) => self.deny_v6.remove(&key6(&n)),
+        };
+        let removed = match result {
+            Ok(()) => true,
+            Err(aya::maps::MapError::KeyNotFound) => false,
+            Err(e) => return Err(self.map_err("updating", name)(e)),
+        };
+        self.sync_allowlist_flag()?;
+        Ok(removed)
+    }
+
+    /// The allow and deny lists.
+    pub fn sources(&self) -> Result<(Vec<IpNet>, Vec<IpNet>), ControlError> {
+        let list4 = |t: &LpmTrie<MapData, [u8; 4], u8>, name| -> Result<Vec<IpNet>, ControlError> {
+            let mut out = Vec::new();
+            for k in t.keys() {
+                let k = k.map_err(self.map_err("reading", name))?;
+                let net = Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8)
+                    .expect("kernel keeps valid prefixes");
+                out.push(IpNet::V4(net));
+            }
+            Ok(out)
+        };
+        let list6 =
+            |t: &LpmTrie<MapData, [u8; 16], u8>, name| -> Result<Vec<IpNet>, ControlError> {
+                let mut out = Vec::new();
+                for k in t.keys() {
+                    let k = k.map_err(self.map_err("reading", name))?;
+                    let net = Ipv6Net::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8)
+                        .expect("kernel keeps valid prefixes");
+                    out.push(IpNet::V6(net));
+                }
+                Ok(out)
+            };
+        let mut allow = list4(&self.allow_v4, ALLOW_V4_PIN)?;
+        allow.extend(list6(&self.allow_v6, ALLOW_V6_PIN)?);
+        let mut deny = list4(&self.deny_v4, DENY_V4_PIN)?;
+        deny.extend(list6(&self.deny_v6, DENY_V6_PIN)?);
+        allow.sort();
+        deny.sort();
+        Ok((allow, deny))
+    }
+
+    /// An empty allow list means everyone: the kernel checks allow prefixes
+    /// only while this flag is set.
+    fn sync_allowlist_flag(&mut self) -> Result<(), ControlError> {
+        let any = self.allow_v4.keys().next().is_some() || self.allow_v6.keys().next().is_some();
+        let mut c = self.config()?;
+        let flags = if any {
+            c.flags | CONFIG_ALLOWLIST
+        } else {
+            c.flags & !CONFIG_ALLOWLIST
+        };
+        if flags != c.flags {
+            c.flags = flags;
+            self.set_config(c)?;
+        }
+        Ok(())
+    }
+
+    /// Ports with the most captured + limited packets, busiest first.
+    pub fn busiest_ports(&self, n: usize) -> Result<Vec<PortStats>, ControlError> {
+        let mut rows = Vec::new();
+        for port in 1..PORT_COUNT {
+            let err = self.map_err("reading", PORT_STATE_PIN);
+            let st = self.port_state.get(&port, 0).map_err(err)?;
+            if st.captured + st.limited > 0 {
+                rows.push(PortStats {
+                    port: port as u16,
+                    settings: self.port(port as u16)?,
+                    captured: st.captured,
+                    limited: st.limited,
+                });
+            }
+        }
+        rows.sort_by_key(|r| std::cmp::Reverse(r.captured + r.limited));
+        rows.truncate(n);
+        Ok(rows)
+    }
+
+    /// Sources with the most captured + limited packets, busiest first.
+    pub fn busiest_sources(&self, n: usize) -> Result<Vec<SourceStats>, ControlError> {
+        let mut rows = Vec::new();
+        for item in self.sources.iter() {
+            // An entry can be evicted between listing and reading it.
+            let Ok((k, st)) = item else { continue };
+            let addr = if k.ip_version == udp_ebpf_common::IP_V4 {
+                std::net::IpAddr::V4(Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]))
+            } else {
+                std::net::IpAddr::V6(Ipv6Addr::from(k.addr))
+            };
+            rows.push(SourceStats {
+                addr,
+                captured: st.captured,
+                limited: st.limited,
+            });
+        }
+        rows.sort_by_key(|r| std::cmp::Reverse(r.captured + r.limited));
+        rows.truncate(n);
+        Ok(rows)
+    }
+
     /// Kernel counters summed over CPUs, in `counter::NAMES` order.
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, ControlError> {
         let mut out = Vec::with_capacity(counter::NAMES.len());
         for (i, name) in counter::NAMES.iter().enumerate() {
-            let err = self.map_err("reading", COUNTERS_PIN);
-            let values = self.counters.get(&(i as u32), 0).map_err(err)?;
-            out.push((*name, values.iter().sum()));
+            out.push((*name, self.counter(i as u32)?));
         }
         Ok(out)
     }
@@ -322,5 +688,87 @@ impl Control {
     pub fn counter(&self, index: u32) -> Result<u64, ControlError> {
         let err = self.map_err("reading", COUNTERS_PIN);
         Ok(self.counters.get(&index, 0).map_err(err)?.iter().sum())
+    }
+}
+
+fn list_name(net: &IpNet, allow: bool) -> &'static str {
+    match (net, allow) {
+        (IpNet::V4(_), true) => ALLOW_V4_PIN,
+        (IpNet::V4(_), false) => DENY_V4_PIN,
+        (IpNet::V6(_), true) => ALLOW_V6_PIN,
+        (IpNet::V6(_), false) => DENY_V6_PIN,
+    }
+}
+
+fn key4(n: &Ipv4Net) -> Key<[u8; 4]> {
+    Key::new(u32::from(n.prefix_len()), n.network().octets())
+}
+
+fn key6(n: &Ipv6Net) -> Key<[u8; 16]> {
+    Key::new(u32::from(n.prefix_len()), n.network().octets())
+}
+
+/// Parses `198.18.0.0/15`, `fd00::/8`, or a bare address (one host).
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net);
+    }
+    if let Ok(addr) = s.parse::<std::net::IpAddr>() {
+        return Ok(IpNet::from(addr));
+    }
+    Err(format!(
+        "`{s}` is not a CIDR prefix or address (examples: 198.18.0.0/15, 203.0.113.7, fd00::/8)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prefixes_and_addresses() {
+        assert_eq!(
+            parse_net("198.18.0.0/15").unwrap().to_string(),
+            "198.18.0.0/15"
+        );
+        assert_eq!(
+            parse_net("203.0.113.7").unwrap().to_string(),
+            "203.0.113.7/32"
+        );
+        assert_eq!(parse_net("fd00::/8").unwrap().to_string(), "fd00::/8");
+        assert_eq!(parse_net("fd00::1").unwrap().to_string(), "fd00::1/128");
+        assert!(parse_net("198.18.0.0/33").is_err());
+        assert!(parse_net("nonsense").is_err());
+        assert!(parse_net("198.18.0/16").is_err());
+    }
+
+    #[test]
+    fn host_bits_are_ignored_so_remove_matches_add() {
+        let a = parse_net("198.18.7.9/16").unwrap().trunc();
+        assert_eq!(a.to_string(), "198.18.0.0/16");
+    }
+
+    #[test]
+    fn refuses_burst_without_rate() {
+        assert!(validate_rate("", 0, 100).is_err());
+        assert!(validate_rate("", 0, 0).is_ok());
+        assert!(validate_rate("", 1000, 0).is_ok());
+        assert!(validate_rate("global-", 2_000_000_000, 0).is_err());
+    }
+
+    #[test]
+    fn port_settings_round_trip_through_the_rule() {
+        let s = PortSettings {
+            rate: 1000,
+            burst: 2000,
+            action: Action::Drop,
+        };
+        let rule = s.rule();
+        assert!(rule.is_enabled() && rule.drops());
+        assert_eq!(PortSettings::from_rule(&rule), s);
+        assert_eq!(s.to_string(), "rate=1000/s burst=2000 action=drop");
+        let unlimited = PortSettings::default();
+        assert_eq!(unlimited.to_string(), "rate=unlimited action=pass");
+        assert!(!unlimited.rule().limit.is_limited());
     }
 }

@@ -44,12 +44,22 @@ pub mod counter {
     pub const FRAGMENT: u32 = 7;
     /// The payload could not be copied out of the frame (should not happen).
     pub const COPY_FAILED: u32 = 8;
+    /// Over its port's rate limit.
+    pub const LIMITED_PORT: u32 = 9;
+    /// Over the per-source rate limit.
+    pub const LIMITED_SOURCE: u32 = 10;
+    /// Over the global cap across all ports.
+    pub const LIMITED_GLOBAL: u32 = 11;
+    /// Source address on the deny list, or not on a non-empty allow list.
+    pub const DENIED: u32 = 12;
+    /// Captured, then dropped because its port's action is `drop`.
+    pub const CONSUMED: u32 = 13;
 
     /// Slots in the array; spare slots are reserved for later outcomes.
     pub const COUNT: u32 = 16;
 
     /// Names in index order, as shown by `udp-agent stats` and metrics.
-    pub const NAMES: [&str; 9] = [
+    pub const NAMES: [&str; 14] = [
         "seen",
         "not_udp",
         "port_disabled",
@@ -59,20 +69,103 @@ pub mod counter {
         "malformed",
         "fragment",
         "copy_failed",
+        "limited_port",
+        "limited_source",
+        "limited_global",
+        "denied",
+        "consumed",
     ];
 }
 
 /// `PortRule::flags` bit: this destination port is captured.
 pub const PORT_ENABLED: u32 = 1;
+/// `PortRule::flags` bit: after capture, drop the packet (the agent is its
+/// only receiver) instead of passing it to the host's stack.
+pub const PORT_DROP: u32 = 2;
+
+/// `XDP_PASS` / `XDP_DROP`, as the program returns them.
+pub const ACTION_PASS: u32 = 2;
+pub const ACTION_DROP: u32 = 1;
+
+/// A rate limit as the kernel applies it: GCRA ("virtual scheduling"), the
+/// token bucket expressed as a theoretical arrival time (TAT), so that one
+/// compare-and-swap of one u64 updates it from any CPU. `interval_ns == 0`
+/// means no limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limit {
+    /// Nanoseconds between packets at the sustained rate (1e9 / rate).
+    pub interval_ns: u64,
+    /// How far ahead of now the TAT may run: burst × interval.
+    pub tolerance_ns: u64,
+}
+
+impl Limit {
+    pub const NONE: Limit = Limit {
+        interval_ns: 0,
+        tolerance_ns: 0,
+    };
+
+    /// `rate` packets per second with bursts of up to `burst` packets
+    /// (`burst` 0 means `rate`, i.e. one second's worth). Rate 0: no limit.
+    pub const fn per_second(rate: u64, burst: u64) -> Limit {
+        if rate == 0 {
+            return Limit::NONE;
+        }
+        let interval_ns = 1_000_000_000 / rate;
+        let burst = if burst == 0 { rate } else { burst };
+        Limit {
+            interval_ns,
+            tolerance_ns: interval_ns.saturating_mul(burst),
+        }
+    }
+
+    pub const fn is_limited(&self) -> bool {
+        self.interval_ns != 0
+    }
+
+    /// Packets per second this limit allows (inverse of `per_second`).
+    pub const fn rate(&self) -> u64 {
+        if self.interval_ns == 0 {
+            0
+        } else {
+            1_000_000_000 / self.interval_ns
+        }
+    }
+
+    pub const fn burst(&self) -> u64 {
+        if self.interval_ns == 0 {
+            0
+        } else {
+            self.tolerance_ns / self.interval_ns
+        }
+    }
+
+    /// The GCRA decision for a packet arriving at `now` when the bucket's
+    /// TAT is `tat`: the new TAT if the packet conforms, `None` if it is over
+    /// the limit (and the TAT must not change).
+    #[inline(always)]
+    pub const fn conform(&self, tat: u64, now: u64) -> Option<u64> {
+        let start = if tat > now { tat } else { now };
+        let new_tat = start + self.interval_ns;
+        if new_tat - now > self.tolerance_ns {
+            None
+        } else {
+            Some(new_tat)
+        }
+    }
+}
 
 /// One slot of the `PORTS` array, indexed by destination port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortRule {
-    /// `PORT_ENABLED` and future per-port flags.
+    /// `PORT_ENABLED`, `PORT_DROP`.
     pub flags: u32,
     /// Reserved, zero.
     pub _reserved: u32,
+    /// Rate limit of this port.
+    pub limit: Limit,
 }
 
 impl PortRule {
@@ -80,13 +173,55 @@ impl PortRule {
         Self {
             flags: PORT_ENABLED,
             _reserved: 0,
+            limit: Limit::NONE,
         }
     }
 
     pub const fn is_enabled(&self) -> bool {
         self.flags & PORT_ENABLED != 0
     }
+
+    pub const fn drops(&self) -> bool {
+        self.flags & PORT_DROP != 0
+    }
 }
+
+/// Per-port state the kernel updates with atomic operations (shared by all
+/// CPUs, so a limit holds for all of them together): the port's GCRA TAT
+/// and its counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortState {
+    pub tat: u64,
+    pub captured: u64,
+    pub limited: u64,
+}
+
+/// Key of the per-source LRU table: the source address (IPv4 in the first
+/// 4 bytes) and its IP version.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub addr: [u8; 16],
+    pub ip_version: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Per-source state: GCRA TAT and counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceState {
+    pub tat: u64,
+    pub captured: u64,
+    pub limited: u64,
+}
+
+/// `Config::flags` bit: the allow list is not empty, so sources that match
+/// no allow prefix are denied.
+pub const CONFIG_ALLOWLIST: u32 = 1;
+/// `Config::flags` bit: over-limit and denied packets are dropped rather
+/// than passed to the host.
+pub const CONFIG_REJECT_DROP: u32 = 2;
 
 /// The single slot of the `CONFIG` array: settings that apply to all ports.
 #[repr(C)]
@@ -94,18 +229,29 @@ impl PortRule {
 pub struct Config {
     /// Most payload bytes copied per packet (clamped to `MAX_CAPTURE`).
     pub snaplen: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
+    /// `CONFIG_ALLOWLIST`, `CONFIG_REJECT_DROP`.
+    pub flags: u32,
+    /// Cap across all ports together.
+    pub global: Limit,
+    /// Limit applied to each source address separately.
+    pub per_source: Limit,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             snaplen: MAX_CAPTURE,
-            _reserved: 0,
+            flags: 0,
+            global: Limit::NONE,
+            per_source: Limit::NONE,
         }
     }
 }
+
+/// Default number of sources tracked by the per-source LRU table.
+pub const DEFAULT_SOURCE_ENTRIES: u32 = 65536;
+/// Most prefixes in each allow/deny list (per address family).
+pub const MAX_PREFIXES: u32 = 4096;
 
 /// `RecordHeader::ip_version` values.
 pub const IP_V4: u8 = 4;
@@ -148,8 +294,11 @@ pub struct RecordHeader {
 /// Size of `RecordHeader` on the ring; the payload starts at this offset.
 pub const RECORD_HEADER_LEN: usize = 64;
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == RECORD_HEADER_LEN);
-const _: () = assert!(core::mem::size_of::<PortRule>() == 8);
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<PortRule>() == 24);
+const _: () = assert!(core::mem::size_of::<PortState>() == 24);
+const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
+const _: () = assert!(core::mem::size_of::<SourceState>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 40);
 
 /// Per-CPU scratch area the XDP program assembles a record in before
 /// `bpf_ringbuf_output` copies exactly `RECORD_HEADER_LEN + cap_len` bytes of
@@ -167,4 +316,56 @@ mod pod {
     unsafe impl aya::Pod for super::PortRule {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::RecordHeader {}
+    unsafe impl aya::Pod for super::PortState {}
+    unsafe impl aya::Pod for super::SourceKey {}
+    unsafe impl aya::Pod for super::SourceState {}
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::Limit;
+
+    #[test]
+    fn burst_then_rate() {
+        let l = Limit::per_second(1000, 10); // 1 ms apart, 10 at once
+        let mut tat = 0;
+        let now = 5_000_000_000;
+        let mut passed = 0;
+        for _ in 0..20 {
+            if let Some(t) = l.conform(tat, now) {
+                tat = t;
+                passed += 1;
+            }
+        }
+        assert_eq!(passed, 10);
+        // 1 ms later exactly one more conforms.
+        let later = now + 1_000_000;
+        let t = l.conform(tat, later).expect("one more after an interval");
+        assert_eq!(l.conform(t, later), None);
+    }
+
+    #[test]
+    fn sustained_rate_over_a_second() {
+        let l = Limit::per_second(1000, 1000);
+        let mut tat = 0;
+        let mut passed = 0;
+        // 20,000 packets/s offered for 5 s, starting at t = 1 s.
+        for i in 0..100_000u64 {
+            let now = 1_000_000_000 + i * 50_000;
+            if let Some(t) = l.conform(tat, now) {
+                tat = t;
+                passed += 1;
+            }
+        }
+        // burst (1000) + 5 s × 1000/s, give or take one interval.
+        assert!((5999..=6001).contains(&passed), "{passed}");
+    }
+
+    #[test]
+    fn round_trips_rate_and_burst() {
+        let l = Limit::per_second(1000, 2000);
+        assert_eq!((l.rate(), l.burst()), (1000, 2000));
+        assert_eq!(Limit::per_second(500, 0).burst(), 500);
+        assert!(!Limit::per_second(0, 0).is_limited());
+    }
 }

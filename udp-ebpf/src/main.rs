@@ -1,33 +1,70 @@
 //! `udp_capture`: the XDP program of udp-agent.
 //!
 //! Per frame: parse Ethernet ▸ VLAN ▸ IPv4|IPv6 ▸ UDP (bounds-checked parsers
-//! shared with the host tests), one array lookup by destination port, then
-//! copy a fixed header plus the UDP payload into the `EVENTS` ring buffer.
-//! It always returns `XDP_PASS`: a capture tool must never break the traffic
-//! it watches, so a parse error is a counter, not a drop.
+//! shared with the host tests), one array lookup by destination port — where
+//! non-matching traffic leaves — then, for an enabled port: source allow/deny
+//! lists ▸ per-source limit ▸ per-port limit ▸ global cap ▸ copy a fixed
+//! header plus the UDP payload into the `EVENTS` ring buffer.
+//!
+//! The program never returns `XDP_ABORTED`. It passes everything it does
+//! not capture, unless configured to drop over-limit/denied packets or a
+//! port's action is `drop` (the agent then is the datagram's only receiver).
 #![no_std]
 #![no_main]
+// The bpfel target has no `AtomicU64` methods (no CAS in its target spec),
+// but the BPF ISA has both operations (v3): use the intrinsics directly.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::generated::{bpf_ktime_get_ns, bpf_ringbuf_output, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    bindings::{BPF_NOEXIST, xdp_action},
+    helpers::generated::{
+        bpf_ktime_get_ns, bpf_ringbuf_output, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
+    },
     macros::{map, xdp},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use udp_ebpf_common::{
-    Config, DEFAULT_RING_BYTES, MAX_CAPTURE, PORT_COUNT, PortRule, RECORD_HEADER_LEN,
-    RecordHeader, Scratch, counter,
-    parse::{Outcome, parse_frame},
+    CONFIG_ALLOWLIST, CONFIG_REJECT_DROP, Config, DEFAULT_RING_BYTES, DEFAULT_SOURCE_ENTRIES,
+    IP_V4, Limit, MAX_CAPTURE, MAX_PREFIXES, PORT_COUNT, PortRule, PortState, RECORD_HEADER_LEN,
+    RecordHeader, Scratch, SourceKey, SourceState, counter,
+    parse::{Outcome, UdpMeta, parse_frame},
 };
 
 /// Destination port → rule. All 65,536 ports, so the lookup is an index.
 #[map]
 static PORTS: Array<PortRule> = Array::with_max_entries(PORT_COUNT, 0);
 
+/// Destination port → rate-limit state and counters, shared by all CPUs.
+#[map]
+static PORT_STATE: Array<PortState> = Array::with_max_entries(PORT_COUNT, 0);
+
 /// Global settings (one slot).
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// The global cap's GCRA state (one slot, shared by all CPUs).
+#[map]
+static GLOBAL_STATE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Source address → limit state and counters; least recently seen sources
+/// are evicted, so the table stays bounded under a spoofed-source flood.
+#[map]
+static SOURCES: LruHashMap<SourceKey, SourceState> =
+    LruHashMap::with_max_entries(DEFAULT_SOURCE_ENTRIES, 0);
+
+/// Source allow and deny lists, longest-prefix match per address family.
+#[map]
+static ALLOW_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+#[map]
+static DENY_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+#[map]
+static ALLOW_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+#[map]
+static DENY_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 
 /// One u64 per outcome per CPU; the agent sums over CPUs.
 #[map]
@@ -51,14 +88,86 @@ fn count(index: u32) {
     }
 }
 
+/// Adds one to a u64 shared by all CPUs.
+#[inline(always)]
+fn bump(slot: *mut u64) {
+    // SAFETY: `slot` points into a map value, 8-byte aligned, live for the run.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
+}
+
+/// Takes one packet's worth from a GCRA bucket whose TAT lives at `tat`,
+/// shared by all CPUs: compare-and-swap, retried a bounded number of times.
+/// A packet that loses the race that often is treated as over the limit,
+/// so contention can never let more through than the limit allows.
+#[inline(always)]
+fn conform(tat: *mut u64, limit: &Limit, now: u64) -> bool {
+    let mut tries = 0;
+    while tries < 4 {
+        // A plain aligned 8-byte load (BPF has no relaxed atomic load before
+        // v4; the compare-and-swap below is what makes the update atomic).
+        // SAFETY: `tat` points into a map value, 8-byte aligned, live for
+        // the run.
+        let old = unsafe { core::ptr::read_volatile(tat) };
+        let Some(new) = limit.conform(old, now) else {
+            return false;
+        };
+        // SAFETY: as above.
+        let (_, swapped) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                tat, old, new,
+            )
+        };
+        if swapped {
+            return true;
+        }
+        tries += 1;
+    }
+    false
+}
+
 #[xdp(frags)]
 pub fn udp_capture(ctx: XdpContext) -> u32 {
-    capture(&ctx);
-    xdp_action::XDP_PASS
+    capture(&ctx)
+}
+
+/// True if the source is denied: on the deny list, or — when the allow list
+/// is not empty — on no allow prefix.
+#[inline(always)]
+fn denied(meta: &UdpMeta, flags: u32) -> bool {
+    if meta.ip_version == IP_V4 {
+        let a = &meta.src_addr;
+        let key = Key::new(32, [a[0], a[1], a[2], a[3]]);
+        if DENY_V4.get(&key).is_some() {
+            return true;
+        }
+        flags & CONFIG_ALLOWLIST != 0 && ALLOW_V4.get(&key).is_none()
+    } else {
+        let key = Key::new(128, meta.src_addr);
+        if DENY_V6.get(&key).is_some() {
+            return true;
+        }
+        flags & CONFIG_ALLOWLIST != 0 && ALLOW_V6.get(&key).is_none()
+    }
+}
+
+/// The source's state in the LRU table, created on first sight.
+#[inline(always)]
+fn source_state(meta: &UdpMeta) -> Option<*mut SourceState> {
+    let key = SourceKey {
+        addr: meta.src_addr,
+        ip_version: meta.ip_version,
+        _pad: [0; 3],
+    };
+    if let Some(st) = SOURCES.get_ptr_mut(&key) {
+        return Some(st);
+    }
+    // Another CPU may insert the same key meanwhile: NOEXIST keeps theirs.
+    let _ = SOURCES.insert(&key, &SourceState::default(), BPF_NOEXIST as u64);
+    SOURCES.get_ptr_mut(&key)
 }
 
 #[inline(always)]
-fn capture(ctx: &XdpContext) {
+fn capture(ctx: &XdpContext) -> u32 {
     count(counter::SEEN);
     let start = ctx.data();
     let end = ctx.data_end();
@@ -66,23 +175,95 @@ fn capture(ctx: &XdpContext) {
     let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
     let meta = match parse_frame(start, end, frame_len) {
         Outcome::Udp(meta) => meta,
-        Outcome::NotUdp => return count(counter::NOT_UDP),
-        Outcome::Malformed => return count(counter::MALFORMED),
-        Outcome::Fragment => return count(counter::FRAGMENT),
+        Outcome::NotUdp => {
+            count(counter::NOT_UDP);
+            return xdp_action::XDP_PASS;
+        }
+        Outcome::Malformed => {
+            count(counter::MALFORMED);
+            return xdp_action::XDP_PASS;
+        }
+        Outcome::Fragment => {
+            count(counter::FRAGMENT);
+            return xdp_action::XDP_PASS;
+        }
     };
     // The non-matching path ends here: one array lookup.
-    let enabled = match PORTS.get(meta.dst_port as u32) {
-        Some(rule) => rule.is_enabled(),
-        None => false,
+    let rule = match PORTS.get(meta.dst_port as u32) {
+        Some(rule) if rule.is_enabled() => *rule,
+        _ => {
+            count(counter::PORT_DISABLED);
+            return xdp_action::XDP_PASS;
+        }
     };
-    if !enabled {
-        return count(counter::PORT_DISABLED);
+    let cfg = match CONFIG.get(0) {
+        Some(cfg) => *cfg,
+        None => Config::default(),
+    };
+    let reject = if cfg.flags & CONFIG_REJECT_DROP != 0 {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    };
+    if denied(&meta, cfg.flags) {
+        count(counter::DENIED);
+        return reject;
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let source = source_state(&meta);
+    if cfg.per_source.is_limited()
+        && let Some(st) = source
+    {
+        // SAFETY: `st` points to a live LRU map value.
+        if !conform(unsafe { &raw mut (*st).tat }, &cfg.per_source, now) {
+            bump(unsafe { &raw mut (*st).limited });
+            count(counter::LIMITED_SOURCE);
+            return reject;
+        }
+    }
+    let port_state = PORT_STATE.get_ptr_mut(meta.dst_port as u32);
+    if rule.limit.is_limited()
+        && let Some(ps) = port_state
+    {
+        // SAFETY: `ps` points to a live array map value.
+        if !conform(unsafe { &raw mut (*ps).tat }, &rule.limit, now) {
+            bump(unsafe { &raw mut (*ps).limited });
+            count(counter::LIMITED_PORT);
+            return reject;
+        }
+    }
+    if cfg.global.is_limited()
+        && let Some(g) = GLOBAL_STATE.get_ptr_mut(0)
+        && !conform(g, &cfg.global, now)
+    {
+        count(counter::LIMITED_GLOBAL);
+        return reject;
     }
 
-    let snaplen = match CONFIG.get(0) {
-        Some(cfg) => cfg.snaplen,
-        None => MAX_CAPTURE,
-    };
+    if !write_record(ctx, &meta, &cfg, now) {
+        // Not captured (ring full): the host still gets the packet.
+        return xdp_action::XDP_PASS;
+    }
+    if let Some(ps) = port_state {
+        // SAFETY: `ps` points to a live array map value.
+        bump(unsafe { &raw mut (*ps).captured });
+    }
+    if let Some(st) = source {
+        // SAFETY: `st` points to a live LRU map value.
+        bump(unsafe { &raw mut (*st).captured });
+    }
+    if rule.drops() {
+        count(counter::CONSUMED);
+        return xdp_action::XDP_DROP;
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Copies header and payload into the ring. False if nothing was written.
+#[inline(always)]
+fn write_record(ctx: &XdpContext, meta: &UdpMeta, cfg: &Config, now: u64) -> bool {
+    let snaplen = cfg.snaplen;
     let mut cap_len = meta.payload_len;
     if cap_len > snaplen {
         cap_len = snaplen;
@@ -92,14 +273,14 @@ fn capture(ctx: &XdpContext) {
     }
 
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return count(counter::COPY_FAILED);
+        count(counter::COPY_FAILED);
+        return false;
     };
     // SAFETY: the per-CPU scratch slot is ours for the duration of this run.
     let buf = unsafe { &mut (*scratch).buf };
 
     let header = RecordHeader {
-        // SAFETY: plain helper call.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        timestamp_ns: now,
         // SAFETY: reading the context the kernel handed us.
         ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
         wire_len: meta.payload_len,
@@ -138,12 +319,14 @@ fn capture(ctx: &XdpContext) {
             )
         };
         if rc != 0 {
-            return count(counter::COPY_FAILED);
+            count(counter::COPY_FAILED);
+        return false;
         }
     }
     let len = (cap_len & 0x3FFF) as usize;
     if len > MAX_CAPTURE as usize {
-        return count(counter::COPY_FAILED);
+        count(counter::COPY_FAILED);
+        return false;
     }
     // SAFETY: `RECORD_HEADER_LEN + len` ≤ size of `buf`, checked above.
     let rc = unsafe {
@@ -155,12 +338,14 @@ fn capture(ctx: &XdpContext) {
         )
     };
     if rc != 0 {
-        return count(counter::RING_FULL);
+        count(counter::RING_FULL);
+        return false;
     }
     count(counter::CAPTURED);
     if cap_len < meta.payload_len {
         count(counter::TRUNCATED);
     }
+    true
 }
 
 #[cfg(not(test))]
