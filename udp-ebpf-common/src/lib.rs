@@ -126,18 +126,16 @@ impl Limit {
 
     /// Packets per second this limit allows (inverse of `per_second`).
     pub const fn rate(&self) -> u64 {
-        if self.interval_ns == 0 {
-            0
-        } else {
-            1_000_000_000 / self.interval_ns
+        match 1_000_000_000u64.checked_div(self.interval_ns) {
+            Some(rate) => rate,
+            None => 0,
         }
     }
 
     pub const fn burst(&self) -> u64 {
-        if self.interval_ns == 0 {
-            0
-        } else {
-            self.tolerance_ns / self.interval_ns
+        match self.tolerance_ns.checked_div(self.interval_ns) {
+            Some(burst) => burst,
+            None => 0,
         }
     }
 

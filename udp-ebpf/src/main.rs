@@ -320,7 +320,7 @@ fn write_record(ctx: &XdpContext, meta: &UdpMeta, cfg: &Config, now: u64) -> boo
         };
         if rc != 0 {
             count(counter::COPY_FAILED);
-        return false;
+            return false;
         }
     }
     let len = (cap_len & 0x3FFF) as usize;
