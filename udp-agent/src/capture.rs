@@ -109,6 +109,11 @@ pub async fn run(
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
                     final_drain(fd.get_mut(), &tx, &stats).await;
+                    // A CPU may still be finishing a run of the program it
+                    // entered before the detach; give it time, then drain
+                    // once more.
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    final_drain(fd.get_mut(), &tx, &stats).await;
                     return Ok(());
                 }
             }
