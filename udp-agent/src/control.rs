@@ -70,13 +70,13 @@ pub enum ControlError {
         "another udp-agent (pid {pid}) is running with pin directory {dir}; stop it or pass a different --pin-dir"
     )]
     AlreadyRunning { dir: PathBuf, pid: String },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Map {
         what: &'static str,
         path: PathBuf,
@@ -159,22 +159,37 @@ impl InstanceLock {
     }
 }
 
-fn lock_path(pin_dir: &Path) -> PathBuf {
+/// Where instance locks go: systemd's `$RUNTIME_DIRECTORY` when the unit
+/// has `RuntimeDirectory=`, else `/run/udp-agent`.
+pub fn lock_dir() -> PathBuf {
+    std::env::var_os("RUNTIME_DIRECTORY")
+        .and_then(|v| {
+            v.to_string_lossy()
+                .split(':')
+                .next()
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(LOCK_DIR))
+}
+
+/// The lock file's name for a pin directory.
+pub fn lock_name(pin_dir: &Path) -> String {
     let name: String = pin_dir
         .to_string_lossy()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    Path::new(LOCK_DIR).join(format!("{name}.lock"))
+    format!("{name}.lock")
 }
 
 /// Takes the instance lock for `pin_dir`, then removes stale pins and
 /// creates the directory afresh.
 pub fn claim(pin_dir: &Path) -> Result<InstanceLock, ControlError> {
     ensure_bpffs(pin_dir)?;
-    let lock_dir = Path::new(LOCK_DIR);
-    fs::create_dir_all(lock_dir).map_err(io_err(lock_dir))?;
-    let path = lock_path(pin_dir);
+    let lock_dir = lock_dir();
+    fs::create_dir_all(&lock_dir).map_err(io_err(&lock_dir))?;
+    let path = lock_dir.join(lock_name(pin_dir));
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -193,31 +208,57 @@ pub fn claim(pin_dir: &Path) -> Result<InstanceLock, ControlError> {
     }
     file.set_len(0).map_err(io_err(&path))?;
     write!(file, "{}", std::process::id()).map_err(io_err(&path))?;
-    remove_pins(pin_dir)?;
+    // Pins left by an agent that was killed: nobody holds the lock, so they
+    // are stale. The directory itself is kept (it may have been prepared by
+    // root for an unprivileged agent, as the systemd unit does).
+    clear_pins(pin_dir)?;
     fs::create_dir_all(pin_dir).map_err(io_err(pin_dir))?;
     Ok(InstanceLock { _file: file, path })
 }
 
-/// Removes the pins and the directory (the lock holder's job at exit, and
-/// the cleanup of a killed agent's leftovers).
-pub fn remove_pins(pin_dir: &Path) -> Result<(), ControlError> {
+/// Removes every pin in `pin_dir`, keeping the directory.
+fn clear_pins(pin_dir: &Path) -> Result<(), ControlError> {
     match fs::read_dir(pin_dir) {
         Ok(entries) => {
             for entry in entries.flatten() {
                 let p = entry.path();
                 fs::remove_file(&p).map_err(io_err(&p))?;
             }
-            fs::remove_dir(pin_dir).map_err(io_err(pin_dir))
+            Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err(pin_dir)(e)),
     }
 }
 
+/// Removes the pins and, where we may, the directory (the lock holder's job
+/// at exit). An unprivileged agent cannot remove a directory root made for
+/// it; that is fine.
+pub fn remove_pins(pin_dir: &Path) -> Result<(), ControlError> {
+    clear_pins(pin_dir)?;
+    match fs::remove_dir(pin_dir) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(io_err(pin_dir)(e)),
+    }
+}
+
 fn open_pin(pin_dir: &Path, name: &'static str) -> Result<Map, ControlError> {
     let path = pin_dir.join(name);
-    if !path.exists() {
-        return Err(ControlError::NotRunning(pin_dir.to_path_buf()));
+    match fs::symlink_metadata(&path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(ControlError::NotRunning(pin_dir.to_path_buf()));
+        }
+        // Most often EACCES: say so rather than "not running".
+        Err(e) => return Err(io_err(&path)(e)),
     }
     let data = MapData::from_pin(&path).map_err(|source| ControlError::Map {
         what: "opening pinned map",
@@ -456,8 +497,22 @@ impl Control {
     ) -> Result<(), ControlError> {
         let rule = settings.rule();
         for port in range.iter() {
+            let index = u32::from(port);
+            let err = self.map_err("reading", PORTS_PIN);
+            let old = self.ports.get(&index, 0).map_err(err)?;
+            if old.limit != rule.limit {
+                // A new limit starts with a full burst: forget the bucket's
+                // theoretical arrival time, which was paced by the old one.
+                // (Counters written back here may lose an increment that
+                // races with this update; they are informational.)
+                let err = self.map_err("reading", PORT_STATE_PIN);
+                let mut state = self.port_state.get(&index, 0).map_err(err)?;
+                state.tat = 0;
+                let err = self.map_err("updating", PORT_STATE_PIN);
+                self.port_state.set(index, state, 0).map_err(err)?;
+            }
             let err = self.map_err("updating", PORTS_PIN);
-            self.ports.set(u32::from(port), rule, 0).map_err(err)?;
+            self.ports.set(index, rule, 0).map_err(err)?;
         }
         Ok(())
     }

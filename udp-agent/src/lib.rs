@@ -12,6 +12,7 @@ pub mod batch;
 pub mod capture;
 pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod control;
 pub mod encode;
 pub mod loader;

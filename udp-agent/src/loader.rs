@@ -50,9 +50,9 @@ pub enum LoadError {
         "this udp-agent binary was built without its XDP object; build it with `cargo xtask build` (or run `cargo xtask run -- …`)"
     )]
     NotEmbedded,
-    #[error("loading the eBPF object failed: {0}")]
+    #[error("loading the eBPF object failed")]
     Object(#[source] Box<aya::EbpfError>),
-    #[error("the kernel refused the XDP program: {0:#}")]
+    #[error("the kernel refused the XDP program")]
     Program(#[source] Box<aya::programs::ProgramError>),
     #[error("unknown interface `{0}` (list interfaces with `ip link`)")]
     UnknownInterface(String),

@@ -1,0 +1,480 @@
+//! The control commands (`ports`, `sources`, `limits`, `stats`) and the
+//! firewall flags of `run`: arguments, validation, and what they do to the
+//! pinned maps. Everything is validated before the first map write, so a bad
+//! value changes nothing.
+
+use std::{net::IpAddr, path::Path};
+
+use anyhow::{Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use ipnet::IpNet;
+
+use crate::{
+    cli::PinDirArg,
+    control::{Action, Control, Limits, PortSettings, parse_net, validate_rate},
+    ports::PortRange,
+};
+
+/// Rate limit and action of ports (for `run --port` and `ports add`).
+#[derive(Clone, Debug, Default, Args)]
+pub struct PortLimitArgs {
+    /// Most packets per second captured on each of these ports (enforced
+    /// in the kernel, for all CPUs together); 0 = unlimited.
+    #[arg(long, env = "UDP_AGENT_RATE", default_value_t = 0)]
+    pub rate: u64,
+    /// Largest burst, in packets, above the rate (default: one second's
+    /// worth, i.e. the rate).
+    #[arg(long, env = "UDP_AGENT_BURST", default_value_t = 0)]
+    pub burst: u64,
+    /// After capture: `pass` hands the packet on to the host as well;
+    /// `drop` consumes it (the agent is its only receiver, no ICMP
+    /// port-unreachable goes back).
+    #[arg(long, env = "UDP_AGENT_ACTION", value_enum, default_value = "pass")]
+    pub action: Action,
+}
+
+impl PortLimitArgs {
+    pub fn settings(&self) -> Result<PortSettings> {
+        let s = PortSettings {
+            rate: self.rate,
+            burst: self.burst,
+            action: self.action,
+        };
+        s.validate().map_err(|e| anyhow!(e))?;
+        Ok(s)
+    }
+}
+
+/// Limits and source lists that apply to all ports (flags of `run`).
+#[derive(Clone, Debug, Default, Args)]
+pub struct FirewallArgs {
+    /// Cap on packets per second captured across all ports; 0 = unlimited.
+    #[arg(long, env = "UDP_AGENT_GLOBAL_RATE", default_value_t = 0)]
+    pub global_rate: u64,
+    /// Burst above the global cap (default: the rate).
+    #[arg(long, env = "UDP_AGENT_GLOBAL_BURST", default_value_t = 0)]
+    pub global_burst: u64,
+    /// Most packets per second captured from any one source address, so one
+    /// flooding sender cannot starve the others; 0 = unlimited.
+    #[arg(long, env = "UDP_AGENT_SOURCE_RATE", default_value_t = 0)]
+    pub source_rate: u64,
+    /// Burst above the per-source rate (default: the rate).
+    #[arg(long, env = "UDP_AGENT_SOURCE_BURST", default_value_t = 0)]
+    pub source_burst: u64,
+    /// What happens to over-limit and denied packets (never captured):
+    /// `pass` to the host, or `drop`.
+    #[arg(
+        long,
+        env = "UDP_AGENT_REJECT_ACTION",
+        value_enum,
+        default_value = "pass"
+    )]
+    pub reject_action: Action,
+    /// Capture only from these sources (CIDR or address; repeatable). An
+    /// empty allow list means everyone.
+    #[arg(long = "allow", env = "UDP_AGENT_ALLOW", value_delimiter = ',')]
+    pub allow: Vec<String>,
+    /// Never capture from these sources (CIDR or address; repeatable).
+    /// Deny wins over allow.
+    #[arg(long = "deny", env = "UDP_AGENT_DENY", value_delimiter = ',')]
+    pub deny: Vec<String>,
+}
+
+impl FirewallArgs {
+    fn limits(&self) -> Result<Limits> {
+        validate_rate("global-", self.global_rate, self.global_burst).map_err(|e| anyhow!(e))?;
+        validate_rate("source-", self.source_rate, self.source_burst).map_err(|e| anyhow!(e))?;
+        Ok(Limits {
+            global_rate: self.global_rate,
+            global_burst: self.global_burst,
+            source_rate: self.source_rate,
+            source_burst: self.source_burst,
+            reject_action: self.reject_action,
+        })
+    }
+}
+
+/// Checked start-up settings, ready to write.
+#[derive(Debug)]
+pub struct Startup {
+    ports: Vec<PortRange>,
+    settings: PortSettings,
+    limits: Limits,
+    allow: Vec<IpNet>,
+    deny: Vec<IpNet>,
+}
+
+/// Validates the firewall flags of `run` before anything is loaded.
+pub fn startup(
+    ports: &[PortRange],
+    port_args: &PortLimitArgs,
+    fw: &FirewallArgs,
+) -> Result<Startup> {
+    Ok(Startup {
+        ports: ports.to_vec(),
+        settings: port_args.settings()?,
+        limits: fw.limits()?,
+        allow: parse_nets(&fw.allow)?,
+        deny: parse_nets(&fw.deny)?,
+    })
+}
+
+impl Startup {
+    /// Writes ports, limits and lists into a freshly loaded program's maps.
+    pub fn apply(&self, control: &mut Control) -> Result<()> {
+        control.set_limits(&self.limits)?;
+        for net in &self.allow {
+            control.add_source(*net, true)?;
+        }
+        for net in &self.deny {
+            control.add_source(*net, false)?;
+        }
+        for range in &self.ports {
+            control.add_ports(*range, self.settings)?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_nets(nets: &[String]) -> Result<Vec<IpNet>> {
+    nets.iter()
+        .map(|n| parse_net(n).map_err(|e| anyhow!(e)))
+        .collect()
+}
+
+#[derive(Debug, Args)]
+pub struct PortsArgs {
+    #[command(subcommand)]
+    pub action: PortsAction,
+    #[command(flatten)]
+    pub pin: PinDirArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PortsAction {
+    /// Start capturing these ports (`N` or `N-M`), or change their limit
+    /// and action.
+    Add {
+        #[arg(required = true, value_delimiter = ',')]
+        ports: Vec<PortRange>,
+        #[command(flatten)]
+        limit: PortLimitArgs,
+    },
+    /// Stop capturing these ports (`N` or `N-M`).
+    Remove {
+        #[arg(required = true, value_delimiter = ',')]
+        ports: Vec<PortRange>,
+    },
+    /// Print the captured ports with their limit and action, one port or
+    /// range per line.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct SourcesArgs {
+    #[command(subcommand)]
+    pub action: SourcesAction,
+    #[command(flatten)]
+    pub pin: PinDirArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SourcesAction {
+    /// Add prefixes to the allow list: once it is not empty, only sources
+    /// on it are captured.
+    Allow {
+        #[arg(required = true, value_delimiter = ',')]
+        nets: Vec<String>,
+    },
+    /// Add prefixes to the deny list: sources on it are never captured.
+    Deny {
+        #[arg(required = true, value_delimiter = ',')]
+        nets: Vec<String>,
+    },
+    /// Remove prefixes from whichever list holds them.
+    Remove {
+        #[arg(required = true, value_delimiter = ',')]
+        nets: Vec<String>,
+    },
+    /// Print both lists.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct LimitsArgs {
+    #[command(subcommand)]
+    pub action: LimitsAction,
+    #[command(flatten)]
+    pub pin: PinDirArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LimitsAction {
+    /// Change the global cap, the per-source limit or the reject action;
+    /// what is not given stays as it is.
+    Set {
+        /// Packets/s across all ports (0 = unlimited).
+        #[arg(long)]
+        global_rate: Option<u64>,
+        /// Burst above the global rate (0 = the rate).
+        #[arg(long)]
+        global_burst: Option<u64>,
+        /// Packets/s from any one source (0 = unlimited).
+        #[arg(long)]
+        source_rate: Option<u64>,
+        /// Burst above the per-source rate (0 = the rate).
+        #[arg(long)]
+        source_burst: Option<u64>,
+        /// `pass` or `drop` for over-limit and denied packets.
+        #[arg(long, value_enum)]
+        reject_action: Option<Action>,
+    },
+    /// Print the current limits.
+    Show,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub pin: PinDirArg,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// How many of the busiest ports and sources to show.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+}
+
+/// `udp-agent ports …`
+pub fn ports(args: &PortsArgs) -> Result<()> {
+    let pin_dir = &args.pin.pin_dir;
+    match &args.action {
+        PortsAction::Add { ports, limit } => {
+            let settings = limit.settings()?;
+            let mut control = Control::open(pin_dir)?;
+            for r in ports {
+                control.add_ports(*r, settings)?;
+                eprintln!("enabled {r} ({settings})");
+            }
+        }
+        PortsAction::Remove { ports } => {
+            let mut control = Control::open(pin_dir)?;
+            for r in ports {
+                control.set_ports(*r, false)?;
+                eprintln!("disabled {r}");
+            }
+        }
+        PortsAction::List => {
+            let control = Control::open(pin_dir)?;
+            for (range, settings) in control.port_rules()? {
+                println!("{range} {settings}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `udp-agent sources …`
+pub fn sources(args: &SourcesArgs) -> Result<()> {
+    let pin_dir = &args.pin.pin_dir;
+    match &args.action {
+        SourcesAction::Allow { nets } | SourcesAction::Deny { nets } => {
+            let allow = matches!(args.action, SourcesAction::Allow { .. });
+            let nets = parse_nets(nets)?;
+            let mut control = Control::open(pin_dir)?;
+            for net in nets {
+                control.add_source(net, allow)?;
+                eprintln!("{} {net}", if allow { "allowed" } else { "denied" });
+            }
+        }
+        SourcesAction::Remove { nets } => {
+            let nets = parse_nets(nets)?;
+            let mut control = Control::open(pin_dir)?;
+            for net in nets {
+                let a = control.remove_source(net, true)?;
+                let d = control.remove_source(net, false)?;
+                if !a && !d {
+                    bail!("{net} is on neither list (see `udp-agent sources list`)");
+                }
+                eprintln!("removed {net}");
+            }
+        }
+        SourcesAction::List => {
+            let (allow, deny) = Control::open(pin_dir)?.sources()?;
+            if allow.is_empty() {
+                println!("allow: everyone (list empty)");
+            }
+            for net in allow {
+                println!("allow {}", net.trunc());
+            }
+            for net in deny {
+                println!("deny {}", net.trunc());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `udp-agent limits …`
+pub fn limits(args: &LimitsArgs) -> Result<()> {
+    let mut control = Control::open(&args.pin.pin_dir)?;
+    match &args.action {
+        LimitsAction::Set {
+            global_rate,
+            global_burst,
+            source_rate,
+            source_burst,
+            reject_action,
+        } => {
+            let mut l = control.limits()?;
+            // A new rate without a burst means "one second's worth" again.
+            if let Some(r) = global_rate {
+                l.global_rate = *r;
+                l.global_burst = global_burst.unwrap_or(0);
+            } else if let Some(b) = global_burst {
+                l.global_burst = *b;
+            }
+            if let Some(r) = source_rate {
+                l.source_rate = *r;
+                l.source_burst = source_burst.unwrap_or(0);
+            } else if let Some(b) = source_burst {
+                l.source_burst = *b;
+            }
+            if let Some(a) = reject_action {
+                l.reject_action = *a;
+            }
+            validate_rate("global-", l.global_rate, l.global_burst).map_err(|e| anyhow!(e))?;
+            validate_rate("source-", l.source_rate, l.source_burst).map_err(|e| anyhow!(e))?;
+            control.set_limits(&l)?;
+            print_limits(&control.limits()?);
+        }
+        LimitsAction::Show => print_limits(&control.limits()?),
+    }
+    Ok(())
+}
+
+fn rate_text(rate: u64, burst: u64) -> String {
+    if rate == 0 {
+        "unlimited".into()
+    } else {
+        format!("{rate}/s burst {burst}")
+    }
+}
+
+fn print_limits(l: &Limits) {
+    println!("global {}", rate_text(l.global_rate, l.global_burst));
+    println!("per-source {}", rate_text(l.source_rate, l.source_burst));
+    println!("reject-action {}", l.reject_action);
+}
+
+/// `udp-agent stats`
+pub fn stats(args: &StatsArgs) -> Result<()> {
+    let control = Control::open(&args.pin.pin_dir)?;
+    let counters = control.counters()?;
+    let ports = control.busiest_ports(args.top)?;
+    let sources = control.busiest_sources(args.top)?;
+    if args.json {
+        let counters: serde_json::Map<String, serde_json::Value> = counters
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).into()))
+            .collect();
+        let ports: Vec<serde_json::Value> = ports
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "port": p.port,
+                    "enabled": p.settings.is_some(),
+                    "captured": p.captured,
+                    "limited": p.limited,
+                })
+            })
+            .collect();
+        let sources: Vec<serde_json::Value> = sources
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "address": s.addr.to_string(),
+                    "captured": s.captured,
+                    "limited": s.limited,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"counters": counters, "ports": ports, "sources": sources})
+        );
+        return Ok(());
+    }
+    for (k, v) in counters {
+        println!("{k} {v}");
+    }
+    println!();
+    println!("busiest ports:");
+    for p in &ports {
+        let settings = p
+            .settings
+            .map_or_else(|| "disabled".to_string(), |s| s.to_string());
+        println!(
+            "  {:>5}  captured {:>10}  limited {:>10}  ({settings})",
+            p.port, p.captured, p.limited
+        );
+    }
+    println!("busiest sources:");
+    for s in &sources {
+        println!(
+            "  {:<39}  captured {:>10}  limited {:>10}",
+            display_addr(&s.addr),
+            s.captured,
+            s.limited
+        );
+    }
+    Ok(())
+}
+
+fn display_addr(a: &IpAddr) -> String {
+    a.to_string()
+}
+
+/// Refuses a `run` whose pin directory is not absolute (pins must be found
+/// again by other processes).
+pub fn check_pin_dir(pin_dir: &Path) -> Result<()> {
+    if !pin_dir.is_absolute() {
+        bail!(
+            "--pin-dir {} must be an absolute path under a bpffs mount",
+            pin_dir.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_refuses_bad_values_before_touching_anything() {
+        let ports = ["514".parse().unwrap()];
+        let ok = PortLimitArgs::default();
+        let fw = FirewallArgs {
+            deny: vec!["198.18.0.0/33".into()],
+            ..FirewallArgs::default()
+        };
+        let err = startup(&ports, &ok, &fw).unwrap_err().to_string();
+        assert!(err.contains("198.18.0.0/33"), "{err}");
+        let bad_port = PortLimitArgs {
+            burst: 10,
+            ..PortLimitArgs::default()
+        };
+        let err = startup(&ports, &bad_port, &FirewallArgs::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("without a rate"), "{err}");
+        let bad_global = FirewallArgs {
+            global_burst: 5,
+            ..FirewallArgs::default()
+        };
+        let err = startup(&ports, &ok, &bad_global).unwrap_err().to_string();
+        assert!(err.contains("global-burst"), "{err}");
+        assert!(startup(&ports, &ok, &FirewallArgs::default()).is_ok());
+    }
+}
