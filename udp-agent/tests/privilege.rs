@@ -1,0 +1,767 @@
+//! Least privilege: `udp-agent run` as an unprivileged user (nobody) with
+//! only CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON — what deploy/udp-agent.service
+//! grants — captures datagrams; with any one of the three missing it stops
+//! with an error naming it; and the maps it pins are its own (0600).
+//!
+//! Why each capability (measured on this kernel with the agent's own
+//! pre-flight check disabled):
+//! * CAP_BPF: without it, creating the first map fails (EPERM).
+//! * CAP_NET_ADMIN: XDP is a networking program type; BPF_PROG_LOAD fails
+//!   (EPERM) without it.
+//! * CAP_PERFMON: without it the verifier rejects the program ("pointer
+//!   arithmetic with it prohibited for !root" on the packet pointer).
+//!
+//! Not needed: CAP_SYS_ADMIN (only to mount bpffs, which systemd has
+//! mounted), CAP_SYS_RESOURCE (RLIMIT_MEMLOCK; BPF memory is charged to
+//! the cgroup since 5.11), CAP_DAC_OVERRIDE (the unit prepares a directory
+//! the user owns).
+//!
+//! Each test builds the host the way deploy/udp-agent.service leaves it
+//! for the agent, but private to the test:
+//! * a bpffs instance of its own mounted with mode 0700, as systemd mounts
+//!   /sys/fs/bpf, then made traversable (o+x) and given a directory owned
+//!   by the agent's user, as the unit's ExecStartPre=+ lines do;
+//! * the instance lock file in /run/udp-agent owned by the agent's user
+//!   (the unit's RuntimeDirectory= makes the whole directory the user's;
+//!   the agent has no flag to put its lock elsewhere);
+//! * a network namespace joined to the root namespace by a veth pair
+//!   (198.18.200.0/24 in /30s, fd00:198:18::/48, no default route): the
+//!   agent attaches to the root end, a thread inside the namespace sends.
+//!
+//! Everything is removed on drop, also when a test panics.
+
+use std::{
+    ffi::CString,
+    fs::{self, File},
+    io::{BufRead, BufReader, Read},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    os::{
+        fd::AsRawFd,
+        unix::fs::{MetadataExt, PermissionsExt},
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use serde_json::Value;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_udp-agent");
+
+/// The unprivileged user the agent runs as (nobody / nogroup).
+const AGENT_UID: u32 = 65534;
+/// Another unprivileged user, for checking what others can reach.
+const OTHER_UID: u32 = 65533;
+
+/// setpriv's names for what deploy/udp-agent.service grants.
+const CAPS: [&str; 3] = ["bpf", "net_admin", "perfmon"];
+
+/// The agent's lock directory (`control::LOCK_DIR`).
+const LOCK_DIR: &str = "/run/udp-agent";
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------
+// Skip rule
+// ---------------------------------------------------------------------------
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn runs(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether the agent binary carries its XDP object (an embedded ELF file
+/// for EM_BPF, 247).
+fn agent_has_object() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        let Ok(bin) = fs::read(AGENT) else {
+            return false;
+        };
+        const MAGIC: &[u8] = b"\x7fELF\x02\x01\x01";
+        bin.windows(20)
+            .any(|w| w.starts_with(MAGIC) && w[18] == 247 && w[19] == 0)
+    })
+}
+
+/// True if the test can run; otherwise prints `SKIPPED: reason`.
+fn can_run(test: &str) -> bool {
+    let reason = if !is_root() {
+        Some("needs root (creates network namespaces, mounts bpffs, switches users)".to_string())
+    } else if !runs("setpriv", "--version") {
+        Some("setpriv is not installed (Debian: util-linux)".to_string())
+    } else if !runs("ip", "-V") {
+        Some("ip is not installed (Debian: iproute2)".to_string())
+    } else if !agent_has_object() {
+        Some(format!(
+            "{AGENT} was built without its XDP object (set UDP_EBPF_OBJECT, e.g. through `cargo xtask test`)"
+        ))
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(r) => {
+            println!("SKIPPED: {r} ({test})");
+            false
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The lab: netns + veth + private bpffs + lock file
+// ---------------------------------------------------------------------------
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running `ip {}`: {e}", args.join(" ")));
+    assert!(
+        out.status.success(),
+        "`ip {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+fn ip_quiet(args: &[&str]) {
+    let _ = Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn chown(path: &Path, uid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(uid))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+}
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+/// Which /30 of 198.18.200.0/24 a lab uses; unique within this process.
+static SLOT: AtomicU32 = AtomicU32::new(0);
+
+/// How the lab prepares bpffs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bpffs {
+    /// As deploy/udp-agent.service does: o+x on the root, a directory
+    /// owned by the agent's user.
+    AsTheUnit,
+    /// systemd's mount, untouched: mode 0700, nothing for the agent's user.
+    SystemdDefault,
+}
+
+/// Everything one test sets up; removed on drop.
+struct Lab {
+    netns: String,
+    host_if: String,
+    host4: Ipv4Addr,
+    peer4: Ipv4Addr,
+    host6: Ipv6Addr,
+    peer6: Ipv6Addr,
+    root: PathBuf,
+    bpffs: PathBuf,
+    pin_dir: PathBuf,
+    lock_file: PathBuf,
+}
+
+impl Lab {
+    fn new(bpffs_prep: Bpffs) -> Self {
+        let slot = SLOT.fetch_add(1, Ordering::Relaxed);
+        assert!(slot < 64, "too many labs for 198.18.200.0/24");
+        let pid = std::process::id();
+        let tag = format!("{}{slot}", pid % 100_000);
+        let base = 4 * slot as u8;
+        let root = PathBuf::from(format!("/run/udp-agent-priv-{pid}-{slot}"));
+        let bpffs = root.join("bpf");
+        let lab = Lab {
+            netns: format!("udpprv-{pid}-{slot}"),
+            host_if: format!("upv{tag}h"),
+            host4: Ipv4Addr::new(198, 18, 200, base + 1),
+            peer4: Ipv4Addr::new(198, 18, 200, base + 2),
+            host6: format!("fd00:198:18:{:x}::1", 0x200 + slot)
+                .parse()
+                .unwrap(),
+            peer6: format!("fd00:198:18:{:x}::2", 0x200 + slot)
+                .parse()
+                .unwrap(),
+            pin_dir: bpffs.join("udp-agent").join("pins"),
+            lock_file: PathBuf::new(),
+            root,
+            bpffs,
+        };
+        let mut lab = lab;
+        lab.lock_file = lock_path(&lab.pin_dir);
+        // From here on, Drop cleans up whatever was made.
+        lab.make_network();
+        lab.make_bpffs(bpffs_prep);
+        lab.make_lock_file();
+        lab
+    }
+
+    /// The namespace's end of the veth pair.
+    fn peer_if(&self) -> String {
+        format!("{}p", self.host_if.trim_end_matches('h'))
+    }
+
+    fn make_network(&self) {
+        let peer_if = self.peer_if();
+        ip(&["netns", "add", &self.netns]);
+        ip(&[
+            "link",
+            "add",
+            &self.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer_if,
+            "netns",
+            &self.netns,
+        ]);
+        let n = &self.netns;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", self.host4),
+            "dev",
+            &self.host_if,
+        ]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/64", self.host6),
+            "dev",
+            &self.host_if,
+            "nodad",
+        ]);
+        ip(&["link", "set", &self.host_if, "up"]);
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{}/30", self.peer4),
+            "dev",
+            &peer_if,
+        ]);
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{}/64", self.peer6),
+            "dev",
+            &peer_if,
+            "nodad",
+        ]);
+        ip(&["-n", n, "link", "set", &peer_if, "up"]);
+        ip(&["-n", n, "link", "set", "lo", "up"]);
+    }
+
+    fn make_bpffs(&self, prep: Bpffs) {
+        fs::create_dir_all(&self.bpffs).expect("create lab dir");
+        chmod(&self.root, 0o755);
+        // As systemd mounts /sys/fs/bpf (mount-setup.c: "mode=0700").
+        let src = c"bpf";
+        let target = CString::new(self.bpffs.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: NUL-terminated strings; data is a constant option string.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                src.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                c"mode=0700".as_ptr().cast(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mounting a bpffs at {}: {}",
+            self.bpffs.display(),
+            std::io::Error::last_os_error()
+        );
+        let owned = self.pin_dir.parent().unwrap();
+        fs::create_dir(owned).expect("create the agent's bpffs directory");
+        chmod(owned, 0o700);
+        if prep == Bpffs::AsTheUnit {
+            // ExecStartPre=+/usr/bin/chmod o+x /sys/fs/bpf
+            let mode = fs::metadata(&self.bpffs).unwrap().permissions().mode();
+            chmod(&self.bpffs, (mode & 0o7777) | 0o001);
+            // ExecStartPre=+/usr/bin/install -d -o udp-agent -g udp-agent -m 0700 …
+            chown(owned, AGENT_UID);
+        }
+    }
+
+    /// What RuntimeDirectory=udp-agent gives the agent: a lock file it may
+    /// write. The name is the agent's (control.rs `lock_path`).
+    fn make_lock_file(&self) {
+        fs::create_dir_all(LOCK_DIR).expect("create /run/udp-agent");
+        File::create(&self.lock_file).expect("create the lock file");
+        chown(&self.lock_file, AGENT_UID);
+        chmod(&self.lock_file, 0o600);
+    }
+
+    fn has_xdp(&self) -> bool {
+        let out = Command::new("ip")
+            .args(["-d", "link", "show", "dev", &self.host_if])
+            .output()
+            .expect("ip link show");
+        String::from_utf8_lossy(&out.stdout).contains("xdp")
+    }
+
+    /// Sends each payload once to `to`, from a thread inside the namespace.
+    fn send(&self, to: SocketAddr, payloads: &[Vec<u8>]) {
+        let netns = self.netns.clone();
+        let payloads = payloads.to_vec();
+        let from: SocketAddr = match to.ip() {
+            IpAddr::V4(_) => (self.peer4, 0).into(),
+            IpAddr::V6(_) => (self.peer6, 0).into(),
+        };
+        thread::spawn(move || {
+            let ns = File::open(format!("/var/run/netns/{netns}")).expect("open netns");
+            // SAFETY: a valid namespace fd; setns only affects this thread.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let sock = UdpSocket::bind(from).expect("bind in netns");
+            for p in &payloads {
+                sock.send_to(p, to).expect("send_to");
+            }
+        })
+        .join()
+        .expect("sender thread");
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair with it.
+        ip_quiet(&["netns", "del", &self.netns]);
+        ip_quiet(&["link", "del", &self.host_if]);
+        if let Ok(target) = CString::new(self.bpffs.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a NUL-terminated path.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = fs::remove_dir_all(&self.root);
+        let _ = fs::remove_file(&self.lock_file);
+    }
+}
+
+/// The agent's instance lock for `pin_dir` (control.rs `lock_path`).
+fn lock_path(pin_dir: &Path) -> PathBuf {
+    let name: String = pin_dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    Path::new(LOCK_DIR).join(format!("{name}.lock"))
+}
+
+// ---------------------------------------------------------------------------
+// The agent as an unprivileged user
+// ---------------------------------------------------------------------------
+
+/// `setpriv …` running `args` as `uid` with exactly `caps` (inheritable,
+/// ambient and bounding set, and no new privileges: what the unit's
+/// User=, AmbientCapabilities=, CapabilityBoundingSet= and
+/// NoNewPrivileges= give).
+fn as_user(uid: u32, caps: &[&str], args: &[&str]) -> Command {
+    let set: String = caps.iter().map(|c| format!(",+{c}")).collect();
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg(format!("--inh-caps=-all{set}"))
+        .arg(format!("--ambient-caps=-all{set}"))
+        .arg(format!("--bounding-set=-all{set}"))
+        .arg("--no-new-privs")
+        .arg("--")
+        .arg(AGENT)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A running agent; killed on drop.
+struct Agent {
+    child: Child,
+    events: Arc<Mutex<Vec<String>>>,
+    log: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    fn start(lab: &Lab, caps: &[&str], port: u16) -> Self {
+        let mut child = as_user(
+            AGENT_UID,
+            caps,
+            &[
+                "run",
+                "--iface",
+                &lab.host_if,
+                "--port",
+                &port.to_string(),
+                "--pin-dir",
+                &lab.pin_dir.to_string_lossy(),
+                "--sink",
+                "stdout",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn setpriv");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let ev = events.clone();
+        let lg = log.clone();
+        let readers = vec![
+            thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    ev.lock().unwrap().push(line);
+                }
+            }),
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stderr.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    lg.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }),
+        ];
+        Agent {
+            child,
+            events,
+            log,
+            readers,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the program is attached; panics if the agent exits or
+    /// the time runs out.
+    fn wait_attached(&mut self, lab: &Lab) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.join_readers();
+                panic!(
+                    "the agent exited ({status}) before attaching; its log:\n{}",
+                    self.log()
+                );
+            }
+            if lab.has_xdp() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not attach within {START_TIMEOUT:?}; its log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the agent to exit by itself.
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.join_readers();
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not exit within {timeout:?}; its log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) -> ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.wait_exit(TIMEOUT)
+    }
+
+    fn join_readers(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+
+    /// Payloads of the events printed so far.
+    fn payloads(&self) -> Vec<(Vec<u8>, Value)> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|line| {
+                let entry: Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                let detail: Value = serde_json::from_str(
+                    entry["Detail"].as_str().expect("Detail is a JSON string"),
+                )
+                .expect("Detail parses");
+                let payload = STANDARD
+                    .decode(detail["Payload"].as_str().expect("Payload"))
+                    .expect("Payload is base64");
+                (payload, detail)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        self.join_readers();
+    }
+}
+
+/// Runs the agent with `caps` until it exits (it is expected to fail).
+fn run_to_failure(lab: &Lab, caps: &[&str]) -> (ExitStatus, String) {
+    let mut agent = Agent::start(lab, caps, 5514);
+    let status = agent.wait_exit(START_TIMEOUT);
+    (status, agent.log())
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[test]
+fn nobody_with_bpf_net_admin_perfmon_captures() {
+    if !can_run("nobody_with_bpf_net_admin_perfmon_captures") {
+        return;
+    }
+    let lab = Lab::new(Bpffs::AsTheUnit);
+    let port = 5514;
+    let mut agent = Agent::start(&lab, &CAPS, port);
+    agent.wait_attached(&lab);
+
+    // Datagrams over IPv4 and IPv6, each with a payload of its own.
+    let v4: Vec<Vec<u8>> = (0..4)
+        .map(|i| format!("priv-v4-{i}").into_bytes())
+        .collect();
+    let v6: Vec<Vec<u8>> = (0..4)
+        .map(|i| format!("priv-v6-{i}").into_bytes())
+        .collect();
+    let wanted: Vec<Vec<u8>> = v4.iter().chain(&v6).cloned().collect();
+    let deadline = Instant::now() + TIMEOUT;
+    // Bounded: at most 5 rounds, resending only what has not arrived (a
+    // first datagram can wait on neighbour discovery).
+    for _round in 0..5 {
+        let seen: Vec<Vec<u8>> = agent.payloads().into_iter().map(|(p, _)| p).collect();
+        let missing4: Vec<Vec<u8>> = v4.iter().filter(|p| !seen.contains(p)).cloned().collect();
+        let missing6: Vec<Vec<u8>> = v6.iter().filter(|p| !seen.contains(p)).cloned().collect();
+        if missing4.is_empty() && missing6.is_empty() {
+            break;
+        }
+        lab.send((lab.host4, port).into(), &missing4);
+        lab.send((lab.host6, port).into(), &missing6);
+        let round_end = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < round_end.min(deadline) {
+            let got = agent.payloads();
+            if wanted.iter().all(|w| got.iter().any(|(p, _)| p == w)) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let got = agent.payloads();
+    for w in &wanted {
+        let Some((_, detail)) = got.iter().find(|(p, _)| p == w) else {
+            panic!(
+                "no event with payload {:?}; events: {:#?}; log:\n{}",
+                String::from_utf8_lossy(w),
+                agent.events.lock().unwrap(),
+                agent.log()
+            );
+        };
+        assert_eq!(detail["Destination"]["Port"], u64::from(port));
+        assert_eq!(detail["Interface"], lab.host_if.as_str());
+        let from = if w.starts_with(b"priv-v4") {
+            lab.peer4.to_string()
+        } else {
+            lab.peer6.to_string()
+        };
+        assert_eq!(detail["Source"]["Address"], from.as_str());
+    }
+    println!(
+        "nobody with CAP_BPF+CAP_NET_ADMIN+CAP_PERFMON captured {} datagrams",
+        wanted.len()
+    );
+
+    // The pins are the agent user's, 0600: no other user can open them.
+    let mut pins = Vec::new();
+    for entry in fs::read_dir(&lab.pin_dir).expect("read pin dir") {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        let mode = meta.mode() & 0o7777;
+        println!(
+            "pin {}: mode {mode:04o} uid {}",
+            entry.path().display(),
+            meta.uid()
+        );
+        assert_eq!(meta.uid(), AGENT_UID, "{}", entry.path().display());
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "{} is accessible to group/others (mode {mode:04o})",
+            entry.path().display()
+        );
+        pins.push(entry.file_name());
+    }
+    assert!(!pins.is_empty(), "no pins under {}", lab.pin_dir.display());
+    let dir_mode = fs::metadata(&lab.pin_dir).unwrap().mode() & 0o7777;
+    assert_eq!(
+        dir_mode & 0o002,
+        0,
+        "pin directory is world-writable ({dir_mode:04o})"
+    );
+
+    // The agent's user, with CAP_BPF alone, can read its counters…
+    let pin_dir = lab.pin_dir.to_string_lossy().to_string();
+    let out = as_user(
+        AGENT_UID,
+        &["bpf"],
+        &["stats", "--json", "--pin-dir", &pin_dir],
+    )
+    .output()
+    .expect("stats");
+    assert!(
+        out.status.success(),
+        "`udp-agent stats` as the agent's user with CAP_BPF failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: Value = serde_json::from_slice(&out.stdout).expect("stats --json");
+    assert!(
+        stats["captured"].as_u64().unwrap_or(0) >= wanted.len() as u64,
+        "stats: {stats}"
+    );
+    // …another user, even with CAP_BPF, cannot.
+    let out = as_user(
+        OTHER_UID,
+        &["bpf"],
+        &["stats", "--json", "--pin-dir", &pin_dir],
+    )
+    .output()
+    .expect("stats");
+    println!(
+        "`udp-agent stats` as uid {OTHER_UID} with CAP_BPF: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    assert!(
+        !out.status.success(),
+        "another user read the agent's maps: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // SIGTERM: a clean exit that detaches and removes the pins, all
+    // without privileges beyond the three.
+    let status = agent.stop();
+    assert!(status.success(), "exit {status}; log:\n{}", agent.log());
+    assert!(!lab.has_xdp(), "XDP still attached after exit");
+    assert!(
+        !lab.pin_dir.exists(),
+        "pins left behind: {}",
+        lab.pin_dir.display()
+    );
+}
+
+/// With one of the three capabilities missing the agent exits non-zero and
+/// says which one, before it touches the interface or bpffs.
+fn refused_without(missing: &str) {
+    let lab = Lab::new(Bpffs::AsTheUnit);
+    let caps: Vec<&str> = CAPS.iter().copied().filter(|c| *c != missing).collect();
+    let (status, log) = run_to_failure(&lab, &caps);
+    let name = format!("CAP_{}", missing.to_uppercase());
+    println!("without {name}: {status}: {}", log.trim());
+    assert!(!status.success(), "the agent ran without {name}");
+    assert!(
+        log.contains(&name) && log.contains("missing"),
+        "the error does not name {name}: {log}"
+    );
+    assert!(!lab.has_xdp(), "XDP attached without {name}");
+    assert!(!lab.pin_dir.exists(), "pins made without {name}");
+}
+
+#[test]
+fn refused_without_cap_bpf() {
+    if can_run("refused_without_cap_bpf") {
+        refused_without("bpf");
+    }
+}
+
+#[test]
+fn refused_without_cap_net_admin() {
+    if can_run("refused_without_cap_net_admin") {
+        refused_without("net_admin");
+    }
+}
+
+#[test]
+fn refused_without_cap_perfmon() {
+    if can_run("refused_without_cap_perfmon") {
+        refused_without("perfmon");
+    }
+}
+
+/// On systemd's bpffs (mode 0700) the agent's user cannot reach its pin
+/// directory: why deploy/udp-agent.service makes /sys/fs/bpf traversable
+/// and gives it a directory. The error names the path and the cause.
+#[test]
+fn refused_on_an_unprepared_bpffs() {
+    if !can_run("refused_on_an_unprepared_bpffs") {
+        return;
+    }
+    let lab = Lab::new(Bpffs::SystemdDefault);
+    let (status, log) = run_to_failure(&lab, &CAPS);
+    println!("on a mode 0700 bpffs: {status}: {}", log.trim());
+    assert!(!status.success());
+    assert!(
+        log.contains(&*lab.pin_dir.to_string_lossy()) && log.contains("Permission denied"),
+        "the error does not say which path it could not use and why: {log}"
+    );
+    assert!(!lab.has_xdp(), "XDP attached although pinning failed");
+}
