@@ -1,17 +1,25 @@
 //! Command-line interface. Every flag has an `UDP_AGENT_…` environment
 //! variable; the doc comment on each field is its help text.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use udp_ebpf_common::{DEFAULT_RING_BYTES, MAX_CAPTURE};
 
+pub use crate::commands::{LimitsArgs, PortsArgs, SourcesArgs, StatsArgs};
 use crate::{
+    commands::{FirewallArgs, PortLimitArgs},
     control::DEFAULT_PIN_DIR,
     encode::{DEFAULT_DETAIL_TYPE, DEFAULT_SOURCE},
     loader::ModeArg,
     ports::PortRange,
-    sink::SinkKind,
+    sink::{
+        SinkKind,
+        eventbridge::config::{
+            DEFAULT_MAX_EVENTS_PER_HOUR, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_PUT_EVENTS_PER_SECOND,
+            DEFAULT_MAX_RETRIES,
+        },
+    },
 };
 
 /// UDP datagrams captured with XDP, turned into Amazon EventBridge events.
@@ -22,22 +30,31 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start-up: the size of the `run` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach to interfaces and turn UDP datagrams on the chosen ports into
     /// events (needs root or CAP_BPF+CAP_NET_ADMIN+CAP_PERFMON).
     Run(RunArgs),
-    /// Show or change the captured ports of a running agent.
+    /// Show or change the captured ports of a running agent (and their
+    /// rate limits and actions).
     Ports(PortsArgs),
-    /// Print a running agent's kernel counters.
+    /// Show or change a running agent's source allow and deny lists.
+    Sources(SourcesArgs),
+    /// Show or change a running agent's global and per-source limits.
+    Limits(LimitsArgs),
+    /// Print a running agent's kernel counters and its busiest ports and
+    /// sources.
     Stats(StatsArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct PinDirArg {
-    /// bpffs directory where the agent pins its maps; `ports` and `stats`
-    /// use it to find a running agent. One directory per agent instance.
-    #[arg(long, env = "UDP_AGENT_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
+    /// bpffs directory where the agent pins its maps; `ports`, `sources`,
+    /// `limits` and `stats` use it to find a running agent. One directory
+    /// per agent instance.
+    #[arg(long, env = "UDP_AGENT_PIN_DIR", default_value = DEFAULT_PIN_DIR, global = true)]
     pub pin_dir: PathBuf,
 }
 
@@ -80,10 +97,19 @@ pub struct RunArgs {
     #[command(flatten)]
     pub pin: PinDirArg,
 
-    /// Where events go. `stdout` prints each PutEvents entry as a JSON line
-    /// (a dry run).
-    #[arg(long, env = "UDP_AGENT_SINK", value_enum, default_value = "stdout")]
+    /// Where events go. `auto`: to EventBridge if --event-bus is given,
+    /// otherwise the stdout dry run. `stdout`: print each PutEvents entry as
+    /// a JSON line and send nothing (with --event-bus, the lines carry that
+    /// bus). `eventbridge`: send to --event-bus, or to the account's
+    /// `default` bus if none is given.
+    #[arg(long, env = "UDP_AGENT_SINK", value_enum, default_value = "auto")]
     pub sink: SinkKind,
+
+    /// Event bus to send to, by name or ARN; sets every entry's
+    /// `EventBusName` (default: `default`). Giving it selects the
+    /// EventBridge sink unless --sink says otherwise.
+    #[arg(long, env = "UDP_AGENT_EVENT_BUS", value_name = "NAME|ARN")]
+    pub event_bus: Option<String>,
 
     /// `Source` of every event.
     #[arg(long, env = "UDP_AGENT_SOURCE", default_value = DEFAULT_SOURCE)]
@@ -108,39 +134,102 @@ pub struct RunArgs {
     /// Longest time an entry waits for a batch to fill before it is sent.
     #[arg(long, env = "UDP_AGENT_BATCH_LINGER_MS", default_value_t = 20)]
     pub batch_linger_ms: u64,
-}
 
-#[derive(Debug, Args)]
-pub struct PortsArgs {
-    #[command(subcommand)]
-    pub action: PortsAction,
     #[command(flatten)]
-    pub pin: PinDirArg,
-}
+    pub port_limit: PortLimitArgs,
 
-#[derive(Debug, Subcommand)]
-pub enum PortsAction {
-    /// Start capturing these ports (`N` or `N-M`).
-    Add {
-        #[arg(required = true, value_delimiter = ',')]
-        ports: Vec<PortRange>,
-    },
-    /// Stop capturing these ports (`N` or `N-M`).
-    Remove {
-        #[arg(required = true, value_delimiter = ',')]
-        ports: Vec<PortRange>,
-    },
-    /// Print the captured ports, one port or range per line.
-    List,
-}
-
-#[derive(Debug, Args)]
-pub struct StatsArgs {
     #[command(flatten)]
-    pub pin: PinDirArg,
-    /// Print a JSON object instead of `name value` lines.
-    #[arg(long)]
-    pub json: bool,
+    pub firewall: FirewallArgs,
+
+    #[command(flatten)]
+    pub eventbridge: EventBridgeArgs,
+}
+
+/// How the EventBridge sink connects and how hard it may push. Region and
+/// credentials come from the standard AWS chain: `AWS_REGION`/
+/// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, a
+/// profile (`AWS_PROFILE`, ~/.aws/config and credentials), web identity, or
+/// the EC2 instance role through IMDSv2. They are resolved once at start-up;
+/// if either is missing the agent refuses to start.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "EventBridge sink")]
+pub struct EventBridgeArgs {
+    /// AWS Region, overriding the standard chain (`AWS_REGION`, profile,
+    /// IMDS).
+    #[arg(long, env = "UDP_AGENT_REGION")]
+    pub region: Option<String>,
+
+    /// Send to this URL instead of the Region's public endpoint: a VPC
+    /// interface endpoint, or a test endpoint such as
+    /// `http://127.0.0.1:4010`. `AWS_ENDPOINT_URL_EVENTBRIDGE` and
+    /// `AWS_ENDPOINT_URL` are honoured too.
+    #[arg(long, env = "UDP_AGENT_ENDPOINT_URL", value_name = "URL")]
+    pub endpoint_url: Option<String>,
+
+    /// EventBridge global endpoint ID (e.g. `abcde.veo`): requests carry it
+    /// as `EndpointId`, go to that global endpoint and are signed with
+    /// SigV4a.
+    #[arg(long, env = "UDP_AGENT_ENDPOINT_ID", value_name = "ID")]
+    pub endpoint_id: Option<String>,
+
+    /// PutEvents requests in flight at once (each holds up to 10 entries,
+    /// its retries included). When all are busy the sink stops taking
+    /// batches and the packet queue absorbs, then drops and counts
+    /// (`queue_drops`).
+    #[arg(long, env = "UDP_AGENT_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_in_flight: u32,
+
+    /// Client-side limit on PutEvents requests per second, retries included
+    /// (0: none). The smallest Regional quota "PutEvents throttle limit in
+    /// transactions per second" is 400/s (it is 10,000/s in us-east-1), and
+    /// the quota is shared by the whole account; the default 300 with a
+    /// burst of a tenth of a second stays under it everywhere. Raise it
+    /// toward your Region's (or raised) quota for more throughput.
+    #[arg(long, env = "UDP_AGENT_MAX_PUT_EVENTS_PER_SECOND",
+          default_value_t = DEFAULT_MAX_PUT_EVENTS_PER_SECOND)]
+    pub max_put_events_per_second: u32,
+
+    /// Cost guard: most billed events sent in any rolling hour (measured in
+    /// one-minute steps); past it, events are skipped and counted
+    /// (`cost_guard_skipped`) and a warning is logged once a minute. Each
+    /// started 64 KB of an entry is one billed event. The default,
+    /// 1,000,000, caps spend at about US$1 an hour at the custom-event price
+    /// of US$1.00 per million. 0 turns the guard off: then only the kernel
+    /// rate limits and --max-put-events-per-second bound the bill.
+    #[arg(long, env = "UDP_AGENT_MAX_EVENTS_PER_HOUR",
+          default_value_t = DEFAULT_MAX_EVENTS_PER_HOUR)]
+    pub max_events_per_hour: u64,
+
+    /// Resends of a request or of its failed entries before they are given
+    /// up (and dead-lettered). Throttling, 5xx, timeouts, connection errors
+    /// and entries failed with ThrottlingException/InternalFailure are
+    /// retried with capped exponential backoff and full jitter (base 100 ms,
+    /// cap 10 s); anything else is not retried.
+    #[arg(long, env = "UDP_AGENT_MAX_RETRIES", default_value_t = DEFAULT_MAX_RETRIES)]
+    pub max_retries: u32,
+
+    /// Longest wait for one PutEvents attempt before it counts as a timeout
+    /// (and is retried).
+    #[arg(long, env = "UDP_AGENT_REQUEST_TIMEOUT", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// On shutdown, how long the sink may keep delivering what was captured
+    /// and is queued or in flight; whatever is left is counted
+    /// (`undelivered`), logged, and written to --dead-letter with ErrorCode
+    /// `DrainTimeout`.
+    #[arg(long, env = "UDP_AGENT_DRAIN_TIMEOUT", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Append entries that could not be delivered (refused by EventBridge,
+    /// out of retries, or left at the drain timeout) to this file, one JSON
+    /// line each:
+    /// `{"Entry": <the entry as --sink stdout prints it>, "ErrorCode": …,
+    /// "ErrorMessage": …}`.
+    #[arg(long, env = "UDP_AGENT_DEAD_LETTER", value_name = "FILE")]
+    pub dead_letter: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -158,6 +247,41 @@ impl RunArgs {
         }
         if self.source.is_empty() || self.source.chars().count() > 256 {
             return Err("--source must be 1 to 256 characters (an AWS limit)".into());
+        }
+        if let Some(bus) = &self.event_bus
+            && (bus.is_empty() || bus.chars().count() > 1600)
+        {
+            return Err(
+                "--event-bus must be an event bus name or ARN of 1 to 1600 characters (an AWS limit)"
+                    .into(),
+            );
+        }
+        self.eventbridge.validate()
+    }
+}
+
+impl EventBridgeArgs {
+    /// Checks that clap's types cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(id) = &self.endpoint_id
+            && (id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+        {
+            return Err(format!(
+                "--endpoint-id {id:?} is not a global endpoint ID (letters, digits, '-' and '.', e.g. abcde.veo)"
+            ));
+        }
+        if let Some(url) = &self.endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!(
+                "--endpoint-url {url:?} must start with http:// or https://"
+            ));
+        }
+        if self.request_timeout.is_zero() {
+            return Err("--request-timeout must be more than 0".into());
         }
         Ok(())
     }

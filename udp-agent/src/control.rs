@@ -632,7 +632,7 @@ impl Control {
         };
         let removed = match result {
             Ok(()) => true,
-            Err(aya::maps::MapError::KeyNotFound) => false,
+            Err(e) if key_not_found(&e) => false,
             Err(e) => return Err(self.map_err("updating", name)(e)),
         };
         self.sync_allowlist_flag()?;
@@ -743,6 +743,15 @@ impl Control {
     pub fn counter(&self, index: u32) -> Result<u64, ControlError> {
         let err = self.map_err("reading", COUNTERS_PIN);
         Ok(self.counters.get(&index, 0).map_err(err)?.iter().sum())
+    }
+}
+
+/// A delete of a missing key: aya reports it as ENOENT from the syscall.
+fn key_not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.kind() == io::ErrorKind::NotFound,
+        _ => false,
     }
 }
 

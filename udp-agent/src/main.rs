@@ -4,7 +4,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use udp_agent::{
     cli::{Cli, Command},
-    pipeline,
+    commands, pipeline,
 };
 
 fn main() -> ExitCode {
@@ -23,8 +23,10 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(pipeline::run(args))),
-        Command::Ports(args) => pipeline::ports(&args.pin.pin_dir, &args.action),
-        Command::Stats(args) => pipeline::stats(&args.pin.pin_dir, args.json),
+        Command::Ports(args) => commands::ports(&args),
+        Command::Sources(args) => commands::sources(&args),
+        Command::Limits(args) => commands::limits(&args),
+        Command::Stats(args) => commands::stats(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,8 +1,13 @@
 //! `udp-agent run`: load, pin, attach, and run capture ▸ encode/batch ▸ sink
 //! until SIGINT/SIGTERM, then shut down without losing what was captured.
+//!
+//! Accounting: every captured packet ends in one counter. Packets:
+//! `decoded = queue_drops + oversize + batched`; entries `batched` end as
+//! `emitted` or `sink_failed`, or, with the EventBridge sink, as its
+//! `cost_guard_skipped` (see [`crate::sink::eventbridge::stats`]).
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, atomic::Ordering::Relaxed},
     time::Duration,
 };
@@ -23,11 +28,15 @@ use crate::{
     capture,
     cli::RunArgs,
     clock::WallClock,
+    commands,
     control::{self, Control},
-    encode::{DEFAULT_EVENT_BUS, Encoder, Entry},
+    encode::{Encoder, Entry},
     loader, privileges,
     record::Packet,
-    sink::{self, SinkKind},
+    sink::{
+        self, Selected,
+        eventbridge::{self, EventBridgeSink, EventBridgeStats, Settings},
+    },
     stats::{PipelineStats, count_drop},
 };
 
@@ -55,9 +64,31 @@ pub async fn run(args: RunArgs) -> Result<()> {
     for iface in &args.ifaces {
         loader::ifindex(iface)?;
     }
+    let firewall = commands::startup(&args.ports, &args.port_limit, &args.firewall)?;
+    commands::check_pin_dir(&args.pin.pin_dir)?;
     if args.ports.is_empty() {
         warn!("no --port given: nothing is captured until `udp-agent ports add` enables one");
     }
+    let selected = sink::select(args.sink, args.event_bus.as_deref());
+    let event_bus = sink::event_bus_name(args.event_bus.as_deref());
+    let stats = Arc::new(PipelineStats::default());
+    // Region, credentials and the dead-letter file are checked before the
+    // kernel is touched: a configuration error must not cost a packet.
+    let eventbridge = match selected {
+        Selected::Stdout => None,
+        Selected::EventBridge => {
+            let settings = Settings::from_args(&args.eventbridge);
+            let client = settings
+                .connect()
+                .await
+                .context("configuring the EventBridge sink")?;
+            Some(
+                EventBridgeSink::new(settings, client, stats.clone())
+                    .context("configuring the EventBridge sink")?,
+            )
+        }
+    };
+    let eventbridge_stats = eventbridge.as_ref().map(EventBridgeSink::stats);
 
     let pin_dir = args.pin.pin_dir.clone();
     let _lock = control::claim(&pin_dir)
@@ -70,22 +101,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
         snaplen: args.snaplen,
         ..Config::default()
     })?;
-    for range in &args.ports {
-        control.set_ports(*range, true)?;
-    }
+    firewall.apply(&mut control)?;
     let ring = RingBuf::try_from(
         ebpf.take_map("EVENTS")
             .context("the eBPF object has no EVENTS ring buffer")?,
     )
     .context("opening the EVENTS ring buffer")?;
 
-    let stats = Arc::new(PipelineStats::default());
-    let mut encoder = Encoder::new(
-        &args.source,
-        &args.detail_type,
-        DEFAULT_EVENT_BUS,
-        WallClock::now(),
-    );
+    let mut encoder = Encoder::new(&args.source, &args.detail_type, event_bus, WallClock::now());
     let (packet_tx, packet_rx) = mpsc::channel::<Packet>(args.queue_capacity as usize);
     let (batch_tx, batch_rx) = mpsc::channel::<Vec<Entry>>(BATCH_QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -110,24 +133,40 @@ pub async fn run(args: RunArgs) -> Result<()> {
     info!(
         ports = ports.join(","),
         pin_dir = %pin_dir.display(),
-        sink = ?args.sink,
+        sink = ?selected,
+        event_bus,
         "capturing"
     );
 
-    let capture = tokio::spawn(capture::run(ring, packet_tx, stats.clone(), stop_rx));
-    let encode = tokio::spawn(encode_task(
+    let capture = tokio::spawn(capture::run(
+        ring,
+        packet_tx,
+        stats.clone(),
+        stop_rx.clone(),
+    ));
+    let encode = tokio::spawn(encode_and_batch(
         packet_rx,
         batch_tx,
         encoder,
         Duration::from_millis(args.batch_linger_ms),
         stats.clone(),
     ));
-    let mut sink: JoinHandle<std::io::Result<()>> = match args.sink {
-        SinkKind::Stdout => tokio::spawn(sink::stdout::run(
-            tokio::io::stdout(),
-            batch_rx,
-            stats.clone(),
-        )),
+    let mut sink: JoinHandle<Result<()>> = match eventbridge {
+        None => {
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                sink::stdout::run(tokio::io::stdout(), batch_rx, stats)
+                    .await
+                    .context("writing events")
+            })
+        }
+        Some(eb) => {
+            let shutdown = stop_rx.clone();
+            tokio::spawn(async move {
+                eventbridge::run(eb, batch_rx, shutdown).await;
+                Ok(())
+            })
+        }
     };
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -157,15 +196,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
         None => sink.await,
     };
 
-    report(&control, &stats);
-    sink_result
-        .context("sink task")?
-        .context("writing events")?;
+    report(&control, &stats, eventbridge_stats.as_deref());
+    sink_result.context("sink task")??;
     Ok(())
 }
 
-/// Encodes packets and groups them into batches for the sink.
-async fn encode_task(
+/// Encodes packets and groups them into batches for the sink (at most
+/// `batch::MAX_ENTRIES` entries and 256 KB each, or whatever waited
+/// `linger`), until `rx` closes. Public so that tests and benchmarks drive
+/// the same path as `run`.
+pub async fn encode_and_batch(
     mut rx: mpsc::Receiver<Packet>,
     tx: mpsc::Sender<Vec<Entry>>,
     mut encoder: Encoder,
@@ -222,7 +262,7 @@ async fn encode_task(
 }
 
 /// Final counters on stderr, so an operator sees what the run did.
-fn report(control: &Control, stats: &PipelineStats) {
+fn report(control: &Control, stats: &PipelineStats, eventbridge: Option<&EventBridgeStats>) {
     match control.counters() {
         Ok(kernel) => {
             let line: Vec<String> = kernel.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -236,50 +276,9 @@ fn report(control: &Control, stats: &PipelineStats) {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     info!("pipeline counters: {}", line.join(" "));
-}
-
-/// `udp-agent ports …`
-pub fn ports(pin_dir: &Path, action: &crate::cli::PortsAction) -> Result<()> {
-    use crate::cli::PortsAction;
-    let mut control = Control::open(pin_dir)?;
-    match action {
-        PortsAction::Add { ports } => {
-            for r in ports {
-                control.set_ports(*r, true)?;
-                eprintln!("enabled {r}");
-            }
-        }
-        PortsAction::Remove { ports } => {
-            for r in ports {
-                control.set_ports(*r, false)?;
-                eprintln!("disabled {r}");
-            }
-        }
-        PortsAction::List => {
-            for r in control.enabled_ports()? {
-                println!("{r}");
-            }
-        }
+    if let Some(eb) = eventbridge {
+        info!("eventbridge counters: {}", eb.summary());
     }
-    Ok(())
-}
-
-/// `udp-agent stats`
-pub fn stats(pin_dir: &Path, json: bool) -> Result<()> {
-    let control = Control::open(pin_dir)?;
-    let counters = control.counters()?;
-    if json {
-        let map: serde_json::Map<String, serde_json::Value> = counters
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), serde_json::Value::from(*v)))
-            .collect();
-        println!("{}", serde_json::Value::Object(map));
-    } else {
-        for (k, v) in counters {
-            println!("{k} {v}");
-        }
-    }
-    Ok(())
 }
 
 /// Exits with a clear message if the build lacks the XDP object.

@@ -1,0 +1,714 @@
+//! A fake Amazon EventBridge `PutEvents` endpoint that injects faults.
+//!
+//! It speaks the AWS JSON 1.1 protocol the SDKs use for EventBridge:
+//! `POST /` with `X-Amz-Target: AWSEvents.PutEvents`, a body
+//! `{"Entries":[{"Source","DetailType","Detail","Time","EventBusName"}],
+//! "EndpointId"?}`, and a response `{"FailedEntryCount":N,"Entries":[…]}`
+//! whose entries are `{"EventId":…}` or `{"ErrorCode":…,"ErrorMessage":…}`
+//! in request order. Signatures are not checked (any credentials work), but
+//! the signing algorithm is counted so a test can see SigV4a in use.
+//!
+//! Faults are deterministic, so a test knows the outcome in advance:
+//! - by request number (1-based, counted over every `PutEvents` request):
+//!   drop the connection without answering every `drop_every`-th request,
+//!   throttle the whole request (HTTP 400 `ThrottlingException`) every
+//!   `throttle_every`-th, answer HTTP 500 `InternalFailure` every
+//!   `internal_error_every`-th;
+//! - by entry, from a seeded hash of its `Detail` ([`Config::entry_fault`]):
+//!   a `permanent_fraction` of entries always fail with `InvalidArgument` or
+//!   `MalformedDetail`; a `retryable_fraction` fail with
+//!   `ThrottlingException` or `InternalFailure` the first
+//!   `retryable_attempts` times they are seen, then are accepted;
+//! - every request can be answered after `delay`.
+//!
+//! Every entry that reaches entry-level processing is recorded by its
+//! `Detail` (how often accepted, how often rejected) and is available through
+//! [`FakeEventBridge::records`]/[`FakeEventBridge::accepted`] and
+//! `GET /_accepted`; `GET /_stats` returns the counters. With `record: false`
+//! only counters are kept (and entries with a retryable fault, which must be
+//! remembered to be accepted later), so a long benchmark's memory stays flat.
+//!
+//! It is built to be fast: one lock per request (none when not recording),
+//! no per-request logging.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{
+    Method, Request, Response, StatusCode, body::Incoming, header::HeaderValue,
+    server::conn::http1, service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::{net::TcpListener, task::JoinSet};
+
+/// PutEvents takes at most 10 entries per request (AWS quota "PutEvents
+/// entries per request").
+pub const MAX_ENTRIES: usize = 10;
+/// PutEvents requests are at most 256 KB, counted as AWS counts entry sizes.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+/// `Time` counts as 14 bytes of an entry's size.
+const TIME_SIZE: usize = 14;
+
+/// What to fake. `Default` is a well-behaved endpoint on an ephemeral
+/// loopback port that records every entry.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Seed of the per-entry fault hash.
+    pub seed: u64,
+    /// Throttle every k-th request whole (0: never).
+    pub throttle_every: u64,
+    /// Answer every k-th request with HTTP 500 `InternalFailure` (0: never).
+    pub internal_error_every: u64,
+    /// Close the connection without an answer on every k-th request, after
+    /// reading it and before looking at its entries (0: never).
+    pub drop_every: u64,
+    /// Wait this long before answering each request.
+    pub delay: Duration,
+    /// Fraction of entries that fail with a retryable code at first.
+    pub retryable_fraction: f64,
+    /// How many times an entry with a retryable fault fails before it is
+    /// accepted.
+    pub retryable_attempts: u32,
+    /// Fraction of entries that always fail with a non-retryable code.
+    pub permanent_fraction: f64,
+    /// Keep every entry seen (false: counters only).
+    pub record: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            seed: 0,
+            throttle_every: 0,
+            internal_error_every: 0,
+            drop_every: 0,
+            delay: Duration::ZERO,
+            retryable_fraction: 0.0,
+            retryable_attempts: 1,
+            permanent_fraction: 0.0,
+            record: true,
+        }
+    }
+}
+
+/// An injected per-entry failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// `ThrottlingException` or `InternalFailure`: a client should resend.
+    Retryable(&'static str),
+    /// `InvalidArgument` or `MalformedDetail`: a client must not resend.
+    Permanent(&'static str),
+}
+
+impl Fault {
+    pub fn code(self) -> &'static str {
+        match self {
+            Fault::Retryable(c) | Fault::Permanent(c) => c,
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self.code() {
+            "ThrottlingException" => "Rate exceeded",
+            "InternalFailure" => "Internal service error",
+            "InvalidArgument" => "Parameter Detail is not valid (injected)",
+            _ => "Detail is malformed (injected)",
+        }
+    }
+}
+
+impl Config {
+    /// The fault this endpoint injects for an entry with this `Detail`, a pure
+    /// function of the seed and the fractions, so tests can predict it.
+    pub fn entry_fault(&self, detail: &str) -> Option<Fault> {
+        let h = hash(self.seed, detail.as_bytes());
+        // The top 53 bits as a uniform number in [0, 1).
+        let x = (h >> 11) as f64 / (1u64 << 53) as f64;
+        let pick = h & 1 == 0;
+        if x < self.permanent_fraction {
+            Some(Fault::Permanent(if pick {
+                "InvalidArgument"
+            } else {
+                "MalformedDetail"
+            }))
+        } else if x < self.permanent_fraction + self.retryable_fraction {
+            Some(Fault::Retryable(if pick {
+                "ThrottlingException"
+            } else {
+                "InternalFailure"
+            }))
+        } else {
+            None
+        }
+    }
+}
+
+/// FNV-1a over the seed and the bytes, then a splitmix64 finaliser so that
+/// nearby inputs spread over the whole range.
+fn hash(seed: u64, bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in seed.to_le_bytes().iter().chain(bytes) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// An entry as the endpoint received it, with what became of it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EntryRecord {
+    pub source: String,
+    pub detail_type: String,
+    pub detail: String,
+    pub event_bus_name: Option<String>,
+    /// `Time` as sent: epoch seconds.
+    pub time: Option<f64>,
+    /// Times this Detail was accepted (more than 1 is a duplicate).
+    pub accepted: u32,
+    /// Times this Detail was refused at entry level.
+    pub rejected: u32,
+    /// The error code of the last refusal.
+    pub last_error_code: Option<String>,
+}
+
+/// An accepted entry: the same shape, `accepted >= 1`.
+pub type AcceptedEntry = EntryRecord;
+
+/// Counters, as `GET /_stats` returns them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// `PutEvents` requests received (every fault included).
+    pub requests: u64,
+    pub dropped: u64,
+    pub throttled: u64,
+    pub internal_errors: u64,
+    /// Requests refused whole as invalid (bad target, body, count or size).
+    pub invalid_requests: u64,
+    pub entries_accepted: u64,
+    pub entries_rejected: u64,
+    /// Requests that carried an `EndpointId`.
+    pub endpoint_id_requests: u64,
+    /// Requests signed with SigV4a (`AWS4-ECDSA-P256-SHA256`).
+    pub sigv4a_requests: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    dropped: AtomicU64,
+    throttled: AtomicU64,
+    internal_errors: AtomicU64,
+    invalid_requests: AtomicU64,
+    entries_accepted: AtomicU64,
+    entries_rejected: AtomicU64,
+    endpoint_id_requests: AtomicU64,
+    sigv4a_requests: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> Stats {
+        Stats {
+            requests: self.requests.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            throttled: self.throttled.load(Relaxed),
+            internal_errors: self.internal_errors.load(Relaxed),
+            invalid_requests: self.invalid_requests.load(Relaxed),
+            entries_accepted: self.entries_accepted.load(Relaxed),
+            entries_rejected: self.entries_rejected.load(Relaxed),
+            endpoint_id_requests: self.endpoint_id_requests.load(Relaxed),
+            sigv4a_requests: self.sigv4a_requests.load(Relaxed),
+        }
+    }
+}
+
+struct State {
+    config: Config,
+    counters: Counters,
+    records: Mutex<HashMap<String, EntryRecord>>,
+}
+
+/// A running fake endpoint. Dropping it stops the server and closes its
+/// connections.
+pub struct FakeEventBridge {
+    addr: SocketAddr,
+    state: Arc<State>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl FakeEventBridge {
+    /// Binds `config.listen` and serves on the current tokio runtime.
+    pub async fn start(config: Config) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            config,
+            counters: Counters::default(),
+            records: Mutex::new(HashMap::new()),
+        });
+        let server = tokio::spawn(serve(listener, state.clone()));
+        Ok(Self {
+            addr,
+            state,
+            server,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, for `--endpoint-url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.state.config
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.state.counters.snapshot()
+    }
+
+    /// Every entry seen at entry level, one per distinct `Detail`.
+    pub fn records(&self) -> Vec<EntryRecord> {
+        let records = self.state.records.lock().expect("records lock");
+        records.values().cloned().collect()
+    }
+
+    /// Entries accepted at least once, one per distinct `Detail`.
+    pub fn accepted(&self) -> Vec<AcceptedEntry> {
+        let records = self.state.records.lock().expect("records lock");
+        records
+            .values()
+            .filter(|r| r.accepted > 0)
+            .cloned()
+            .collect()
+    }
+
+    /// Stops the server now.
+    pub fn shutdown(self) {}
+}
+
+impl Drop for FakeEventBridge {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn serve(listener: TcpListener, state: Arc<State>) {
+    // Connections live in this set, so aborting the server task closes them.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                connections.spawn(async move {
+                    let service = service_fn(move |req| handle(state.clone(), req));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// Returned by the service to make hyper close the connection unanswered.
+#[derive(Debug)]
+struct DropConnection;
+
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped on purpose")
+    }
+}
+
+impl std::error::Error for DropConnection {}
+
+type Reply = Result<Response<Full<Bytes>>, DropConnection>;
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Reply {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/_accepted") => {
+            let accepted: Vec<EntryRecord> = {
+                let records = state.records.lock().expect("records lock");
+                records
+                    .values()
+                    .filter(|r| r.accepted > 0)
+                    .cloned()
+                    .collect()
+            };
+            Ok(json(StatusCode::OK, serde_json::to_vec(&accepted)))
+        }
+        (&Method::GET, "/_stats") => Ok(json(
+            StatusCode::OK,
+            serde_json::to_vec(&state.counters.snapshot()),
+        )),
+        (&Method::POST, "/") => put_events(&state, req).await,
+        _ => Ok(aws_error(
+            StatusCode::NOT_FOUND,
+            "UnknownOperationException",
+            "not a PutEvents request",
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PutEventsRequest {
+    #[serde(default)]
+    entries: Vec<RequestEntry>,
+    endpoint_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RequestEntry {
+    source: Option<String>,
+    detail_type: Option<String>,
+    detail: Option<String>,
+    event_bus_name: Option<String>,
+    time: Option<serde_json::Value>,
+    #[serde(default)]
+    resources: Vec<String>,
+}
+
+impl RequestEntry {
+    /// Size as AWS counts it against the 256 KB request limit.
+    fn aws_size(&self) -> usize {
+        let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        self.time.as_ref().map_or(0, |_| TIME_SIZE)
+            + len(&self.source)
+            + len(&self.detail_type)
+            + len(&self.detail)
+            + self.resources.iter().map(String::len).sum::<usize>()
+    }
+
+    /// The refusal a real endpoint would give a malformed entry.
+    fn invalid(&self) -> Option<(&'static str, &'static str)> {
+        let missing = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
+        if missing(&self.source) || missing(&self.detail_type) || missing(&self.detail) {
+            return Some((
+                "InvalidArgument",
+                "Source, DetailType and Detail are required",
+            ));
+        }
+        let detail = self.detail.as_deref().unwrap_or_default();
+        match serde_json::from_str::<serde_json::Value>(detail) {
+            Ok(serde_json::Value::Object(_)) => None,
+            _ => Some(("MalformedDetail", "Detail is malformed.")),
+        }
+    }
+
+    fn time_seconds(&self) -> Option<f64> {
+        match &self.time {
+            Some(serde_json::Value::Number(n)) => n.as_f64(),
+            Some(serde_json::Value::String(s)) => s.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct PutEventsResponse {
+    failed_entry_count: u32,
+    entries: Vec<ResultEntry>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ResultEntry {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_message: Option<&'static str>,
+}
+
+async fn put_events(state: &State, req: Request<Incoming>) -> Reply {
+    let c = &state.counters;
+    let config = &state.config;
+    let n = c.requests.fetch_add(1, Relaxed) + 1;
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let target = header("x-amz-target");
+    if header("authorization").starts_with("AWS4-ECDSA-P256-SHA256") {
+        c.sigv4a_requests.fetch_add(1, Relaxed);
+    }
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Err(DropConnection),
+    };
+    if !config.delay.is_zero() {
+        tokio::time::sleep(config.delay).await;
+    }
+    let every = |k: u64| k > 0 && n.is_multiple_of(k);
+    if every(config.drop_every) {
+        c.dropped.fetch_add(1, Relaxed);
+        return Err(DropConnection);
+    }
+    if target != "AWSEvents.PutEvents" {
+        c.invalid_requests.fetch_add(1, Relaxed);
+        return Ok(aws_error(
+            StatusCode::BAD_REQUEST,
+            "UnknownOperationException",
+            "only AWSEvents.PutEvents is faked",
+        ));
+    }
+    if every(config.throttle_every) {
+        c.throttled.fetch_add(1, Relaxed);
+        return Ok(aws_error(
+            StatusCode::BAD_REQUEST,
+            "ThrottlingException",
+            "Rate exceeded",
+        ));
+    }
+    if every(config.internal_error_every) {
+        c.internal_errors.fetch_add(1, Relaxed);
+        return Ok(aws_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalFailure",
+            "The request processing has failed because of an unknown error.",
+        ));
+    }
+    let request: PutEventsRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(_) => {
+            c.invalid_requests.fetch_add(1, Relaxed);
+            return Ok(aws_error(
+                StatusCode::BAD_REQUEST,
+                "SerializationException",
+                "Start of structure or map found where not expected.",
+            ));
+        }
+    };
+    if request.endpoint_id.is_some() {
+        c.endpoint_id_requests.fetch_add(1, Relaxed);
+    }
+    if request.entries.is_empty() || request.entries.len() > MAX_ENTRIES {
+        c.invalid_requests.fetch_add(1, Relaxed);
+        return Ok(aws_error(
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            "1 validation error detected: Value at 'entries' failed to satisfy constraint: Member must have length between 1 and 10",
+        ));
+    }
+    if request
+        .entries
+        .iter()
+        .map(RequestEntry::aws_size)
+        .sum::<usize>()
+        > MAX_REQUEST_BYTES
+    {
+        c.invalid_requests.fetch_add(1, Relaxed);
+        return Ok(aws_error(
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            "Total size of the entries in the request is over the limit.",
+        ));
+    }
+
+    let results = decide(state, n, &request.entries);
+    let failed = results.iter().filter(|r| r.error_code.is_some()).count() as u32;
+    c.entries_rejected.fetch_add(u64::from(failed), Relaxed);
+    c.entries_accepted
+        .fetch_add(results.len() as u64 - u64::from(failed), Relaxed);
+    let response = PutEventsResponse {
+        failed_entry_count: failed,
+        entries: results,
+    };
+    Ok(json(StatusCode::OK, serde_json::to_vec(&response)))
+}
+
+/// What an entry meets before its history is looked at.
+enum Plan {
+    Accept,
+    Fail(&'static str, &'static str),
+    /// Fail while the entry has been refused fewer than `retryable_attempts`
+    /// times, then accept.
+    FailFirst(Fault),
+}
+
+/// Decides each entry's fate and records it, under at most one lock.
+fn decide(state: &State, request_no: u64, entries: &[RequestEntry]) -> Vec<ResultEntry> {
+    let config = &state.config;
+    let plans: Vec<Plan> = entries
+        .iter()
+        .map(|e| match e.invalid() {
+            Some((code, message)) => Plan::Fail(code, message),
+            None => match config.entry_fault(e.detail.as_deref().unwrap_or_default()) {
+                Some(f @ Fault::Permanent(_)) => Plan::Fail(f.code(), f.message()),
+                Some(f @ Fault::Retryable(_)) => Plan::FailFirst(f),
+                None => Plan::Accept,
+            },
+        })
+        .collect();
+    let lock = config.record || plans.iter().any(|p| matches!(p, Plan::FailFirst(_)));
+    let mut records = lock.then(|| state.records.lock().expect("records lock"));
+    entries
+        .iter()
+        .zip(plans)
+        .enumerate()
+        .map(|(i, (entry, plan))| {
+            let remember = config.record || matches!(plan, Plan::FailFirst(_));
+            let mut record = match records.as_mut() {
+                Some(records) if remember => Some(record_of(records, entry)),
+                _ => None,
+            };
+            let refused = record.as_ref().map_or(0, |r| r.rejected);
+            let failure = match plan {
+                Plan::Accept => None,
+                Plan::Fail(code, message) => Some((code, message)),
+                Plan::FailFirst(f) => {
+                    (refused < config.retryable_attempts).then(|| (f.code(), f.message()))
+                }
+            };
+            match failure {
+                Some((code, message)) => {
+                    if let Some(r) = record.as_mut() {
+                        r.rejected += 1;
+                        r.last_error_code = Some(code.to_owned());
+                    }
+                    ResultEntry {
+                        event_id: None,
+                        error_code: Some(code),
+                        error_message: Some(message),
+                    }
+                }
+                None => {
+                    if let Some(r) = record.as_mut() {
+                        r.accepted += 1;
+                    }
+                    ResultEntry {
+                        event_id: Some(format!("{request_no:08x}-fake-{i:04x}")),
+                        error_code: None,
+                        error_message: None,
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+fn record_of<'a>(
+    records: &'a mut HashMap<String, EntryRecord>,
+    entry: &RequestEntry,
+) -> &'a mut EntryRecord {
+    let detail = entry.detail.as_deref().unwrap_or_default();
+    // Look up before inserting: the common case allocates no key.
+    if !records.contains_key(detail) {
+        records.insert(detail.to_owned(), new_record(entry));
+    }
+    records.get_mut(detail).expect("present")
+}
+
+fn new_record(entry: &RequestEntry) -> EntryRecord {
+    EntryRecord {
+        source: entry.source.clone().unwrap_or_default(),
+        detail_type: entry.detail_type.clone().unwrap_or_default(),
+        detail: entry.detail.clone().unwrap_or_default(),
+        event_bus_name: entry.event_bus_name.clone(),
+        time: entry.time_seconds(),
+        accepted: 0,
+        rejected: 0,
+        last_error_code: None,
+    }
+}
+
+const AMZ_JSON: &str = "application/x-amz-json-1.1";
+
+fn json(status: StatusCode, body: serde_json::Result<Vec<u8>>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(
+        body.expect("serialising plain structs cannot fail"),
+    )));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static(AMZ_JSON));
+    response
+}
+
+/// An AWS JSON 1.1 error: the code in `__type` and in `x-amzn-errortype`.
+fn aws_error(status: StatusCode, code: &'static str, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "__type": code, "message": message });
+    let mut response = json(status, serde_json::to_vec(&body));
+    response
+        .headers_mut()
+        .insert("x-amzn-errortype", HeaderValue::from_static(code));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_follow_the_fractions_and_the_seed() {
+        let config = Config {
+            retryable_fraction: 0.2,
+            permanent_fraction: 0.1,
+            ..Config::default()
+        };
+        let (mut retryable, mut permanent) = (0, 0);
+        for i in 0..10_000 {
+            match config.entry_fault(&format!("{{\"n\":{i}}}")) {
+                Some(Fault::Retryable(c)) => {
+                    assert!(c == "ThrottlingException" || c == "InternalFailure");
+                    retryable += 1;
+                }
+                Some(Fault::Permanent(c)) => {
+                    assert!(c == "InvalidArgument" || c == "MalformedDetail");
+                    permanent += 1;
+                }
+                None => {}
+            }
+        }
+        assert!((1_800..2_200).contains(&retryable), "retryable {retryable}");
+        assert!((800..1_200).contains(&permanent), "permanent {permanent}");
+        // Deterministic for a seed, different across seeds.
+        let other = Config {
+            seed: 1,
+            ..config.clone()
+        };
+        let same = (0..1000)
+            .filter(|i| {
+                let d = format!("{{\"n\":{i}}}");
+                config.entry_fault(&d) == other.entry_fault(&d)
+            })
+            .count();
+        assert!(same < 1000);
+        assert_eq!(config.entry_fault("x"), config.entry_fault("x"));
+    }
+
+    #[test]
+    fn no_faults_by_default() {
+        let config = Config::default();
+        assert!((0..1000).all(|i| config.entry_fault(&i.to_string()).is_none()));
+    }
+}
