@@ -675,7 +675,7 @@ fn nobody_with_bpf_net_admin_perfmon_captures() {
     );
     let stats: Value = serde_json::from_slice(&out.stdout).expect("stats --json");
     assert!(
-        stats["captured"].as_u64().unwrap_or(0) >= wanted.len() as u64,
+        stats["counters"]["captured"].as_u64().unwrap_or(0) >= wanted.len() as u64,
         "stats: {stats}"
     );
     // …another user, even with CAP_BPF, cannot.
