@@ -1,7 +1,7 @@
 //! Command-line interface. Every flag has an `UDP_AGENT_…` environment
 //! variable; the doc comment on each field is its help text.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use udp_ebpf_common::{DEFAULT_RING_BYTES, MAX_CAPTURE};
@@ -12,6 +12,7 @@ use crate::{
     control::DEFAULT_PIN_DIR,
     encode::{DEFAULT_DETAIL_TYPE, DEFAULT_SOURCE},
     loader::ModeArg,
+    logging::LogArgs,
     ports::PortRange,
     sink::{
         SinkKind,
@@ -60,16 +61,32 @@ pub struct PinDirArg {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Interface to attach to. Repeat the flag (or separate with commas) for
-    /// several interfaces.
+    /// Read settings from this TOML file: one key per flag of `run`, named
+    /// like the flag without its dashes (`iface = ["eth0"]`, `port =
+    /// ["514", "6000-6010"]`, `event-bus = "udp-events"`, `rate = 1000`).
+    /// A flag or its UDP_AGENT_* variable wins over the file (a list given
+    /// on the command line replaces the file's list); an unknown key is an
+    /// error.
+    #[arg(long, env = "UDP_AGENT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Interface to attach to (required). Repeat the flag (or separate with
+    /// commas) for several interfaces. An interface that goes away (deleted,
+    /// moved to another namespace) is detached and re-attached when an
+    /// interface of that name is back.
     #[arg(
         long = "iface",
         short = 'i',
         env = "UDP_AGENT_IFACE",
-        value_delimiter = ',',
-        required = true
+        value_delimiter = ','
     )]
     pub ifaces: Vec<String>,
+
+    /// Start even if an --iface does not exist yet, and attach to it when it
+    /// appears (checked every second). Without it, an unknown interface
+    /// stops the start.
+    #[arg(long, env = "UDP_AGENT_WAIT_FOR_IFACE")]
+    pub wait_for_iface: bool,
 
     /// Destination port to capture, `N` or `N-M` (1-65535). Repeat the flag
     /// or separate with commas. More can be added at runtime with
@@ -143,6 +160,22 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub eventbridge: EventBridgeArgs,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (kernel, pipeline
+    /// and sink counters, delivery latency, attached interfaces). Off unless
+    /// given; keep it on loopback (e.g. 127.0.0.1:9102) or behind a
+    /// firewall: the endpoint has no authentication. Port 0 picks a free
+    /// port (logged).
+    #[arg(
+        long,
+        env = "UDP_AGENT_METRICS_ADDR",
+        value_name = "ADDR",
+        help_heading = "Metrics and logs"
+    )]
+    pub metrics_addr: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// How the EventBridge sink connects and how hard it may push. Region and
@@ -235,6 +268,17 @@ pub struct EventBridgeArgs {
 impl RunArgs {
     /// Checks that clap's types cannot express.
     pub fn validate(&self) -> Result<(), String> {
+        if self.ifaces.is_empty() {
+            return Err(
+                "no interface to attach to: give --iface IF (UDP_AGENT_IFACE, or `iface` in --config)"
+                    .into(),
+            );
+        }
+        if let Some(bad) = self.ifaces.iter().find(|i| i.is_empty() || i.len() > 15) {
+            return Err(format!(
+                "--iface {bad:?} is not an interface name (1 to 15 bytes; see `ip -br link`)"
+            ));
+        }
         let page = 4096u32;
         if !self.ring_bytes.is_power_of_two() || self.ring_bytes < page {
             return Err(format!(

@@ -6,16 +6,23 @@
 //! buffer) ▸ [`record`] (decode a ring record) ▸ [`encode`] (the PutEvents
 //! entry) ▸ [`batch`] (AWS request limits) ▸ [`sink`] (stdout, EventBridge).
 //! [`control`] owns the pinned maps that `udp-agent ports`/`stats` change and
-//! read; [`pipeline`] wires the stages together for `udp-agent run`.
+//! read; [`hotplug`] keeps the program attached to interfaces that come and
+//! go; [`metrics`] serves them all to Prometheus; [`pipeline`] wires the
+//! stages together for `udp-agent run`, configured by [`cli`] (and
+//! [`config_file`]) and logging through [`logging`].
 
 pub mod batch;
 pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod commands;
+pub mod config_file;
 pub mod control;
 pub mod encode;
+pub mod hotplug;
 pub mod loader;
+pub mod logging;
+pub mod metrics;
 pub mod pipeline;
 pub mod ports;
 pub mod privileges;

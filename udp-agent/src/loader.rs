@@ -4,7 +4,10 @@ use std::ffi::CString;
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        xdp::{XdpError, XdpLinkId},
+    },
 };
 use thiserror::Error;
 use tracing::{info, warn};
@@ -152,9 +155,11 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: ModeArg) -> Result<Attachment,
         ModeArg::Auto => match try_mode(prog, XdpMode::Driver) {
             Ok(link) => (link, Attached::Driver),
             Err(LoadError::Attach { error, .. }) => {
+                let reason =
+                    native_refusal(iface, &error_chain(&error), os_error(&error), mtu(iface));
                 warn!(
                     iface,
-                    reason = %error_chain(&error),
+                    %reason,
                     "native XDP refused; falling back to generic (skb) mode, which is slower"
                 );
                 (try_mode(prog, XdpMode::Skb)?, Attached::Skb)
@@ -169,6 +174,50 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: ModeArg) -> Result<Attachment,
         mode: attached,
         link,
     })
+}
+
+/// ENA (the EC2 network driver) attaches native XDP only at an MTU of at
+/// most 3,498 bytes (ENA Linux driver documentation, "XDP"), and EC2's
+/// default MTU is 9,001: native mode then fails with ERANGE or EINVAL.
+pub const ENA_NATIVE_XDP_MAX_MTU: u32 = 3498;
+
+/// The MTU of `iface` as sysfs shows it.
+pub fn mtu(iface: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The errno behind an attach error, if there is one.
+fn os_error(e: &ProgramError) -> Option<i32> {
+    match e {
+        ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+        ProgramError::XdpError(XdpError::NetlinkError(n)) => n.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// Why native mode was refused, in words an operator can act on: an
+/// ERANGE/EINVAL at an MTU above what ENA's native XDP takes is said to be
+/// the MTU, with the fix.
+pub fn native_refusal(iface: &str, reason: &str, errno: Option<i32>, mtu: Option<u32>) -> String {
+    match (errno, mtu) {
+        (Some(libc::ERANGE | libc::EINVAL), Some(mtu)) if mtu > ENA_NATIVE_XDP_MAX_MTU => format!(
+            "{reason}; the MTU of {iface} is {mtu}, above the {ENA_NATIVE_XDP_MAX_MTU} bytes that \
+             ENA's native XDP allows (for native mode: `ip link set dev {iface} mtu {ENA_NATIVE_XDP_MAX_MTU}`)"
+        ),
+        _ => reason.to_owned(),
+    }
+}
+
+/// Drops an attachment whose interface is gone: the kernel has already
+/// removed the program from it, so a failure to detach only means that.
+pub fn forget(ebpf: &mut Ebpf, attachment: Attachment) {
+    if let Err(e) = program(ebpf).detach(attachment.link) {
+        tracing::debug!(iface = attachment.iface, error = %e, "detaching from a vanished interface");
+    }
 }
 
 /// Detaches an attachment made by [`attach`].
@@ -188,4 +237,44 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         next = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_mtu_refusal_says_mtu() {
+        let r = native_refusal(
+            "ens5",
+            "`bpf_link_create` failed: Numerical result out of range (os error 34)",
+            Some(libc::ERANGE),
+            Some(9001),
+        );
+        assert!(r.contains("the MTU of ens5 is 9001"), "{r}");
+        assert!(r.contains("ip link set dev ens5 mtu 3498"), "{r}");
+        let r = native_refusal("ens5", "x", Some(libc::EINVAL), Some(9001));
+        assert!(r.contains("MTU"), "{r}");
+    }
+
+    #[test]
+    fn other_refusals_are_passed_on() {
+        assert_eq!(
+            native_refusal("ens5", "x", Some(libc::ERANGE), Some(1500)),
+            "x"
+        );
+        assert_eq!(
+            native_refusal("lo", "x", Some(libc::EOPNOTSUPP), Some(65536)),
+            "x"
+        );
+        assert_eq!(native_refusal("ens5", "x", None, Some(9001)), "x");
+        assert_eq!(native_refusal("ens5", "x", Some(libc::EINVAL), None), "x");
+    }
+
+    #[test]
+    fn reads_the_mtu_of_loopback() {
+        // Every Linux host has lo; its MTU is 65536 by default.
+        assert!(mtu("lo").is_some_and(|m| m >= 1500));
+        assert_eq!(mtu("no-such-if0"), None);
+    }
 }

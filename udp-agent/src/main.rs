@@ -1,21 +1,33 @@
-use std::{io::IsTerminal, process::ExitCode};
+use std::process::ExitCode;
 
-use clap::Parser;
-use tracing_subscriber::EnvFilter;
 use udp_agent::{
-    cli::{Cli, Command},
-    commands, pipeline,
+    cli::Command,
+    commands,
+    config_file::{self, CliError},
+    logging::{self, LogArgs},
+    pipeline,
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    let cli = match config_file::parse() {
+        Ok(cli) => cli,
+        // Usage errors, --help and --version, printed and exited clap's way.
+        Err(CliError::Clap(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            // What clap exits with for a usage error.
+            return ExitCode::from(2);
+        }
+    };
+    let default_log = LogArgs::default();
+    let log = match &cli.command {
+        Command::Run(args) => &args.log,
+        _ => &default_log,
+    };
+    if let Err(e) = logging::init(log) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

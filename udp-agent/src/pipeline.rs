@@ -1,5 +1,8 @@
 //! `udp-agent run`: load, pin, attach, and run capture ▸ encode/batch ▸ sink
 //! until SIGINT/SIGTERM, then shut down without losing what was captured.
+//! Meanwhile the main task keeps the program attached to interfaces that
+//! come and go ([`crate::hotplug`]), and with --metrics-addr a server task
+//! answers Prometheus ([`crate::metrics`]).
 //!
 //! Accounting: every captured packet ends in one counter. Packets:
 //! `decoded = queue_drops + oversize + batched`; entries `batched` end as
@@ -8,7 +11,7 @@
 
 use std::{
     path::PathBuf,
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::{Arc, Mutex, atomic::Ordering::Relaxed},
     time::Duration,
 };
 
@@ -31,7 +34,10 @@ use crate::{
     commands,
     control::{self, Control},
     encode::{Encoder, Entry},
-    loader, privileges,
+    hotplug::{self, InterfaceStatus, Watcher},
+    loader,
+    metrics::{self, AgentCollector, SharedControl},
+    privileges,
     record::Packet,
     sink::{
         self, Selected,
@@ -60,9 +66,12 @@ impl Drop for PinGuard {
 pub async fn run(args: RunArgs) -> Result<()> {
     args.validate().map_err(|e| anyhow!(e))?;
     privileges::check_run().map_err(|e| anyhow!(e))?;
-    // Resolve every interface before touching the kernel.
-    for iface in &args.ifaces {
-        loader::ifindex(iface)?;
+    // Resolve every interface before touching the kernel (with
+    // --wait-for-iface, missing ones are waited for once attached).
+    if !args.wait_for_iface {
+        for iface in &args.ifaces {
+            loader::ifindex(iface)?;
+        }
     }
     let firewall = commands::startup(&args.ports, &args.port_limit, &args.firewall)?;
     commands::check_pin_dir(&args.pin.pin_dir)?;
@@ -89,6 +98,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     };
     let eventbridge_stats = eventbridge.as_ref().map(EventBridgeSink::stats);
+    // Bound before the kernel is touched, too: a taken port stops the start.
+    let metrics_listener = match args.metrics_addr {
+        None => None,
+        Some(addr) => Some(
+            metrics::bind(addr)
+                .await
+                .with_context(|| format!("listening on --metrics-addr {addr}"))?,
+        ),
+    };
 
     let pin_dir = args.pin.pin_dir.clone();
     let _lock = control::claim(&pin_dir)
@@ -114,24 +132,29 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // Attach last: from here on, packets flow.
-    let mut attachments = Vec::new();
-    for iface in &args.ifaces {
-        match loader::attach(&mut ebpf, iface, args.xdp_mode) {
-            Ok(a) => {
-                encoder.name_interface(a.ifindex, &a.iface);
-                attachments.push(a);
-            }
-            Err(e) => {
-                for a in attachments {
-                    loader::detach(&mut ebpf, a);
-                }
-                return Err(e.into());
-            }
-        }
+    let interfaces = Arc::new(InterfaceStatus::default());
+    let mut watcher = Watcher::new(&args.ifaces, args.xdp_mode, interfaces.clone());
+    for (ifindex, name) in watcher.start(&mut ebpf, args.wait_for_iface)? {
+        encoder.name_interface(ifindex, &name);
     }
+    let control = Arc::new(Mutex::new(control));
+    let metrics_server = metrics_listener.map(|listener| {
+        let registry = metrics::registry(AgentCollector {
+            kernel: Arc::new(SharedControl(control.clone())),
+            pipeline: stats.clone(),
+            eventbridge: eventbridge_stats.clone(),
+            interfaces: interfaces.clone(),
+        });
+        tokio::spawn(metrics::serve(
+            listener,
+            Arc::new(registry),
+            stop_rx.clone(),
+        ))
+    });
     let ports: Vec<String> = args.ports.iter().map(ToString::to_string).collect();
     info!(
         ports = ports.join(","),
+        ifaces = watcher.attached().join(","),
         pin_dir = %pin_dir.display(),
         sink = ?selected,
         event_bus,
@@ -172,19 +195,29 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sink_result = None;
-    tokio::select! {
-        _ = sigint.recv() => info!("SIGINT: shutting down"),
-        _ = sigterm.recv() => info!("SIGTERM: shutting down"),
-        r = &mut sink => {
-            warn!("sink stopped early; shutting down");
-            sink_result = Some(r);
+    let mut interface_poll = tokio::time::interval(hotplug::POLL_INTERVAL);
+    interface_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => {
+                info!("SIGINT: shutting down");
+                break;
+            }
+            _ = sigterm.recv() => {
+                info!("SIGTERM: shutting down");
+                break;
+            }
+            r = &mut sink => {
+                warn!("sink stopped early; shutting down");
+                sink_result = Some(r);
+                break;
+            }
+            _ = interface_poll.tick() => watcher.poll(&mut ebpf),
         }
     }
 
     // Detach first so the final ring drain sees everything the kernel wrote.
-    for a in attachments {
-        loader::detach(&mut ebpf, a);
-    }
+    watcher.detach_all(&mut ebpf);
     let _ = stop_tx.send(true);
     capture
         .await
@@ -196,7 +229,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
         None => sink.await,
     };
 
-    report(&control, &stats, eventbridge_stats.as_deref());
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
+    report(
+        &control.lock().expect("control lock"),
+        &stats,
+        eventbridge_stats.as_deref(),
+    );
     sink_result.context("sink task")??;
     Ok(())
 }

@@ -23,6 +23,8 @@ pub struct PipelineStats {
     pub emitted: AtomicU64,
     /// Entries the sink could not deliver.
     pub sink_failed: AtomicU64,
+    /// Capture-to-acknowledged seconds of the entries the sink delivered.
+    pub latency: crate::metrics::Latency,
 }
 
 impl PipelineStats {

@@ -145,7 +145,7 @@ async fn deliver(
         }
     }
     drop(packet_tx);
-    stop_tx.send(true).unwrap();
+    let _ = stop_tx.send(true);
     tokio::time::timeout(Duration::from_secs(60), async {
         encode.await.unwrap();
         sink.await.unwrap();

@@ -31,6 +31,12 @@ pub async fn run<W: AsyncWrite + Unpin>(
         if rx.is_empty() {
             out.flush().await?;
         }
+        // Written (into the buffer, or out if flushed just now): the stdout
+        // sink's acknowledgement.
+        let now = crate::clock::monotonic_ns();
+        for entry in &batch {
+            stats.latency.observe(entry.capture_ns, now);
+        }
     }
     out.flush().await
 }

@@ -62,6 +62,20 @@ impl CostGuard {
         self.total
     }
 
+    /// Billed events in the rolling hour that ends at `now_secs` (the window
+    /// moves on without admitting anything).
+    pub fn used_at(&mut self, now_secs: u64) -> u64 {
+        if self.limit != 0 {
+            self.advance(now_secs / 60);
+        }
+        self.total
+    }
+
+    /// The limit (0: none).
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// Moves the window to `minute`, forgetting minutes that fell out of it.
     fn advance(&mut self, minute: u64) {
         if minute <= self.minute {
@@ -112,6 +126,17 @@ mod tests {
         // Minute 90: minute 30 leaves too.
         assert!(g.admit(40, 90 * 60));
         assert_eq!(g.used(), 100);
+    }
+
+    #[test]
+    fn usage_falls_as_the_window_rolls_without_traffic() {
+        let mut g = CostGuard::new(100);
+        assert!(g.admit(30, 0));
+        assert!(g.admit(20, 30 * 60));
+        assert_eq!(g.used_at(59 * 60), 50);
+        assert_eq!(g.used_at(60 * 60), 20);
+        assert_eq!(g.used_at(2 * 3600), 0);
+        assert_eq!(g.limit(), 100);
     }
 
     #[test]

@@ -175,9 +175,8 @@ pub async fn run(
     let drain = settings.drain_timeout;
     let slots = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
     let mut tasks = JoinSet::new();
-    let mut guard = CostGuard::new(settings.max_events_per_hour);
+    stats.start_cost_guard(settings.max_events_per_hour, Instant::now());
     let mut skip_log = SkipLog::default();
-    let started = Instant::now();
     let mut pending: Option<Vec<Entry>> = None;
     let mut input_open = true;
     let mut deadline = shutdown.borrow().then(|| Instant::now() + drain);
@@ -216,8 +215,7 @@ pub async fn run(
                 Some(batch) => {
                     stats.received.fetch_add(batch.len() as u64, Relaxed);
                     let now = Instant::now();
-                    let secs = (now - started).as_secs();
-                    let (kept, skipped) = admit(&mut guard, batch, secs);
+                    let (kept, skipped) = stats.admit(batch, now);
                     if skipped > 0 {
                         stats.cost_guard_skipped.fetch_add(skipped, Relaxed);
                         skip_log.note(skipped, now, settings.max_events_per_hour);
@@ -394,6 +392,13 @@ async fn deliver(
         };
         let retry = match result {
             Ok(results) => {
+                // Acknowledged: how long since capture, per accepted entry.
+                let now = crate::clock::monotonic_ns();
+                for (entry, result) in entries.iter().zip(&results) {
+                    if *result == service::EntryResult::Accepted {
+                        shared.pipeline.latency.observe(entry.capture_ns, now);
+                    }
+                }
                 let outcome = service::split(entries, results);
                 stats.throttled.fetch_add(outcome.throttled as u64, Relaxed);
                 held.settle(outcome.delivered);

@@ -15,7 +15,12 @@ use std::{
     },
 };
 
-#[derive(Debug, Default)]
+use tokio::time::Instant;
+
+use super::cost_guard::CostGuard;
+use crate::encode::Entry;
+
+#[derive(Debug)]
 pub struct EventBridgeStats {
     /// Entries the sink took in.
     pub received: AtomicU64,
@@ -44,6 +49,30 @@ pub struct EventBridgeStats {
     /// Requests outstanding right now (a gauge).
     pub in_flight: AtomicU64,
     failed_by_code: Mutex<BTreeMap<String, u64>>,
+    /// The cost guard and the instant its window counts from. It lives here
+    /// rather than in the sink's task so that metrics can read how much of
+    /// the rolling hour is used, also while no batch comes to move it on.
+    cost_guard: Mutex<(CostGuard, Instant)>,
+}
+
+impl Default for EventBridgeStats {
+    fn default() -> Self {
+        Self {
+            received: AtomicU64::default(),
+            requests: AtomicU64::default(),
+            delivered: AtomicU64::default(),
+            failed: AtomicU64::default(),
+            retried: AtomicU64::default(),
+            throttled: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
+            dead_letter_errors: AtomicU64::default(),
+            cost_guard_skipped: AtomicU64::default(),
+            undelivered: AtomicU64::default(),
+            in_flight: AtomicU64::default(),
+            failed_by_code: Mutex::default(),
+            cost_guard: Mutex::new((CostGuard::new(0), Instant::now())),
+        }
+    }
 }
 
 impl EventBridgeStats {
@@ -57,6 +86,34 @@ impl EventBridgeStats {
                 by_code.insert(code.to_owned(), n);
             }
         }
+    }
+
+    /// Starts the cost guard's rolling hour at `now` with `limit` billed
+    /// events (0: no limit).
+    pub fn start_cost_guard(&self, limit: u64, now: Instant) {
+        *self.cost_guard.lock().expect("stats lock") = (CostGuard::new(limit), now);
+    }
+
+    /// Runs a batch through the cost guard at `now`: the entries kept, and
+    /// how many were skipped.
+    pub fn admit(&self, batch: Vec<Entry>, now: Instant) -> (Vec<Entry>, u64) {
+        let mut g = self.cost_guard.lock().expect("stats lock");
+        let (guard, epoch) = &mut *g;
+        let secs = (now - *epoch).as_secs();
+        super::admit(guard, batch, secs)
+    }
+
+    /// Billed events in the cost guard's current rolling hour.
+    pub fn cost_guard_used(&self) -> u64 {
+        let mut g = self.cost_guard.lock().expect("stats lock");
+        let (guard, epoch) = &mut *g;
+        let secs = (Instant::now().saturating_duration_since(*epoch)).as_secs();
+        guard.used_at(secs)
+    }
+
+    /// The cost guard's limit (0: none).
+    pub fn cost_guard_limit(&self) -> u64 {
+        self.cost_guard.lock().expect("stats lock").0.limit()
     }
 
     /// Failed entries by error code (`ThrottlingException`,

@@ -1,0 +1,644 @@
+//! The Prometheus endpoint (`--metrics-addr`): `GET /metrics`.
+//!
+//! Nothing is counted twice for it. Every value is read when Prometheus
+//! scrapes, from where it already lives: the kernel's per-CPU counters and
+//! per-port state (through the pinned maps), the pipeline's and the
+//! EventBridge sink's atomics, and the interface table of the hot-plug
+//! watcher. [`AgentCollector`] is a `prometheus_client` collector that reads
+//! them; `prometheus_client` writes the exposition format (OpenMetrics for
+//! Prometheus, which asks for it; the classic 0.0.4 text format for
+//! everyone else, e.g. `curl`).
+//!
+//! The one metric measured here is [`Latency`], a histogram of the seconds
+//! from capture in the kernel to the sink's acknowledgement.
+//!
+//! | series | type | labels |
+//! |---|---|---|
+//! | `udp_agent_kernel_packets_total` | counter | `outcome`: each kernel counter (`seen`, `captured`, `limited_port`…) |
+//! | `udp_agent_port_packets_total` | counter | `port`, `outcome` (`captured`, `limited`); the 100 busiest ports with non-zero counts |
+//! | `udp_agent_pipeline_<counter>_total` | counter | `decoded`, `decode_errors`, `queue_drops`, `oversize`, `batched`, `emitted`, `sink_failed` |
+//! | `udp_agent_eventbridge_<counter>_total` | counter | `received`, `requests`, `delivered`, `retried`, `throttled`, `dead_lettered`, `dead_letter_errors`, `cost_guard_skipped`, `undelivered` |
+//! | `udp_agent_eventbridge_failed_total` | counter | `code` |
+//! | `udp_agent_eventbridge_in_flight_requests` | gauge | |
+//! | `udp_agent_eventbridge_cost_guard_used_events`, `…_limit_events` | gauge | |
+//! | `udp_agent_delivery_latency_seconds` | histogram | |
+//! | `udp_agent_xdp_attached` | gauge | `iface`, `mode` |
+//! | `udp_agent_xdp_reattached_total` | counter | `iface` |
+//! | `udp_agent_build_info` | info | `version` |
+
+use std::{
+    convert::Infallible,
+    fmt,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header,
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::{Registry, Unit},
+};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+    task::JoinSet,
+};
+use tracing::{info, warn};
+
+use crate::{
+    control::{Control, ControlError, PortStats},
+    hotplug::InterfaceStatus,
+    sink::eventbridge::EventBridgeStats,
+    stats::{PipelineStats, count_drop},
+};
+
+/// Most `udp_agent_port_packets_total` ports per scrape (the busiest): a
+/// bound on the series a port scan can create.
+pub const PORT_SERIES_LIMIT: usize = 100;
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 16;
+/// A client that has not sent its request headers by then is dropped.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+// ---------------------------------------------------------------------------
+// The latency histogram
+// ---------------------------------------------------------------------------
+
+/// Upper bounds (seconds) of the latency buckets: from a stdout write
+/// (well under a millisecond) through a linger-and-send to EventBridge
+/// (tens of milliseconds) to retries with backoff (seconds).
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Seconds from capture (the kernel's CLOCK_MONOTONIC stamp) to the sink's
+/// acknowledgement: EventBridge accepted the entry, or the stdout sink wrote
+/// it. Lock-free: a sink observes from any task.
+#[derive(Debug, Default)]
+pub struct Latency {
+    /// Observations per bucket, not cumulative; the last one is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Latency {
+    /// Records one entry captured at `capture_ns` and acknowledged at
+    /// `now_ns` (both CLOCK_MONOTONIC). An entry without a capture time
+    /// (made up by a test) is not recorded.
+    pub fn observe(&self, capture_ns: u64, now_ns: u64) {
+        if capture_ns == 0 {
+            return;
+        }
+        let ns = now_ns.saturating_sub(capture_ns);
+        let secs = ns as f64 / 1e9;
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    /// Sum (seconds), count, and per-bucket counts (not cumulative, without
+    /// `+Inf`).
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let count = counts.iter().sum();
+        let buckets = LATENCY_BUCKETS.iter().copied().zip(counts).collect();
+        (self.sum_ns.load(Relaxed) as f64 / 1e9, count, buckets)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The collector
+// ---------------------------------------------------------------------------
+
+/// Where kernel counters come from: the running agent's maps (or a fake in
+/// tests).
+pub trait KernelSource: fmt::Debug + Send + Sync + 'static {
+    /// Kernel counters summed over CPUs, by name.
+    fn counters(&self) -> Result<Vec<(&'static str, u64)>, ControlError>;
+    /// Ports with non-zero counts, busiest first, at most `n`.
+    fn busiest_ports(&self, n: usize) -> Result<Vec<PortStats>, ControlError>;
+}
+
+/// The agent's own maps, shared with the rest of `run`.
+pub struct SharedControl(pub Arc<Mutex<Control>>);
+
+impl fmt::Debug for SharedControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SharedControl")
+    }
+}
+
+impl KernelSource for SharedControl {
+    fn counters(&self) -> Result<Vec<(&'static str, u64)>, ControlError> {
+        self.0.lock().expect("control lock").counters()
+    }
+
+    fn busiest_ports(&self, n: usize) -> Result<Vec<PortStats>, ControlError> {
+        self.0.lock().expect("control lock").busiest_ports(n)
+    }
+}
+
+/// Reads every value at scrape time.
+#[derive(Debug)]
+pub struct AgentCollector {
+    pub kernel: Arc<dyn KernelSource>,
+    pub pipeline: Arc<PipelineStats>,
+    /// Present when the EventBridge sink runs.
+    pub eventbridge: Option<Arc<EventBridgeStats>>,
+    pub interfaces: Arc<InterfaceStatus>,
+}
+
+/// Failed kernel reads during scrapes (warned about at a doubling interval).
+static SCRAPE_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), fmt::Error> {
+    let c = ConstCounter::new(value);
+    let m = enc.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), fmt::Error> {
+    let g = ConstGauge::new(value as i64);
+    let m = enc.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+/// Help text of the pipeline counters (names as in `PipelineStats`).
+fn pipeline_help(name: &str) -> &'static str {
+    match name {
+        "decoded" => "Ring records decoded into packets",
+        "decode_errors" => "Ring records that did not decode (never expected)",
+        "queue_drops" => {
+            "Packets dropped because the encoder queue was full (raise --queue-capacity or sink throughput)"
+        }
+        "oversize" => "Entries larger than a PutEvents request, dropped",
+        "batched" => "Entries handed to the sink",
+        "emitted" => "Entries the sink wrote (stdout) or EventBridge accepted",
+        "sink_failed" => "Entries the sink could not deliver",
+        _ => "Pipeline counter",
+    }
+}
+
+/// Help text of the EventBridge sink counters (names as in
+/// `EventBridgeStats::snapshot`).
+fn eventbridge_help(name: &str) -> &'static str {
+    match name {
+        "received" => "Entries the EventBridge sink took in",
+        "requests" => "PutEvents requests sent, retries included",
+        "delivered" => "Entries EventBridge accepted",
+        "retried" => "Entry resends",
+        "throttled" => "Throttled requests plus entries refused with ThrottlingException",
+        "dead_lettered" => "Entries written to the dead-letter file",
+        "dead_letter_errors" => "Entries that could not be written to the dead-letter file",
+        "cost_guard_skipped" => "Entries skipped by the cost guard (--max-events-per-hour)",
+        "undelivered" => "Entries still queued or in flight when the drain timeout ran out",
+        _ => "EventBridge sink counter",
+    }
+}
+
+impl AgentCollector {
+    fn encode_kernel(&self, enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+        let read = self.kernel.counters().and_then(|c| {
+            let ports = self.kernel.busiest_ports(PORT_SERIES_LIMIT)?;
+            Ok((c, ports))
+        });
+        let (counters, ports) = match read {
+            Ok(v) => v,
+            Err(e) => {
+                count_drop(
+                    &SCRAPE_ERRORS,
+                    &format!("metrics: could not read the kernel counters: {e}"),
+                );
+                return Ok(());
+            }
+        };
+        let mut family = enc.encode_descriptor(
+            "udp_agent_kernel_packets",
+            "Packets seen by the XDP program, by outcome (kernel counters summed over CPUs, as `udp-agent stats` shows them)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, value) in counters {
+            let labels = [("outcome", outcome)];
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = enc.encode_descriptor(
+            "udp_agent_port_packets",
+            "Packets of enabled ports captured or over the port's rate limit, by destination port (the busiest ports with non-zero counts)",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in ports {
+            let port = p.port.to_string();
+            for (outcome, value) in [("captured", p.captured), ("limited", p.limited)] {
+                let labels = [("port", port.as_str()), ("outcome", outcome)];
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn encode_pipeline(&self, enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+        for (name, value) in self.pipeline.snapshot() {
+            counter(
+                enc,
+                &format!("udp_agent_pipeline_{name}"),
+                pipeline_help(name),
+                value,
+            )?;
+        }
+        let (sum, count, buckets) = self.pipeline.latency.snapshot();
+        let mut m = enc.encode_descriptor(
+            "udp_agent_delivery_latency",
+            "Seconds from capture in the kernel to the sink's acknowledgement (EventBridge accepted the entry; stdout: written)",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn encode_eventbridge(
+        &self,
+        eb: &EventBridgeStats,
+        enc: &mut DescriptorEncoder,
+    ) -> Result<(), fmt::Error> {
+        for (name, value) in eb.snapshot() {
+            match name {
+                // Broken down by code below; a gauge below.
+                "failed" | "in_flight" => {}
+                _ => counter(
+                    enc,
+                    &format!("udp_agent_eventbridge_{name}"),
+                    eventbridge_help(name),
+                    value,
+                )?,
+            }
+        }
+        let mut family = enc.encode_descriptor(
+            "udp_agent_eventbridge_failed",
+            "Entries given up on (refused, or out of retries), by error code",
+            None,
+            MetricType::Counter,
+        )?;
+        for (code, value) in eb.failed_by_code() {
+            let labels = [("code", code.as_str())];
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        gauge(
+            enc,
+            "udp_agent_eventbridge_in_flight_requests",
+            "PutEvents requests outstanding now",
+            eb.in_flight.load(Relaxed),
+        )?;
+        gauge(
+            enc,
+            "udp_agent_eventbridge_cost_guard_used_events",
+            "Billed events sent in the cost guard's rolling hour",
+            eb.cost_guard_used(),
+        )?;
+        gauge(
+            enc,
+            "udp_agent_eventbridge_cost_guard_limit_events",
+            "The cost guard's limit of billed events per rolling hour (--max-events-per-hour; 0: off)",
+            eb.cost_guard_limit(),
+        )
+    }
+
+    fn encode_interfaces(&self, enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+        let ifaces = self.interfaces.snapshot();
+        let mut family = enc.encode_descriptor(
+            "udp_agent_xdp_attached",
+            "1 if the XDP program is attached to the interface in this mode, 0 while the interface is gone (mode: the last one, or none)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for i in &ifaces {
+            let mode = i
+                .mode
+                .or(i.last_mode)
+                .map_or_else(|| "none".to_owned(), |m| m.to_string());
+            let labels = [("iface", i.name.as_str()), ("mode", mode.as_str())];
+            ConstGauge::new(i64::from(i.mode.is_some())).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = enc.encode_descriptor(
+            "udp_agent_xdp_reattached",
+            "Times the XDP program was attached again to an interface that had gone away",
+            None,
+            MetricType::Counter,
+        )?;
+        for i in &ifaces {
+            let labels = [("iface", i.name.as_str())];
+            ConstCounter::new(i.reattached).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let m = enc.encode_descriptor(
+            "udp_agent_build",
+            "The running udp-agent",
+            None,
+            MetricType::Info,
+        );
+        m?.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+        self.encode_kernel(&mut enc)?;
+        self.encode_pipeline(&mut enc)?;
+        if let Some(eb) = &self.eventbridge {
+            self.encode_eventbridge(eb, &mut enc)?;
+        }
+        self.encode_interfaces(&mut enc)
+    }
+}
+
+/// A registry holding the collector.
+pub fn registry(collector: AgentCollector) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(collector));
+    r
+}
+
+/// The exposition: OpenMetrics text, or the classic Prometheus text
+/// format.
+pub fn render(registry: &Registry, openmetrics: bool) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    let result = if openmetrics {
+        prometheus_client::encoding::text::encode(&mut out, registry)
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut out, registry)
+    };
+    // Writing into a String cannot fail; an encoder error is a bug (e.g. a
+    // duplicate label), so show it rather than half a page.
+    if let Err(e) = result {
+        return format!("# udp-agent: encoding metrics failed: {e}\n");
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// The HTTP server
+// ---------------------------------------------------------------------------
+
+/// Binds the endpoint (before anything is attached, so that a taken port
+/// stops the start).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `GET /metrics` on `listener` until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    mut stop: watch::Receiver<bool>,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        info!("metrics: serving http://{addr}/metrics");
+    }
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    loop {
+        let slot = tokio::select! {
+            _ = stop.changed() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+        };
+        let stream = tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and the like: back off instead of spinning.
+                    warn!(error = %e, "metrics: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        while connections.try_join_next().is_some() {}
+        let registry = registry.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let service = service_fn(move |req| handle(req, registry.clone()));
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            // A client that goes away mid-request is not the agent's problem.
+            let _ = conn.await;
+        });
+    }
+    connections.abort_all();
+}
+
+fn response(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static headers are valid")
+}
+
+/// Whether the client asked for OpenMetrics (Prometheus does).
+fn wants_openmetrics(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"))
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    registry: Arc<Registry>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let text = "text/plain; charset=utf-8";
+    Ok(match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            let openmetrics = wants_openmetrics(&req);
+            // Reading the maps is a few thousand syscalls: off the runtime's
+            // worker threads.
+            match tokio::task::spawn_blocking(move || render(&registry, openmetrics)).await {
+                Ok(body) => response(
+                    StatusCode::OK,
+                    if openmetrics {
+                        OPENMETRICS
+                    } else {
+                        PROMETHEUS_TEXT
+                    },
+                    body,
+                ),
+                Err(e) => response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    text,
+                    format!("collecting metrics failed: {e}\n"),
+                ),
+            }
+        }
+        (_, "/metrics") => {
+            let mut r = response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                text,
+                "only GET and HEAD\n".into(),
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+            r
+        }
+        (_, "/") => response(
+            StatusCode::OK,
+            text,
+            "udp-agent: metrics at /metrics\n".into(),
+        ),
+        _ => response(
+            StatusCode::NOT_FOUND,
+            text,
+            "not found; try /metrics\n".into(),
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{hotplug::IfaceState, loader::Attached};
+
+    #[derive(Debug)]
+    struct FakeKernel;
+
+    impl KernelSource for FakeKernel {
+        fn counters(&self) -> Result<Vec<(&'static str, u64)>, ControlError> {
+            Ok(vec![("seen", 7), ("captured", 5)])
+        }
+
+        fn busiest_ports(&self, _n: usize) -> Result<Vec<PortStats>, ControlError> {
+            Ok(vec![PortStats {
+                port: 514,
+                settings: None,
+                captured: 5,
+                limited: 2,
+            }])
+        }
+    }
+
+    fn collector(eventbridge: bool) -> AgentCollector {
+        let pipeline = Arc::new(PipelineStats::default());
+        pipeline.decoded.store(5, Relaxed);
+        pipeline.latency.observe(1_000_000_000, 1_003_000_000); // 3 ms
+        pipeline.latency.observe(1_000_000_000, 1_200_000_000); // 200 ms
+        let interfaces = Arc::new(InterfaceStatus::default());
+        interfaces.set(vec![
+            IfaceState::attached("eth0", 2, Attached::Skb),
+            IfaceState {
+                mode: None,
+                ..IfaceState::attached("eth1", 3, Attached::Driver)
+            },
+        ]);
+        let eb = eventbridge.then(|| {
+            let s = EventBridgeStats::default();
+            s.count_failed("AccessDeniedException", 3);
+            s.requests.store(4, Relaxed);
+            Arc::new(s)
+        });
+        AgentCollector {
+            kernel: Arc::new(FakeKernel),
+            pipeline,
+            eventbridge: eb,
+            interfaces,
+        }
+    }
+
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().filter(|l| !l.starts_with('#')).collect()
+    }
+
+    #[test]
+    fn the_exposition_has_every_series() {
+        let text = render(&registry(collector(true)), false);
+        let samples = lines(&text);
+        for want in [
+            r#"udp_agent_kernel_packets_total{outcome="seen"} 7"#,
+            r#"udp_agent_kernel_packets_total{outcome="captured"} 5"#,
+            r#"udp_agent_port_packets_total{port="514",outcome="captured"} 5"#,
+            r#"udp_agent_port_packets_total{port="514",outcome="limited"} 2"#,
+            "udp_agent_pipeline_decoded_total 5",
+            "udp_agent_pipeline_queue_drops_total 0",
+            "udp_agent_eventbridge_requests_total 4",
+            r#"udp_agent_eventbridge_failed_total{code="AccessDeniedException"} 3"#,
+            "udp_agent_eventbridge_in_flight_requests 0",
+            "udp_agent_eventbridge_cost_guard_limit_events 0",
+            r#"udp_agent_delivery_latency_seconds_bucket{le="0.001"} 0"#,
+            r#"udp_agent_delivery_latency_seconds_bucket{le="0.005"} 1"#,
+            r#"udp_agent_delivery_latency_seconds_bucket{le="0.25"} 2"#,
+            r#"udp_agent_delivery_latency_seconds_bucket{le="+Inf"} 2"#,
+            "udp_agent_delivery_latency_seconds_count 2",
+            r#"udp_agent_xdp_attached{iface="eth0",mode="skb"} 1"#,
+            r#"udp_agent_xdp_attached{iface="eth1",mode="driver"} 0"#,
+            r#"udp_agent_xdp_reattached_total{iface="eth0"} 0"#,
+        ] {
+            assert!(samples.contains(&want), "no `{want}` in:\n{text}");
+        }
+        assert!(
+            samples
+                .iter()
+                .any(|l| l.starts_with("udp_agent_delivery_latency_seconds_sum 0.203")),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE udp_agent_kernel_packets_total counter"));
+        assert!(text.contains("# TYPE udp_agent_delivery_latency_seconds histogram"));
+    }
+
+    #[test]
+    fn openmetrics_ends_with_eof_and_sink_series_need_the_sink() {
+        let text = render(&registry(collector(false)), true);
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("udp_agent_build_info{version="), "{text}");
+        assert!(!text.contains("udp_agent_eventbridge_"), "{text}");
+        assert!(text.contains(r#"udp_agent_kernel_packets_total{outcome="captured"} 5"#));
+    }
+
+    #[test]
+    fn latency_without_a_capture_time_is_not_recorded() {
+        let l = Latency::default();
+        l.observe(0, 5_000_000_000);
+        assert_eq!(l.snapshot().1, 0);
+        l.observe(10, 5); // clock skew: counted as zero
+        let (sum, count, buckets) = l.snapshot();
+        assert_eq!((sum, count, buckets[0].1), (0.0, 1, 1));
+        l.observe(1, 100_000_000_001); // 100 s: +Inf only
+        let (_, count, buckets) = l.snapshot();
+        assert_eq!(count, 2);
+        assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), 1);
+    }
+}

@@ -1,0 +1,283 @@
+//! `udp-agent run --config FILE`: file values apply, flags and environment
+//! win over them, and an unknown key is an error that names it.
+//!
+//! The parsing tests drive the library's parser and need nothing; the
+//! environment tests run the binary (whose first step, before any privilege
+//! check, validates the merged settings and names the value it rejects);
+//! the last test runs an agent configured by a file on a veth pair (root
+//! only, otherwise `SKIPPED:`).
+
+mod support;
+
+use std::{io::Write, path::PathBuf, process::Output};
+
+use support::{Agent, VethNs, agent_command, pin_dir, privileged};
+use tempfile::NamedTempFile;
+use udp_agent::{
+    cli::{Command, RunArgs},
+    config_file::{CliError, parse_from},
+};
+
+fn file(text: &str) -> NamedTempFile {
+    let mut f = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("a temporary file");
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+/// This process's environment must not configure the agent, or it would
+/// win over the files below.
+fn clean_env() {
+    let set: Vec<String> = std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("UDP_AGENT_"))
+        .collect();
+    assert!(set.is_empty(), "unset {set:?} to run these tests");
+}
+
+fn run_args(f: &NamedTempFile, extra: &[&str]) -> Result<RunArgs, CliError> {
+    clean_env();
+    let path = f.path().to_str().unwrap();
+    let argv = ["udp-agent", "run", "--config", path]
+        .into_iter()
+        .chain(extra.iter().copied());
+    match parse_from(argv)?.command {
+        Command::Run(args) => Ok(args),
+        other => panic!("parsed as {other:?}"),
+    }
+}
+
+fn error(f: &NamedTempFile, extra: &[&str]) -> String {
+    match run_args(f, extra) {
+        Ok(args) => panic!("accepted: {args:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const FILE: &str = r#"
+# The flags of `run`, without their dashes.
+iface = ["eth0", "eth1"]
+port = ["514", "6000-6010"]
+event-bus = "udp-events"
+rate = 1000
+burst = 2000
+allow = ["198.18.0.0/15"]
+max-events-per-hour = 500000
+request-timeout = "3s"
+wait-for-iface = true
+log-format = "json"
+metrics-addr = "127.0.0.1:9102"
+"#;
+
+#[test]
+fn file_values_apply() {
+    let f = file(FILE);
+    let a = run_args(&f, &[]).unwrap();
+    assert_eq!(a.ifaces, ["eth0", "eth1"]);
+    let ports: Vec<String> = a.ports.iter().map(ToString::to_string).collect();
+    assert_eq!(ports, ["514", "6000-6010"]);
+    assert_eq!(a.event_bus.as_deref(), Some("udp-events"));
+    assert_eq!((a.port_limit.rate, a.port_limit.burst), (1000, 2000));
+    assert_eq!(a.firewall.allow, ["198.18.0.0/15"]);
+    assert_eq!(a.eventbridge.max_events_per_hour, 500_000);
+    assert_eq!(a.eventbridge.request_timeout.as_secs(), 3);
+    assert!(a.wait_for_iface);
+    assert_eq!(a.log.log_format, udp_agent::logging::LogFormat::Json);
+    assert_eq!(a.metrics_addr, Some("127.0.0.1:9102".parse().unwrap()));
+    assert_eq!(a.config.as_deref(), Some(f.path()));
+    // Untouched settings keep their defaults.
+    assert_eq!(a.source, "udp.raw");
+    assert_eq!(a.eventbridge.max_in_flight, 8);
+}
+
+#[test]
+fn flags_override_the_file() {
+    let f = file(FILE);
+    let a = run_args(
+        &f,
+        &["--rate", "5", "--iface", "ens5", "--event-bus", "other"],
+    )
+    .unwrap();
+    assert_eq!(a.port_limit.rate, 5);
+    // A list on the command line replaces the file's list.
+    assert_eq!(a.ifaces, ["ens5"]);
+    assert_eq!(a.event_bus.as_deref(), Some("other"));
+    // The rest still comes from the file.
+    assert_eq!(a.port_limit.burst, 2000);
+    assert_eq!(a.ports.len(), 2);
+}
+
+#[test]
+fn an_unknown_key_is_an_error_naming_it() {
+    let f = file("iface = [\"eth0\"]\nrates = 5\n");
+    let err = error(&f, &[]);
+    let path = f.path().display().to_string();
+    assert!(err.contains("unknown key `rates`"), "{err}");
+    assert!(err.contains(&path), "{err}");
+    assert!(
+        err.contains("known keys:") && err.contains("rate,"),
+        "{err}"
+    );
+
+    let f = file("event_bus = \"x\"\n");
+    let err = error(&f, &[]);
+    assert!(
+        err.contains("unknown key `event_bus`") && err.contains("did you mean `event-bus`"),
+        "{err}"
+    );
+
+    let f = file("config = \"/etc/other.toml\"\n");
+    assert!(error(&f, &[]).contains("unknown key `config`"));
+}
+
+#[test]
+fn bad_values_name_the_key_and_the_file() {
+    let path_of = |f: &NamedTempFile| f.path().display().to_string();
+
+    let f = file("rate = \"fast\"\n");
+    let err = error(&f, &[]);
+    assert!(err.contains("--rate") && err.contains("fast"), "{err}");
+    assert!(err.contains(&path_of(&f)), "{err}");
+
+    let f = file("rate = [1, 2]\n");
+    let err = error(&f, &[]);
+    assert!(
+        err.contains("`rate`") && err.contains("not a list"),
+        "{err}"
+    );
+
+    let f = file("wait-for-iface = \"yes\"\n");
+    let err = error(&f, &[]);
+    assert!(
+        err.contains("`wait-for-iface`") && err.contains("true or false"),
+        "{err}"
+    );
+
+    let f = file("[eventbridge]\nregion = \"x\"\n");
+    let err = error(&f, &[]);
+    assert!(err.contains("unknown key `eventbridge`"), "{err}");
+
+    let f = file("rate = \n");
+    let err = error(&f, &[]);
+    assert!(err.contains("not valid TOML"), "{err}");
+
+    let missing = PathBuf::from("/nonexistent/udp-agent.toml");
+    let err = match parse_from([
+        "udp-agent",
+        "run",
+        "--config",
+        "/nonexistent/udp-agent.toml",
+    ]) {
+        Ok(_) => panic!("a missing file was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+}
+
+/// Runs `udp-agent run --config FILE <extra>` with `env`; it must fail.
+fn run_binary(f: &NamedTempFile, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let pins = pin_dir("config-file");
+    let out = agent_command()
+        .envs(env.iter().copied())
+        .arg("run")
+        .arg("--config")
+        .arg(f.path())
+        .args(extra)
+        .arg("--pin-dir")
+        .arg(&pins)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running udp-agent");
+    assert!(!out.status.success(), "started: {out:?}");
+    out
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn the_environment_overrides_the_file_and_flags_override_both() {
+    // 1000 is not a power of two: the agent refuses it before anything else,
+    // naming the value it got, which shows where the value came from.
+    let f = file("iface = [\"doesnotexist0\"]\nring-bytes = 1000\n");
+    let err = stderr(&run_binary(&f, &[], &[]));
+    assert!(
+        err.contains("--ring-bytes 1000 must be a power of two"),
+        "{err}"
+    );
+
+    let err = stderr(&run_binary(&f, &[], &[("UDP_AGENT_RING_BYTES", "3000")]));
+    assert!(
+        err.contains("--ring-bytes 3000 must"),
+        "env over file: {err}"
+    );
+
+    let err = stderr(&run_binary(
+        &f,
+        &["--ring-bytes", "5000"],
+        &[("UDP_AGENT_RING_BYTES", "3000")],
+    ));
+    assert!(
+        err.contains("--ring-bytes 5000 must"),
+        "flag over env: {err}"
+    );
+
+    // A list from the environment replaces the file's, too: with a valid
+    // ring size, the next complaint names the interface (as root) or the
+    // missing privileges.
+    let err = stderr(&run_binary(
+        &f,
+        &[],
+        &[
+            ("UDP_AGENT_RING_BYTES", "4096"),
+            ("UDP_AGENT_IFACE", "alsomissing0"),
+        ],
+    ));
+    assert!(!err.contains("ring-bytes"), "{err}");
+    if support::is_root() {
+        assert!(
+            err.contains("unknown interface `alsomissing0`"),
+            "env list over file list: {err}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_key_stops_the_binary_with_exit_code_2() {
+    let f = file("iface = [\"lo\"]\nprot = [\"514\"]\n");
+    let out = run_binary(&f, &[], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.starts_with("error: unknown key `prot`"), "{err}");
+}
+
+#[test]
+fn an_agent_runs_from_a_config_file() {
+    let test = "config-agent";
+    if !privileged(test) {
+        return;
+    }
+    let ns = VethNs::new(test);
+    let pins = pin_dir(test);
+    let f = file(
+        "port = [\"5160\"]\nsource = \"from.file\"\ndetail-type = \"FromFile\"\nsnaplen = 4\n",
+    );
+    let path = f.path().to_str().unwrap();
+    let mut agent = Agent::run(
+        &ns.host_if,
+        &pins,
+        &["--config", path, "--detail-type", "FromFlag"],
+    );
+    ns.warm_up(&agent, false, 42159, 5160);
+    ns.send_udp(false, 42160, 5160, &[b"first".to_vec()]);
+    let evs = agent.wait_from(42160, 1);
+    assert_eq!(evs[0].source, "from.file");
+    assert_eq!(evs[0].detail_type, "FromFlag");
+    assert_eq!(evs[0].payload, b"firs", "snaplen 4 from the file");
+    assert!(evs[0].truncated);
+    let stopped = agent.terminate();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}
