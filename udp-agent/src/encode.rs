@@ -6,6 +6,7 @@
 use std::{collections::HashMap, ffi::CStr, sync::Arc, time::SystemTime};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
+#[cfg(test)]
 use serde::Serialize;
 
 use crate::{clock::WallClock, record::Packet};
@@ -48,26 +49,104 @@ impl Entry {
     /// The entry as one JSON line, exactly the fields of the PutEvents request
     /// entry (the stdout sink's output; usable with `aws events put-events`).
     pub fn to_json_line(&self) -> String {
-        #[derive(Serialize)]
-        #[serde(rename_all = "PascalCase")]
-        struct Line<'a> {
-            source: &'a str,
-            detail_type: &'a str,
-            detail: &'a str,
-            time: String,
-            event_bus_name: &'a str,
-        }
-        let line = Line {
-            source: &self.source,
-            detail_type: &self.detail_type,
-            detail: &self.detail,
-            time: humantime::format_rfc3339_millis(self.time).to_string(),
-            event_bus_name: &self.event_bus_name,
-        };
-        serde_json::to_string(&line).expect("serialising strings cannot fail")
+        let mut out = String::with_capacity(self.detail.len() + self.detail.len() / 4 + 160);
+        self.write_json_line(&mut out);
+        out
+    }
+
+    /// Appends [`to_json_line`](Self::to_json_line)'s text to `out`
+    /// (written by hand: this runs once per packet).
+    pub fn write_json_line(&self, out: &mut String) {
+        out.push_str("{\"Source\":");
+        push_json_str(out, &self.source);
+        out.push_str(",\"DetailType\":");
+        push_json_str(out, &self.detail_type);
+        out.push_str(",\"Detail\":");
+        push_json_str(out, &self.detail);
+        out.push_str(",\"Time\":\"");
+        push_rfc3339_millis(out, self.time);
+        out.push_str("\",\"EventBusName\":");
+        push_json_str(out, &self.event_bus_name);
+        out.push('}');
     }
 }
 
+/// Bytes that JSON strings must escape: control characters, `"` and `\\`.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// Appends `s` as a JSON string literal (quotes included), escaping as
+/// RFC 8259 requires. Runs over every byte of every Detail the stdout sink
+/// prints, so the common byte costs one table lookup.
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push('"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !NEEDS_ESCAPE[b as usize] {
+            i += 1;
+            continue;
+        }
+        // `b` is ASCII, so `start..i` and `i + 1..` are char boundaries.
+        out.push_str(&s[start..i]);
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0C => out.push_str("\\f"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 0xF)] as char);
+            }
+        }
+        i += 1;
+        start = i;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// Appends `t` as RFC 3339 UTC with milliseconds (`2026-11-27T23:33:17.000Z`),
+/// formatting the date and time of day once per second.
+fn push_rfc3339_millis(out: &mut String, t: SystemTime) {
+    use std::{cell::RefCell, fmt::Write as _, time::UNIX_EPOCH};
+    thread_local! {
+        static CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            let whole = UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            // "YYYY-MM-DDTHH:MM:SSZ" without the Z.
+            let text = humantime::format_rfc3339_seconds(whole).to_string();
+            c.1 = text.trim_end_matches('Z').to_string();
+            c.0 = secs;
+        }
+        out.push_str(&c.1);
+    });
+    let _ = write!(out, ".{:03}Z", since.subsec_millis());
+}
+
+#[cfg(test)]
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct Endpoint {
@@ -75,7 +154,10 @@ struct Endpoint {
     port: u16,
 }
 
-/// The `Detail` object. Field order is the order users see.
+/// The `Detail` object as serde would write it: the reference the
+/// hand-written [`detail_json`] is tested against. Field order is the order
+/// users see.
+#[cfg(test)]
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct Detail<'a> {
@@ -126,30 +208,39 @@ impl Encoder {
 
     pub fn encode(&mut self, p: &Packet) -> Entry {
         let interface = self.interface(p.ifindex);
-        let detail = Detail {
-            destination: Endpoint {
-                address: p.dst.to_string(),
-                port: p.dst_port,
-            },
-            source: Endpoint {
-                address: p.src.to_string(),
-                port: p.src_port,
-            },
-            payload: STANDARD.encode(&p.payload),
-            length: p.wire_len,
-            truncated: p.truncated(),
-            interface: &interface,
-            ip_version: p.ip_version(),
-        };
         Entry {
             source: self.source.clone(),
             detail_type: self.detail_type.clone(),
             event_bus_name: self.event_bus_name.clone(),
-            detail: serde_json::to_string(&detail).expect("serialising strings cannot fail"),
+            detail: detail_json(p, &interface),
             time: self.clock.to_system_time(p.timestamp_ns),
             capture_ns: p.timestamp_ns,
         }
     }
+}
+
+/// The `Detail` object for `p`, written by hand into one allocation (this
+/// runs once per packet). Same text as serialising [`Detail`] with serde,
+/// which the tests check.
+fn detail_json(p: &Packet, interface: &str) -> String {
+    use std::fmt::Write as _;
+    let mut d = String::with_capacity(200 + interface.len() + p.payload.len().div_ceil(3) * 4);
+    // Addresses and numbers need no JSON escaping.
+    let _ = write!(
+        d,
+        "{{\"Destination\":{{\"Address\":\"{}\",\"Port\":{}}},\"Source\":{{\"Address\":\"{}\",\"Port\":{}}},\"Payload\":\"",
+        p.dst, p.dst_port, p.src, p.src_port
+    );
+    STANDARD.encode_string(&p.payload, &mut d);
+    let _ = write!(
+        d,
+        "\",\"Length\":{},\"Truncated\":{},\"Interface\":",
+        p.wire_len,
+        p.truncated()
+    );
+    push_json_str(&mut d, interface);
+    let _ = write!(d, ",\"IpVersion\":{}}}", p.ip_version());
+    d
 }
 
 /// The kernel's name for an interface index, or `if<N>` if it has none (any
@@ -257,5 +348,88 @@ mod tests {
     #[test]
     fn unknown_interface_gets_a_stable_name() {
         assert_eq!(interface_name(u32::MAX), format!("if{}", u32::MAX));
+    }
+}
+
+#[cfg(test)]
+mod hand_written_json {
+    use super::*;
+
+    fn serde_detail(p: &Packet, interface: &str) -> String {
+        serde_json::to_string(&Detail {
+            destination: Endpoint {
+                address: p.dst.to_string(),
+                port: p.dst_port,
+            },
+            source: Endpoint {
+                address: p.src.to_string(),
+                port: p.src_port,
+            },
+            payload: STANDARD.encode(&p.payload),
+            length: p.wire_len,
+            truncated: p.truncated(),
+            interface,
+            ip_version: p.ip_version(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn detail_matches_serde_for_awkward_inputs() {
+        let mut p = Packet {
+            timestamp_ns: 0,
+            ifindex: 1,
+            src: "fd00::2".parse().unwrap(),
+            dst: "198.18.0.1".parse().unwrap(),
+            src_port: 1,
+            dst_port: 65535,
+            wire_len: 70000,
+            payload: (0..=255).collect(),
+        };
+        for iface in ["eth0", "we\"ird\\name", "tab\there", "\u{1}ctl", "ünï"] {
+            assert_eq!(detail_json(&p, iface), serde_detail(&p, iface), "{iface:?}");
+        }
+        p.payload.clear();
+        assert_eq!(detail_json(&p, "lo"), serde_detail(&p, "lo"));
+    }
+
+    #[test]
+    fn json_line_matches_serde() {
+        let entry = Entry {
+            source: Arc::from("a\"b"),
+            detail_type: Arc::from("T\\"),
+            event_bus_name: Arc::from("arn:aws:events:us-east-1:1:event-bus/x"),
+            detail: "{\"k\":\"\u{7}\n\"}".into(),
+            time: std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_822_397_042),
+            capture_ns: 0,
+        };
+        let expected = serde_json::json!({
+            "Source": "a\"b",
+            "DetailType": "T\\",
+            "Detail": "{\"k\":\"\u{7}\n\"}",
+            "Time": "2026-11-27T23:33:17.042Z",
+            "EventBusName": "arn:aws:events:us-east-1:1:event-bus/x",
+        });
+        let line = entry.to_json_line();
+        let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed, expected);
+        // Same bytes as serde, key order included.
+        let mut ser = String::from("{");
+        for (k, v) in [
+            ("Source", "a\"b"),
+            ("DetailType", "T\\"),
+            ("Detail", "{\"k\":\"\u{7}\n\"}"),
+            ("Time", "2026-11-27T23:33:17.042Z"),
+            ("EventBusName", "arn:aws:events:us-east-1:1:event-bus/x"),
+        ] {
+            if ser.len() > 1 {
+                ser.push(',');
+            }
+            ser.push_str(&serde_json::to_string(k).unwrap());
+            ser.push(':');
+            ser.push_str(&serde_json::to_string(v).unwrap());
+        }
+        ser.push('}');
+        assert_eq!(line, ser);
     }
 }
