@@ -227,7 +227,8 @@ pub fn detach(ebpf: &mut Ebpf, attachment: Attachment) {
     }
 }
 
-/// An error and its sources on one line: `a: b: c`.
+/// An error and its sources on one line: `a: b: c` (without the Debug dump
+/// that the AWS SDK's `DisplayErrorContext` appends).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut next = e.source();

@@ -17,6 +17,7 @@ use tracing::info;
 
 use super::{dead_letter::DeadLetter, retry::Backoff};
 use crate::cli::EventBridgeArgs;
+use crate::loader::error_chain;
 
 /// Default --max-in-flight.
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 8;
@@ -167,19 +168,6 @@ impl Settings {
             })
             .transpose()
     }
-}
-
-/// An error and its sources, `: `-separated (without the Debug dump that
-/// `DisplayErrorContext` appends).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]
