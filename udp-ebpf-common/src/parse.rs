@@ -7,6 +7,11 @@
 //! IPv4 header length from a 4-bit field, a constant number of IPv6 extension
 //! headers), so the verifier can prove each access safe.
 //!
+//! [`parse_headers`] needs only the first buffer; the length fields it reads
+//! are checked against the whole frame by [`parse_frame`], or — in the XDP
+//! program, only for enabled ports, to keep the non-matching path short —
+//! by the caller with the `ip_end` it returns.
+//!
 //! `frame_len` is the length of the whole frame, which for a multi-buffer
 //! (`xdp.frags`) frame is longer than `end - start`: headers must be in the
 //! first buffer, the payload may continue in later fragments. Length fields are
@@ -135,25 +140,39 @@ pub fn parse_eth(start: usize, end: usize) -> Option<(u16, usize)> {
     Some((proto, off))
 }
 
-/// Parses a whole frame down to the UDP payload.
+/// Parses a whole frame down to the UDP payload, checking the IP length
+/// field against `frame_len`.
 #[inline(always)]
 pub fn parse_frame(start: usize, end: usize, frame_len: usize) -> Outcome {
+    let (outcome, ip_end) = parse_headers(start, end);
+    match outcome {
+        Outcome::Udp(_) if ip_end > frame_len => Outcome::Malformed,
+        other => other,
+    }
+}
+
+/// Parses the headers in `[start, end)`. For a UDP datagram also returns
+/// `ip_end`, where the IP header says the packet ends (from the frame's
+/// start): a frame shorter than that is malformed, which the caller checks
+/// against the whole frame's length.
+#[inline(always)]
+pub fn parse_headers(start: usize, end: usize) -> (Outcome, usize) {
     let Some((proto, l3)) = parse_eth(start, end) else {
-        return Outcome::Malformed;
+        return (Outcome::Malformed, 0);
     };
     match proto {
-        ETH_P_IP => parse_ipv4(start, end, frame_len, l3),
-        ETH_P_IPV6 => parse_ipv6(start, end, frame_len, l3),
-        _ => Outcome::NotUdp,
+        ETH_P_IP => parse_ipv4(start, end, l3),
+        ETH_P_IPV6 => parse_ipv6(start, end, l3),
+        _ => (Outcome::NotUdp, 0),
     }
 }
 
 /// IPv4 at `off`: variable header length (options), fragments, total length.
 #[inline(always)]
-pub fn parse_ipv4(start: usize, end: usize, frame_len: usize, off: usize) -> Outcome {
+pub fn parse_ipv4(start: usize, end: usize, off: usize) -> (Outcome, usize) {
     // The fixed 20 bytes must be there before any field is trusted.
     let Some(ip) = header(start, end, off, IPV4_MIN_HLEN) else {
-        return Outcome::Malformed;
+        return (Outcome::Malformed, 0);
     };
     // SAFETY: `ip` covers IPV4_MIN_HLEN bytes; all offsets below are < 20.
     let (b0, total_len, frag, proto) =
@@ -162,33 +181,36 @@ pub fn parse_ipv4(start: usize, end: usize, frame_len: usize, off: usize) -> Out
     // header variable, so its full length is checked against `end` again.
     let hlen = ((b0 & 0x0F) as usize) * 4;
     if b0 >> 4 != 4 || hlen < IPV4_MIN_HLEN || header(start, end, off, hlen).is_none() {
-        return Outcome::Malformed;
+        return (Outcome::Malformed, 0);
     }
     if proto != IPPROTO_UDP {
-        return Outcome::NotUdp;
+        return (Outcome::NotUdp, 0);
     }
     // More-fragments flag (0x2000) or a non-zero offset (0x1FFF).
     if frag & 0x3FFF != 0 {
-        return Outcome::Fragment;
+        return (Outcome::Fragment, 0);
     }
     let total_len = total_len as usize;
-    // The IP packet must hold its own header plus a UDP header, and must not
-    // claim more bytes than the frame carries (Ethernet padding may make the
-    // frame longer, never shorter).
-    if total_len < hlen + UDP_HLEN || off + total_len > frame_len {
-        return Outcome::Malformed;
+    // The IP packet must hold its own header plus a UDP header. That it
+    // does not claim more bytes than the frame carries (Ethernet padding may
+    // make the frame longer, never shorter) is checked against `ip_end`.
+    if total_len < hlen + UDP_HLEN {
+        return (Outcome::Malformed, 0);
     }
     // SAFETY: addresses are at 12..20 of the 20 checked bytes.
     let (src, dst) = unsafe { (rd_addr::<4>(ip, 12), rd_addr::<4>(ip, 16)) };
-    parse_udp(start, end, off + hlen, total_len - hlen, 4, src, dst)
+    (
+        parse_udp(start, end, off + hlen, total_len - hlen, 4, src, dst),
+        off + total_len,
+    )
 }
 
 /// IPv6 at `off`, walking hop-by-hop, routing, destination-options and
 /// (atomic) fragment headers up to `IPV6_EXT_MAX_DEPTH`.
 #[inline(always)]
-pub fn parse_ipv6(start: usize, end: usize, frame_len: usize, off: usize) -> Outcome {
+pub fn parse_ipv6(start: usize, end: usize, off: usize) -> (Outcome, usize) {
     let Some(ip) = header(start, end, off, IPV6_HLEN) else {
-        return Outcome::Malformed;
+        return (Outcome::Malformed, 0);
     };
     // SAFETY: `ip` covers IPV6_HLEN bytes; all offsets below are < 40.
     let (b0, payload_len, mut next, src, dst) = unsafe {
@@ -201,12 +223,10 @@ pub fn parse_ipv6(start: usize, end: usize, frame_len: usize, off: usize) -> Out
         )
     };
     if b0 >> 4 != 6 {
-        return Outcome::Malformed;
+        return (Outcome::Malformed, 0);
     }
     let mut remaining = payload_len as usize;
-    if off + IPV6_HLEN + remaining > frame_len {
-        return Outcome::Malformed;
-    }
+    let ip_end = off + IPV6_HLEN + remaining;
     let mut l4 = off + IPV6_HLEN;
     let mut depth = 0;
     while depth < IPV6_EXT_MAX_DEPTH {
@@ -216,13 +236,13 @@ pub fn parse_ipv6(start: usize, end: usize, frame_len: usize, off: usize) -> Out
                 // Next header, then the length in 8-octet units not counting
                 // the first 8 octets (so every such header is >= 8 bytes).
                 let Some(ext) = header(start, end, l4, 8) else {
-                    return Outcome::Malformed;
+                    return (Outcome::Malformed, 0);
                 };
                 // SAFETY: `ext` covers 8 bytes.
                 let (nh, units) = unsafe { (rd8(ext, 0), rd8(ext, 1)) };
                 let len = (units as usize + 1) * 8;
                 if len > remaining {
-                    return Outcome::Malformed;
+                    return (Outcome::Malformed, 0);
                 }
                 next = nh;
                 l4 += len;
@@ -230,30 +250,30 @@ pub fn parse_ipv6(start: usize, end: usize, frame_len: usize, off: usize) -> Out
             }
             IPPROTO_FRAGMENT => {
                 let Some(ext) = header(start, end, l4, 8) else {
-                    return Outcome::Malformed;
+                    return (Outcome::Malformed, 0);
                 };
                 // SAFETY: `ext` covers 8 bytes.
                 let (nh, frag) = unsafe { (rd8(ext, 0), rd16(ext, 2)) };
                 // Offset (high 13 bits) or M flag (bit 0): a real fragment.
                 // Offset 0 without M is an "atomic fragment": the whole datagram.
                 if frag & 0xFFF9 != 0 {
-                    return Outcome::Fragment;
+                    return (Outcome::Fragment, 0);
                 }
                 if remaining < 8 {
-                    return Outcome::Malformed;
+                    return (Outcome::Malformed, 0);
                 }
                 next = nh;
                 l4 += 8;
                 remaining -= 8;
             }
-            _ => return Outcome::NotUdp,
+            _ => return (Outcome::NotUdp, 0),
         }
         depth += 1;
     }
     if next != IPPROTO_UDP {
-        return Outcome::NotUdp;
+        return (Outcome::NotUdp, 0);
     }
-    parse_udp(start, end, l4, remaining, 6, src, dst)
+    (parse_udp(start, end, l4, remaining, 6, src, dst), ip_end)
 }
 
 /// UDP at `off`, inside an IP payload of `ip_remaining` bytes.

@@ -31,7 +31,7 @@ use udp_ebpf_common::{
     CONFIG_ALLOWLIST, CONFIG_REJECT_DROP, Config, DEFAULT_RING_BYTES, DEFAULT_SOURCE_ENTRIES,
     IP_V4, Limit, MAX_CAPTURE, MAX_PREFIXES, PORT_COUNT, PortRule, PortState, RECORD_HEADER_LEN,
     RecordHeader, Scratch, SourceKey, SourceState, counter,
-    parse::{Outcome, UdpMeta, parse_frame},
+    parse::{Outcome, UdpMeta, parse_headers},
 };
 
 /// Destination port → rule. All 65,536 ports, so the lookup is an index.
@@ -171,9 +171,8 @@ fn capture(ctx: &XdpContext) -> u32 {
     count(counter::SEEN);
     let start = ctx.data();
     let end = ctx.data_end();
-    // SAFETY: plain helper call on the program's own context.
-    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
-    let meta = match parse_frame(start, end, frame_len) {
+    let (outcome, ip_end) = parse_headers(start, end);
+    let meta = match outcome {
         Outcome::Udp(meta) => meta,
         Outcome::NotUdp => {
             count(counter::NOT_UDP);
@@ -196,6 +195,15 @@ fn capture(ctx: &XdpContext) -> u32 {
             return xdp_action::XDP_PASS;
         }
     };
+    // Only now, for a port we capture, the IP length against the whole
+    // (possibly multi-buffer) frame: a helper call the non-matching path
+    // does without.
+    // SAFETY: plain helper call on the program's own context.
+    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
+    if ip_end > frame_len {
+        count(counter::MALFORMED);
+        return xdp_action::XDP_PASS;
+    }
     let cfg = match CONFIG.get(0) {
         Some(cfg) => *cfg,
         None => Config::default(),
@@ -211,7 +219,14 @@ fn capture(ctx: &XdpContext) -> u32 {
     }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let source = source_state(&meta);
+    // Sources are tracked (for the limit, and for `stats`' busiest sources)
+    // only while a per-source limit is set: an LRU hash update is the
+    // dearest step of the capture path.
+    let source = if cfg.per_source.is_limited() {
+        source_state(&meta)
+    } else {
+        None
+    };
     if cfg.per_source.is_limited()
         && let Some(st) = source
     {
