@@ -18,16 +18,20 @@ pub async fn run<W: AsyncWrite + Unpin>(
     stats: Arc<PipelineStats>,
 ) -> std::io::Result<()> {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
+    // One text buffer reused for every batch: one write per batch, no
+    // allocation per line.
+    let mut text = String::with_capacity(16 * 1024);
     while let Some(batch) = rx.recv().await {
+        text.clear();
         for entry in &batch {
-            let mut line = entry.to_json_line();
-            line.push('\n');
-            if let Err(e) = out.write_all(line.as_bytes()).await {
-                stats.sink_failed.fetch_add(batch.len() as u64, Relaxed);
-                return Err(e);
-            }
-            stats.emitted.fetch_add(1, Relaxed);
+            entry.write_json_line(&mut text);
+            text.push('\n');
         }
+        if let Err(e) = out.write_all(text.as_bytes()).await {
+            stats.sink_failed.fetch_add(batch.len() as u64, Relaxed);
+            return Err(e);
+        }
+        stats.emitted.fetch_add(batch.len() as u64, Relaxed);
         if rx.is_empty() {
             out.flush().await?;
         }
