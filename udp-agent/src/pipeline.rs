@@ -51,6 +51,9 @@ use crate::{
 /// queue rather than grow memory here.
 const BATCH_QUEUE: usize = 64;
 
+/// Most packets the encoder takes from its queue at once.
+const RECV_MANY: usize = 256;
+
 /// Removes the pins when `run` returns, however it returns.
 struct PinGuard(PathBuf);
 
@@ -253,6 +256,7 @@ pub async fn encode_and_batch(
     stats: Arc<PipelineStats>,
 ) {
     let mut batcher = Batcher::default();
+    let mut packets = Vec::with_capacity(RECV_MANY);
     let mut deadline: Option<Instant> = None;
     let mut clock = tokio::time::interval(Duration::from_secs(1));
     let send = |batch: Vec<Entry>| {
@@ -269,17 +273,24 @@ pub async fn encode_and_batch(
     loop {
         tokio::select! {
             biased;
-            packet = rx.recv() => {
-                let Some(packet) = packet else { break };
-                match batcher.push(encoder.encode(&packet)) {
-                    Ok(Some(batch)) => send(batch).await,
-                    Ok(None) => {}
-                    Err(_) => count_drop(&stats.oversize, "entry larger than a PutEvents request; dropped"),
+            // Everything waiting, up to a bound, per wake-up: the select
+            // and the channel's bookkeeping are paid per call, not per
+            // packet.
+            n = rx.recv_many(&mut packets, RECV_MANY) => {
+                if n == 0 {
+                    break;
                 }
-                if batcher.is_full()
-                    && let Some(batch) = batcher.take()
-                {
-                    send(batch).await;
+                for packet in packets.drain(..) {
+                    match batcher.push(encoder.encode(&packet)) {
+                        Ok(Some(batch)) => send(batch).await,
+                        Ok(None) => {}
+                        Err(_) => count_drop(&stats.oversize, "entry larger than a PutEvents request; dropped"),
+                    }
+                    if batcher.is_full()
+                        && let Some(batch) = batcher.take()
+                    {
+                        send(batch).await;
+                    }
                 }
                 deadline = match (batcher.is_empty(), deadline) {
                     (true, _) => None,
