@@ -1,5 +1,6 @@
 //! `cargo xtask`: the one way to set up, build, run, lint and test udp-agent.
 
+mod bench;
 mod toolchain;
 mod venv;
 
@@ -60,8 +61,11 @@ enum Cmd {
     },
     /// `cargo fmt --check` and `cargo clippy --workspace --all-targets -D warnings`.
     Lint,
-    /// Benchmarks (not implemented yet).
+    /// Benchmarks: kernel cost, lossless capture rate, forwarding rate and
+    /// memory, against the XDP_PASS floor, tcpdump, a UDP socket and the
+    /// article's script (needs root). Writes target/bench/results.json.
     Bench {
+        /// Short runs (under two minutes): the CI smoke test.
         #[arg(long)]
         quick: bool,
     },
@@ -78,10 +82,7 @@ fn main() -> ExitCode {
         Cmd::Run { debug, args } => run(cli.route, debug, &args),
         Cmd::Test { args } => test(cli.route, &args),
         Cmd::Lint => lint(cli.route),
-        Cmd::Bench { quick: _ } => {
-            eprintln!("bench: not implemented yet (issue 5)");
-            return ExitCode::from(2);
-        }
+        Cmd::Bench { quick } => bench::bench(cli.route, quick),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,673 @@
+//! Scenario 2 — lossless capture rate, and scenario 4's soak.
+//!
+//! A paced sender offers fixed rates from the namespace into the veth pair
+//! ([`traffic::send_paced`]; trafgen cannot pace above ~100k packets/s, see
+//! [`traffic`]). For each payload size and each contender — the agent (XDP
+//! in native mode, every packet encoded to its JSON entry and written by the
+//! stdout sink to /dev/null), `tcpdump -w /dev/null`, and a plain UDP socket
+//! read with `recvmmsg` — the same search runs over the same frames: double
+//! the rate while loss stays under 0.1%, then bisect between the last
+//! lossless and the first lossy rate. Contenders run one at a time (each
+//! alone with the sender on the machine), every step with a fresh process
+//! so that its own end-of-run counters say where each loss happened.
+//!
+//! A step's rate is what the sender achieved (packets / send time), which
+//! is below the rate asked for once the sender itself runs out of CPU; a
+//! search that reaches the sender's limit without loss says so.
+//!
+//! Then the flood check: trafgen at full speed (a bounded number of the
+//! same frames) into each contender in turn, and the share each one lost.
+
+use std::{collections::BTreeMap, fs, path::Path, time::Duration};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{
+    contenders::{Agent, Sink, SockReader, Tcpdump},
+    netns::VethNs,
+    proc::{check_interrupted, sleep},
+    report::{Row, mib, thousands},
+    traffic::{self, Sent},
+};
+
+pub const PORT: u16 = 5514;
+/// The agent's default ring; tcpdump's packet ring and the socket's receive
+/// buffer get the same.
+pub const BUFFER_BYTES: u32 = 8 << 20;
+/// "Lossless": less than 0.1% of the packets sent were not delivered.
+const MAX_LOSS: f64 = 0.001;
+
+pub struct Settings {
+    pub sizes: Vec<usize>,
+    pub step: Duration,
+    pub start_pps: u64,
+    pub max_doublings: usize,
+    pub bisections: usize,
+    /// Packets in the trafgen flood check.
+    pub flood_packets: u64,
+    pub soak: Duration,
+    pub contenders: Vec<Contender>,
+}
+
+impl Settings {
+    pub fn new(quick: bool) -> Settings {
+        if quick {
+            Settings {
+                sizes: vec![64, 1400],
+                step: Duration::from_millis(700),
+                start_pps: 100_000,
+                max_doublings: 3,
+                bisections: 1,
+                flood_packets: 100_000,
+                soak: Duration::from_secs(10),
+                contenders: ALL.to_vec(),
+            }
+        } else {
+            Settings {
+                sizes: vec![64, 1400],
+                step: Duration::from_secs(3),
+                start_pps: 50_000,
+                max_doublings: 7,
+                bisections: 4,
+                flood_packets: 1_000_000,
+                soak: Duration::from_secs(60),
+                contenders: ALL.to_vec(),
+            }
+        }
+    }
+}
+
+const ALL: [Contender; 3] = [Contender::Agent, Contender::Tcpdump, Contender::Socket];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Contender {
+    Agent,
+    Tcpdump,
+    Socket,
+}
+
+impl Contender {
+    pub fn label(self) -> &'static str {
+        match self {
+            Contender::Agent => "udp-agent (XDP native → JSON → stdout sink to /dev/null)",
+            Contender::Tcpdump => "tcpdump -w /dev/null (-B 8192, port filter)",
+            Contender::Socket => "UDP socket + recvmmsg (8 MiB SO_RCVBUF)",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Contender::Agent => "udp-agent",
+            Contender::Tcpdump => "tcpdump",
+            Contender::Socket => "UDP socket",
+        }
+    }
+}
+
+/// One offered load, one contender.
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    pub sent: Sent,
+    pub delivered: u64,
+    pub lost: u64,
+    pub loss_pct: f64,
+    pub lossless: bool,
+    /// Where the lost packets went, by the contender's own counters and
+    /// the kernel's (netdev backlog, interface drops).
+    pub losses: BTreeMap<String, u64>,
+    pub max_rss_kib: u64,
+    /// CPU time the contender's process used per packet it delivered, in
+    /// microseconds, from the moment the traffic started to its exit (its
+    /// start-up excluded; the kernel's receive path, which runs on the
+    /// sender's CPU, is not in it).
+    pub cpu_us_per_packet: f64,
+    /// The contender's raw counters.
+    pub counters: serde_json::Value,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Search {
+    pub contender: Contender,
+    pub label: &'static str,
+    pub payload: usize,
+    pub steps: Vec<Step>,
+    /// The highest achieved rate with loss under 0.1%.
+    pub lossless_pps: Option<f64>,
+    /// Rate asked for at that step.
+    pub lossless_nominal_pps: Option<u64>,
+    /// What stopped the search from going higher.
+    pub limited_by: String,
+    pub max_rss_kib: u64,
+}
+
+pub struct Env<'a> {
+    pub agent: &'a Path,
+    pub self_exe: &'a Path,
+    pub ns: &'a VethNs,
+    pub workdir: &'a Path,
+}
+
+/// Drops the kernel counts outside any contender: the per-CPU netdev
+/// backlog (`/proc/net/softnet_stat`, second column), the root-side
+/// interface's receive drops, and the namespace side's transmit drops
+/// (veth counts a frame its peer could not take there).
+#[derive(Clone, Copy, Default)]
+struct SystemDrops {
+    backlog: u64,
+    host_rx: u64,
+    ns_tx: u64,
+}
+
+fn system_drops(ns: &VethNs) -> SystemDrops {
+    let backlog = fs::read_to_string("/proc/net/softnet_stat")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|h| u64::from_str_radix(h, 16).ok())
+        .sum();
+    let host_rx = fs::read_to_string(format!(
+        "/sys/class/net/{}/statistics/rx_dropped",
+        ns.host_if
+    ))
+    .ok()
+    .and_then(|s| s.trim().parse().ok())
+    .unwrap_or(0);
+    let ns_tx = std::process::Command::new("ip")
+        .args([
+            "-n", &ns.netns, "-j", "-s", "link", "show", "dev", &ns.ns_if,
+        ])
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| v[0]["stats64"]["tx"]["dropped"].as_u64())
+        .unwrap_or(0);
+    SystemDrops {
+        backlog,
+        host_rx,
+        ns_tx,
+    }
+}
+
+/// Runs `send` into one fresh contender and accounts for every packet.
+fn measure(
+    env: &Env,
+    who: Contender,
+    payload: usize,
+    send: &dyn Fn() -> Result<Sent>,
+) -> Result<Step> {
+    check_interrupted()?;
+    let ns = env.ns;
+    let mut losses = BTreeMap::new();
+    let (sent, delivered, rss, cpu_s, counters, sys0) = match who {
+        Contender::Agent => {
+            let agent = Agent::start(env.agent, &ns.host_if, PORT, &Sink::Null)?;
+            let sys0 = system_drops(ns);
+            let cpu0 = agent.cpu_seconds();
+            let sent = send()?;
+            sleep(Duration::from_millis(100))?;
+            let mut c = agent.stop()?;
+            c.cpu_s -= cpu0;
+            let seen = c.k("captured") + c.k("ring_full");
+            losses.insert("before XDP".to_string(), sent.packets.saturating_sub(seen));
+            losses.insert("kernel ring full".to_string(), c.k("ring_full"));
+            losses.insert("agent queue full".to_string(), c.p("queue_drops"));
+            losses.insert(
+                "encode/sink".to_string(),
+                c.p("decoded")
+                    .saturating_sub(c.p("queue_drops"))
+                    .saturating_sub(c.p("emitted")),
+            );
+            let cpu = c.cpu_s;
+            (
+                sent,
+                c.p("emitted"),
+                c.max_rss_kib,
+                cpu,
+                serde_json::to_value(&c)?,
+                sys0,
+            )
+        }
+        Contender::Tcpdump => {
+            let t = Tcpdump::start(&ns.host_if, PORT, BUFFER_BYTES / 1024)?;
+            let sys0 = system_drops(ns);
+            let cpu0 = t.cpu_seconds();
+            let sent = send()?;
+            // tcpdump (libpcap's TPACKET_V3 ring) hands a block over when it
+            // is full or after its 1 s timeout: wait for the last block.
+            sleep(Duration::from_millis(1500))?;
+            let mut c = t.stop()?;
+            c.cpu_s -= cpu0;
+            losses.insert(
+                "dropped by kernel (tcpdump)".to_string(),
+                c.dropped_by_kernel,
+            );
+            losses.insert(
+                "before capture".to_string(),
+                sent.packets
+                    .saturating_sub(c.captured)
+                    .saturating_sub(c.dropped_by_kernel),
+            );
+            let cpu = c.cpu_s;
+            (
+                sent,
+                c.captured,
+                c.max_rss_kib,
+                cpu,
+                serde_json::to_value(&c)?,
+                sys0,
+            )
+        }
+        Contender::Socket => {
+            let bind = format!("{}:{PORT}", ns.host_v4);
+            let r = SockReader::start(env.self_exe, &bind, BUFFER_BYTES)?;
+            let sys0 = system_drops(ns);
+            let cpu0 = r.cpu_seconds();
+            let sent = send()?;
+            sleep(Duration::from_millis(200))?;
+            let mut c = r.stop()?;
+            c.cpu_s -= cpu0;
+            losses.insert("socket buffer full".to_string(), c.rcvbuf_errors);
+            losses.insert(
+                "before the socket".to_string(),
+                sent.packets
+                    .saturating_sub(c.received)
+                    .saturating_sub(c.rcvbuf_errors),
+            );
+            let cpu = c.cpu_s;
+            (
+                sent,
+                c.received,
+                c.max_rss_kib,
+                cpu,
+                serde_json::to_value(&c)?,
+                sys0,
+            )
+        }
+    };
+    let sys1 = system_drops(ns);
+    // Informational: how much of "before …" the kernel counted itself.
+    losses.insert(
+        "(of which netdev backlog full)".into(),
+        sys1.backlog.saturating_sub(sys0.backlog),
+    );
+    losses.insert(
+        "(of which root veth rx_dropped)".into(),
+        sys1.host_rx.saturating_sub(sys0.host_rx),
+    );
+    losses.insert(
+        "(of which namespace veth tx_dropped)".into(),
+        sys1.ns_tx.saturating_sub(sys0.ns_tx),
+    );
+    let lost = sent.packets.saturating_sub(delivered);
+    let loss = lost as f64 / sent.packets.max(1) as f64;
+    let s = Step {
+        lossless: loss < MAX_LOSS,
+        loss_pct: loss * 100.0,
+        sent,
+        delivered,
+        lost,
+        losses: losses.into_iter().filter(|(_, v)| *v > 0).collect(),
+        max_rss_kib: rss,
+        cpu_us_per_packet: cpu_s * 1e6 / delivered.max(1) as f64,
+        counters,
+    };
+    eprintln!(
+        "bench: capture: {:<10} {:>4} B  asked {:>7} pps  sent {:>7.0} pps  loss {:>7.3}%  {:>5.2} µs CPU/packet  {:?}",
+        who.short(),
+        payload,
+        s.sent.nominal_pps,
+        s.sent.pps,
+        s.loss_pct,
+        s.cpu_us_per_packet,
+        s.losses
+    );
+    Ok(s)
+}
+
+/// One paced step: `rate` for `secs`.
+fn step(env: &Env, who: Contender, frame: &[u8], rate: u64, secs: Duration) -> Result<Step> {
+    let count = ((rate as f64 * secs.as_secs_f64()) as u64).max(1);
+    let payload = frame.len() - traffic::HEADERS;
+    measure(env, who, payload, &|| {
+        traffic::send_paced(
+            env.ns,
+            frame,
+            rate as f64,
+            count,
+            secs * 3 + Duration::from_secs(5),
+            0,
+        )
+    })
+}
+
+/// The rate search for one contender and one payload size.
+fn search(env: &Env, who: Contender, payload: usize, s: &Settings) -> Result<Search> {
+    let frame = traffic::udp_frame(env.ns, PORT, payload);
+    let mut steps = Vec::new();
+    let mut good: Option<Step> = None;
+    let mut bad: Option<Step> = None;
+    let mut limited_by = String::new();
+    let mut rate = s.start_pps;
+    // Bracket: double while lossless (or halve while lossy, if the first
+    // rate already loses).
+    for _ in 0..=s.max_doublings {
+        let mut st = step(env, who, &frame, rate, s.step)?;
+        steps.push(st.clone());
+        if st.lossless && st.sent.short() {
+            // Once more before calling it the sender's limit: on a shared
+            // machine a step can lose the sender's CPU for a moment.
+            st = step(env, who, &frame, rate, s.step)?;
+            steps.push(st.clone());
+        }
+        if st.lossless {
+            let short = st.sent.short();
+            good = Some(st);
+            if short {
+                limited_by = "the sender: it could not offer more on this machine".into();
+                break;
+            }
+            if bad.is_some() {
+                break;
+            }
+            rate *= 2;
+        } else {
+            bad = Some(st);
+            if good.is_some() {
+                break;
+            }
+            rate /= 2;
+            if rate < 1000 {
+                break;
+            }
+        }
+    }
+    // Bisect on the rate asked for.
+    for _ in 0..s.bisections {
+        let (Some(g), Some(b)) = (&good, &bad) else {
+            break;
+        };
+        let (lo, hi) = (g.sent.nominal_pps, b.sent.nominal_pps);
+        if hi <= lo || (hi - lo) as f64 / lo as f64 <= 0.05 {
+            break;
+        }
+        let st = step(env, who, &frame, (lo + hi) / 2, s.step)?;
+        steps.push(st.clone());
+        if st.lossless {
+            good = Some(st);
+        } else {
+            bad = Some(st);
+        }
+    }
+    if limited_by.is_empty() {
+        limited_by = match &bad {
+            Some(b) => format!(
+                "at {} pps {:.2}% lost: {}",
+                thousands(b.sent.pps),
+                b.loss_pct,
+                losses_text(&b.losses)
+            ),
+            None => "the search's highest step".into(),
+        };
+    }
+    let max_rss_kib = steps.iter().map(|s| s.max_rss_kib).max().unwrap_or(0);
+    Ok(Search {
+        contender: who,
+        label: who.label(),
+        payload,
+        lossless_pps: good.as_ref().map(|g| g.sent.pps),
+        lossless_nominal_pps: good.as_ref().map(|g| g.sent.nominal_pps),
+        limited_by,
+        max_rss_kib,
+        steps,
+    })
+}
+
+fn losses_text(losses: &BTreeMap<String, u64>) -> String {
+    let parts: Vec<String> = losses
+        .iter()
+        .map(|(k, v)| format!("{k} {}", thousands(*v as f64)))
+        .collect();
+    if parts.is_empty() {
+        "nothing".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The flood check: trafgen at full speed into one contender.
+#[derive(Clone, Debug, Serialize)]
+pub struct Flood {
+    pub contender: Contender,
+    pub payload: usize,
+    pub step: Step,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CaptureResults {
+    pub port: u16,
+    pub step_seconds: f64,
+    pub max_loss_pct: f64,
+    pub sender: &'static str,
+    pub searches: Vec<Search>,
+    pub floods: Vec<Flood>,
+}
+
+pub fn run(env: &Env, s: &Settings) -> Result<(CaptureResults, Vec<Row>)> {
+    let mut searches = Vec::new();
+    let mut floods = Vec::new();
+    for &size in &s.sizes {
+        for &who in &s.contenders {
+            searches.push(search(env, who, size, s)?);
+        }
+        let frame = traffic::udp_frame(env.ns, PORT, size);
+        let conf = traffic::write_trafgen_config(env.workdir, &format!("udp-{size}.cfg"), &frame)?;
+        for &who in &s.contenders {
+            let limit = Duration::from_secs(60);
+            let step = measure(env, who, size, &|| {
+                traffic::trafgen(env.ns, &conf, s.flood_packets, limit)
+            })?;
+            floods.push(Flood {
+                contender: who,
+                payload: size,
+                step,
+            });
+        }
+    }
+    let rows = rows(&searches, &floods);
+    Ok((
+        CaptureResults {
+            port: PORT,
+            step_seconds: s.step.as_secs_f64(),
+            max_loss_pct: MAX_LOSS * 100.0,
+            sender: "paced AF_PACKET sendmmsg (≤16-frame bursts) on CPU 0; flood: trafgen full speed on CPU 0",
+            searches,
+            floods,
+        },
+        rows,
+    ))
+}
+
+fn rate_text(s: &Search) -> String {
+    match s.lossless_pps {
+        Some(r) => format!("{} pps", thousands(r)),
+        None => "none lossless".into(),
+    }
+}
+
+fn rows(searches: &[Search], floods: &[Flood]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for ours in searches.iter().filter(|s| s.contender == Contender::Agent) {
+        for peer in searches
+            .iter()
+            .filter(|s| s.payload == ours.payload && s.contender != Contender::Agent)
+        {
+            let mut row = Row::new(
+                2,
+                format!(
+                    "lossless capture rate, {} B payload (vs {})",
+                    ours.payload,
+                    peer.contender.short()
+                ),
+                "packets/s",
+            );
+            row.ours = rate_text(ours);
+            row.peer = format!(
+                "{}<br><sub>limit: {}</sub>",
+                rate_text(peer),
+                peer.limited_by
+            );
+            row.note = format!("limit: {}", ours.limited_by);
+            row.ours_value = ours.lossless_pps;
+            row.peer_value = peer.lossless_pps;
+            row.ratio = match (ours.lossless_pps, peer.lossless_pps) {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            };
+            row.ratio_note = "higher is better".into();
+            if ours.payload == 64 && peer.contender == Contender::Tcpdump {
+                let o = ours.lossless_pps.unwrap_or(0.0);
+                row.target = Some("≥ 400,000 pps and ≥ tcpdump".into());
+                row.met = Some(o >= 400_000.0 && o >= peer.lossless_pps.unwrap_or(0.0));
+            }
+            rows.push(row);
+        }
+        if let Some(ours_flood) = floods
+            .iter()
+            .find(|f| f.payload == ours.payload && f.contender == Contender::Agent)
+        {
+            let mut row = Row::new(
+                2,
+                format!(
+                    "trafgen flood at full speed, {} B payload: share lost",
+                    ours.payload
+                ),
+                "% lost",
+            );
+            row.ours = format!(
+                "{:.2}% of {} at {} pps",
+                ours_flood.step.loss_pct,
+                thousands(ours_flood.step.sent.packets as f64),
+                thousands(ours_flood.step.sent.pps)
+            );
+            row.note = losses_text(&ours_flood.step.losses);
+            let peers: Vec<String> = floods
+                .iter()
+                .filter(|f| f.payload == ours.payload && f.contender != Contender::Agent)
+                .map(|f| {
+                    format!(
+                        "{} {:.2}% at {} pps",
+                        f.contender.short(),
+                        f.step.loss_pct,
+                        thousands(f.step.sent.pps)
+                    )
+                })
+                .collect();
+            row.peer = peers.join("; ");
+            row.ours_value = Some(ours_flood.step.loss_pct);
+            rows.push(row);
+        }
+        let mut mem = Row::new(
+            4,
+            format!("peak RSS during the capture runs, {} B", ours.payload),
+            "KiB",
+        );
+        mem.ours = mib(ours.max_rss_kib);
+        let peers: Vec<String> = searches
+            .iter()
+            .filter(|s| s.payload == ours.payload && s.contender != Contender::Agent)
+            .map(|s| format!("{} {}", s.contender.short(), mib(s.max_rss_kib)))
+            .collect();
+        mem.peer = peers.join(", ");
+        mem.ours_value = Some(ours.max_rss_kib as f64);
+        mem.target = Some("≤ 64 MiB".into());
+        mem.met = Some(ours.max_rss_kib <= 64 * 1024);
+        rows.push(mem);
+    }
+    rows
+}
+
+/// Scenario 4's soak: the agent at `rate` (64-byte payloads) for the soak
+/// time, its RSS sampled every second.
+#[derive(Debug, Serialize)]
+pub struct Soak {
+    pub nominal_pps: u64,
+    pub seconds: f64,
+    pub sent: Option<Sent>,
+    pub rss_kib: Vec<u64>,
+    pub first_kib: u64,
+    pub last_kib: u64,
+    pub max_kib: u64,
+    pub peak_hwm_kib: u64,
+    pub lost: u64,
+    pub loss_pct: f64,
+    pub counters: serde_json::Value,
+}
+
+pub fn soak(env: &Env, rate: u64, duration: Duration) -> Result<(Soak, Row)> {
+    let frame = traffic::udp_frame(env.ns, PORT, 64);
+    let agent = Agent::start(env.agent, &env.ns.host_if, PORT, &Sink::Null)?;
+    let count = (rate as f64 * duration.as_secs_f64()) as u64;
+    let mut rss = Vec::new();
+    let sent = std::thread::scope(|sc| -> Result<Sent> {
+        let sender =
+            sc.spawn(|| traffic::send_paced(env.ns, &frame, rate as f64, count, duration * 2, 0));
+        while !sender.is_finished() {
+            if let Some(m) = agent.memory() {
+                rss.push(m.rss_kib);
+            }
+            // Sampling continues through an interrupt; the sender stops itself.
+            let _ = sleep(Duration::from_secs(1));
+        }
+        sender
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })?;
+    if let Some(m) = agent.memory() {
+        rss.push(m.rss_kib);
+    }
+    sleep(Duration::from_millis(100))?;
+    let c = agent.stop()?;
+    let lost = sent.packets.saturating_sub(c.p("emitted"));
+    let first = rss.first().copied().unwrap_or(0);
+    let last = rss.last().copied().unwrap_or(0);
+    let max = rss.iter().copied().max().unwrap_or(0);
+    let s = Soak {
+        nominal_pps: rate,
+        seconds: sent.secs,
+        loss_pct: lost as f64 / sent.packets.max(1) as f64 * 100.0,
+        sent: Some(sent),
+        rss_kib: rss,
+        first_kib: first,
+        last_kib: last,
+        max_kib: max,
+        peak_hwm_kib: c.max_rss_kib,
+        lost,
+        counters: serde_json::to_value(&c)?,
+    };
+    let achieved = s.sent.as_ref().map_or(0.0, |x| x.pps);
+    let mut row = Row::new(
+        4,
+        format!(
+            "agent RSS over a {:.0} s soak at {} pps (64 B, the highest lossless rate)",
+            duration.as_secs_f64(),
+            thousands(achieved)
+        ),
+        "KiB",
+    );
+    row.ours = format!(
+        "first {} / last {} / max {} (peak {})",
+        mib(first),
+        mib(last),
+        mib(max),
+        mib(s.peak_hwm_kib)
+    );
+    row.note = format!("{:.3}% lost during the soak", s.loss_pct);
+    row.peer = String::new();
+    row.ours_value = Some(s.peak_hwm_kib as f64);
+    row.target = Some("≤ 64 MiB, flat".into());
+    // Flat: the last sample within 10% (or 2 MiB) of the first.
+    let flat = last <= first + (first / 10).max(2048);
+    row.met = Some(s.peak_hwm_kib <= 64 * 1024 && flat);
+    Ok((s, row))
+}

@@ -1,0 +1,590 @@
+//! Scenario 3 — forwarding rate: datagrams sent into the veth pair, turned
+//! into PutEvents requests, acknowledged by a local endpoint on loopback.
+//!
+//! The agent (EventBridge sink, client-side quota limit and cost guard off)
+//! and the article's script (`bench/article.py`: raw socket, one
+//! `put_events` per datagram) run one after the other against the same
+//! timing endpoint ([`crate::endpoint`]). For each:
+//!
+//! 1. sustained rate: the highest offered rate whose datagrams are all
+//!    acknowledged (loss under 0.1%), found like scenario 2's (double, then
+//!    bisect), with one process for the whole search;
+//! 2. latency: the sender offers half of that rate; the endpoint records
+//!    send-to-acknowledged time for every entry (the payload carries the
+//!    send time).
+//!
+//! (Offering far more than a contender can forward measures something
+//! else: the agent then spends its CPU capturing datagrams it has to drop
+//! at its queue.)
+//!
+//! In full mode the agent's throughput is cross-checked against the
+//! project's `fake-eventbridge` binary (counters only).
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::{
+    capture::PORT,
+    contenders::{Agent, AgentCounters, Sink},
+    endpoint::{Endpoint, Latency},
+    netns::VethNs,
+    proc::{Proc, check_interrupted, pin_command, sleep, sut_cpu},
+    report::{Row, duration_ns, mib, thousands},
+    traffic::{self, Sent},
+};
+
+/// Payload bytes of every forwarded datagram.
+pub const PAYLOAD: usize = 64;
+
+pub struct Settings {
+    /// Length of one search step.
+    pub step: Duration,
+    pub latency: Duration,
+    /// First rate of the agent's search.
+    pub agent_start_pps: f64,
+    /// First rate of the article's search.
+    pub article_start_pps: f64,
+    pub max_doublings: usize,
+    pub bisections: usize,
+    pub cross_check: bool,
+}
+
+impl Settings {
+    pub fn new(quick: bool) -> Settings {
+        Settings {
+            step: Duration::from_secs(if quick { 1 } else { 3 }),
+            latency: Duration::from_secs(if quick { 2 } else { 8 }),
+            agent_start_pps: 12_500.0,
+            article_start_pps: 100.0,
+            max_doublings: 6,
+            bisections: if quick { 2 } else { 4 },
+            cross_check: !quick,
+        }
+    }
+}
+
+pub struct Env<'a> {
+    pub agent: &'a Path,
+    pub python: Option<&'a Path>,
+    pub article: &'a Path,
+    pub fake_eventbridge: Option<&'a Path>,
+    pub ns: &'a VethNs,
+}
+
+/// One step of the search.
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    pub offered: Sent,
+    pub acknowledged: u64,
+    pub loss_pct: f64,
+    pub lossless: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Throughput {
+    /// The highest offered rate acknowledged without loss (the sender's
+    /// achieved rate at that step), in events per second.
+    pub events_per_s: f64,
+    pub steps: Vec<Step>,
+    /// What stopped the search from going higher.
+    pub limited_by: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyRun {
+    pub offered: Sent,
+    pub acknowledged: u64,
+    pub latency: Latency,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Contender {
+    /// CPU time of the process per acknowledged entry while the throughput
+    /// was measured, in microseconds.
+    pub cpu_us_per_event: f64,
+    pub throughput: Throughput,
+    pub latency: Option<LatencyRun>,
+    pub max_rss_kib: u64,
+    pub counters: serde_json::Value,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ForwardResults {
+    pub payload: usize,
+    pub agent: Option<Contender>,
+    pub article: Option<Contender>,
+    pub article_skipped: Option<String>,
+    pub cross_check_fake_eventbridge: Option<Throughput>,
+}
+
+/// Something that counts acknowledged entries.
+trait Acks {
+    fn acks(&self) -> Result<u64>;
+}
+
+impl Acks for Endpoint {
+    fn acks(&self) -> Result<u64> {
+        Ok(self.accepted())
+    }
+}
+
+/// `fake-eventbridge` through its `GET /_stats`.
+struct FakeStats {
+    addr: String,
+}
+
+impl Acks for FakeStats {
+    fn acks(&self) -> Result<u64> {
+        let mut s = TcpStream::connect(&self.addr).context("connecting to fake-eventbridge")?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET /_stats HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        )?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        let json = body.split("\r\n\r\n").nth(1).unwrap_or("");
+        let v: serde_json::Value = serde_json::from_str(json)
+            .with_context(|| format!("fake-eventbridge /_stats said {body:?}"))?;
+        Ok(v["entries_accepted"].as_u64().unwrap_or(0))
+    }
+}
+
+/// Waits until the acknowledged count stops moving for `quiet` (at most
+/// `max`); returns it.
+fn settle(acks: &dyn Acks, quiet: Duration, max: Duration) -> Result<u64> {
+    let end = Instant::now() + max;
+    let mut last = acks.acks()?;
+    let mut since = Instant::now();
+    while Instant::now() < end {
+        sleep(Duration::from_millis(50))?;
+        let now = acks.acks()?;
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            break;
+        }
+    }
+    Ok(last)
+}
+
+/// Offers `rate` for `duration` and counts the entries acknowledged by the
+/// end of a short grace period after the last send (a fifth of the step,
+/// at least half a second): what is still queued then was not forwarded
+/// at this rate, it was buffered. The backlog is drained, uncounted,
+/// before the next step starts.
+fn step(ns: &VethNs, acks: &dyn Acks, frame: &[u8], rate: f64, duration: Duration) -> Result<Step> {
+    check_interrupted()?;
+    settle(acks, Duration::from_millis(300), Duration::from_secs(60))?;
+    let before = acks.acks()?;
+    let count = ((rate * duration.as_secs_f64()) as u64).max(1);
+    let offered = traffic::send_paced(ns, frame, rate, count, duration * 2, 1_000_000_000)?;
+    sleep((duration / 5).max(Duration::from_millis(500)))?;
+    let acknowledged = acks.acks()? - before;
+    let loss = offered.packets.saturating_sub(acknowledged) as f64 / offered.packets.max(1) as f64;
+    Ok(Step {
+        offered,
+        acknowledged,
+        loss_pct: loss * 100.0,
+        lossless: loss < 0.001,
+    })
+}
+
+/// The highest rate acknowledged without loss: double from `start`, then
+/// bisect.
+fn search(
+    ns: &VethNs,
+    acks: &dyn Acks,
+    frame: &[u8],
+    start: f64,
+    s: &Settings,
+    who: &str,
+) -> Result<Throughput> {
+    let mut steps = Vec::new();
+    let (mut good, mut bad): (Option<Step>, Option<Step>) = (None, None);
+    let mut rate = start;
+    let mut limited_by = String::new();
+    let run = |rate: f64, steps: &mut Vec<Step>| -> Result<Step> {
+        let st = step(ns, acks, frame, rate, s.step)?;
+        eprintln!(
+            "bench: forward: {who:<10} asked {:>8.0} pps  sent {:>8.0} pps  acknowledged {:>8}  loss {:>7.3}%",
+            rate, st.offered.pps, st.acknowledged, st.loss_pct
+        );
+        steps.push(st.clone());
+        Ok(st)
+    };
+    for _ in 0..=s.max_doublings {
+        let mut st = run(rate, &mut steps)?;
+        if st.lossless && st.offered.short() {
+            // Once more before calling it the sender's limit.
+            st = run(rate, &mut steps)?;
+        }
+        if st.lossless {
+            let short = st.offered.short();
+            good = Some(st);
+            if short {
+                limited_by = "the sender could not offer more".into();
+                break;
+            }
+            if bad.is_some() {
+                break;
+            }
+            rate *= 2.0;
+        } else {
+            bad = Some(st);
+            if good.is_some() {
+                break;
+            }
+            rate /= 2.0;
+        }
+    }
+    for _ in 0..s.bisections {
+        let (Some(g), Some(b)) = (&good, &bad) else {
+            break;
+        };
+        let (lo, hi) = (g.offered.nominal_pps as f64, b.offered.nominal_pps as f64);
+        if hi <= lo || (hi - lo) / lo <= 0.05 {
+            break;
+        }
+        let st = run((lo + hi) / 2.0, &mut steps)?;
+        if st.lossless {
+            good = Some(st);
+        } else {
+            bad = Some(st);
+        }
+    }
+    if limited_by.is_empty() {
+        limited_by = match &bad {
+            Some(b) => format!(
+                "at {} pps {:.1}% was not acknowledged in time",
+                thousands(b.offered.pps),
+                b.loss_pct
+            ),
+            None => "the search's highest step".into(),
+        };
+    }
+    Ok(Throughput {
+        events_per_s: good.map_or(0.0, |g| g.offered.pps),
+        steps,
+        limited_by,
+    })
+}
+
+fn latency_run(
+    ns: &VethNs,
+    endpoint: &Endpoint,
+    frame: &[u8],
+    rate: f64,
+    duration: Duration,
+) -> Result<LatencyRun> {
+    check_interrupted()?;
+    settle(
+        endpoint,
+        Duration::from_millis(500),
+        Duration::from_secs(20),
+    )?;
+    endpoint.reset_latency();
+    let before = endpoint.accepted();
+    let count = ((rate * duration.as_secs_f64()) as u64).max(1);
+    let offered = traffic::send_paced(ns, frame, rate, count, duration * 2, 2_000_000_000)?;
+    let after = settle(
+        endpoint,
+        Duration::from_millis(500),
+        Duration::from_secs(20),
+    )?;
+    Ok(LatencyRun {
+        offered,
+        acknowledged: after - before,
+        latency: endpoint.latency(),
+    })
+}
+
+/// Sends a few datagrams until the endpoint acknowledges one: the path
+/// works end to end.
+fn warm_up(ns: &VethNs, acks: &dyn Acks, frame: &[u8], what: &str) -> Result<()> {
+    let before = acks.acks()?;
+    for _ in 0..60 {
+        traffic::send_paced(ns, frame, 100.0, 5, Duration::from_secs(1), 0)?;
+        sleep(Duration::from_millis(500))?;
+        if acks.acks()? > before {
+            settle(acks, Duration::from_millis(300), Duration::from_secs(10))?;
+            return Ok(());
+        }
+    }
+    bail!("{what}: no entry reached the endpoint within 30 s of warm-up traffic")
+}
+
+fn agent_run(env: &Env, endpoint: &Endpoint, frame: &[u8], s: &Settings) -> Result<Contender> {
+    let agent = Agent::start(
+        env.agent,
+        &env.ns.host_if,
+        PORT,
+        &Sink::EventBridge {
+            endpoint_url: endpoint.url(),
+        },
+    )?;
+    warm_up(env.ns, endpoint, frame, "udp-agent")
+        .with_context(|| format!("agent stderr:\n{}", agent.stderr_text()))?;
+    let (cpu0, acks0) = (agent.cpu_seconds(), endpoint.accepted());
+    let tp = search(env.ns, endpoint, frame, s.agent_start_pps, s, "agent")?;
+    let cpu_us_per_event =
+        (agent.cpu_seconds() - cpu0) * 1e6 / (endpoint.accepted() - acks0).max(1) as f64;
+    eprintln!(
+        "bench: forward: agent: {} events/s without loss, {:.1} µs CPU/event",
+        thousands(tp.events_per_s),
+        cpu_us_per_event
+    );
+    let lat = latency_run(
+        env.ns,
+        endpoint,
+        frame,
+        (tp.events_per_s / 2.0).max(100.0),
+        s.latency,
+    )?;
+    eprintln!(
+        "bench: forward: agent latency at {} events/s: p50 {} p99 {}",
+        thousands(lat.offered.pps),
+        duration_ns(lat.latency.p50_ns),
+        duration_ns(lat.latency.p99_ns)
+    );
+    let c: AgentCounters = agent.stop()?;
+    Ok(Contender {
+        cpu_us_per_event,
+        throughput: tp,
+        latency: Some(lat),
+        max_rss_kib: c.max_rss_kib,
+        counters: serde_json::to_value(&c)?,
+    })
+}
+
+fn article_run(
+    env: &Env,
+    python: &Path,
+    endpoint: &Endpoint,
+    frame: &[u8],
+    s: &Settings,
+) -> Result<Contender> {
+    let mut cmd = Command::new(python);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.arg(env.article)
+        .args(["--endpoint-url", &endpoint.url(), "--region", "us-east-1"])
+        .args(["--max-seconds", "600"])
+        .env("AWS_ACCESS_KEY_ID", "AKIDBENCHMARK")
+        .env("AWS_SECRET_ACCESS_KEY", "benchmark-secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent/udp-bench")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/udp-bench");
+    pin_command(&mut cmd, sut_cpu());
+    let mut p = Proc::spawn("article.py", &mut cmd, true)?;
+    if !p.stderr().wait_for("listening", Duration::from_secs(60)) {
+        bail!("article.py did not start; stderr:\n{}", p.stderr_text());
+    }
+    warm_up(env.ns, endpoint, frame, "article.py")
+        .with_context(|| format!("article.py stderr:\n{}", p.stderr_text()))?;
+    let (cpu0, acks0) = (p.cpu_seconds().unwrap_or(0.0), endpoint.accepted());
+    let tp = search(
+        env.ns,
+        endpoint,
+        frame,
+        s.article_start_pps,
+        s,
+        "article.py",
+    )?;
+    let cpu_us_per_event =
+        (p.cpu_seconds().unwrap_or(0.0) - cpu0) * 1e6 / (endpoint.accepted() - acks0).max(1) as f64;
+    eprintln!(
+        "bench: forward: article.py: {} events/s without loss, {:.0} µs CPU/event",
+        thousands(tp.events_per_s),
+        cpu_us_per_event
+    );
+    let lat = latency_run(
+        env.ns,
+        endpoint,
+        frame,
+        (tp.events_per_s / 2.0).max(10.0),
+        s.latency,
+    )?;
+    eprintln!(
+        "bench: forward: article.py latency at {} events/s: p50 {} p99 {}",
+        thousands(lat.offered.pps),
+        duration_ns(lat.latency.p50_ns),
+        duration_ns(lat.latency.p99_ns)
+    );
+    let exit = p.stop(libc::SIGTERM, Duration::from_secs(10));
+    Ok(Contender {
+        cpu_us_per_event,
+        throughput: tp,
+        latency: Some(lat),
+        max_rss_kib: exit.max_rss_kib,
+        counters: serde_json::json!({ "exit_code": exit.code }),
+    })
+}
+
+fn cross_check(env: &Env, bin: &Path, frame: &[u8], s: &Settings) -> Result<Throughput> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--no-record");
+    // The endpoint is the outside world: CPU 0.
+    pin_command(&mut cmd, 0);
+    let fake = Proc::spawn("fake-eventbridge", &mut cmd, false)?;
+    if !fake
+        .stdout()
+        .wait_for("listening on", Duration::from_secs(10))
+    {
+        bail!("fake-eventbridge did not start: {}", fake.stderr_text());
+    }
+    let url = fake
+        .stdout()
+        .snapshot()
+        .iter()
+        .find_map(|l| l.strip_prefix("listening on ").map(str::to_string))
+        .context("fake-eventbridge's address")?;
+    let stats = FakeStats {
+        addr: url.trim_start_matches("http://").to_string(),
+    };
+    let agent = Agent::start(
+        env.agent,
+        &env.ns.host_if,
+        PORT,
+        &Sink::EventBridge {
+            endpoint_url: url.clone(),
+        },
+    )?;
+    warm_up(env.ns, &stats, frame, "udp-agent → fake-eventbridge")?;
+    let tp = search(env.ns, &stats, frame, s.agent_start_pps, s, "agent→fake")?;
+    eprintln!(
+        "bench: forward: agent → fake-eventbridge: {} events/s",
+        thousands(tp.events_per_s)
+    );
+    agent.stop()?;
+    drop(fake);
+    Ok(tp)
+}
+
+pub fn run(env: &Env, s: &Settings) -> Result<(ForwardResults, Vec<Row>)> {
+    let frame = traffic::udp_frame(env.ns, PORT, PAYLOAD);
+    let endpoint = Endpoint::start()?;
+    let agent = agent_run(env, &endpoint, &frame, s)?;
+    let (article, article_skipped) = match env.python {
+        Some(py) => (Some(article_run(env, py, &endpoint, &frame, s)?), None),
+        None => (
+            None,
+            Some("no Python venv with boto3 (see `cargo xtask bench` output)".to_string()),
+        ),
+    };
+    let cross = match (s.cross_check, env.fake_eventbridge) {
+        (true, Some(bin)) => Some(cross_check(env, bin, &frame, s)?),
+        _ => None,
+    };
+    let results = ForwardResults {
+        payload: PAYLOAD,
+        agent: Some(agent),
+        article,
+        article_skipped,
+        cross_check_fake_eventbridge: cross,
+    };
+    let rows = rows(&results);
+    Ok((results, rows))
+}
+
+fn rows(r: &ForwardResults) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let Some(ours) = &r.agent else {
+        return rows;
+    };
+    let peer = r.article.as_ref();
+    let mut tp = Row::new(
+        3,
+        format!(
+            "lossless forwarding rate, {} B datagrams → local PutEvents endpoint (vs article.py)",
+            r.payload
+        ),
+        "events/s",
+    );
+    tp.ours = format!("{} events/s", thousands(ours.throughput.events_per_s));
+    tp.note = format!(
+        "limit: {}; {:.1} µs agent CPU per event (article: {})",
+        ours.throughput.limited_by,
+        ours.cpu_us_per_event,
+        peer.map_or("—".to_string(), |p| format!(
+            "{:.0} µs",
+            p.cpu_us_per_event
+        ))
+    );
+    tp.ours_value = Some(ours.throughput.events_per_s);
+    tp.peer = match peer {
+        Some(p) => format!(
+            "{} events/s<br><sub>limit: {}</sub>",
+            thousands(p.throughput.events_per_s),
+            p.throughput.limited_by
+        ),
+        None => r.article_skipped.clone().unwrap_or_default(),
+    };
+    tp.peer_value = peer.map(|p| p.throughput.events_per_s);
+    tp.ratio = peer.map(|p| ours.throughput.events_per_s / p.throughput.events_per_s.max(1e-9));
+    tp.ratio_note = "higher is better".into();
+    tp.target = Some("≥ 100,000 events/s and ≥ 150× article".into());
+    tp.met =
+        Some(ours.throughput.events_per_s >= 100_000.0 && tp.ratio.is_some_and(|x| x >= 150.0));
+    rows.push(tp);
+    for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+        let pick = |l: &Latency| if q < 0.9 { l.p50_ns } else { l.p99_ns };
+        let Some(ol) = &ours.latency else { continue };
+        let mut row = Row::new(
+            3,
+            format!("capture → acknowledged latency {name}, at half the sustained rate"),
+            "ns",
+        );
+        row.ours = format!(
+            "{} at {} events/s",
+            duration_ns(pick(&ol.latency)),
+            thousands(ol.offered.pps)
+        );
+        row.ours_value = Some(pick(&ol.latency));
+        if let Some(pl) = peer.and_then(|p| p.latency.as_ref()) {
+            row.peer = format!(
+                "{} at {} events/s",
+                duration_ns(pick(&pl.latency)),
+                thousands(pl.offered.pps)
+            );
+            row.peer_value = Some(pick(&pl.latency));
+            row.ratio = Some(pick(&ol.latency) / pick(&pl.latency));
+            row.ratio_note = "lower is better".into();
+        }
+        rows.push(row);
+    }
+    if let Some(x) = &r.cross_check_fake_eventbridge {
+        let mut row = Row::new(
+            3,
+            "forwarding cross-check: agent → fake-eventbridge binary",
+            "events/s",
+        );
+        row.ours = format!("{} events/s", thousands(x.events_per_s));
+        row.ours_value = Some(x.events_per_s);
+        rows.push(row);
+    }
+    let mut mem = Row::new(4, "peak RSS while forwarding", "KiB");
+    mem.ours = mib(ours.max_rss_kib);
+    mem.ours_value = Some(ours.max_rss_kib as f64);
+    if let Some(p) = peer {
+        mem.peer = format!("article.py {}", mib(p.max_rss_kib));
+        mem.peer_value = Some(p.max_rss_kib as f64);
+    }
+    mem.target = Some("≤ 64 MiB".into());
+    mem.met = Some(ours.max_rss_kib <= 64 * 1024);
+    rows.push(mem);
+    rows
+}
