@@ -32,7 +32,8 @@ fn file(text: &str) -> NamedTempFile {
 fn clean_env() {
     let set: Vec<String> = std::env::vars()
         .map(|(k, _)| k)
-        .filter(|k| k.starts_with("UDP_AGENT_"))
+        // UDP_AGENT_TEST_* configure the test harness, not the agent.
+        .filter(|k| k.starts_with("UDP_AGENT_") && !k.starts_with("UDP_AGENT_TEST_"))
         .collect();
     assert!(set.is_empty(), "unset {set:?} to run these tests");
 }
