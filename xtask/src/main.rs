@@ -290,7 +290,7 @@ fn test(route: RouteChoice, args: &[String]) -> Result<()> {
     let mut cmd = cargo();
     cmd.current_dir(&root)
         .env("UDP_EBPF_OBJECT", &object)
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(args);
     if let Some(p) = &python {
         cmd.env("UDP_AGENT_TEST_PYTHON", p);
