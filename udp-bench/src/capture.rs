@@ -362,7 +362,7 @@ fn search(env: &Env, who: Contender, payload: usize, s: &Settings) -> Result<Sea
         }
         if st.lossless {
             let short = st.sent.short();
-            good = Some(st);
+            keep_best(&mut good, st);
             if short {
                 limited_by = "the sender: it could not offer more on this machine".into();
                 break;
@@ -394,7 +394,7 @@ fn search(env: &Env, who: Contender, payload: usize, s: &Settings) -> Result<Sea
         let st = step(env, who, &frame, (lo + hi) / 2, s.step)?;
         steps.push(st.clone());
         if st.lossless {
-            good = Some(st);
+            keep_best(&mut good, st);
         } else {
             bad = Some(st);
         }
@@ -421,6 +421,13 @@ fn search(env: &Env, who: Contender, payload: usize, s: &Settings) -> Result<Sea
         max_rss_kib,
         steps,
     })
+}
+
+/// Keeps the lossless step with the highest achieved rate.
+fn keep_best(good: &mut Option<Step>, st: Step) {
+    if good.as_ref().is_none_or(|g| st.sent.pps > g.sent.pps) {
+        *good = Some(st);
+    }
 }
 
 fn losses_text(losses: &BTreeMap<String, u64>) -> String {

@@ -200,6 +200,13 @@ fn step(ns: &VethNs, acks: &dyn Acks, frame: &[u8], rate: f64, duration: Duratio
     })
 }
 
+/// Keeps the lossless step with the highest achieved rate.
+fn keep_best(good: &mut Option<Step>, st: Step) {
+    if good.as_ref().is_none_or(|g| st.offered.pps > g.offered.pps) {
+        *good = Some(st);
+    }
+}
+
 /// The highest rate acknowledged without loss: double from `start`, then
 /// bisect.
 fn search(
@@ -217,8 +224,8 @@ fn search(
     let run = |rate: f64, steps: &mut Vec<Step>| -> Result<Step> {
         let st = step(ns, acks, frame, rate, s.step)?;
         eprintln!(
-            "bench: forward: {who:<10} asked {:>8.0} pps  sent {:>8.0} pps  acknowledged {:>8}  loss {:>7.3}%",
-            rate, st.offered.pps, st.acknowledged, st.loss_pct
+            "bench: forward: {who:<10} asked {:>8.0} pps  sent {:>8.0} pps  acknowledged {:>8} of {:>8}  loss {:>7.3}%",
+            rate, st.offered.pps, st.acknowledged, st.offered.packets, st.loss_pct
         );
         steps.push(st.clone());
         Ok(st)
@@ -231,7 +238,7 @@ fn search(
         }
         if st.lossless {
             let short = st.offered.short();
-            good = Some(st);
+            keep_best(&mut good, st);
             if short {
                 limited_by = "the sender could not offer more".into();
                 break;
@@ -258,7 +265,7 @@ fn search(
         }
         let st = run((lo + hi) / 2.0, &mut steps)?;
         if st.lossless {
-            good = Some(st);
+            keep_best(&mut good, st);
         } else {
             bad = Some(st);
         }
