@@ -357,6 +357,7 @@ fn search(env: &Env, who: Contender, payload: usize, s: &Settings) -> Result<Sea
         if st.lossless && st.sent.short() {
             // Once more before calling it the sender's limit: on a shared
             // machine a step can lose the sender's CPU for a moment.
+            keep_best(&mut good, st);
             st = step(env, who, &frame, rate, s.step)?;
             steps.push(st.clone());
         }

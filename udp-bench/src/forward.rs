@@ -234,6 +234,7 @@ fn search(
         let mut st = run(rate, &mut steps)?;
         if st.lossless && st.offered.short() {
             // Once more before calling it the sender's limit.
+            keep_best(&mut good, st);
             st = run(rate, &mut steps)?;
         }
         if st.lossless {

@@ -289,7 +289,9 @@ pub fn send_paced(
                     if wait > 200e-6 {
                         std::thread::sleep(Duration::from_secs_f64(wait - 100e-6));
                     } else {
-                        std::hint::spin_loop();
+                        // Not a spin: the endpoint shares CPU 0 and must
+                        // not wait for the sender's time slice to end.
+                        std::thread::yield_now();
                     }
                     continue;
                 }
