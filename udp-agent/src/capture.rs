@@ -2,28 +2,29 @@
 //!
 //! The ring's file descriptor is registered with tokio (`AsyncFd`), so the
 //! task sleeps until the kernel says records are waiting: no sleep-polling.
-//! The consumer never blocks: a packet that finds the encoder queue full is
+//! Each record is encoded where it lies and batched ([`crate::handoff`]);
+//! the consumer never blocks: a batch that finds the sink's queue full is
 //! counted and dropped, and the ring keeps draining.
 
-use std::{
-    borrow::Borrow,
-    sync::{Arc, atomic::Ordering::Relaxed},
-};
+use std::{borrow::Borrow, sync::atomic::Ordering::Relaxed, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    sync::{mpsc, watch},
+    sync::watch,
+    time::sleep_until,
 };
 use tracing::warn;
 
 use crate::{
+    clock::WallClock,
+    handoff::Handoff,
     record::{self, Packet},
-    stats::{PipelineStats, count_drop},
+    stats::PipelineStats,
 };
 
 /// Records drained per wake-up before yielding to other tasks, so a flood
-/// cannot starve the encoder of CPU time.
+/// cannot starve the sink of CPU time.
 const DRAIN_BUDGET: usize = 4096;
 
 /// What one pass over the ring did.
@@ -36,65 +37,83 @@ pub struct Drained {
     pub closed: bool,
 }
 
-/// Drains up to `budget` records from `ring` into `tx`.
+/// Drains up to `budget` records from `ring`, encoding each in place and
+/// handing whole batches on.
 pub fn drain<T: Borrow<MapData>>(
     ring: &mut RingBuf<T>,
-    tx: &mpsc::Sender<Packet>,
+    out: &mut Handoff,
     stats: &PipelineStats,
     budget: usize,
 ) -> Drained {
-    let mut out = Drained::default();
-    while out.records < budget {
+    let mut pass = Drained::default();
+    while pass.records < budget {
         let Some(item) = ring.next() else {
-            return out;
+            return pass;
         };
-        out.records += 1;
-        match record::decode(&item) {
+        pass.records += 1;
+        match record::decode_view(&item) {
             Ok(packet) => {
                 stats.decoded.fetch_add(1, Relaxed);
-                match tx.try_send(packet) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => count_drop(
-                        &stats.queue_drops,
-                        "encoder queue full: dropping captured packets (raise --queue-capacity or add capacity to the sink)",
-                    ),
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        out.closed = true;
-                        return out;
-                    }
+                out.push(&packet);
+                if out.is_closed() {
+                    pass.closed = true;
+                    return pass;
                 }
             }
-            Err(e) => {
-                let n = stats.decode_errors.fetch_add(1, Relaxed) + 1;
-                if n.is_power_of_two() {
-                    warn!(total = n, error = %e, "undecodable ring record");
-                }
-            }
+            Err(e) => decode_error(stats, &e),
         }
     }
-    out.more = true;
-    out
+    pass.more = true;
+    pass
 }
 
-/// Runs until `stop` turns true, then drains what is left and returns.
+fn decode_error(stats: &PipelineStats, e: &record::DecodeError) {
+    let n = stats.decode_errors.fetch_add(1, Relaxed) + 1;
+    if n.is_power_of_two() {
+        warn!(total = n, error = %e, "undecodable ring record");
+    }
+}
+
+/// Runs until `stop` turns true, then drains what is left, sends every
+/// waiting entry on and returns.
 ///
 /// The caller detaches the XDP program before setting `stop`, so the final
 /// drain sees every record the kernel will ever write.
 pub async fn run(
     ring: RingBuf<MapData>,
-    tx: mpsc::Sender<Packet>,
-    stats: Arc<PipelineStats>,
+    mut out: Handoff,
+    stats: std::sync::Arc<PipelineStats>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns
     // the RingBuf, and always returns that same fd.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(std::io::Error::from)?;
+    // The wall clock is re-read every second, so events follow NTP steps.
+    let mut clock = tokio::time::interval(Duration::from_secs(1));
     loop {
+        let deadline = out.deadline();
         tokio::select! {
+            biased;
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    final_drain(fd.get_mut(), &mut out, &stats).await;
+                    // A CPU may still be finishing a run of the program it
+                    // entered before the detach; give it time, then drain
+                    // once more.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    final_drain(fd.get_mut(), &mut out, &stats).await;
+                    out.finish().await;
+                    return Ok(());
+                }
+            }
+            _ = sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                out.flush();
+            }
+            _ = clock.tick() => out.set_clock(WallClock::now()),
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                let pass = drain(guard.get_inner_mut(), &tx, &stats, DRAIN_BUDGET);
+                let pass = drain(guard.get_inner_mut(), &mut out, &stats, DRAIN_BUDGET);
                 if pass.closed {
                     return Ok(());
                 }
@@ -106,31 +125,17 @@ pub async fn run(
                     guard.clear_ready();
                 }
             }
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    final_drain(fd.get_mut(), &tx, &stats).await;
-                    // A CPU may still be finishing a run of the program it
-                    // entered before the detach; give it time, then drain
-                    // once more.
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    final_drain(fd.get_mut(), &tx, &stats).await;
-                    return Ok(());
-                }
-            }
         }
     }
 }
 
 /// After the program is detached: everything left in the ring goes to the
-/// encoder, waiting for room rather than dropping (nothing already captured
+/// sink, waiting for room rather than dropping (nothing already captured
 /// is lost at shutdown).
-async fn final_drain(
-    ring: &mut RingBuf<MapData>,
-    tx: &mpsc::Sender<Packet>,
-    stats: &PipelineStats,
-) {
+async fn final_drain(ring: &mut RingBuf<MapData>, out: &mut Handoff, stats: &PipelineStats) {
     loop {
-        let mut packets = Vec::new();
+        // Owned copies: a ring item cannot be held across an await.
+        let mut packets: Vec<Packet> = Vec::new();
         while packets.len() < DRAIN_BUDGET {
             let Some(item) = ring.next() else { break };
             match record::decode(&item) {
@@ -138,18 +143,14 @@ async fn final_drain(
                     stats.decoded.fetch_add(1, Relaxed);
                     packets.push(p);
                 }
-                Err(_) => {
-                    stats.decode_errors.fetch_add(1, Relaxed);
-                }
+                Err(e) => decode_error(stats, &e),
             }
         }
         if packets.is_empty() {
             return;
         }
-        for p in packets {
-            if tx.send(p).await.is_err() {
-                return;
-            }
+        for p in &packets {
+            out.push_waiting(&p.view()).await;
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod commands;
 pub mod config_file;
 pub mod control;
 pub mod encode;
+pub mod handoff;
 pub mod hotplug;
 pub mod loader;
 pub mod logging;

@@ -200,7 +200,7 @@ fn pipeline_help(name: &str) -> &'static str {
         "decoded" => "Ring records decoded into packets",
         "decode_errors" => "Ring records that did not decode (never expected)",
         "queue_drops" => {
-            "Packets dropped because the encoder queue was full (raise --queue-capacity or sink throughput)"
+            "Packets dropped because the sink's queue was full (raise --queue-capacity or sink throughput)"
         }
         "oversize" => "Entries larger than a PutEvents request, dropped",
         "batched" => "Entries handed to the sink",

@@ -11,7 +11,7 @@
 
 use std::{
     path::PathBuf,
-    sync::{Arc, Mutex, atomic::Ordering::Relaxed},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -27,13 +27,13 @@ use tracing::{info, warn};
 use udp_ebpf_common::Config;
 
 use crate::{
-    batch::Batcher,
     capture,
     cli::RunArgs,
     clock::WallClock,
     commands,
     control::{self, Control},
     encode::{Encoder, Entry},
+    handoff::{self, Handoff},
     hotplug::{self, InterfaceStatus, Watcher},
     loader,
     metrics::{self, AgentCollector, SharedControl},
@@ -43,15 +43,10 @@ use crate::{
         self, Selected,
         eventbridge::{self, EventBridgeSink, EventBridgeStats, Settings},
     },
-    stats::{PipelineStats, count_drop},
+    stats::PipelineStats,
 };
 
-/// Batches that may wait for the sink. Small: batches are already up to 10
-/// entries each, and a slow sink must push back into the (counted) packet
-/// queue rather than grow memory here.
-const BATCH_QUEUE: usize = 64;
-
-/// Most packets the encoder takes from its queue at once.
+/// Most packets [`encode_and_batch`] takes from its queue at once.
 const RECV_MANY: usize = 256;
 
 /// Removes the pins when `run` returns, however it returns.
@@ -130,8 +125,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     .context("opening the EVENTS ring buffer")?;
 
     let mut encoder = Encoder::new(&args.source, &args.detail_type, event_bus, WallClock::now());
-    let (packet_tx, packet_rx) = mpsc::channel::<Packet>(args.queue_capacity as usize);
-    let (batch_tx, batch_rx) = mpsc::channel::<Vec<Entry>>(BATCH_QUEUE);
+    let (batch_tx, batch_rx) =
+        mpsc::channel::<Vec<Entry>>(handoff::queue_batches(args.queue_capacity));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // Attach last: from here on, packets flow.
@@ -164,19 +159,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
         "capturing"
     );
 
-    let capture = tokio::spawn(capture::run(
-        ring,
-        packet_tx,
-        stats.clone(),
-        stop_rx.clone(),
-    ));
-    let encode = tokio::spawn(encode_and_batch(
-        packet_rx,
-        batch_tx,
+    let handoff = Handoff::new(
         encoder,
+        batch_tx,
         Duration::from_millis(args.batch_linger_ms),
         stats.clone(),
-    ));
+    );
+    let capture = tokio::spawn(capture::run(ring, handoff, stats.clone(), stop_rx.clone()));
     let mut sink: JoinHandle<Result<()>> = match eventbridge {
         None => {
             let stats = stats.clone();
@@ -226,7 +215,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .await
         .context("capture task")?
         .context("draining the ring buffer")?;
-    encode.await.context("encode task")?;
     let sink_result = match sink_result {
         Some(r) => r,
         None => sink.await,
@@ -244,72 +232,41 @@ pub async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Encodes packets and groups them into batches for the sink (at most
-/// `batch::MAX_ENTRIES` entries and 256 KB each, or whatever waited
-/// `linger`), until `rx` closes. Public so that tests and benchmarks drive
-/// the same path as `run`.
+/// Encodes packets from a channel and groups them into batches for the
+/// sink, as the capture loop does with ring records ([`Handoff`]: batches of
+/// at most `batch::MAX_ENTRIES` entries and 256 KB, or whatever waited
+/// `linger`), until `rx` closes; then sends what waits. For tests and
+/// benchmarks that feed packets without a kernel.
 pub async fn encode_and_batch(
     mut rx: mpsc::Receiver<Packet>,
     tx: mpsc::Sender<Vec<Entry>>,
-    mut encoder: Encoder,
+    encoder: Encoder,
     linger: Duration,
     stats: Arc<PipelineStats>,
 ) {
-    let mut batcher = Batcher::default();
+    let mut out = Handoff::new(encoder, tx, linger, stats.clone());
     let mut packets = Vec::with_capacity(RECV_MANY);
-    let mut deadline: Option<Instant> = None;
     let mut clock = tokio::time::interval(Duration::from_secs(1));
-    let send = |batch: Vec<Entry>| {
-        let tx = tx.clone();
-        let stats = stats.clone();
-        async move {
-            let n = batch.len() as u64;
-            stats.batched.fetch_add(n, Relaxed);
-            if tx.send(batch).await.is_err() {
-                stats.sink_failed.fetch_add(n, Relaxed);
-            }
-        }
-    };
     loop {
+        let deadline = out.deadline();
         tokio::select! {
             biased;
-            // Everything waiting, up to a bound, per wake-up: the select
-            // and the channel's bookkeeping are paid per call, not per
-            // packet.
             n = rx.recv_many(&mut packets, RECV_MANY) => {
                 if n == 0 {
                     break;
                 }
                 for packet in packets.drain(..) {
-                    match batcher.push(encoder.encode(&packet)) {
-                        Ok(Some(batch)) => send(batch).await,
-                        Ok(None) => {}
-                        Err(_) => count_drop(&stats.oversize, "entry larger than a PutEvents request; dropped"),
-                    }
-                    if batcher.is_full()
-                        && let Some(batch) = batcher.take()
-                    {
-                        send(batch).await;
-                    }
+                    // Waits for room: a test's channel is its own bound.
+                    out.push_waiting(&packet.view()).await;
                 }
-                deadline = match (batcher.is_empty(), deadline) {
-                    (true, _) => None,
-                    (false, None) => Some(Instant::now() + linger),
-                    (false, d) => d,
-                };
             }
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                deadline = None;
-                if let Some(batch) = batcher.take() {
-                    send(batch).await;
-                }
+                out.flush();
             }
-            _ = clock.tick() => encoder.set_clock(WallClock::now()),
+            _ = clock.tick() => out.set_clock(WallClock::now()),
         }
     }
-    if let Some(batch) = batcher.take() {
-        send(batch).await;
-    }
+    out.finish().await;
 }
 
 /// Final counters on stderr, so an operator sees what the run did.

@@ -38,6 +38,65 @@ impl Packet {
     pub fn truncated(&self) -> bool {
         (self.payload.len() as u64) < u64::from(self.wire_len)
     }
+
+    /// The same datagram, borrowed.
+    pub fn view(&self) -> PacketView<'_> {
+        PacketView {
+            timestamp_ns: self.timestamp_ns,
+            ifindex: self.ifindex,
+            src: self.src,
+            dst: self.dst,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            wire_len: self.wire_len,
+            payload: &self.payload,
+        }
+    }
+}
+
+/// A captured datagram borrowed from its ring record: what the capture
+/// loop encodes without copying the payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketView<'a> {
+    /// CLOCK_MONOTONIC nanoseconds at capture.
+    pub timestamp_ns: u64,
+    pub ifindex: u32,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// UDP payload length on the wire.
+    pub wire_len: u32,
+    /// Captured payload bytes (`payload.len() <= wire_len`).
+    pub payload: &'a [u8],
+}
+
+impl PacketView<'_> {
+    pub fn ip_version(&self) -> u8 {
+        match self.src {
+            IpAddr::V4(_) => 4,
+            IpAddr::V6(_) => 6,
+        }
+    }
+
+    /// True when fewer bytes were captured than the datagram carried.
+    pub fn truncated(&self) -> bool {
+        (self.payload.len() as u64) < u64::from(self.wire_len)
+    }
+
+    /// An owned copy.
+    pub fn to_packet(&self) -> Packet {
+        Packet {
+            timestamp_ns: self.timestamp_ns,
+            ifindex: self.ifindex,
+            src: self.src,
+            dst: self.dst,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            wire_len: self.wire_len,
+            payload: self.payload.to_vec(),
+        }
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -65,6 +124,11 @@ pub fn decode_header(bytes: &[u8]) -> Result<RecordHeader, DecodeError> {
 
 /// Decodes one ring record into an owned [`Packet`].
 pub fn decode(bytes: &[u8]) -> Result<Packet, DecodeError> {
+    decode_view(bytes).map(|v| v.to_packet())
+}
+
+/// Decodes one ring record, borrowing its payload.
+pub fn decode_view(bytes: &[u8]) -> Result<PacketView<'_>, DecodeError> {
     let h = decode_header(bytes)?;
     let payload = &bytes[RECORD_HEADER_LEN..];
     if payload.len() != h.cap_len as usize {
@@ -87,7 +151,7 @@ pub fn decode(bytes: &[u8]) -> Result<Packet, DecodeError> {
         ),
         other => return Err(DecodeError::IpVersion(other)),
     };
-    Ok(Packet {
+    Ok(PacketView {
         timestamp_ns: h.timestamp_ns,
         ifindex: h.ifindex,
         src,
@@ -95,7 +159,7 @@ pub fn decode(bytes: &[u8]) -> Result<Packet, DecodeError> {
         src_port: h.src_port,
         dst_port: h.dst_port,
         wire_len: h.wire_len,
-        payload: payload.to_vec(),
+        payload,
     })
 }
 
@@ -144,6 +208,7 @@ mod tests {
         assert_eq!(p.payload, b"abc");
         assert!(p.truncated());
         assert_eq!(p.ip_version(), 4);
+        assert_eq!(decode_view(&FIXTURE).unwrap(), p.view());
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub struct PipelineStats {
     pub decoded: AtomicU64,
     /// Ring records that did not decode (never expected; see record.rs).
     pub decode_errors: AtomicU64,
-    /// Packets dropped because the encoder queue was full.
+    /// Packets dropped because the sink's queue was full.
     pub queue_drops: AtomicU64,
     /// Entries too large for any PutEvents request.
     pub oversize: AtomicU64,

@@ -121,8 +121,8 @@ async fn deliver(
     let eb = sink.stats();
     let encoder = Encoder::new("udp.raw", "UdpPacket", BUS, WallClock::now());
     let (packet_tx, packet_rx) = mpsc::channel::<Packet>(queue);
-    // The same queue depth as `udp-agent run`.
-    let (batch_tx, batch_rx) = mpsc::channel(64);
+    // The same queue depth as `udp-agent run` for this many packets.
+    let (batch_tx, batch_rx) = mpsc::channel(udp_agent::handoff::queue_batches(queue as u32));
     let (stop_tx, stop_rx) = watch::channel(false);
     let started = Instant::now();
     let encode = tokio::spawn(encode_and_batch(

@@ -1,0 +1,280 @@
+//! From captured packets to batches on the sink's queue.
+//!
+//! The capture loop encodes each packet where it finds it — in its ring
+//! record, without copying the payload — and groups the entries into
+//! PutEvents-sized batches ([`Batcher`]). Only whole batches cross to the
+//! sink's task, so the queue's bookkeeping and the task wake-ups are paid
+//! once per batch, not once per packet.
+//!
+//! The queue is bounded and the capture loop never waits on it: a batch that
+//! finds it full is dropped and its entries counted in `queue_drops` (the
+//! ring keeps draining; DESIGN.md "Budgets"). Only at shutdown, after the
+//! program is detached, does [`Handoff::finish`] wait for room, so nothing
+//! already captured is lost then.
+
+use std::{
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+
+use tokio::{sync::mpsc, time::Instant};
+
+use crate::{
+    batch::{Batcher, MAX_ENTRIES},
+    clock::WallClock,
+    encode::{Encoder, Entry},
+    record::PacketView,
+    stats::{PipelineStats, count_drop},
+};
+
+/// Batches the sink's queue holds for `packets` packets (batches of up to
+/// [`MAX_ENTRIES`]).
+pub fn queue_batches(packets: u32) -> usize {
+    (packets as usize).div_ceil(MAX_ENTRIES).max(1)
+}
+
+/// Encoder, batcher and the sending end of the sink's queue.
+pub struct Handoff {
+    encoder: Encoder,
+    batcher: Batcher,
+    tx: mpsc::Sender<Vec<Entry>>,
+    linger: Duration,
+    /// When the oldest waiting entry must go out even if its batch is not
+    /// full.
+    deadline: Option<Instant>,
+    stats: Arc<PipelineStats>,
+    closed: bool,
+}
+
+impl Handoff {
+    pub fn new(
+        encoder: Encoder,
+        tx: mpsc::Sender<Vec<Entry>>,
+        linger: Duration,
+        stats: Arc<PipelineStats>,
+    ) -> Self {
+        Self {
+            encoder,
+            batcher: Batcher::default(),
+            tx,
+            linger,
+            deadline: None,
+            stats,
+            closed: false,
+        }
+    }
+
+    /// Encodes one packet into the current batch; a batch that fills goes
+    /// to the queue (or, if the queue is full, is counted and dropped).
+    pub fn push(&mut self, packet: &PacketView<'_>) {
+        let entry = self.encoder.encode_view(packet);
+        match self.batcher.push(entry) {
+            Ok(Some(batch)) => self.offer(batch),
+            Ok(None) => {}
+            Err(_) => count_drop(
+                &self.stats.oversize,
+                "entry larger than a PutEvents request; dropped",
+            ),
+        }
+        if self.batcher.is_full()
+            && let Some(batch) = self.batcher.take()
+        {
+            self.offer(batch);
+        }
+        if self.batcher.is_empty() {
+            self.deadline = None;
+        } else if self.deadline.is_none() {
+            self.deadline = Some(Instant::now() + self.linger);
+        }
+    }
+
+    /// When the waiting partial batch is due, if there is one.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Sends the partial batch now (its linger time is up).
+    pub fn flush(&mut self) {
+        self.deadline = None;
+        if let Some(batch) = self.batcher.take() {
+            self.offer(batch);
+        }
+    }
+
+    pub fn set_clock(&mut self, clock: WallClock) {
+        self.encoder.set_clock(clock);
+    }
+
+    /// True once the sink's end of the queue is gone.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Hands a batch to the queue without waiting.
+    fn offer(&mut self, batch: Vec<Entry>) {
+        let n = batch.len() as u64;
+        match self.tx.try_send(batch) {
+            Ok(()) => {
+                self.stats.batched.fetch_add(n, Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let total = self.stats.queue_drops.fetch_add(n, Relaxed) + n;
+                // A warning at powers of two of the running total, as
+                // `count_drop` does for single packets.
+                if (total - n + 1..=total).any(u64::is_power_of_two) {
+                    tracing::warn!(
+                        total,
+                        "sink queue full: dropping captured packets (raise --queue-capacity or add capacity to the sink)"
+                    );
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.closed = true;
+                self.stats.batched.fetch_add(n, Relaxed);
+                self.stats.sink_failed.fetch_add(n, Relaxed);
+            }
+        }
+    }
+
+    /// Sends the partial batch, waiting for room in the queue: for
+    /// shutdown, once nothing new can be captured.
+    pub async fn finish(&mut self) {
+        self.deadline = None;
+        if let Some(batch) = self.batcher.take() {
+            self.send_waiting(batch).await;
+        }
+    }
+
+    /// Like [`Handoff::push`], but waits for room instead of dropping: for
+    /// the final drain after the program is detached.
+    pub async fn push_waiting(&mut self, packet: &PacketView<'_>) {
+        let entry = self.encoder.encode_view(packet);
+        match self.batcher.push(entry) {
+            Ok(Some(batch)) => self.send_waiting(batch).await,
+            Ok(None) => {}
+            Err(_) => count_drop(
+                &self.stats.oversize,
+                "entry larger than a PutEvents request; dropped",
+            ),
+        }
+        if self.batcher.is_full()
+            && let Some(batch) = self.batcher.take()
+        {
+            self.send_waiting(batch).await;
+        }
+    }
+
+    async fn send_waiting(&mut self, batch: Vec<Entry>) {
+        let n = batch.len() as u64;
+        self.stats.batched.fetch_add(n, Relaxed);
+        if self.tx.send(batch).await.is_err() {
+            self.closed = true;
+            self.stats.sink_failed.fetch_add(n, Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Packet;
+
+    fn packet(i: usize) -> Packet {
+        Packet {
+            timestamp_ns: 1,
+            ifindex: 1,
+            src: "198.18.0.2".parse().unwrap(),
+            dst: "198.18.0.1".parse().unwrap(),
+            src_port: 40000,
+            dst_port: 514,
+            wire_len: 8,
+            payload: format!("packet{i:02}").into_bytes(),
+        }
+    }
+
+    fn handoff(queue: usize) -> (Handoff, mpsc::Receiver<Vec<Entry>>, Arc<PipelineStats>) {
+        let stats = Arc::new(PipelineStats::default());
+        let (tx, rx) = mpsc::channel(queue);
+        let mut encoder = Encoder::new("udp.raw", "UdpPacket", "default", WallClock::now());
+        encoder.name_interface(1, "eth0");
+        let out = Handoff::new(encoder, tx, Duration::from_millis(20), stats.clone());
+        (out, rx, stats)
+    }
+
+    #[test]
+    fn queue_holds_the_packets_in_batches() {
+        assert_eq!(queue_batches(1), 1);
+        assert_eq!(queue_batches(10), 1);
+        assert_eq!(queue_batches(11), 2);
+        assert_eq!(queue_batches(4096), 410);
+    }
+
+    #[tokio::test]
+    async fn full_batches_go_at_once_and_a_partial_one_at_its_deadline() {
+        let (mut out, mut rx, stats) = handoff(4);
+        for i in 0..23 {
+            out.push(&packet(i).view());
+        }
+        let a = rx.try_recv().unwrap();
+        let b = rx.try_recv().unwrap();
+        assert_eq!((a.len(), b.len()), (10, 10));
+        assert!(a[0].detail.contains("\"Payload\":\"cGFja2V0MDA=\""));
+        assert!(rx.try_recv().is_err(), "the partial batch waits");
+        assert!(out.deadline().is_some());
+        out.flush();
+        assert_eq!(rx.try_recv().unwrap().len(), 3);
+        assert_eq!(out.deadline(), None);
+        assert_eq!(stats.batched.load(Relaxed), 23);
+        assert_eq!(stats.queue_drops.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn a_full_queue_drops_whole_batches_and_counts_every_entry() {
+        let (mut out, mut rx, stats) = handoff(1);
+        for i in 0..35 {
+            out.push(&packet(i).view());
+        }
+        // One batch fits; the next two find the queue full.
+        assert_eq!(stats.batched.load(Relaxed), 10);
+        assert_eq!(stats.queue_drops.load(Relaxed), 20);
+        assert_eq!(rx.try_recv().unwrap().len(), 10);
+        // Room again: the partial batch gets through.
+        out.flush();
+        assert_eq!(rx.try_recv().unwrap().len(), 5);
+        assert_eq!(
+            stats.batched.load(Relaxed) + stats.queue_drops.load(Relaxed),
+            35
+        );
+    }
+
+    #[test]
+    fn a_closed_queue_counts_sink_failed() {
+        let (mut out, rx, stats) = handoff(4);
+        drop(rx);
+        for i in 0..10 {
+            out.push(&packet(i).view());
+        }
+        assert!(out.is_closed());
+        assert_eq!(stats.sink_failed.load(Relaxed), 10);
+    }
+
+    #[tokio::test]
+    async fn at_shutdown_nothing_is_dropped_for_want_of_room() {
+        let (mut out, mut rx, stats) = handoff(1);
+        let reader = tokio::spawn(async move {
+            let mut n = 0;
+            while let Some(batch) = rx.recv().await {
+                n += batch.len();
+            }
+            n
+        });
+        for i in 0..95 {
+            out.push_waiting(&packet(i).view()).await;
+        }
+        out.finish().await;
+        drop(out);
+        assert_eq!(reader.await.unwrap(), 95);
+        assert_eq!(stats.queue_drops.load(Relaxed), 0);
+        assert_eq!(stats.batched.load(Relaxed), 95);
+    }
+}
