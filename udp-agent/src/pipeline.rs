@@ -169,9 +169,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut sink: JoinHandle<Result<()>> = match eventbridge {
         None => {
             let stats = stats.clone();
-            tokio::spawn(async move {
-                sink::stdout::run(tokio::io::stdout(), batch_rx, stats)
-                    .await
+            tokio::task::spawn_blocking(move || {
+                sink::stdout::run(std::io::stdout().lock(), batch_rx, stats)
                     .context("writing events")
             })
         }
