@@ -3,7 +3,7 @@
 //! `Detail` keys are PascalCase as in the article and are a contract: users'
 //! rules match on them, so keys are only ever added, never renamed.
 
-use std::{collections::HashMap, ffi::CStr, net::IpAddr, sync::Arc, time::SystemTime};
+use std::{ffi::CStr, net::IpAddr, sync::Arc, time::SystemTime};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 #[cfg(test)]
@@ -107,56 +107,78 @@ fn escape_mask(w: u64) -> u64 {
 
 /// Appends `s` as a JSON string literal (quotes included), escaping as
 /// RFC 8259 requires. Runs over every byte of every Detail the stdout sink
-/// prints: eight bytes are tested at once, and runs without escapes are
-/// copied whole.
+/// prints (a Detail has a `"` every ten bytes or so): each step copies
+/// eight bytes with one store and tests them at once, then takes back the
+/// bytes from the first one that needs escaping.
 pub fn push_json_str(out: &mut String, s: &str) {
-    out.reserve(s.len() + s.len() / 8 + 2);
-    out.push('"');
     let bytes = s.as_bytes();
-    let mut start = 0;
+    // SAFETY: what is appended below is the bytes of `s`, in order, whole,
+    // with ASCII escape sequences put in front of (or in place of) ASCII
+    // bytes only; so when this function returns `out` is UTF-8 again, and
+    // nothing reads it before then. (A word copied in part is truncated back
+    // to a byte that needs escaping, which is ASCII: a char boundary.)
+    let v = unsafe { out.as_mut_vec() };
+    // `"` and `\` double; control bytes (six bytes each) reserve their own.
+    v.reserve(2 * bytes.len() + 2);
+    v.push(b'"');
     let mut i = 0;
     while i < bytes.len() {
         if let Some(chunk) = bytes.get(i..i + 8) {
-            let m = escape_mask(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
-            if m == 0 {
-                i += 8;
+            let word: [u8; 8] = chunk.try_into().expect("8 bytes");
+            // All eight bytes, with one store (`extend_from_slice` calls
+            // memcpy), then keep those before the first byte that needs
+            // escaping (all of them if none does).
+            let m = escape_mask(u64::from_le_bytes(word));
+            let k = if m == 0 {
+                8
+            } else {
+                (m.trailing_zeros() / 8) as usize
+            };
+            let len = v.len();
+            if v.capacity() - len < 8 {
+                v.reserve(8);
+            }
+            // SAFETY: at least 8 bytes of spare capacity (checked above);
+            // `len + k <= len + 8` of them are initialised by the write.
+            unsafe {
+                v.as_mut_ptr()
+                    .add(len)
+                    .cast::<[u8; 8]>()
+                    .write_unaligned(word);
+                v.set_len(len + k);
+            }
+            i += k;
+            if k == 8 {
                 continue;
             }
-            // Straight to the first byte that needs escaping.
-            i += (m.trailing_zeros() / 8) as usize;
         }
         let b = bytes[i];
+        i += 1;
         if !NEEDS_ESCAPE[b as usize] {
-            i += 1;
+            v.push(b);
             continue;
         }
-        // `b` is ASCII, so `start..i` and `i + 1..` are char boundaries.
-        out.push_str(&s[start..i]);
         match b {
-            // The byte itself goes out with the next run.
-            b'"' | b'\\' => {
-                out.push('\\');
-                start = i;
-                i += 1;
-                continue;
-            }
-            b'\n' => out.push_str("\\n"),
-            b'\r' => out.push_str("\\r"),
-            b'\t' => out.push_str("\\t"),
-            0x08 => out.push_str("\\b"),
-            0x0C => out.push_str("\\f"),
+            b'"' | b'\\' => v.extend_from_slice(&[b'\\', b]),
+            b'\n' => v.extend_from_slice(b"\\n"),
+            b'\r' => v.extend_from_slice(b"\\r"),
+            b'\t' => v.extend_from_slice(b"\\t"),
+            0x08 => v.extend_from_slice(b"\\b"),
+            0x0C => v.extend_from_slice(b"\\f"),
             _ => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.push_str("\\u00");
-                out.push(HEX[usize::from(b >> 4)] as char);
-                out.push(HEX[usize::from(b & 0xF)] as char);
+                v.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xF)],
+                ]);
             }
         }
-        i += 1;
-        start = i;
     }
-    out.push_str(&s[start..]);
-    out.push('"');
+    v.push(b'"');
 }
 
 /// Appends `t` as RFC 3339 UTC with milliseconds (`2026-11-27T23:33:17.000Z`),
@@ -213,8 +235,9 @@ pub struct Encoder {
     event_bus_name: Arc<str>,
     clock: WallClock,
     /// Interface index → the Detail's `"Interface":"name"` member, escaped
-    /// once rather than per packet.
-    interfaces: HashMap<u32, Box<str>>,
+    /// once rather than per packet. A host has few interfaces: a list
+    /// searched from the front beats hashing the index for every packet.
+    interfaces: Vec<(u32, Box<str>)>,
 }
 
 impl Encoder {
@@ -224,13 +247,17 @@ impl Encoder {
             detail_type: detail_type.into(),
             event_bus_name: event_bus_name.into(),
             clock,
-            interfaces: HashMap::new(),
+            interfaces: Vec::new(),
         }
     }
 
     /// Names an interface up front (the agent knows the ones it attached to).
     pub fn name_interface(&mut self, ifindex: u32, name: &str) {
-        self.interfaces.insert(ifindex, interface_member(name));
+        let member = interface_member(name);
+        match self.interfaces.iter_mut().find(|(i, _)| *i == ifindex) {
+            Some((_, m)) => *m = member,
+            None => self.interfaces.push((ifindex, member)),
+        }
     }
 
     pub fn set_clock(&mut self, clock: WallClock) {
@@ -244,10 +271,15 @@ impl Encoder {
     /// Encodes a packet borrowed from the ring (no copy of the payload
     /// before it is base64-encoded).
     pub fn encode_view(&mut self, p: &PacketView<'_>) -> Entry {
-        let interface = self
-            .interfaces
-            .entry(p.ifindex)
-            .or_insert_with(|| interface_member(&interface_name(p.ifindex)));
+        let at = match self.interfaces.iter().position(|(i, _)| *i == p.ifindex) {
+            Some(at) => at,
+            None => {
+                let name = interface_name(p.ifindex);
+                self.interfaces.push((p.ifindex, interface_member(&name)));
+                self.interfaces.len() - 1
+            }
+        };
+        let interface = &self.interfaces[at].1;
         Entry {
             source: self.source.clone(),
             detail_type: self.detail_type.clone(),
@@ -283,7 +315,7 @@ fn detail_json(p: &PacketView<'_>, interface: &str) -> String {
     d.push_str("\",\"Port\":");
     d.push_str(num.format(p.src_port));
     d.push_str("},\"Payload\":\"");
-    STANDARD.encode_string(p.payload, &mut d);
+    push_base64(&mut d, p.payload);
     d.push_str("\",\"Length\":");
     d.push_str(num.format(p.wire_len));
     d.push_str(if p.truncated() {
@@ -300,17 +332,45 @@ fn detail_json(p: &PacketView<'_>, interface: &str) -> String {
     d
 }
 
+/// Appends standard base64 (with padding) of `bytes`, encoded straight into
+/// `out`'s buffer.
+fn push_base64(out: &mut String, bytes: &[u8]) {
+    let start = out.len();
+    let n = base64::encoded_len(bytes.len(), true).expect("a payload's base64 fits in memory");
+    // SAFETY: the new bytes are zeros (valid UTF-8) until `encode_slice`
+    // overwrites them with base64's alphabet and `=`, all ASCII.
+    let v = unsafe { out.as_mut_vec() };
+    v.resize(start + n, 0);
+    let written = STANDARD
+        .encode_slice(bytes, &mut v[start..])
+        .expect("buffer sized by encoded_len");
+    debug_assert_eq!(written, n);
+}
+
 /// An address as `Display` writes it; IPv4 without the formatter.
 fn push_ip(out: &mut String, ip: &IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            let mut num = itoa::Buffer::new();
+            // At most "255.255.255.255".
+            let mut text = [0u8; 15];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    text[n] = b'.';
+                    n += 1;
                 }
-                out.push_str(num.format(octet));
+                if octet >= 100 {
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                text[n] = b'0' + octet % 10;
+                n += 1;
             }
+            out.push_str(std::str::from_utf8(&text[..n]).expect("ASCII digits and dots"));
         }
         IpAddr::V6(v6) => {
             use std::fmt::Write as _;
