@@ -1,7 +1,11 @@
-//! Encoding cost per packet, for profiling: `N=20000 valgrind --tool=callgrind target/release/examples/encode_speed` counts instructions, which (unlike time) are stable on a busy machine.
+//! Encoding cost per packet (`PAYLOAD` bytes, default 64), for profiling: `N=20000 valgrind --tool=callgrind target/release/examples/encode_speed` counts instructions, which (unlike time) are stable on a busy machine.
 use std::time::Instant;
 use udp_agent::{clock::WallClock, encode::Encoder, record::Packet};
 fn main() {
+    let size: usize = std::env::var("PAYLOAD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     let p = Packet {
         timestamp_ns: 1,
         ifindex: 1,
@@ -9,8 +13,8 @@ fn main() {
         dst: "198.18.0.1".parse().unwrap(),
         src_port: 40000,
         dst_port: 514,
-        wire_len: 64,
-        payload: vec![7u8; 64],
+        wire_len: size as u32,
+        payload: vec![7u8; size],
     };
     let mut e = Encoder::new("udp.raw", "UdpPacket", "default", WallClock::now());
     e.name_interface(1, "eth0");
