@@ -8,7 +8,22 @@ use udp_agent::{
     pipeline,
 };
 
+/// One malloc arena for the whole process. glibc gives threads arenas of
+/// their own, and each keeps what it once held: entries made by the capture
+/// loop on one tokio worker and freed by the sink on another thread left a
+/// peak's worth of free memory in each (RSS 66 MB instead of 45 MB in a
+/// 1,400-byte flood). The agent has few threads; small allocations are
+/// served from per-thread caches anyway. `MALLOC_ARENA_MAX`, if set, wins.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    }
+}
+
 fn main() -> ExitCode {
+    one_malloc_arena();
     let cli = match config_file::parse() {
         Ok(cli) => cli,
         // Usage errors, --help and --version, printed and exited clap's way.
