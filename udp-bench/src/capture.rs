@@ -211,7 +211,7 @@ fn measure(
             let seen = c.k("captured") + c.k("ring_full");
             losses.insert("before XDP".to_string(), sent.packets.saturating_sub(seen));
             losses.insert("kernel ring full".to_string(), c.k("ring_full"));
-            losses.insert("agent queue full".to_string(), c.p("queue_drops"));
+            losses.insert("sink queue full".to_string(), c.p("queue_drops"));
             losses.insert(
                 "encode/sink".to_string(),
                 c.p("decoded")
