@@ -27,14 +27,13 @@ use crate::{
 /// cannot starve the sink of CPU time.
 const DRAIN_BUDGET: usize = 4096;
 
-/// A pass that found at least this many records means a steady stream...
-const BUSY_PASS: usize = 32;
-/// ...so the loop then sleeps this long before looking again, letting
-/// records gather: one wake-up per millisecond instead of one every few
-/// packets (each costs an `epoll_wait` and a trip through the scheduler).
-/// The ring holds far more than a millisecond of any stream (8 MiB is
-/// ~60,000 small records), and a partial batch waits up to its linger
-/// time (20 ms by default) anyway.
+/// After a pass that found records, the loop sleeps this long before it
+/// looks again, letting records gather: under a steady stream that is one
+/// wake-up per millisecond instead of one every few packets (each costs an
+/// `epoll_wait` and a trip through the scheduler). A record that arrives
+/// meanwhile waits at most this long; the ring holds far more than a
+/// millisecond of any stream (8 MiB is ~60,000 small records), and a
+/// partial batch waits up to its linger time (20 ms by default) anyway.
 const COALESCE: Duration = Duration::from_millis(1);
 
 /// What one pass over the ring did.
@@ -133,7 +132,7 @@ pub async fn run(
                     tokio::task::yield_now().await;
                 } else {
                     guard.clear_ready();
-                    if pass.records >= BUSY_PASS {
+                    if pass.records > 0 {
                         tokio::time::sleep(COALESCE).await;
                     }
                 }

@@ -108,130 +108,81 @@ fn escape_mask(w: u64) -> u64 {
 
 /// Appends `s` as a JSON string literal (quotes included), escaping as
 /// RFC 8259 requires. Runs over every byte of every Detail the stdout sink
-/// prints (a Detail has a `"` every ten bytes or so): each step copies
-/// eight bytes with one store and tests them at once, then takes back the
-/// bytes from the first one that needs escaping.
+/// prints: runs without escapes are found sixteen (or eight) bytes at a
+/// time and copied whole.
 pub fn push_json_str(out: &mut String, s: &str) {
     let bytes = s.as_bytes();
-    // SAFETY: what is appended below is the bytes of `s`, in order, whole,
-    // with ASCII escape sequences put in front of (or in place of) ASCII
-    // bytes only; so when this function returns `out` is UTF-8 again, and
-    // nothing reads it before then. (A word copied in part is truncated back
-    // to a byte that needs escaping, which is ASCII: a char boundary.)
-    let v = unsafe { out.as_mut_vec() };
-    // `"` and `\` double; control bytes (six bytes each) reserve their own.
-    v.reserve(2 * bytes.len() + 2);
-    v.push(b'"');
+    out.reserve(bytes.len() + bytes.len() / 8 + 2);
+    out.push('"');
     let mut i = 0;
-    while i < bytes.len() {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(chunk) = bytes.get(i..i + 16) {
-            // Sixteen at a time: long payloads are long runs of base64.
-            let k = copy16(v, chunk.try_into().expect("16 bytes"));
-            i += k;
-            if k == 16 {
-                continue;
-            }
-        } else if let Some(chunk) = bytes.get(i..i + 8) {
-            let k = copy8(v, chunk.try_into().expect("8 bytes"));
-            i += k;
-            if k == 8 {
-                continue;
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        if let Some(chunk) = bytes.get(i..i + 8) {
-            let k = copy8(v, chunk.try_into().expect("8 bytes"));
-            i += k;
-            if k == 8 {
-                continue;
-            }
-        }
-        let b = bytes[i];
-        i += 1;
-        if !NEEDS_ESCAPE[b as usize] {
-            v.push(b);
-            continue;
-        }
+    loop {
+        let j = next_escape(bytes, i);
+        // `bytes[j]` (if any) is ASCII, so `i..j` ends on a char boundary.
+        out.push_str(&s[i..j]);
+        let Some(&b) = bytes.get(j) else { break };
+        i = j + 1;
         match b {
-            b'"' | b'\\' => v.extend_from_slice(&[b'\\', b]),
-            b'\n' => v.extend_from_slice(b"\\n"),
-            b'\r' => v.extend_from_slice(b"\\r"),
-            b'\t' => v.extend_from_slice(b"\\t"),
-            0x08 => v.extend_from_slice(b"\\b"),
-            0x0C => v.extend_from_slice(b"\\f"),
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0C => out.push_str("\\f"),
             _ => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
-                v.extend_from_slice(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[usize::from(b >> 4)],
-                    HEX[usize::from(b & 0xF)],
-                ]);
+                out.push_str("\\u00");
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 0xF)] as char);
             }
         }
     }
-    v.push(b'"');
+    out.push('"');
 }
 
-/// Appends the bytes of `word` before the first one that needs escaping
-/// (all eight if none does) with one store; returns how many.
-#[inline(always)]
-fn copy8(v: &mut Vec<u8>, word: &[u8; 8]) -> usize {
-    let m = escape_mask(u64::from_le_bytes(*word));
-    let k = if m == 0 {
-        8
-    } else {
-        (m.trailing_zeros() / 8) as usize
-    };
-    let len = v.len();
-    if v.capacity() - len < 8 {
-        v.reserve(8);
+/// The index of the first byte at or after `i` that needs escaping, or
+/// `bytes.len()`.
+#[inline]
+fn next_escape(bytes: &[u8], mut i: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    while let Some(chunk) = bytes.get(i..i + 16) {
+        let m = escape_mask16(chunk.try_into().expect("16 bytes"));
+        if m != 0 {
+            return i + m.trailing_zeros() as usize;
+        }
+        i += 16;
     }
-    // SAFETY: at least 8 bytes of spare capacity (checked above); the write
-    // initialises `len..len + 8`, of which `k <= 8` are kept.
-    unsafe {
-        v.as_mut_ptr()
-            .add(len)
-            .cast::<[u8; 8]>()
-            .write_unaligned(*word);
-        v.set_len(len + k);
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let m = escape_mask(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
     }
-    k
+    while i < bytes.len() && !NEEDS_ESCAPE[bytes[i] as usize] {
+        i += 1;
+    }
+    i
 }
 
-/// [`copy8`] for sixteen bytes, with SSE2 (always there on x86-64).
+/// One bit per byte of `chunk` that needs escaping, with SSE2 (part of
+/// x86-64).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn copy16(v: &mut Vec<u8>, chunk: &[u8; 16]) -> usize {
+fn escape_mask16(chunk: &[u8; 16]) -> u32 {
     use std::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128,
-        _mm_set1_epi8, _mm_storeu_si128,
+        _mm_set1_epi8,
     };
-    let len = v.len();
-    if v.capacity() - len < 16 {
-        v.reserve(16);
-    }
-    // SAFETY: SSE2 is part of x86-64; the load reads the 16 bytes of
-    // `chunk`; the store writes 16 bytes of spare capacity (checked above),
-    // of which the `k <= 16` kept are initialised.
+    // SAFETY: SSE2 is always there on x86-64; the load reads the 16 bytes
+    // of `chunk`.
     unsafe {
         let x = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
         // Unsigned x <= 0x1F: a control byte.
         let control = _mm_cmpeq_epi8(_mm_max_epu8(x, _mm_set1_epi8(0x1F)), _mm_set1_epi8(0x1F));
         let quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'"' as i8));
         let backslash = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\\' as i8));
-        let m = _mm_movemask_epi8(_mm_or_si128(control, _mm_or_si128(quote, backslash))) as u32;
-        let k = if m == 0 {
-            16
-        } else {
-            m.trailing_zeros() as usize
-        };
-        _mm_storeu_si128(v.as_mut_ptr().add(len).cast::<__m128i>(), x);
-        v.set_len(len + k);
-        k
+        _mm_movemask_epi8(_mm_or_si128(control, _mm_or_si128(quote, backslash))) as u32
     }
 }
 
