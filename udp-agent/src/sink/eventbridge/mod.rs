@@ -383,7 +383,15 @@ async fn deliver(
             }
             stats.requests.fetch_add(1, Relaxed);
             let _in_flight = InFlight::new(&stats.in_flight);
-            service::put_events(&shared.client, &entries, shared.endpoint_id.as_deref()).await
+            // Boxed: the SDK's future is tens of kilobytes, and inline it
+            // would make every spawned request task that large (copied
+            // into the task on each spawn).
+            Box::pin(service::put_events(
+                &shared.client,
+                &entries,
+                shared.endpoint_id.as_deref(),
+            ))
+            .await
         };
         let Some(result) = unless_cancelled(&mut cancel, attempt).await else {
             held.settle(entries.len());
