@@ -48,6 +48,7 @@
 pub mod config;
 pub mod cost_guard;
 pub mod dead_letter;
+pub mod direct;
 pub mod rate_limit;
 pub mod retry;
 pub mod service;
@@ -71,12 +72,13 @@ use tokio::{
 use tracing::{error, info, warn};
 
 pub use self::{
-    config::{ConfigError, Settings},
+    config::{ConfigError, Connection, Settings},
     stats::EventBridgeStats,
 };
 use self::{
     cost_guard::CostGuard,
     dead_letter::{DeadLetter, Failed},
+    direct::Direct,
     rate_limit::RateLimiter,
     retry::{Backoff, Retry},
 };
@@ -93,6 +95,7 @@ pub const DRAIN_TIMEOUT_CODE: &str = "DrainTimeout";
 /// A configured sink, ready to [`run`].
 pub struct EventBridgeSink {
     client: Client,
+    direct: Option<Direct>,
     settings: Settings,
     dead_letter: Option<DeadLetter>,
     stats: Arc<EventBridgeStats>,
@@ -105,12 +108,26 @@ impl EventBridgeSink {
     /// like any sink's.
     pub fn new(
         settings: Settings,
-        client: Client,
+        connection: Connection,
         pipeline: Arc<PipelineStats>,
     ) -> Result<Self, ConfigError> {
+        // Requests to a global endpoint (SigV4a) stay with the SDK.
+        let direct = settings
+            .endpoint_id
+            .is_none()
+            .then(|| {
+                Direct::new(
+                    &connection,
+                    settings.request_timeout,
+                    config::CONNECT_TIMEOUT,
+                    settings.max_in_flight.max(1),
+                )
+            })
+            .flatten();
         Ok(Self {
             dead_letter: settings.open_dead_letter()?,
-            client,
+            direct,
+            client: connection.client,
             settings,
             stats: Arc::new(EventBridgeStats::default()),
             pipeline,
@@ -125,6 +142,7 @@ impl EventBridgeSink {
 /// What the request tasks share.
 struct Shared {
     client: Client,
+    direct: Option<Direct>,
     endpoint_id: Option<String>,
     max_retries: u32,
     backoff: Backoff,
@@ -144,6 +162,7 @@ pub async fn run(
 ) {
     let EventBridgeSink {
         client,
+        direct,
         settings,
         dead_letter,
         stats,
@@ -152,6 +171,7 @@ pub async fn run(
     let rate = settings.max_requests_per_second;
     let shared = Arc::new(Shared {
         client,
+        direct,
         endpoint_id: settings.endpoint_id.clone(),
         max_retries: settings.max_retries,
         backoff: settings.backoff,
@@ -388,6 +408,7 @@ async fn deliver(
             // into the task on each spawn).
             Box::pin(service::put_events(
                 &shared.client,
+                shared.direct.as_ref(),
                 &entries,
                 shared.endpoint_id.as_deref(),
             ))
