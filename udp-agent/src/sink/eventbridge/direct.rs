@@ -301,14 +301,63 @@ fn dispatch_io(e: BoxError) -> SdkError<PutEventsError, HttpResponse> {
 
 /// `(YYYYMMDD, YYYYMMDDTHHMMSSZ)` in UTC, as SigV4 wants them.
 fn amz_dates(now: SystemTime) -> Result<(String, String), BoxError> {
-    let secs = DateTime::from(now).secs();
-    // `2026-11-28T03:21:00Z` without the separators.
-    let iso = DateTime::from_secs(secs).fmt(Format::DateTime)?;
-    let compact: String = iso.chars().filter(|c| *c != '-' && *c != ':').collect();
-    if compact.len() != 16 {
-        return Err(format!("unexpected date {iso}").into());
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|_| "the clock is before 1970")?
+        .as_secs();
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let t = secs % 86_400;
+    let date = format!("{y:04}{m:02}{d:02}");
+    let full = format!("{date}T{:02}{:02}{:02}Z", t / 3600, t / 60 % 60, t % 60);
+    Ok((date, full))
+}
+
+/// The proleptic Gregorian date of a day number since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// `Time` as the SDK writes it (Smithy epoch seconds: whole seconds, then
+/// the nanoseconds without trailing zeros, if any).
+fn epoch_seconds(out: &mut Vec<u8>, t: SystemTime) {
+    let Ok(since) = t.duration_since(SystemTime::UNIX_EPOCH) else {
+        // Before 1970: never a capture time, but written as the SDK would.
+        let s = DateTime::from(t)
+            .fmt(Format::EpochSeconds)
+            .unwrap_or_else(|_| "0".to_owned());
+        out.extend_from_slice(s.as_bytes());
+        return;
+    };
+    let _ = write!(VecWriter(out), "{}", since.as_secs());
+    let mut nanos = since.subsec_nanos();
+    if nanos != 0 {
+        let mut digits = 9;
+        while nanos % 10 == 0 {
+            nanos /= 10;
+            digits -= 1;
+        }
+        let _ = write!(VecWriter(out), ".{nanos:0digits$}");
     }
-    Ok((compact[..8].to_owned(), compact))
+}
+
+/// `fmt::Write` into a byte buffer.
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for VecWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
 }
 
 /// `{"Entries":[…]}`: the fields [`super::service::request_entry`] sets,
@@ -336,10 +385,7 @@ pub fn request_body(entries: &[Entry]) -> Vec<u8> {
         b.extend_from_slice(b",\"Detail\":");
         json_string(&mut b, &e.detail);
         b.extend_from_slice(b",\"Time\":");
-        let time = DateTime::from(e.time)
-            .fmt(Format::EpochSeconds)
-            .unwrap_or_else(|_| "0".to_owned());
-        b.extend_from_slice(time.as_bytes());
+        epoch_seconds(&mut b, e.time);
         b.extend_from_slice(b",\"EventBusName\":");
         json_string(&mut b, &e.event_bus_name);
         b.push(b'}');
@@ -348,9 +394,83 @@ pub fn request_body(entries: &[Entry]) -> Vec<u8> {
     b
 }
 
+/// A JSON string, escaped as serde_json escapes it (`"`, `\\` and control
+/// characters), looking at eight bytes at a time: a `Detail` is mostly a
+/// long base64 payload, and its quotes are found without a per-byte loop.
 fn json_string(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(out, s).expect("writing a string to a Vec cannot fail");
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mask = escape_mask(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        if mask == 0 {
+            i += 8;
+            continue;
+        }
+        // The lowest flagged byte is exact (see escape_mask).
+        let j = i + (mask.trailing_zeros() / 8) as usize;
+        out.extend_from_slice(&bytes[start..j]);
+        escape(out, bytes[j]);
+        start = j + 1;
+        i = j + 1;
+    }
+    for (j, &b) in bytes.iter().enumerate().skip(i) {
+        if ESCAPE[usize::from(b)] != 0 {
+            out.extend_from_slice(&bytes[start..j]);
+            escape(out, b);
+            start = j + 1;
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
 }
+
+fn escape(out: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match ESCAPE[usize::from(b)] {
+        b'u' => {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        }
+        e => out.extend_from_slice(&[b'\\', e]),
+    }
+}
+
+/// The high bit of each byte of `v` (little-endian) that is `"`, `\\` or
+/// below 0x20, by the classic "has a zero byte" test,
+/// `(x - 0x01…) & !x & 0x80…`. A borrow can flag a byte above a flagged
+/// one by mistake, never below: the lowest flag is always right.
+fn escape_mask(v: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let below_space = v.wrapping_sub(ONES * 0x20) & !v & HIGH;
+    zero_bytes(v ^ (ONES * u64::from(b'"')))
+        | zero_bytes(v ^ (ONES * u64::from(b'\\')))
+        | below_space
+}
+
+/// What follows the backslash for each byte that needs escaping (`u`:
+/// `\\u00XX`), 0 for the others.
+static ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = b'u';
+        i += 1;
+    }
+    t[0x08] = b'b';
+    t[0x09] = b't';
+    t[0x0a] = b'n';
+    t[0x0c] = b'f';
+    t[0x0d] = b'r';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -552,6 +672,80 @@ mod tests {
                  "Time": 1_795_822_397.25, "EventBusName": "orders"},
             ]})
         );
+    }
+
+    #[test]
+    fn strings_are_escaped_like_serde_json_does() {
+        let mut cases: Vec<String> = (0u8..128)
+            .map(|b| format!("ab{}cdefghijk", b as char))
+            .collect();
+        cases.extend(
+            [
+                "",
+                "plain",
+                r#"{"Destination":{"Address":"198.18.0.1","Port":514},"Payload":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","Interface":"eth0"}"#,
+                "tab\there\\ and \u{1}\u{1f}\u{7f} é ü 漢字 🦀",
+                "\"\"\"\"\"\"\"\"\"",
+                "12345678\\",
+            ]
+            .map(str::to_owned),
+        );
+        // Every kind of escape at every offset in and across the 8-byte
+        // chunks, alone and in runs.
+        for offset in 0..20 {
+            for c in [
+                "\"", "\\", "\n", "\u{1}", "\u{1f}", "é", " ", "\"\\\"", "a\"b\nc",
+            ] {
+                cases.push(format!("{}{c}{}", "x".repeat(offset), "y".repeat(offset)));
+                cases.push(c.repeat(offset + 1));
+            }
+        }
+        for s in &cases {
+            let mut ours = Vec::new();
+            json_string(&mut ours, s);
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                serde_json::to_string(s).unwrap(),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn times_are_written_like_the_sdk_writes_them() {
+        for (secs, nanos) in [
+            (0u64, 0u32),
+            (1_795_822_397, 0),
+            (1_795_822_397, 250_000_000),
+            (1_795_822_397, 1),
+            (1_795_822_397, 123_456_789),
+            (1_795_822_397, 100),
+            (4_102_444_800, 999_999_999),
+        ] {
+            let t = UNIX_EPOCH + Duration::new(secs, nanos);
+            let mut ours = Vec::new();
+            epoch_seconds(&mut ours, t);
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                DateTime::from(t).fmt(Format::EpochSeconds).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn sigv4_dates_agree_with_the_sdk_calendar() {
+        // Every day from 1970 to 2200, leap years and centuries included.
+        for day in 0..84_000u64 {
+            let secs = day * 86_400 + 3_723;
+            let t = UNIX_EPOCH + Duration::from_secs(secs);
+            let iso = DateTime::from(t).fmt(Format::DateTime).unwrap();
+            let compact: String = iso.chars().filter(|c| *c != '-' && *c != ':').collect();
+            let (d, full) = amz_dates(t).unwrap();
+            assert_eq!(
+                (d.as_str(), full.as_str()),
+                (&compact[..8], compact.as_str())
+            );
+        }
     }
 
     #[test]
