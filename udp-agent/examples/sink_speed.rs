@@ -49,12 +49,19 @@ fn main() {
     let warm: usize = env_or("WARM", 200);
     let (mut child, url) = spawn_endpoint();
     let extra: Vec<String> = std::env::args().skip(1).collect();
-    // The agent's runtime: two workers, as `udp-agent run` builds it.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    // The agent's runtime: two workers, as `udp-agent run` builds it
+    // (`RT=current`: one thread, for comparison).
+    let rt = if std::env::var("RT").as_deref() == Ok("current") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    }
+    .expect("runtime");
     let result = rt.block_on(measure(&url, &extra, n, warm));
     let _ = child.kill();
     let _ = child.wait();

@@ -22,8 +22,9 @@
 //!   raise (dispatch failure, timeout, service error with its code, response
 //!   error), so [`super::retry`] classifies both paths with one function.
 //!
-//! Requests with --endpoint-id (global endpoints, signed with SigV4a) always
-//! go through the SDK.
+//! Requests with --endpoint-id (global endpoints, signed with SigV4a), and
+//! requests to an endpoint that the environment's HTTP(S)_PROXY/ALL_PROXY
+//! (and NO_PROXY) send through a proxy, always go through the SDK.
 
 use std::{
     fmt::Write as _,
@@ -53,12 +54,15 @@ use hyper::{
 };
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
-    client::legacy::{Client as HttpClient, connect::HttpConnector},
+    client::{
+        legacy::{Client as HttpClient, connect::HttpConnector},
+        proxy::matcher::Matcher,
+    },
     rt::{TokioExecutor, TokioTimer},
 };
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{config::Connection, service::EntryResult};
 use crate::encode::Entry;
@@ -80,8 +84,9 @@ const POOL_IDLE: Duration = Duration::from_secs(20);
 /// The direct PutEvents client. Cheap to share; one per sink.
 pub struct Direct {
     http: HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    /// Set by the first request sent through the SDK.
-    endpoint: Arc<OnceLock<Endpoint>>,
+    /// Set by the first request sent through the SDK: where direct
+    /// requests go, or `None` if they stay with the SDK.
+    endpoint: Arc<OnceLock<Option<Endpoint>>>,
     region: String,
     credentials: CredentialCache,
     /// (date `YYYYMMDD`, secret key, signing key).
@@ -171,7 +176,13 @@ impl Direct {
 
     /// True once the endpoint is known: requests can skip the SDK.
     pub fn ready(&self) -> bool {
-        self.endpoint.get().is_some()
+        self.endpoint.get().is_some_and(Option::is_some)
+    }
+
+    /// True until a request through the SDK has shown where requests go
+    /// (send it with [`Direct::recorder`]).
+    pub fn undecided(&self) -> bool {
+        self.endpoint.get().is_none()
     }
 
     /// The interceptor that records the endpoint of a request sent through
@@ -187,6 +198,7 @@ impl Direct {
         let endpoint = self
             .endpoint
             .get()
+            .and_then(Option::as_ref)
             .ok_or_else(|| SdkError::construction_failure("the endpoint is not known yet"))?;
         let credentials = self.credentials.get().await.map_err(|e| {
             SdkError::dispatch_failure(ConnectorError::other(
@@ -559,7 +571,7 @@ fn sanitize_error_code(code: &str) -> &str {
 /// Records the URL of a request the SDK sends (after its endpoint
 /// resolution).
 #[derive(Debug)]
-pub struct RecordEndpoint(Arc<OnceLock<Endpoint>>);
+pub struct RecordEndpoint(Arc<OnceLock<Option<Endpoint>>>);
 
 impl Intercept for RecordEndpoint {
     fn name(&self) -> &'static str {
@@ -573,13 +585,30 @@ impl Intercept for RecordEndpoint {
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let url = context.request().uri();
-        match Endpoint::parse(url) {
+        let endpoint = match Endpoint::parse(url) {
+            // The SDK's HTTP client honours HTTP(S)_PROXY/ALL_PROXY and
+            // NO_PROXY; this one does not, so a proxied endpoint stays
+            // with the SDK.
+            Some(endpoint) if Matcher::from_env().intercept(&endpoint.uri).is_some() => {
+                info!(
+                    url,
+                    "EventBridge: requests go through the configured HTTP proxy, with the SDK's client"
+                );
+                None
+            }
             Some(endpoint) => {
                 debug!(url, "EventBridge: direct requests from now on");
-                let _ = self.0.set(endpoint);
+                Some(endpoint)
             }
-            None => debug!(url, "EventBridge: endpoint kept with the SDK"),
-        }
+            None => {
+                info!(
+                    url,
+                    "EventBridge: requests to this endpoint URL go through the SDK"
+                );
+                None
+            }
+        };
+        let _ = self.0.set(endpoint);
         Ok(())
     }
 }

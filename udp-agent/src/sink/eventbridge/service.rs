@@ -57,7 +57,7 @@ pub async fn put_events(
         .set_entries(Some(entries.iter().map(request_entry).collect()))
         .set_endpoint_id(endpoint_id.map(str::to_owned));
     let output = match direct {
-        Some(direct) if endpoint_id.is_none() => {
+        Some(direct) if endpoint_id.is_none() && direct.undecided() => {
             request
                 .customize()
                 .interceptor(direct.recorder())
