@@ -27,7 +27,6 @@
 //! (and NO_PROXY) send through a proxy, always go through the SDK.
 
 use std::{
-    fmt::Write as _,
     sync::{Arc, Mutex, OnceLock, RwLock},
     time::{Duration, SystemTime},
 };
@@ -50,7 +49,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{
     Request,
     body::Bytes,
-    header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue, USER_AGENT},
+    header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, USER_AGENT},
 };
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
@@ -255,25 +254,51 @@ impl Direct {
             "content-type;host;x-amz-date;x-amz-target"
         };
         let host = endpoint.host.to_str()?;
+        // Built with push_str: this runs for every request.
         let mut canonical = String::with_capacity(512);
-        let _ = write!(
-            canonical,
-            "POST\n{}\n\ncontent-type:{JSON_1_1}\nhost:{host}\nx-amz-date:{amz_date}\n",
-            endpoint.path
-        );
-        if let Some(token) = token {
-            let _ = writeln!(canonical, "x-amz-security-token:{}", token.trim());
+        for part in [
+            "POST\n",
+            &endpoint.path,
+            "\n\ncontent-type:",
+            JSON_1_1,
+            "\nhost:",
+            host,
+            "\nx-amz-date:",
+            &amz_date,
+            "\n",
+        ] {
+            canonical.push_str(part);
         }
-        let _ = write!(
-            canonical,
-            "x-amz-target:{TARGET}\n\n{signed_headers}\n{}",
-            hex::encode(Sha256::digest(&body))
-        );
-        let scope = format!("{date}/{}/{SERVICE}/aws4_request", self.region);
-        let string_to_sign = format!(
-            "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-            hex::encode(Sha256::digest(canonical.as_bytes()))
-        );
+        if let Some(token) = token {
+            canonical.push_str("x-amz-security-token:");
+            canonical.push_str(token.trim());
+            canonical.push('\n');
+        }
+        for part in [
+            "x-amz-target:",
+            TARGET,
+            "\n\n",
+            signed_headers,
+            "\n",
+            sha256_hex(&body).as_str(),
+        ] {
+            canonical.push_str(part);
+        }
+        let mut scope = String::with_capacity(64);
+        for part in [&date, "/", &self.region, "/", SERVICE, "/aws4_request"] {
+            scope.push_str(part);
+        }
+        let mut string_to_sign = String::with_capacity(160);
+        for part in [
+            "AWS4-HMAC-SHA256\n",
+            &amz_date,
+            "\n",
+            &scope,
+            "\n",
+            sha256_hex(canonical.as_bytes()).as_str(),
+        ] {
+            string_to_sign.push_str(part);
+        }
         let signature = {
             let mut cache = self.signing_key.lock().expect("signing key lock");
             let secret = credentials.secret_access_key();
@@ -288,21 +313,49 @@ impl Direct {
             let (_, _, key) = cache.as_ref().expect("filled above");
             aws_sigv4::sign::v4::calculate_signature(key, string_to_sign.as_bytes())
         };
-        let authorization = format!(
-            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
-            credentials.access_key_id()
-        );
+        let mut authorization = String::with_capacity(256);
+        for part in [
+            "AWS4-HMAC-SHA256 Credential=",
+            credentials.access_key_id(),
+            "/",
+            &scope,
+            ", SignedHeaders=",
+            signed_headers,
+            ", Signature=",
+            &signature,
+        ] {
+            authorization.push_str(part);
+        }
         let mut builder = Request::post(endpoint.uri.clone())
             .header(HOST, endpoint.host.clone())
             .header(CONTENT_TYPE, JSON_1_1)
-            .header("x-amz-date", amz_date)
-            .header("x-amz-target", TARGET)
+            .header(X_AMZ_DATE, amz_date)
+            .header(X_AMZ_TARGET, TARGET)
             .header(AUTHORIZATION, authorization)
             .header(USER_AGENT, self.user_agent.clone());
         if let Some(token) = token {
-            builder = builder.header("x-amz-security-token", token.trim());
+            builder = builder.header(X_AMZ_SECURITY_TOKEN, token.trim());
         }
         Ok(builder.body(Full::new(Bytes::from(body)))?)
+    }
+}
+
+const X_AMZ_DATE: HeaderName = HeaderName::from_static("x-amz-date");
+const X_AMZ_TARGET: HeaderName = HeaderName::from_static("x-amz-target");
+const X_AMZ_SECURITY_TOKEN: HeaderName = HeaderName::from_static("x-amz-security-token");
+
+/// Lower-case hex SHA-256, without allocating per digit.
+fn sha256_hex(data: &[u8]) -> HexDigest {
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(data), &mut out).expect("64 hex digits for 32 bytes");
+    HexDigest(out)
+}
+
+struct HexDigest([u8; 64]);
+
+impl HexDigest {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
     }
 }
 
@@ -350,7 +403,7 @@ fn epoch_seconds(out: &mut Vec<u8>, t: SystemTime) {
         out.extend_from_slice(s.as_bytes());
         return;
     };
-    let _ = write!(VecWriter(out), "{}", since.as_secs());
+    push_digits(out, since.as_secs(), 1);
     let mut nanos = since.subsec_nanos();
     if nanos != 0 {
         let mut digits = 9;
@@ -358,18 +411,22 @@ fn epoch_seconds(out: &mut Vec<u8>, t: SystemTime) {
             nanos /= 10;
             digits -= 1;
         }
-        let _ = write!(VecWriter(out), ".{nanos:0digits$}");
+        out.push(b'.');
+        push_digits(out, u64::from(nanos), digits);
     }
 }
 
-/// `fmt::Write` into a byte buffer.
-struct VecWriter<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for VecWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
+/// `v` in decimal, zero-padded to at least `width` digits.
+fn push_digits(out: &mut Vec<u8>, mut v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    while v > 0 {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
     }
+    let start = i.min(buf.len() - width.min(buf.len()));
+    out.extend_from_slice(&buf[start..]);
 }
 
 /// `{"Entries":[…]}`: the fields [`super::service::request_entry`] sets,
