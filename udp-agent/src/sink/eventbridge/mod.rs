@@ -3,9 +3,11 @@
 //! duplicating events when AWS pushes back.
 //!
 //! Laid out like vector's AWS sinks, smaller: [`config`] (flags, client),
-//! [`service`] (the call and its partial failures), [`retry`] (what to retry,
-//! backoff), plus [`rate_limit`], [`cost_guard`], [`dead_letter`] and
-//! [`stats`]. This module is the task that ties them together.
+//! [`service`] (the call and its partial failures), [`direct`] (the same
+//! call without the SDK's per-request machinery: the hot path), [`retry`]
+//! (what to retry, backoff), plus [`rate_limit`], [`cost_guard`],
+//! [`dead_letter`] and [`stats`]. This module is the task that ties them
+//! together.
 //!
 //! Flow. The dispatcher ([`run`]) takes one batch (≤10 entries, ≤256 KB,
 //! made by [`crate::batch`]) at a time from the encoder, lets the cost guard
