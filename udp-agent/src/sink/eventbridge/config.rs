@@ -10,7 +10,9 @@ use std::{path::PathBuf, time::Duration};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_eventbridge::{
     Client,
-    config::{ProvideCredentials, retry::RetryConfig, timeout::TimeoutConfig},
+    config::{
+        ProvideCredentials, SharedCredentialsProvider, retry::RetryConfig, timeout::TimeoutConfig,
+    },
 };
 use thiserror::Error;
 use tracing::info;
@@ -33,7 +35,7 @@ pub const DEFAULT_MAX_RETRIES: u32 = 8;
 /// Longest wait for the credential chain at start-up (IMDS included).
 const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(30);
 /// TCP connect timeout of each attempt.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Everything the EventBridge sink needs besides the client.
 #[derive(Clone, Debug)]
@@ -74,6 +76,14 @@ impl Default for Settings {
     }
 }
 
+/// The SDK client, and the credential chain it was built with: the sink's
+/// direct path ([`super::direct`]) signs with the same credentials.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub client: Client,
+    pub credentials: Option<SharedCredentialsProvider>,
+}
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error(
@@ -110,7 +120,7 @@ impl Settings {
 
     /// Loads the standard AWS configuration chain, checks that it yields a
     /// Region and credentials, and builds the client.
-    pub async fn connect(&self) -> Result<Client, ConfigError> {
+    pub async fn connect(&self) -> Result<Connection, ConfigError> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(region) = &self.region {
             loader = loader.region(Region::new(region.clone()));
@@ -141,7 +151,7 @@ impl Settings {
     /// one with static credentials), applying this sink's endpoint and
     /// timeouts. The SDK's own retries are off: the sink retries, per entry,
     /// and counts what it does.
-    pub fn client(&self, sdk: &SdkConfig) -> Client {
+    pub fn client(&self, sdk: &SdkConfig) -> Connection {
         let mut config = aws_sdk_eventbridge::config::Builder::from(sdk)
             .retry_config(RetryConfig::disabled())
             .timeout_config(
@@ -153,7 +163,10 @@ impl Settings {
         if let Some(url) = &self.endpoint_url {
             config = config.endpoint_url(url);
         }
-        Client::from_conf(config.build())
+        Connection {
+            client: Client::from_conf(config.build()),
+            credentials: sdk.credentials_provider(),
+        }
     }
 
     /// Opens the dead-letter file, if one is configured.

@@ -15,7 +15,7 @@ use aws_sdk_eventbridge::{
     types::{PutEventsRequestEntry, PutEventsResultEntry},
 };
 
-use super::{dead_letter::Failed, retry::is_retryable_entry_code};
+use super::{dead_letter::Failed, direct::Direct, retry::is_retryable_entry_code};
 use crate::encode::Entry;
 
 /// What the service said about one entry.
@@ -37,18 +37,35 @@ impl From<&PutEventsResultEntry> for EntryResult {
     }
 }
 
-/// Sends `entries` as one PutEvents request.
+/// Sends `entries` as one PutEvents request: through `direct` once it knows
+/// the endpoint, through the SDK otherwise (the first request, which
+/// teaches `direct` the endpoint, and every request with an `endpoint_id`).
 pub async fn put_events(
     client: &Client,
+    direct: Option<&Direct>,
     entries: &[Entry],
     endpoint_id: Option<&str>,
 ) -> Result<Vec<EntryResult>, SdkError<PutEventsError, HttpResponse>> {
-    let output = client
+    if let Some(direct) = direct
+        && endpoint_id.is_none()
+        && direct.ready()
+    {
+        return direct.put_events(entries).await;
+    }
+    let request = client
         .put_events()
         .set_entries(Some(entries.iter().map(request_entry).collect()))
-        .set_endpoint_id(endpoint_id.map(str::to_owned))
-        .send()
-        .await?;
+        .set_endpoint_id(endpoint_id.map(str::to_owned));
+    let output = match direct {
+        Some(direct) if endpoint_id.is_none() && direct.undecided() => {
+            request
+                .customize()
+                .interceptor(direct.recorder())
+                .send()
+                .await?
+        }
+        _ => request.send().await?,
+    };
     Ok(output.entries().iter().map(EntryResult::from).collect())
 }
 

@@ -1,0 +1,977 @@
+//! PutEvents without the SDK's orchestrator: the sink's hot path.
+//!
+//! Why. Under callgrind (`examples/sink_speed.rs`) one PutEvents request of
+//! ten 64-byte datagrams cost about 470,000 instructions in the SDK, SHA-256
+//! aside: its generic JSON serialiser, SigV4's general canonical-request
+//! builder, a dozen interceptors, the config bag, stalled-stream and
+//! timeout wrappers, response deserialisation. At 10,000 requests/s (the
+//! largest Regional PutEvents quota) that is more than a core. A PutEvents
+//! request is always the same shape (`POST /`, four headers, a JSON list),
+//! so this module writes it directly: the body into one buffer, a SigV4
+//! signature whose signing key is derived once a day instead of once per
+//! request, and the call on hyper's pooled HTTP/1.1 client.
+//!
+//! What stays the SDK's, so that both paths behave alike:
+//! - the endpoint: the first request goes through the SDK, and the URL it
+//!   resolved (Region, partition, FIPS/dual-stack settings or
+//!   --endpoint-url) is recorded by an interceptor and used from then on;
+//! - credentials: the provider chain of the client's configuration, cached
+//!   here until five minutes before they expire (instance-role credentials
+//!   rotate hourly);
+//! - errors: failures are [`SdkError`]s of the same kinds the SDK would
+//!   raise (dispatch failure, timeout, service error with its code, response
+//!   error), so [`super::retry`] classifies both paths with one function.
+//!
+//! Requests with --endpoint-id (global endpoints, signed with SigV4a), and
+//! requests to an endpoint that the environment's HTTP(S)_PROXY/ALL_PROXY
+//! (and NO_PROXY) send through a proxy, always go through the SDK.
+
+use std::{
+    sync::{Arc, Mutex, OnceLock, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use aws_sdk_eventbridge::{
+    config::{
+        ConfigBag, Credentials, Intercept, ProvideCredentials, RuntimeComponents,
+        SharedCredentialsProvider, http::HttpResponse,
+        interceptors::BeforeTransmitInterceptorContextRef,
+    },
+    error::{ConnectorError, ErrorMetadata, SdkError},
+    operation::put_events::PutEventsError,
+};
+use aws_smithy_runtime_api::{box_error::BoxError, http::StatusCode};
+use aws_smithy_types::{
+    body::SdkBody,
+    date_time::{DateTime, Format},
+};
+use http_body_util::{BodyExt, Full};
+use hyper::{
+    Request,
+    body::Bytes,
+    header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, USER_AGENT},
+};
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::{
+        legacy::{Client as HttpClient, connect::HttpConnector},
+        proxy::matcher::Matcher,
+    },
+    rt::{TokioExecutor, TokioTimer},
+};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tracing::{debug, info, warn};
+
+use super::{config::Connection, service::EntryResult};
+use crate::encode::Entry;
+
+type PutEventsResult = Result<Vec<EntryResult>, SdkError<PutEventsError, HttpResponse>>;
+
+/// The service name in SigV4 credential scopes.
+const SERVICE: &str = "events";
+const TARGET: &str = "AWSEvents.PutEvents";
+const JSON_1_1: &str = "application/x-amz-json-1.1";
+/// Credentials are refreshed this long before they expire (the SDK's own
+/// identity cache uses the same margin).
+const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
+/// Idle pooled connections are closed after this long: well under the idle
+/// timeouts of AWS's load balancers (60 s and more), so a reused connection
+/// is rarely one the server is closing.
+const POOL_IDLE: Duration = Duration::from_secs(20);
+
+/// The direct PutEvents client. Cheap to share; one per sink.
+pub struct Direct {
+    http: HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Set by the first request sent through the SDK: where direct
+    /// requests go, or `None` if they stay with the SDK.
+    endpoint: Arc<OnceLock<Option<Endpoint>>>,
+    region: String,
+    credentials: CredentialCache,
+    /// (date `YYYYMMDD`, secret key, signing key).
+    signing_key: Mutex<Option<(String, String, Vec<u8>)>>,
+    timeout: Duration,
+    user_agent: HeaderValue,
+}
+
+/// Where requests go, as the SDK resolved it.
+#[derive(Clone, Debug)]
+struct Endpoint {
+    uri: hyper::Uri,
+    host: HeaderValue,
+    /// The canonical URI of SigV4 (the path, `/` for AWS's endpoints).
+    path: String,
+}
+
+impl Endpoint {
+    /// `None` for a URL this module does not sign (a path that would need
+    /// percent-encoding, a query): those stay with the SDK.
+    fn parse(url: &str) -> Option<Endpoint> {
+        let uri: hyper::Uri = url.parse().ok()?;
+        let host = HeaderValue::from_str(uri.authority()?.as_str()).ok()?;
+        if uri.query().is_some() {
+            return None;
+        }
+        let path = match uri.path() {
+            "" => "/",
+            p => p,
+        };
+        if !path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b))
+        {
+            return None;
+        }
+        Some(Endpoint {
+            path: path.to_owned(),
+            host,
+            uri,
+        })
+    }
+}
+
+impl Direct {
+    /// A direct client using the Region and credentials of `client`'s
+    /// configuration. `None` (the SDK then sends every request) if either
+    /// is missing or TLS cannot be set up.
+    pub fn new(
+        connection: &Connection,
+        timeout: Duration,
+        connect_timeout: Duration,
+        max_idle: usize,
+    ) -> Option<Direct> {
+        let region = connection.client.config().region()?.to_string();
+        let provider = connection.credentials.clone()?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        // Requests are small and latency counts: no Nagle delay.
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        let https = match hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        {
+            Ok(b) => b.https_or_http().enable_http1().wrap_connector(http),
+            Err(e) => {
+                warn!(error = %e, "EventBridge: no TLS root certificates for the direct client; every request goes through the SDK");
+                return None;
+            }
+        };
+        let http = HttpClient::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(max_idle)
+            .build(https);
+        Some(Direct {
+            http,
+            endpoint: Arc::default(),
+            region,
+            credentials: CredentialCache::new(provider),
+            signing_key: Mutex::new(None),
+            timeout,
+            user_agent: HeaderValue::from_static(concat!("udp-agent/", env!("CARGO_PKG_VERSION"))),
+        })
+    }
+
+    /// True once the endpoint is known: requests can skip the SDK.
+    pub fn ready(&self) -> bool {
+        self.endpoint.get().is_some_and(Option::is_some)
+    }
+
+    /// True until a request through the SDK has shown where requests go
+    /// (send it with [`Direct::recorder`]).
+    pub fn undecided(&self) -> bool {
+        self.endpoint.get().is_none()
+    }
+
+    /// The interceptor that records the endpoint of a request sent through
+    /// the SDK.
+    pub fn recorder(&self) -> RecordEndpoint {
+        RecordEndpoint(self.endpoint.clone())
+    }
+
+    /// Sends `entries` as one PutEvents request. Call only when [`ready`].
+    ///
+    /// [`ready`]: Direct::ready
+    pub async fn put_events(&self, entries: &[Entry]) -> PutEventsResult {
+        let endpoint = self
+            .endpoint
+            .get()
+            .and_then(Option::as_ref)
+            .ok_or_else(|| SdkError::construction_failure("the endpoint is not known yet"))?;
+        let credentials = self.credentials.get().await.map_err(|e| {
+            SdkError::dispatch_failure(ConnectorError::other(
+                format!("resolving credentials: {e}").into(),
+                None,
+            ))
+        })?;
+        let body = request_body(entries);
+        let request = self
+            .sign(endpoint, &credentials, body, SystemTime::now())
+            .map_err(SdkError::construction_failure)?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| dispatch_io(e.into()))?;
+            let (parts, body) = response.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| dispatch_io(e.into()))?
+                .to_bytes();
+            Ok::<_, SdkError<PutEventsError, HttpResponse>>((
+                parts.status.as_u16(),
+                parts.headers,
+                body,
+            ))
+        };
+        let (status, headers, body) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| {
+                SdkError::timeout_error(format!(
+                    "no answer within the request timeout ({})",
+                    humantime::format_duration(self.timeout)
+                ))
+            })??;
+        read_response(status, &headers, body)
+    }
+
+    /// The signed request (SigV4, `AWS4-HMAC-SHA256`).
+    fn sign(
+        &self,
+        endpoint: &Endpoint,
+        credentials: &Credentials,
+        body: Vec<u8>,
+        now: SystemTime,
+    ) -> Result<Request<Full<Bytes>>, BoxError> {
+        let (date, amz_date) = amz_dates(now)?;
+        let token = credentials.session_token();
+        let signed_headers = if token.is_some() {
+            "content-type;host;x-amz-date;x-amz-security-token;x-amz-target"
+        } else {
+            "content-type;host;x-amz-date;x-amz-target"
+        };
+        let host = endpoint.host.to_str()?;
+        // Built with push_str: this runs for every request.
+        let mut canonical = String::with_capacity(512);
+        for part in [
+            "POST\n",
+            &endpoint.path,
+            "\n\ncontent-type:",
+            JSON_1_1,
+            "\nhost:",
+            host,
+            "\nx-amz-date:",
+            &amz_date,
+            "\n",
+        ] {
+            canonical.push_str(part);
+        }
+        if let Some(token) = token {
+            canonical.push_str("x-amz-security-token:");
+            canonical.push_str(token.trim());
+            canonical.push('\n');
+        }
+        for part in [
+            "x-amz-target:",
+            TARGET,
+            "\n\n",
+            signed_headers,
+            "\n",
+            sha256_hex(&body).as_str(),
+        ] {
+            canonical.push_str(part);
+        }
+        let mut scope = String::with_capacity(64);
+        for part in [&date, "/", &self.region, "/", SERVICE, "/aws4_request"] {
+            scope.push_str(part);
+        }
+        let mut string_to_sign = String::with_capacity(160);
+        for part in [
+            "AWS4-HMAC-SHA256\n",
+            &amz_date,
+            "\n",
+            &scope,
+            "\n",
+            sha256_hex(canonical.as_bytes()).as_str(),
+        ] {
+            string_to_sign.push_str(part);
+        }
+        let signature = {
+            let mut cache = self.signing_key.lock().expect("signing key lock");
+            let secret = credentials.secret_access_key();
+            let stale = cache
+                .as_ref()
+                .is_none_or(|(d, s, _)| *d != date || s != secret);
+            if stale {
+                let key =
+                    aws_sigv4::sign::v4::generate_signing_key(secret, now, &self.region, SERVICE);
+                *cache = Some((date, secret.to_owned(), key.as_ref().to_vec()));
+            }
+            let (_, _, key) = cache.as_ref().expect("filled above");
+            aws_sigv4::sign::v4::calculate_signature(key, string_to_sign.as_bytes())
+        };
+        let mut authorization = String::with_capacity(256);
+        for part in [
+            "AWS4-HMAC-SHA256 Credential=",
+            credentials.access_key_id(),
+            "/",
+            &scope,
+            ", SignedHeaders=",
+            signed_headers,
+            ", Signature=",
+            &signature,
+        ] {
+            authorization.push_str(part);
+        }
+        let mut builder = Request::post(endpoint.uri.clone())
+            .header(HOST, endpoint.host.clone())
+            .header(CONTENT_TYPE, JSON_1_1)
+            .header(X_AMZ_DATE, amz_date)
+            .header(X_AMZ_TARGET, TARGET)
+            .header(AUTHORIZATION, authorization)
+            .header(USER_AGENT, self.user_agent.clone());
+        if let Some(token) = token {
+            builder = builder.header(X_AMZ_SECURITY_TOKEN, token.trim());
+        }
+        Ok(builder.body(Full::new(Bytes::from(body)))?)
+    }
+}
+
+const X_AMZ_DATE: HeaderName = HeaderName::from_static("x-amz-date");
+const X_AMZ_TARGET: HeaderName = HeaderName::from_static("x-amz-target");
+const X_AMZ_SECURITY_TOKEN: HeaderName = HeaderName::from_static("x-amz-security-token");
+
+/// Lower-case hex SHA-256, without allocating per digit.
+fn sha256_hex(data: &[u8]) -> HexDigest {
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(data), &mut out).expect("64 hex digits for 32 bytes");
+    HexDigest(out)
+}
+
+struct HexDigest([u8; 64]);
+
+impl HexDigest {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
+}
+
+/// A connection-level failure: retried like the SDK's.
+fn dispatch_io(e: BoxError) -> SdkError<PutEventsError, HttpResponse> {
+    SdkError::dispatch_failure(ConnectorError::io(e))
+}
+
+/// `(YYYYMMDD, YYYYMMDDTHHMMSSZ)` in UTC, as SigV4 wants them.
+fn amz_dates(now: SystemTime) -> Result<(String, String), BoxError> {
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|_| "the clock is before 1970")?
+        .as_secs();
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let t = secs % 86_400;
+    let date = format!("{y:04}{m:02}{d:02}");
+    let full = format!("{date}T{:02}{:02}{:02}Z", t / 3600, t / 60 % 60, t % 60);
+    Ok((date, full))
+}
+
+/// The proleptic Gregorian date of a day number since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// `Time` as the SDK writes it (Smithy epoch seconds: whole seconds, then
+/// the nanoseconds without trailing zeros, if any).
+fn epoch_seconds(out: &mut Vec<u8>, t: SystemTime) {
+    let Ok(since) = t.duration_since(SystemTime::UNIX_EPOCH) else {
+        // Before 1970: never a capture time, but written as the SDK would.
+        let s = DateTime::from(t)
+            .fmt(Format::EpochSeconds)
+            .unwrap_or_else(|_| "0".to_owned());
+        out.extend_from_slice(s.as_bytes());
+        return;
+    };
+    push_digits(out, since.as_secs(), 1);
+    let mut nanos = since.subsec_nanos();
+    if nanos != 0 {
+        let mut digits = 9;
+        while nanos % 10 == 0 {
+            nanos /= 10;
+            digits -= 1;
+        }
+        out.push(b'.');
+        push_digits(out, u64::from(nanos), digits);
+    }
+}
+
+/// `v` in decimal, zero-padded to at least `width` digits.
+fn push_digits(out: &mut Vec<u8>, mut v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    while v > 0 {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    let start = i.min(buf.len() - width.min(buf.len()));
+    out.extend_from_slice(&buf[start..]);
+}
+
+/// `{"Entries":[…]}`: the fields [`super::service::request_entry`] sets,
+/// with `Time` in epoch seconds as the SDK writes it.
+pub fn request_body(entries: &[Entry]) -> Vec<u8> {
+    let size: usize = entries
+        .iter()
+        .map(|e| {
+            96 + e.source.len()
+                + e.detail_type.len()
+                + e.event_bus_name.len()
+                + e.detail.len() * 9 / 8
+        })
+        .sum();
+    let mut b = Vec::with_capacity(16 + size);
+    b.extend_from_slice(b"{\"Entries\":[");
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            b.push(b',');
+        }
+        b.extend_from_slice(b"{\"Source\":");
+        json_string(&mut b, &e.source);
+        b.extend_from_slice(b",\"DetailType\":");
+        json_string(&mut b, &e.detail_type);
+        b.extend_from_slice(b",\"Detail\":");
+        json_string(&mut b, &e.detail);
+        b.extend_from_slice(b",\"Time\":");
+        epoch_seconds(&mut b, e.time);
+        b.extend_from_slice(b",\"EventBusName\":");
+        json_string(&mut b, &e.event_bus_name);
+        b.push(b'}');
+    }
+    b.extend_from_slice(b"]}");
+    b
+}
+
+/// A JSON string, escaped as serde_json escapes it (`"`, `\\` and control
+/// characters), looking at eight bytes at a time: a `Detail` is mostly a
+/// long base64 payload, and its quotes are found without a per-byte loop.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mask = escape_mask(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        if mask == 0 {
+            i += 8;
+            continue;
+        }
+        // The lowest flagged byte is exact (see escape_mask).
+        let j = i + (mask.trailing_zeros() / 8) as usize;
+        out.extend_from_slice(&bytes[start..j]);
+        escape(out, bytes[j]);
+        start = j + 1;
+        i = j + 1;
+    }
+    for (j, &b) in bytes.iter().enumerate().skip(i) {
+        if ESCAPE[usize::from(b)] != 0 {
+            out.extend_from_slice(&bytes[start..j]);
+            escape(out, b);
+            start = j + 1;
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+fn escape(out: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match ESCAPE[usize::from(b)] {
+        b'u' => {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        }
+        e => out.extend_from_slice(&[b'\\', e]),
+    }
+}
+
+/// The high bit of each byte of `v` (little-endian) that is `"`, `\\` or
+/// below 0x20, by the classic "has a zero byte" test,
+/// `(x - 0x01…) & !x & 0x80…`. A borrow can flag a byte above a flagged
+/// one by mistake, never below: the lowest flag is always right.
+fn escape_mask(v: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let below_space = v.wrapping_sub(ONES * 0x20) & !v & HIGH;
+    zero_bytes(v ^ (ONES * u64::from(b'"')))
+        | zero_bytes(v ^ (ONES * u64::from(b'\\')))
+        | below_space
+}
+
+/// What follows the backslash for each byte that needs escaping (`u`:
+/// `\\u00XX`), 0 for the others.
+static ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = b'u';
+        i += 1;
+    }
+    t[0x08] = b'b';
+    t[0x09] = b't';
+    t[0x0a] = b'n';
+    t[0x0c] = b'f';
+    t[0x0d] = b'r';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Response<'a> {
+    #[serde(default, borrow)]
+    entries: Vec<ResultEntry<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ResultEntry<'a> {
+    #[serde(default, borrow)]
+    error_code: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    error_message: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// An AWS JSON 1.1 error body.
+#[derive(Deserialize)]
+struct ErrorBody<'a> {
+    #[serde(rename = "__type", alias = "code", default, borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(alias = "Message", alias = "errorMessage", default, borrow)]
+    message: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn raw(status: u16, body: Bytes) -> HttpResponse {
+    HttpResponse::new(
+        StatusCode::try_from(status).unwrap_or_else(|_| StatusCode::try_from(500).expect("500")),
+        SdkBody::from(body),
+    )
+}
+
+/// Reads a PutEvents answer the way the SDK does: a 2xx lists one result
+/// per entry; anything else is an error whose code comes from the
+/// `X-Amzn-Errortype` header or the body's `__type` (without its
+/// namespace).
+// The SDK's own error type, so that one classification serves both paths;
+// errors are the rare case.
+#[allow(clippy::result_large_err)]
+fn read_response(status: u16, headers: &hyper::HeaderMap, body: Bytes) -> PutEventsResult {
+    if (200..300).contains(&status) {
+        return match serde_json::from_slice::<Response>(&body) {
+            Ok(r) => Ok(r
+                .entries
+                .into_iter()
+                .map(|e| match e.error_code {
+                    None => EntryResult::Accepted,
+                    Some(code) => EntryResult::Failed {
+                        code: code.into_owned(),
+                        message: e.error_message.unwrap_or_default().into_owned(),
+                    },
+                })
+                .collect()),
+            Err(e) => Err(SdkError::response_error(e, raw(status, body))),
+        };
+    }
+    let parsed = serde_json::from_slice::<ErrorBody>(&body).ok();
+    let header_code = headers
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok());
+    let code = header_code
+        .or(parsed.as_ref().and_then(|p| p.kind.as_deref()))
+        .map(sanitize_error_code);
+    let mut meta = ErrorMetadata::builder();
+    if let Some(code) = code {
+        meta = meta.code(code);
+    }
+    if let Some(message) = parsed.as_ref().and_then(|p| p.message.as_deref()) {
+        meta = meta.message(message);
+    }
+    debug!(status, code, "EventBridge: PutEvents refused");
+    Err(SdkError::service_error(
+        PutEventsError::generic(meta.build()),
+        raw(status, body),
+    ))
+}
+
+/// `aws.protocoltests#FooError:http://…` → `FooError` (the AWS JSON
+/// protocols' rule).
+fn sanitize_error_code(code: &str) -> &str {
+    let code = code.split(':').next().unwrap_or(code);
+    code.rsplit('#').next().unwrap_or(code)
+}
+
+/// Records the URL of a request the SDK sends (after its endpoint
+/// resolution).
+#[derive(Debug)]
+pub struct RecordEndpoint(Arc<OnceLock<Option<Endpoint>>>);
+
+impl Intercept for RecordEndpoint {
+    fn name(&self) -> &'static str {
+        "udp-agent::RecordEndpoint"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let url = context.request().uri();
+        let endpoint = match Endpoint::parse(url) {
+            // The SDK's HTTP client honours HTTP(S)_PROXY/ALL_PROXY and
+            // NO_PROXY; this one does not, so a proxied endpoint stays
+            // with the SDK.
+            Some(endpoint) if Matcher::from_env().intercept(&endpoint.uri).is_some() => {
+                info!(
+                    url,
+                    "EventBridge: requests go through the configured HTTP proxy, with the SDK's client"
+                );
+                None
+            }
+            Some(endpoint) => {
+                debug!(url, "EventBridge: direct requests from now on");
+                Some(endpoint)
+            }
+            None => {
+                info!(
+                    url,
+                    "EventBridge: requests to this endpoint URL go through the SDK"
+                );
+                None
+            }
+        };
+        let _ = self.0.set(endpoint);
+        Ok(())
+    }
+}
+
+/// The credentials of a provider chain, reused until shortly before they
+/// expire.
+struct CredentialCache {
+    provider: SharedCredentialsProvider,
+    current: RwLock<Option<Credentials>>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl CredentialCache {
+    fn new(provider: SharedCredentialsProvider) -> Self {
+        Self {
+            provider,
+            current: RwLock::new(None),
+            refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn fresh(&self, margin: Duration) -> Option<Credentials> {
+        let current = self.current.read().expect("credentials lock");
+        let c = current.as_ref()?;
+        match c.expiry() {
+            Some(expiry) if expiry <= SystemTime::now() + margin => None,
+            _ => Some(c.clone()),
+        }
+    }
+
+    async fn get(&self) -> Result<Credentials, BoxError> {
+        if let Some(c) = self.fresh(REFRESH_BEFORE) {
+            return Ok(c);
+        }
+        let _one_refresh = self.refresh.lock().await;
+        if let Some(c) = self.fresh(REFRESH_BEFORE) {
+            return Ok(c);
+        }
+        match self.provider.provide_credentials().await {
+            Ok(c) => {
+                *self.current.write().expect("credentials lock") = Some(c.clone());
+                Ok(c)
+            }
+            // Not expired yet: keep using them, try again next request.
+            Err(e) => match self.fresh(Duration::ZERO) {
+                Some(c) => {
+                    warn!(error = %e, "EventBridge: could not refresh credentials; using the current ones until they expire");
+                    Ok(c)
+                }
+                None => Err(e.into()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::UNIX_EPOCH};
+
+    use aws_sigv4::{
+        http_request::{SignableBody, SignableRequest, SigningSettings, sign},
+        sign::v4,
+    };
+    use aws_smithy_runtime_api::client::identity::Identity;
+
+    use super::*;
+
+    fn entry(detail: &str) -> Entry {
+        Entry {
+            source: Arc::from("udp.raw"),
+            detail_type: Arc::from("UdpPacket"),
+            event_bus_name: Arc::from("orders"),
+            detail: detail.to_owned(),
+            time: UNIX_EPOCH + Duration::from_millis(1_795_822_397_250),
+            capture_ns: 0,
+        }
+    }
+
+    #[test]
+    fn the_body_is_what_the_sdk_would_send() {
+        let entries = [entry(r#"{"Payload":"aGk=","Port":514}"#), entry("{}")];
+        let body: serde_json::Value = serde_json::from_slice(&request_body(&entries)).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"Entries": [
+                {"Source": "udp.raw", "DetailType": "UdpPacket",
+                 "Detail": r#"{"Payload":"aGk=","Port":514}"#,
+                 "Time": 1_795_822_397.25, "EventBusName": "orders"},
+                {"Source": "udp.raw", "DetailType": "UdpPacket", "Detail": "{}",
+                 "Time": 1_795_822_397.25, "EventBusName": "orders"},
+            ]})
+        );
+    }
+
+    #[test]
+    fn strings_are_escaped_like_serde_json_does() {
+        let mut cases: Vec<String> = (0u8..128)
+            .map(|b| format!("ab{}cdefghijk", b as char))
+            .collect();
+        cases.extend(
+            [
+                "",
+                "plain",
+                r#"{"Destination":{"Address":"198.18.0.1","Port":514},"Payload":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","Interface":"eth0"}"#,
+                "tab\there\\ and \u{1}\u{1f}\u{7f} é ü 漢字 🦀",
+                "\"\"\"\"\"\"\"\"\"",
+                "12345678\\",
+            ]
+            .map(str::to_owned),
+        );
+        // Every kind of escape at every offset in and across the 8-byte
+        // chunks, alone and in runs.
+        for offset in 0..20 {
+            for c in [
+                "\"", "\\", "\n", "\u{1}", "\u{1f}", "é", " ", "\"\\\"", "a\"b\nc",
+            ] {
+                cases.push(format!("{}{c}{}", "x".repeat(offset), "y".repeat(offset)));
+                cases.push(c.repeat(offset + 1));
+            }
+        }
+        for s in &cases {
+            let mut ours = Vec::new();
+            json_string(&mut ours, s);
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                serde_json::to_string(s).unwrap(),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn times_are_written_like_the_sdk_writes_them() {
+        for (secs, nanos) in [
+            (0u64, 0u32),
+            (1_795_822_397, 0),
+            (1_795_822_397, 250_000_000),
+            (1_795_822_397, 1),
+            (1_795_822_397, 123_456_789),
+            (1_795_822_397, 100),
+            (4_102_444_800, 999_999_999),
+        ] {
+            let t = UNIX_EPOCH + Duration::new(secs, nanos);
+            let mut ours = Vec::new();
+            epoch_seconds(&mut ours, t);
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                DateTime::from(t).fmt(Format::EpochSeconds).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn sigv4_dates_agree_with_the_sdk_calendar() {
+        // Every day from 1970 to 2200, leap years and centuries included.
+        for day in 0..84_000u64 {
+            let secs = day * 86_400 + 3_723;
+            let t = UNIX_EPOCH + Duration::from_secs(secs);
+            let iso = DateTime::from(t).fmt(Format::DateTime).unwrap();
+            let compact: String = iso.chars().filter(|c| *c != '-' && *c != ':').collect();
+            let (d, full) = amz_dates(t).unwrap();
+            assert_eq!(
+                (d.as_str(), full.as_str()),
+                (&compact[..8], compact.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn dates_are_sigv4_dates() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_822_397_250);
+        let (d, full) = amz_dates(t).unwrap();
+        // `date -u -d @1795822397 +%Y%m%dT%H%M%SZ`
+        assert_eq!(d, "20261127");
+        assert_eq!(full, "20261127T233317Z");
+    }
+
+    /// The signature matches the one aws-sigv4 (the SDK's signer) computes
+    /// for the same request, with and without a session token.
+    #[tokio::test]
+    async fn signatures_match_the_sdk_signer() {
+        for token in [None, Some("FwoGZXIvYXdzEXAMPLETOKEN")] {
+            let creds = Credentials::new(
+                "AKIDEXAMPLE",
+                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                token.map(str::to_owned),
+                None,
+                "test",
+            );
+            let sdk = aws_config::SdkConfig::builder()
+                .region(aws_config::Region::new("eu-west-3"))
+                .credentials_provider(SharedCredentialsProvider::new(creds.clone()))
+                .behavior_version(aws_config::BehaviorVersion::latest())
+                .build();
+            let connection = Connection {
+                client: aws_sdk_eventbridge::Client::new(&sdk),
+                credentials: sdk.credentials_provider(),
+            };
+            let direct = Direct::new(
+                &connection,
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+                1,
+            )
+            .unwrap();
+            let endpoint = Endpoint::parse("https://events.eu-west-3.amazonaws.com").unwrap();
+            let now = UNIX_EPOCH + Duration::from_secs(1_795_822_397);
+            let body = request_body(&[entry("{}")]);
+            let ours = direct.sign(&endpoint, &creds, body.clone(), now).unwrap();
+            // Twice: the second one uses the cached signing key.
+            let again = direct.sign(&endpoint, &creds, body.clone(), now).unwrap();
+            assert_eq!(
+                ours.headers()[AUTHORIZATION],
+                again.headers()[AUTHORIZATION]
+            );
+
+            let headers: Vec<(&str, &str)> = ours
+                .headers()
+                .iter()
+                .filter(|(k, _)| *k != AUTHORIZATION && *k != USER_AGENT)
+                .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+                .collect();
+            let identity = Identity::from(creds.clone());
+            let params = v4::SigningParams::builder()
+                .identity(&identity)
+                .region("eu-west-3")
+                .name("events")
+                .time(now)
+                .settings(SigningSettings::default())
+                .build()
+                .unwrap()
+                .into();
+            let signable = SignableRequest::new(
+                "POST",
+                "https://events.eu-west-3.amazonaws.com/",
+                headers.into_iter(),
+                SignableBody::Bytes(&body),
+            )
+            .unwrap();
+            let (instructions, signature) = sign(signable, &params).unwrap().into_parts();
+            let theirs = instructions
+                .headers()
+                .find(|(k, _)| *k == "authorization")
+                .map(|(_, v)| v.to_owned())
+                .unwrap();
+            assert!(theirs.ends_with(&signature));
+            assert_eq!(
+                ours.headers()[AUTHORIZATION].to_str().unwrap(),
+                theirs,
+                "token {token:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_are_read_like_the_sdk_reads_them() {
+        let ok = br#"{"FailedEntryCount":1,"Entries":[{"EventId":"e-1"},{"ErrorCode":"ThrottlingException","ErrorMessage":"slow down"}]}"#;
+        let r = read_response(200, &hyper::HeaderMap::new(), Bytes::from_static(ok)).unwrap();
+        assert_eq!(
+            r,
+            [
+                EntryResult::Accepted,
+                EntryResult::Failed {
+                    code: "ThrottlingException".into(),
+                    message: "slow down".into()
+                }
+            ]
+        );
+        use aws_sdk_eventbridge::error::ProvideErrorMetadata;
+        let err = read_response(
+            400,
+            &hyper::HeaderMap::new(),
+            Bytes::from_static(br#"{"__type":"com.amazonaws.events#ThrottlingException","message":"Rate exceeded"}"#),
+        )
+        .unwrap_err();
+        let SdkError::ServiceError(s) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(s.err().code(), Some("ThrottlingException"));
+        assert_eq!(s.err().message(), Some("Rate exceeded"));
+        assert_eq!(s.raw().status().as_u16(), 400);
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert(
+            "x-amzn-errortype",
+            HeaderValue::from_static("InternalFailure:http://internal.amazon.com/"),
+        );
+        let err = read_response(500, &headers, Bytes::from_static(b"oops")).unwrap_err();
+        let SdkError::ServiceError(s) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(s.err().code(), Some("InternalFailure"));
+        let err = read_response(200, &headers, Bytes::from_static(b"<html>")).unwrap_err();
+        assert!(matches!(err, SdkError::ResponseError(_)), "{err:?}");
+    }
+
+    #[test]
+    fn endpoints_with_odd_paths_stay_with_the_sdk() {
+        assert_eq!(Endpoint::parse("http://127.0.0.1:4010").unwrap().path, "/");
+        assert_eq!(
+            Endpoint::parse("https://events.us-east-1.amazonaws.com/")
+                .unwrap()
+                .host,
+            "events.us-east-1.amazonaws.com"
+        );
+        assert_eq!(Endpoint::parse("http://h/a/b").unwrap().path, "/a/b");
+        assert!(Endpoint::parse("http://h/a%20b").is_none());
+        assert!(Endpoint::parse("http://h/?x=1").is_none());
+    }
+}
