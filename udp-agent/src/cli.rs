@@ -206,9 +206,9 @@ pub struct EventBridgeArgs {
     pub endpoint_id: Option<String>,
 
     /// PutEvents requests in flight at once (each holds up to 10 entries,
-    /// its retries included). When all are busy the sink stops taking
-    /// batches and the packet queue absorbs, then drops and counts
-    /// (`queue_drops`).
+    /// its retries included); needed ≈ request rate × latency. When all are
+    /// busy the sink stops taking batches and the queue absorbs, then drops
+    /// and counts (`queue_drops`).
     #[arg(long, env = "UDP_AGENT_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_in_flight: u32,

@@ -90,7 +90,7 @@ fn file_values_apply() {
     assert_eq!(a.config.as_deref(), Some(f.path()));
     // Untouched settings keep their defaults.
     assert_eq!(a.source, "udp.raw");
-    assert_eq!(a.eventbridge.max_in_flight, 8);
+    assert_eq!(a.eventbridge.max_in_flight, 32);
 }
 
 #[test]
