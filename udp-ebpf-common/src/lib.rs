@@ -26,7 +26,11 @@ pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 
 /// Kernel counter indices into the per-CPU `COUNTERS` array.
 pub mod counter {
-    /// Every frame the program ran on.
+    /// Every frame the program ran on. The kernel does not count it (one
+    /// per-CPU increment fewer on every frame, which is most of what the
+    /// non-matching path costs over its parsing): every frame ends in
+    /// exactly one of the [`TERMINAL`] outcomes, so readers report their
+    /// sum ([`seen`]) under this index.
     pub const SEEN: u32 = 0;
     /// Not IPv4/IPv6, or not UDP (including IPv6 extension chains we do not walk).
     pub const NOT_UDP: u32 = 1;
@@ -54,6 +58,33 @@ pub mod counter {
     pub const DENIED: u32 = 12;
     /// Captured, then dropped because its port's action is `drop`.
     pub const CONSUMED: u32 = 13;
+
+    /// The outcomes that end a frame's run: the program counts exactly one
+    /// of these per frame. `TRUNCATED` and `CONSUMED` are not among them:
+    /// they qualify a frame already counted as `CAPTURED`.
+    pub const TERMINAL: [u32; 11] = [
+        NOT_UDP,
+        PORT_DISABLED,
+        CAPTURED,
+        RING_FULL,
+        MALFORMED,
+        FRAGMENT,
+        COPY_FAILED,
+        LIMITED_PORT,
+        LIMITED_SOURCE,
+        LIMITED_GLOBAL,
+        DENIED,
+    ];
+
+    /// The `SEEN` figure, from a reader of the other counters (summed over
+    /// CPUs): the sum of the terminal outcomes.
+    pub fn seen<E>(mut read: impl FnMut(u32) -> Result<u64, E>) -> Result<u64, E> {
+        let mut sum = 0u64;
+        for index in TERMINAL {
+            sum = sum.wrapping_add(read(index)?);
+        }
+        Ok(sum)
+    }
 
     /// Slots in the array; spare slots are reserved for later outcomes.
     pub const COUNT: u32 = 16;
@@ -365,5 +396,23 @@ mod limit_tests {
         assert_eq!((l.rate(), l.burst()), (1000, 2000));
         assert_eq!(Limit::per_second(500, 0).burst(), 500);
         assert!(!Limit::per_second(0, 0).is_limited());
+    }
+}
+
+#[cfg(test)]
+mod counter_tests {
+    use super::counter;
+
+    #[test]
+    fn seen_is_the_sum_of_the_terminal_outcomes_only() {
+        // Slot i holds 1 << i, so the sum says exactly which were added.
+        let seen = counter::seen::<()>(|i| Ok(1u64 << i)).unwrap();
+        let terminal: u64 = counter::TERMINAL.iter().map(|i| 1u64 << i).sum();
+        assert_eq!(seen, terminal);
+        for qualifier in [counter::SEEN, counter::TRUNCATED, counter::CONSUMED] {
+            assert_eq!(seen & (1 << qualifier), 0, "{qualifier} is not terminal");
+        }
+        // Every named outcome is either terminal or one of those three.
+        assert_eq!(counter::TERMINAL.len() + 3, counter::NAMES.len());
     }
 }

@@ -35,6 +35,8 @@ pub const IPPROTO_DSTOPTS: u8 = 60;
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 const UDP_HLEN: usize = 8;
+// `read_addresses` masks the IP header offset with 0x3F.
+const _: () = assert!(ETH_HLEN + 4 * VLAN_MAX_DEPTH <= 0x3F);
 
 /// What a frame turned out to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,14 +51,18 @@ pub enum Outcome {
     Udp(UdpMeta),
 }
 
-/// The fields of a UDP datagram the agent reports.
+/// The fields of a UDP datagram the port lookup needs, and where the rest are.
+///
+/// The addresses are not copied here: most traffic leaves at the port
+/// lookup, and copying them (32 byte loads for IPv6) before it would cost
+/// every non-matching frame. [`read_addresses`] reads them from `l3_offset`
+/// for the datagrams that are captured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UdpMeta {
     /// 4 or 6.
     pub ip_version: u8,
-    /// IPv4 addresses occupy the first 4 bytes; the rest are zero.
-    pub src_addr: [u8; 16],
-    pub dst_addr: [u8; 16],
+    /// Offset of the IP header from the start of the frame.
+    pub l3_offset: u32,
     pub src_port: u16,
     pub dst_port: u16,
     /// Offset of the first payload byte from the start of the frame.
@@ -115,6 +121,27 @@ unsafe fn rd_addr<const N: usize>(p: usize, k: usize) -> [u8; 16] {
         i += 1;
     }
     out
+}
+
+/// Source and destination address of a datagram `parse_headers` returned
+/// as `meta` from the same `[start, end)`; IPv4 addresses in the first 4
+/// bytes, the rest zero. `None` only if `meta` did not come from this range.
+#[inline(always)]
+pub fn read_addresses(start: usize, end: usize, meta: &UdpMeta) -> Option<([u8; 16], [u8; 16])> {
+    // The IP header was checked when it was parsed, but the verifier does
+    // not carry that over: mask the offset (the IP header starts at most
+    // 14 + 4 × VLAN_MAX_DEPTH bytes in, so 0x3F keeps it) to give it a
+    // known bound, then check the header against `end` again.
+    let off = (meta.l3_offset & 0x3F) as usize;
+    if meta.ip_version == 4 {
+        let ip = header(start, end, off, IPV4_MIN_HLEN)?;
+        // SAFETY: addresses are at 12..20 of the 20 checked bytes.
+        Some(unsafe { (rd_addr::<4>(ip, 12), rd_addr::<4>(ip, 16)) })
+    } else {
+        let ip = header(start, end, off, IPV6_HLEN)?;
+        // SAFETY: addresses are at 8..40 of the 40 checked bytes.
+        Some(unsafe { (rd_addr::<16>(ip, 8), rd_addr::<16>(ip, 24)) })
+    }
 }
 
 /// Steps over the Ethernet header and up to `VLAN_MAX_DEPTH` VLAN tags.
@@ -197,10 +224,8 @@ pub fn parse_ipv4(start: usize, end: usize, off: usize) -> (Outcome, usize) {
     if total_len < hlen + UDP_HLEN {
         return (Outcome::Malformed, 0);
     }
-    // SAFETY: addresses are at 12..20 of the 20 checked bytes.
-    let (src, dst) = unsafe { (rd_addr::<4>(ip, 12), rd_addr::<4>(ip, 16)) };
     (
-        parse_udp(start, end, off + hlen, total_len - hlen, 4, src, dst),
+        parse_udp(start, end, off + hlen, total_len - hlen, 4, off),
         off + total_len,
     )
 }
@@ -213,15 +238,7 @@ pub fn parse_ipv6(start: usize, end: usize, off: usize) -> (Outcome, usize) {
         return (Outcome::Malformed, 0);
     };
     // SAFETY: `ip` covers IPV6_HLEN bytes; all offsets below are < 40.
-    let (b0, payload_len, mut next, src, dst) = unsafe {
-        (
-            rd8(ip, 0),
-            rd16(ip, 4),
-            rd8(ip, 6),
-            rd_addr::<16>(ip, 8),
-            rd_addr::<16>(ip, 24),
-        )
-    };
+    let (b0, payload_len, mut next) = unsafe { (rd8(ip, 0), rd16(ip, 4), rd8(ip, 6)) };
     if b0 >> 4 != 6 {
         return (Outcome::Malformed, 0);
     }
@@ -273,7 +290,7 @@ pub fn parse_ipv6(start: usize, end: usize, off: usize) -> (Outcome, usize) {
     if next != IPPROTO_UDP {
         return (Outcome::NotUdp, 0);
     }
-    (parse_udp(start, end, l4, remaining, 6, src, dst), ip_end)
+    (parse_udp(start, end, l4, remaining, 6, off), ip_end)
 }
 
 /// UDP at `off`, inside an IP payload of `ip_remaining` bytes.
@@ -284,8 +301,7 @@ fn parse_udp(
     off: usize,
     ip_remaining: usize,
     ip_version: u8,
-    src_addr: [u8; 16],
-    dst_addr: [u8; 16],
+    l3_offset: usize,
 ) -> Outcome {
     let Some(udp) = header(start, end, off, UDP_HLEN) else {
         return Outcome::Malformed;
@@ -300,8 +316,7 @@ fn parse_udp(
     }
     Outcome::Udp(UdpMeta {
         ip_version,
-        src_addr,
-        dst_addr,
+        l3_offset: l3_offset as u32,
         src_port,
         dst_port,
         payload_offset: (off + UDP_HLEN) as u32,

@@ -31,7 +31,7 @@ use udp_ebpf_common::{
     CONFIG_ALLOWLIST, CONFIG_REJECT_DROP, Config, DEFAULT_RING_BYTES, DEFAULT_SOURCE_ENTRIES,
     IP_V4, Limit, MAX_CAPTURE, MAX_PREFIXES, PORT_COUNT, PortRule, PortState, RECORD_HEADER_LEN,
     RecordHeader, Scratch, SourceKey, SourceState, counter,
-    parse::{Outcome, UdpMeta, parse_headers},
+    parse::{Outcome, UdpMeta, parse_headers, read_addresses},
 };
 
 /// Destination port → rule. All 65,536 ports, so the lookup is an index.
@@ -133,16 +133,16 @@ pub fn udp_capture(ctx: XdpContext) -> u32 {
 /// True if the source is denied: on the deny list, or — when the allow list
 /// is not empty — on no allow prefix.
 #[inline(always)]
-fn denied(meta: &UdpMeta, flags: u32) -> bool {
+fn denied(meta: &UdpMeta, src_addr: &[u8; 16], flags: u32) -> bool {
     if meta.ip_version == IP_V4 {
-        let a = &meta.src_addr;
+        let a = src_addr;
         let key = Key::new(32, [a[0], a[1], a[2], a[3]]);
         if DENY_V4.get(&key).is_some() {
             return true;
         }
         flags & CONFIG_ALLOWLIST != 0 && ALLOW_V4.get(&key).is_none()
     } else {
-        let key = Key::new(128, meta.src_addr);
+        let key = Key::new(128, *src_addr);
         if DENY_V6.get(&key).is_some() {
             return true;
         }
@@ -152,9 +152,9 @@ fn denied(meta: &UdpMeta, flags: u32) -> bool {
 
 /// The source's state in the LRU table, created on first sight.
 #[inline(always)]
-fn source_state(meta: &UdpMeta) -> Option<*mut SourceState> {
+fn source_state(meta: &UdpMeta, src_addr: &[u8; 16]) -> Option<*mut SourceState> {
     let key = SourceKey {
-        addr: meta.src_addr,
+        addr: *src_addr,
         ip_version: meta.ip_version,
         _pad: [0; 3],
     };
@@ -168,7 +168,8 @@ fn source_state(meta: &UdpMeta) -> Option<*mut SourceState> {
 
 #[inline(always)]
 fn capture(ctx: &XdpContext) -> u32 {
-    count(counter::SEEN);
+    // No `SEEN` count: every return below counts exactly one terminal
+    // outcome (`counter::TERMINAL`), and readers sum those.
     let start = ctx.data();
     let end = ctx.data_end();
     let (outcome, ip_end) = parse_headers(start, end);
@@ -204,6 +205,11 @@ fn capture(ctx: &XdpContext) -> u32 {
         count(counter::MALFORMED);
         return xdp_action::XDP_PASS;
     }
+    // The addresses, read only now that the datagram is to be captured.
+    let Some((src_addr, dst_addr)) = read_addresses(start, end, &meta) else {
+        count(counter::MALFORMED);
+        return xdp_action::XDP_PASS;
+    };
     let cfg = match CONFIG.get(0) {
         Some(cfg) => *cfg,
         None => Config::default(),
@@ -213,7 +219,7 @@ fn capture(ctx: &XdpContext) -> u32 {
     } else {
         xdp_action::XDP_PASS
     };
-    if denied(&meta, cfg.flags) {
+    if denied(&meta, &src_addr, cfg.flags) {
         count(counter::DENIED);
         return reject;
     }
@@ -223,7 +229,7 @@ fn capture(ctx: &XdpContext) -> u32 {
     // only while a per-source limit is set: an LRU hash update is the
     // dearest step of the capture path.
     let source = if cfg.per_source.is_limited() {
-        source_state(&meta)
+        source_state(&meta, &src_addr)
     } else {
         None
     };
@@ -256,7 +262,7 @@ fn capture(ctx: &XdpContext) -> u32 {
         return reject;
     }
 
-    if !write_record(ctx, &meta, &cfg, now) {
+    if !write_record(ctx, &meta, &src_addr, &dst_addr, &cfg, now) {
         // Not captured (ring full): the host still gets the packet.
         return xdp_action::XDP_PASS;
     }
@@ -277,7 +283,14 @@ fn capture(ctx: &XdpContext) -> u32 {
 
 /// Copies header and payload into the ring. False if nothing was written.
 #[inline(always)]
-fn write_record(ctx: &XdpContext, meta: &UdpMeta, cfg: &Config, now: u64) -> bool {
+fn write_record(
+    ctx: &XdpContext,
+    meta: &UdpMeta,
+    src_addr: &[u8; 16],
+    dst_addr: &[u8; 16],
+    cfg: &Config,
+    now: u64,
+) -> bool {
     let snaplen = cfg.snaplen;
     let mut cap_len = meta.payload_len;
     if cap_len > snaplen {
@@ -306,8 +319,8 @@ fn write_record(ctx: &XdpContext, meta: &UdpMeta, cfg: &Config, now: u64) -> boo
         _pad0: 0,
         _pad1: 0,
         _pad2: 0,
-        src_addr: meta.src_addr,
-        dst_addr: meta.dst_addr,
+        src_addr: *src_addr,
+        dst_addr: *dst_addr,
     };
     // SAFETY: `buf` is at least RECORD_HEADER_LEN bytes, and the ring reader
     // copes with any alignment (it uses read_unaligned).
