@@ -3,8 +3,8 @@
 //! Per frame: parse Ethernet ▸ VLAN ▸ IPv4|IPv6 ▸ UDP (bounds-checked parsers
 //! shared with the host tests), one array lookup by destination port — where
 //! non-matching traffic leaves — then, for an enabled port: source allow/deny
-//! lists ▸ per-source limit ▸ per-port limit ▸ global cap ▸ copy a fixed
-//! header plus the UDP payload into the `EVENTS` ring buffer.
+//! lists ▸ per-source limit ▸ per-port limit ▸ global cap ▸ write a fixed
+//! header plus the UDP payload into a size-classed `EVENTS` ring record.
 //!
 //! The program never returns `XDP_ABORTED`. It passes everything it does
 //! not capture, unless configured to drop over-limit/denied packets or a
@@ -21,7 +21,8 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
     helpers::generated::{
-        bpf_ktime_get_ns, bpf_ringbuf_output, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
+        bpf_ktime_get_ns, bpf_ringbuf_discard, bpf_ringbuf_reserve, bpf_ringbuf_submit,
+        bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
     },
     macros::{map, xdp},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -29,8 +30,8 @@ use aya_ebpf::{
 };
 use udp_ebpf_common::{
     CONFIG_ALLOWLIST, CONFIG_REJECT_DROP, Config, DEFAULT_RING_BYTES, DEFAULT_SOURCE_ENTRIES,
-    IP_V4, Limit, MAX_CAPTURE, MAX_PREFIXES, PORT_COUNT, PortRule, PortState, RECORD_HEADER_LEN,
-    RecordHeader, Scratch, SourceKey, SourceState, counter,
+    IP_V4, Limit, MAX_CAPTURE, MAX_PREFIXES, PORT_COUNT, PortRule, PortState, RECORD_CLASSES,
+    RECORD_HEADER_LEN, RecordHeader, SourceKey, SourceState, counter,
     parse::{Outcome, UdpMeta, parse_headers, read_addresses},
 };
 
@@ -73,12 +74,6 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 /// Captured packets. The agent sizes it at load time (`--ring-bytes`).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
-
-/// Where a record is assembled before it is copied, at its exact size, into
-/// `EVENTS` (a `bpf_ringbuf_reserve` size must be a constant, which would
-/// make every record jumbo-sized).
-#[map]
-static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn count(index: u32) {
@@ -281,7 +276,9 @@ fn capture(ctx: &XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Copies header and payload into the ring. False if nothing was written.
+/// Writes the record — header, then payload — straight into a ring slot of
+/// the smallest size class that holds it (`RECORD_CLASSES`). False if
+/// nothing was written.
 #[inline(always)]
 fn write_record(
     ctx: &XdpContext,
@@ -299,14 +296,6 @@ fn write_record(
     if cap_len > MAX_CAPTURE {
         cap_len = MAX_CAPTURE;
     }
-
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        count(counter::COPY_FAILED);
-        return false;
-    };
-    // SAFETY: the per-CPU scratch slot is ours for the duration of this run.
-    let buf = unsafe { &mut (*scratch).buf };
-
     let header = RecordHeader {
         timestamp_ns: now,
         // SAFETY: reading the context the kernel handed us.
@@ -322,57 +311,110 @@ fn write_record(
         src_addr: *src_addr,
         dst_addr: *dst_addr,
     };
-    // SAFETY: `buf` is at least RECORD_HEADER_LEN bytes, and the ring reader
-    // copes with any alignment (it uses read_unaligned).
-    unsafe { core::ptr::write_unaligned(buf.as_mut_ptr() as *mut RecordHeader, header) };
-
-    if cap_len > 0 {
-        // The helper needs a length the verifier can prove is in
-        // 1..=MAX_CAPTURE: mask (so the register has a known bound), clamp,
-        // then add one.
-        let mut n = (cap_len - 1) & 0x3FFF;
-        if n > MAX_CAPTURE - 1 {
-            n = MAX_CAPTURE - 1;
-        }
-        // bpf_xdp_load_bytes reads across fragments of a multi-buffer frame,
-        // which direct packet access cannot.
-        // SAFETY: destination has MAX_CAPTURE bytes after the header; n + 1
-        // is at most that.
-        let rc = unsafe {
-            bpf_xdp_load_bytes(
-                ctx.ctx,
-                meta.payload_offset,
-                buf.as_mut_ptr().add(RECORD_HEADER_LEN) as *mut _,
-                n + 1,
-            )
+    let off = meta.payload_offset;
+    // The reserve size must be a constant: one call site per class, picked
+    // with a binary search (at most five comparisons).
+    macro_rules! class {
+        ($i:literal) => {
+            emit::<{ RECORD_CLASSES[$i] }>(ctx, &header, off, cap_len)
         };
-        if rc != 0 {
-            count(counter::COPY_FAILED);
-            return false;
+    }
+    const C: [u32; 17] = RECORD_CLASSES;
+    let c = cap_len;
+    let written = if c <= C[5] {
+        if c <= C[2] {
+            if c <= C[0] {
+                class!(0)
+            } else if c <= C[1] {
+                class!(1)
+            } else {
+                class!(2)
+            }
+        } else if c <= C[3] {
+            class!(3)
+        } else if c <= C[4] {
+            class!(4)
+        } else {
+            class!(5)
         }
-    }
-    let len = (cap_len & 0x3FFF) as usize;
-    if len > MAX_CAPTURE as usize {
-        count(counter::COPY_FAILED);
-        return false;
-    }
-    // SAFETY: `RECORD_HEADER_LEN + len` ≤ size of `buf`, checked above.
-    let rc = unsafe {
-        bpf_ringbuf_output(
-            &EVENTS as *const _ as *mut _,
-            buf.as_mut_ptr() as *mut _,
-            (RECORD_HEADER_LEN + len) as u64,
-            0,
-        )
+    } else if c <= C[11] {
+        if c <= C[8] {
+            if c <= C[6] {
+                class!(6)
+            } else if c <= C[7] {
+                class!(7)
+            } else {
+                class!(8)
+            }
+        } else if c <= C[9] {
+            class!(9)
+        } else if c <= C[10] {
+            class!(10)
+        } else {
+            class!(11)
+        }
+    } else if c <= C[13] {
+        if c <= C[12] { class!(12) } else { class!(13) }
+    } else if c <= C[14] {
+        class!(14)
+    } else if c <= C[15] {
+        class!(15)
+    } else {
+        class!(16)
     };
-    if rc != 0 {
-        count(counter::RING_FULL);
+    if !written {
         return false;
     }
     count(counter::CAPTURED);
     if cap_len < meta.payload_len {
         count(counter::TRUNCATED);
     }
+    true
+}
+
+/// Reserves a record with `ROOM` payload bytes, writes `header` and the
+/// `cap_len` (≤ `ROOM`) payload bytes at `off` into it, and submits it.
+/// False, with the outcome counted, if nothing was written.
+#[inline(always)]
+fn emit<const ROOM: u32>(ctx: &XdpContext, header: &RecordHeader, off: u32, cap_len: u32) -> bool {
+    // SAFETY: plain helper call on our own ring buffer map.
+    let rec = unsafe {
+        bpf_ringbuf_reserve(
+            &EVENTS as *const _ as *mut _,
+            (RECORD_HEADER_LEN as u32 + ROOM) as u64,
+            0,
+        )
+    } as *mut u8;
+    if rec.is_null() {
+        count(counter::RING_FULL);
+        return false;
+    }
+    // SAFETY: `rec` has RECORD_HEADER_LEN + ROOM writable bytes, 8-byte
+    // aligned (ring records are).
+    unsafe { core::ptr::write(rec as *mut RecordHeader, *header) };
+    if cap_len > 0 {
+        // The helper needs a length the verifier can prove is in 1..=ROOM:
+        // mask (so the register has a known bound), clamp, then add one.
+        let mut n = (cap_len - 1) & 0x3FFF;
+        if n > ROOM - 1 {
+            n = ROOM - 1;
+        }
+        // bpf_xdp_load_bytes reads across fragments of a multi-buffer
+        // frame, which direct packet access cannot.
+        // SAFETY: the destination has ROOM bytes after the header; n + 1 is
+        // at most that.
+        let rc = unsafe {
+            bpf_xdp_load_bytes(ctx.ctx, off, rec.add(RECORD_HEADER_LEN) as *mut _, n + 1)
+        };
+        if rc != 0 {
+            // SAFETY: `rec` is our reservation, not yet submitted.
+            unsafe { bpf_ringbuf_discard(rec as *mut _, 0) };
+            count(counter::COPY_FAILED);
+            return false;
+        }
+    }
+    // SAFETY: `rec` is our reservation, not yet submitted.
+    unsafe { bpf_ringbuf_submit(rec as *mut _, 0) };
     true
 }
 
