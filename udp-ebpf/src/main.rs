@@ -167,9 +167,8 @@ fn capture(ctx: &XdpContext) -> u32 {
     // outcome (`counter::TERMINAL`), and readers sum those.
     let start = ctx.data();
     let end = ctx.data_end();
-    let (outcome, ip_end) = parse_headers(start, end);
-    let meta = match outcome {
-        Outcome::Udp(meta) => meta,
+    let dst_port = match parse_headers(start, end).0 {
+        Outcome::Udp(meta) => meta.dst_port,
         Outcome::NotUdp => {
             count(counter::NOT_UDP);
             return xdp_action::XDP_PASS;
@@ -184,12 +183,20 @@ fn capture(ctx: &XdpContext) -> u32 {
         }
     };
     // The non-matching path ends here: one array lookup.
-    let rule = match PORTS.get(meta.dst_port as u32) {
+    let rule = match PORTS.get(dst_port as u32) {
         Some(rule) if rule.is_enabled() => *rule,
         _ => {
             count(counter::PORT_DISABLED);
             return xdp_action::XDP_PASS;
         }
+    };
+    // Parse again rather than keep the first parse's results across the
+    // lookup: the compiler would spill them to the stack on every frame,
+    // while a second parse costs only the datagrams we capture. The frame
+    // has not changed, so neither has the outcome.
+    let (Outcome::Udp(meta), ip_end) = parse_headers(start, end) else {
+        count(counter::MALFORMED);
+        return xdp_action::XDP_PASS;
     };
     // Only now, for a port we capture, the IP length against the whole
     // (possibly multi-buffer) frame: a helper call the non-matching path
