@@ -99,47 +99,37 @@ unsafe fn rd8(p: usize, k: usize) -> u8 {
 
 /// Big-endian u16 at byte `k` of a header returned by [`header`].
 ///
+/// An unaligned read: one 16-bit load in the XDP program (built with the
+/// BPF backend's `allows-misaligned-mem-access`, see udp-ebpf's build.rs).
+///
 /// # Safety
 /// `p` must come from `header(.., len)` with `k + 2 <= len`.
-#[cfg(not(target_arch = "bpf"))]
 #[inline(always)]
 unsafe fn rd16(p: usize, k: usize) -> u16 {
+    // SAFETY: the caller's header check covers `p + k .. p + k + 2`.
+    u16::from_be(unsafe { core::ptr::read_unaligned((p + k) as *const u16) })
+}
+
+/// The IPv4 address at byte `k` of a header, in the front of 16 bytes.
+///
+/// # Safety
+/// `p` must come from `header(.., len)` with `k + 4 <= len`.
+#[inline(always)]
+unsafe fn rd_addr4(p: usize, k: usize) -> [u8; 16] {
+    // SAFETY: forwarded from the caller. One 32-bit load, widened (no byte
+    // loop: the compiler would keep every byte in a register of its own).
+    let a = unsafe { core::ptr::read_unaligned((p + k) as *const [u8; 4]) };
+    u128::from(u32::from_le_bytes(a)).to_le_bytes()
+}
+
+/// The IPv6 address at byte `k` of a header.
+///
+/// # Safety
+/// `p` must come from `header(.., len)` with `k + 16 <= len`.
+#[inline(always)]
+unsafe fn rd_addr6(p: usize, k: usize) -> [u8; 16] {
     // SAFETY: forwarded from the caller.
-    unsafe { u16::from_be_bytes([rd8(p, k), rd8(p, k + 1)]) }
-}
-
-/// In the XDP program: one 16-bit load and a byte swap, where the portable
-/// form above costs two byte loads, a shift and an or (the BPF backend
-/// splits every unaligned load into bytes). Every 16-bit field we read is
-/// at an even offset from the frame's start (Ethernet 14, VLAN tags 4, IPv4
-/// headers 4 × IHL, IPv6 headers 40 and extensions 8 × n), and the kernel
-/// gives XDP an even `data`; even if it did not, the verifier accepts a
-/// misaligned packet load where the CPU handles it (it does not ask for
-/// strict alignment), and the JIT emits a plain load.
-///
-/// # Safety
-/// As above.
-#[cfg(target_arch = "bpf")]
-#[inline(always)]
-unsafe fn rd16(p: usize, k: usize) -> u16 {
-    // SAFETY: forwarded from the caller; alignment as explained above.
-    u16::from_be(unsafe { core::ptr::read((p + k) as *const u16) })
-}
-
-/// `N` address bytes at byte `k` of a header, in the front of 16 bytes.
-///
-/// # Safety
-/// `p` must come from `header(.., len)` with `k + N <= len`.
-#[inline(always)]
-unsafe fn rd_addr<const N: usize>(p: usize, k: usize) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    let mut i = 0;
-    while i < N {
-        // SAFETY: forwarded from the caller.
-        out[i] = unsafe { rd8(p, k + i) };
-        i += 1;
-    }
-    out
+    unsafe { core::ptr::read_unaligned((p + k) as *const [u8; 16]) }
 }
 
 /// Source and destination address of a datagram `parse_headers` returned
@@ -155,11 +145,11 @@ pub fn read_addresses(start: usize, end: usize, meta: &UdpMeta) -> Option<([u8; 
     if meta.ip_version == 4 {
         let ip = header(start, end, off, IPV4_MIN_HLEN)?;
         // SAFETY: addresses are at 12..20 of the 20 checked bytes.
-        Some(unsafe { (rd_addr::<4>(ip, 12), rd_addr::<4>(ip, 16)) })
+        Some(unsafe { (rd_addr4(ip, 12), rd_addr4(ip, 16)) })
     } else {
         let ip = header(start, end, off, IPV6_HLEN)?;
         // SAFETY: addresses are at 8..40 of the 40 checked bytes.
-        Some(unsafe { (rd_addr::<16>(ip, 8), rd_addr::<16>(ip, 24)) })
+        Some(unsafe { (rd_addr6(ip, 8), rd_addr6(ip, 24)) })
     }
 }
 

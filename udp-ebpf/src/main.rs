@@ -130,8 +130,9 @@ pub fn udp_capture(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn denied(meta: &UdpMeta, src_addr: &[u8; 16], flags: u32) -> bool {
     if meta.ip_version == IP_V4 {
-        let a = src_addr;
-        let key = Key::new(32, [a[0], a[1], a[2], a[3]]);
+        // SAFETY: the first 4 of 16 bytes.
+        let a = unsafe { core::ptr::read_unaligned(src_addr.as_ptr() as *const [u8; 4]) };
+        let key = Key::new(32, a);
         if DENY_V4.get(&key).is_some() {
             return true;
         }
