@@ -438,6 +438,21 @@ fn jumbo_payloads_are_captured_whole_across_fragments() {
 }
 
 #[test]
+fn a_multi_buffer_frame_shorter_than_its_ip_length_is_malformed() {
+    // The IP length reaches past the first buffer, so only the length of
+    // the whole frame, fragments included, can tell: one byte too many is
+    // malformed, the exact length is captured.
+    let mut k = kernel_or_skip!();
+    let sent = payload(8900);
+    k.run(&v4(&sent).ip_total_len_override(20 + 8 + 8901).build());
+    k.run(&v6(&sent).ip_total_len_override(8 + 8901).build());
+    assert!(k.packets().is_empty());
+    k.run(&v4(&sent).ip_total_len_override(20 + 8 + 8900).build());
+    assert_eq!(k.packets()[0].payload, sent);
+    k.assert_counters(&[("seen", 3), ("malformed", 2), ("captured", 1)]);
+}
+
+#[test]
 fn snaplen_truncates_and_marks() {
     let mut k = kernel_or_skip!();
     k.set_snaplen(100);

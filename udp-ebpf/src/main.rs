@@ -200,11 +200,11 @@ fn capture(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     // Only now, for a port we capture, the IP length against the whole
-    // (possibly multi-buffer) frame: a helper call the non-matching path
-    // does without.
+    // (possibly multi-buffer) frame. The first buffer is part of the frame,
+    // so a packet that ends within it is whole; only one that claims more
+    // needs the helper call to learn the length with all fragments.
     // SAFETY: plain helper call on the program's own context.
-    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
-    if ip_end > frame_len {
+    if ip_end > end - start && ip_end > unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize {
         count(counter::MALFORMED);
         return xdp_action::XDP_PASS;
     }
