@@ -630,3 +630,72 @@ fn payload_beyond_first_buffer() {
         .build();
     assert_eq!(parse_split(&f, V4_HDRS + 10), Got::Malformed);
 }
+
+// ---------------------------------------------------------------- fast path
+
+/// `parse_headers` takes a shortcut for untagged IPv4 without options; the
+/// general IPv4 parser must reach the same outcome and IP end on every such
+/// frame, good or bad, and on every prefix of it.
+#[test]
+fn ipv4_fast_path_agrees_with_the_general_parser() {
+    use udp_ebpf_common::parse::{parse_headers, parse_ipv4};
+    let payloads: [&[u8]; 3] = [b"", b"x", PAYLOAD];
+    let mut frames = Vec::new();
+    for p in payloads {
+        let b = || FrameBuilder::ipv4(SRC4, DST4).udp(SPORT, DPORT, p);
+        frames.push(b().build());
+        frames.push(b().pad_to(ETH_MIN_LEN + 40).build());
+        for len in [
+            0u16,
+            7,
+            8,
+            9,
+            8 + p.len() as u16,
+            9 + p.len() as u16,
+            0xFFFF,
+        ] {
+            frames.push(b().udp_len_override(len).build());
+        }
+        for len in [
+            0u16,
+            20,
+            27,
+            28,
+            29,
+            28 + p.len() as u16,
+            29 + p.len() as u16,
+            0xFFFF,
+        ] {
+            frames.push(b().ip_total_len_override(len).build());
+        }
+        frames.push(b().ipv4_fragment(0, true).build());
+        frames.push(b().ipv4_fragment(8, false).build());
+    }
+    frames.push(
+        FrameBuilder::ipv4(SRC4, DST4)
+            .protocol(IPPROTO_TCP)
+            .payload(&[0; 20])
+            .build(),
+    );
+    let mut fast = 0;
+    for f in &frames {
+        for n in 0..=f.len() {
+            let (start, end) = (f.as_ptr() as usize, f.as_ptr() as usize + n);
+            // Only the outcome and, for a datagram, the IP end are defined.
+            let defined = |(outcome, ip_end)| match outcome {
+                Outcome::Udp(_) => (outcome, ip_end),
+                other => (other, 0),
+            };
+            let got = defined(parse_headers(start, end));
+            // Shorter than Ethernet: the general path stops at parse_eth.
+            let general = if n < 14 {
+                (Outcome::Malformed, 0)
+            } else {
+                defined(parse_ipv4(start, end, 14))
+            };
+            assert_eq!(got, general, "{n} of {f:02x?}");
+            fast += usize::from(n >= 42);
+        }
+    }
+    assert!(fast > 500, "only {fast} prefixes took the fast path");
+}
