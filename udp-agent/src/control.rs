@@ -731,16 +731,30 @@ impl Control {
     }
 
     /// Kernel counters summed over CPUs, in `counter::NAMES` order.
+    /// `seen` is the sum of the terminal outcomes as read here, so the
+    /// figures add up even while traffic flows.
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, ControlError> {
-        let mut out = Vec::with_capacity(counter::NAMES.len());
-        for (i, name) in counter::NAMES.iter().enumerate() {
-            out.push((*name, self.counter(i as u32)?));
+        let mut values = [0u64; counter::NAMES.len()];
+        for (i, value) in values.iter_mut().enumerate() {
+            if i as u32 != counter::SEEN {
+                *value = self.kernel_counter(i as u32)?;
+            }
         }
-        Ok(out)
+        values[counter::SEEN as usize] = counter::seen::<ControlError>(|i| Ok(values[i as usize]))?;
+        Ok(counter::NAMES.iter().copied().zip(values).collect())
     }
 
-    /// One kernel counter summed over CPUs.
+    /// One kernel counter summed over CPUs. `seen` is not counted by the
+    /// kernel: it is the sum of the terminal outcomes (`counter::seen`).
     pub fn counter(&self, index: u32) -> Result<u64, ControlError> {
+        if index == counter::SEEN {
+            return counter::seen(|i| self.kernel_counter(i));
+        }
+        self.kernel_counter(index)
+    }
+
+    /// One slot of the kernel's per-CPU `COUNTERS` array, summed over CPUs.
+    fn kernel_counter(&self, index: u32) -> Result<u64, ControlError> {
         let err = self.map_err("reading", COUNTERS_PIN);
         Ok(self.counters.get(&index, 0).map_err(err)?.iter().sum())
     }

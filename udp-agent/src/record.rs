@@ -1,6 +1,8 @@
 //! Decoding of ring buffer records written by the XDP program.
 //!
-//! A record is a [`RecordHeader`] followed by exactly `cap_len` payload bytes.
+//! A record is a [`RecordHeader`] followed by `cap_len` payload bytes, then
+//! padding up to its size class (`udp_ebpf_common::RECORD_CLASSES`: the ring
+//! reservation size must be a verifier constant), which is ignored.
 //! The kernel side is trusted to follow that layout, but every length is still
 //! checked: a record that does not add up is an error the caller counts, not
 //! a panic or a silently wrong event.
@@ -103,7 +105,7 @@ impl PacketView<'_> {
 pub enum DecodeError {
     #[error("record of {0} bytes is shorter than its {RECORD_HEADER_LEN}-byte header")]
     Short(usize),
-    #[error("record header says {cap_len} payload bytes but {actual} follow")]
+    #[error("record header says {cap_len} payload bytes but only {actual} follow")]
     LengthMismatch { cap_len: u32, actual: usize },
     #[error("record captured {cap_len} bytes of a {wire_len}-byte payload")]
     CapturedMoreThanWire { cap_len: u32, wire_len: u32 },
@@ -130,13 +132,13 @@ pub fn decode(bytes: &[u8]) -> Result<Packet, DecodeError> {
 /// Decodes one ring record, borrowing its payload.
 pub fn decode_view(bytes: &[u8]) -> Result<PacketView<'_>, DecodeError> {
     let h = decode_header(bytes)?;
-    let payload = &bytes[RECORD_HEADER_LEN..];
-    if payload.len() != h.cap_len as usize {
+    let room = &bytes[RECORD_HEADER_LEN..];
+    let Some(payload) = room.get(..h.cap_len as usize) else {
         return Err(DecodeError::LengthMismatch {
             cap_len: h.cap_len,
-            actual: payload.len(),
+            actual: room.len(),
         });
-    }
+    };
     if h.cap_len > h.wire_len {
         return Err(DecodeError::CapturedMoreThanWire {
             cap_len: h.cap_len,
@@ -215,6 +217,17 @@ mod tests {
     fn round_trips_through_encode_record() {
         let h = decode_header(&FIXTURE).unwrap();
         assert_eq!(encode_record(&h, b"abc"), FIXTURE.to_vec());
+    }
+
+    #[test]
+    fn padding_after_the_payload_is_not_payload() {
+        // As the kernel writes it: the payload, then stale ring bytes up to
+        // the record's size class.
+        let mut padded = FIXTURE.to_vec();
+        padded.extend_from_slice(&[0xEE; 29]);
+        assert_eq!(padded.len(), RECORD_HEADER_LEN + 32);
+        assert_eq!(decode(&padded), decode(&FIXTURE));
+        assert_eq!(decode(&padded).unwrap().payload, b"abc");
     }
 
     #[test]

@@ -19,7 +19,10 @@ use udp_agent::{
     ports::PortRange,
     record::{self, Packet},
 };
-use udp_ebpf_common::{Config, MAX_CAPTURE, RECORD_HEADER_LEN, counter, frame::FrameBuilder};
+use udp_ebpf_common::{
+    Config, MAX_CAPTURE, RECORD_CLASSES, RECORD_HEADER_LEN, counter, frame::FrameBuilder,
+    record_room,
+};
 
 const XDP_PASS: u32 = 2;
 const XDP_DROP: u32 = 1;
@@ -193,16 +196,50 @@ fn a_small_datagram_takes_a_small_ring_record() {
     k.run(&v4(b"hello").build());
     let records = k.raw_records();
     assert_eq!(records.len(), 1);
-    assert_eq!(records[0].len(), RECORD_HEADER_LEN + 5);
+    // The smallest size class: header + 32 bytes, 5 of them payload.
+    assert_eq!(records[0].len(), RECORD_HEADER_LEN + 32);
+    assert_eq!(record::decode(&records[0]).unwrap().payload, b"hello");
+}
+
+#[test]
+fn every_record_takes_the_smallest_size_class_that_holds_its_payload() {
+    let mut k = kernel_or_skip!();
+    // Each class's room, and one byte more (the next class), up to the
+    // largest datagram a frame can carry here.
+    let mut lens = vec![0usize, 1];
+    for room in RECORD_CLASSES {
+        lens.push(room as usize);
+        lens.push(room as usize + 1);
+    }
+    lens.retain(|&l| l <= 8973);
+    for &len in &lens {
+        let sent = payload(len);
+        k.run(&v4(&sent).build());
+        let records = k.raw_records();
+        assert_eq!(records.len(), 1, "{len}-byte payload");
+        let room = record_room(len as u32) as usize;
+        assert!(room >= len);
+        assert_eq!(
+            records[0].len(),
+            RECORD_HEADER_LEN + room,
+            "{len}-byte payload"
+        );
+        let p = record::decode(&records[0]).unwrap();
+        assert_eq!(p.payload, sent, "{len}-byte payload");
+        assert!(!p.truncated());
+    }
+    let n = lens.len() as u64;
+    k.assert_counters(&[("seen", n), ("captured", n)]);
 }
 
 #[test]
 fn ring_holds_as_many_small_records_as_their_size_allows_then_counts_ring_full() {
-    // 64 KiB ring; a 5-byte datagram is an 80-byte slot (8-byte ring header
-    // + 69 bytes rounded up to 8): 819 fit. Jumbo-sized slots would fit 7.
+    // 64 KiB ring; a 5-byte datagram is a 104-byte slot (8-byte ring
+    // header + 64-byte record header + the smallest class, 32 bytes): 630
+    // fit. Jumbo-sized slots would fit 7.
     let mut k = kernel_or_skip!(64 * 1024);
     let frame = v4(b"hello").build();
-    for _ in 0..800 {
+    for _ in 0..600 {
         k.run(&frame);
     }
     assert_eq!(k.counter(counter::RING_FULL), 0, "{:?}", k.counters());
@@ -211,8 +248,8 @@ fn ring_holds_as_many_small_records_as_their_size_allows_then_counts_ring_full()
     }
     let captured = k.counter(counter::CAPTURED);
     let full = k.counter(counter::RING_FULL);
-    assert_eq!(captured, 819, "{:?}", k.counters());
-    assert_eq!(captured + full, 900);
+    assert_eq!(captured, 630, "{:?}", k.counters());
+    assert_eq!(captured + full, 700);
     assert_eq!(k.raw_records().len() as u64, captured);
 }
 
@@ -398,6 +435,21 @@ fn jumbo_payloads_are_captured_whole_across_fragments() {
     k.run(&v6(&sent).build());
     assert_eq!(k.packets()[0].payload, sent);
     k.assert_counters(&[("seen", 6), ("captured", 6)]);
+}
+
+#[test]
+fn a_multi_buffer_frame_shorter_than_its_ip_length_is_malformed() {
+    // The IP length reaches past the first buffer, so only the length of
+    // the whole frame, fragments included, can tell: one byte too many is
+    // malformed, the exact length is captured.
+    let mut k = kernel_or_skip!();
+    let sent = payload(8900);
+    k.run(&v4(&sent).ip_total_len_override(20 + 8 + 8901).build());
+    k.run(&v6(&sent).ip_total_len_override(8 + 8901).build());
+    assert!(k.packets().is_empty());
+    k.run(&v4(&sent).ip_total_len_override(20 + 8 + 8900).build());
+    assert_eq!(k.packets()[0].payload, sent);
+    k.assert_counters(&[("seen", 3), ("malformed", 2), ("captured", 1)]);
 }
 
 #[test]

@@ -29,7 +29,8 @@ use aya::{
 };
 use serde::Serialize;
 use udp_ebpf_common::{
-    Config, DEFAULT_RING_BYTES, PortRule, RECORD_HEADER_LEN, counter, frame::FrameBuilder,
+    Config, DEFAULT_RING_BYTES, MAX_CAPTURE, PortRule, counter, frame::FrameBuilder,
+    ring_slot_bytes,
 };
 
 use crate::{
@@ -306,9 +307,9 @@ fn run_checked(case: &Case, fd: i32, repeat: u32) -> Result<bpf::TestRun> {
 }
 
 /// Ring bytes one record of `payload` bytes takes: an 8-byte ring header,
-/// the 64-byte record header and the payload, rounded up to 8.
+/// the 64-byte record header and the payload's size class.
 fn record_slot(payload: usize) -> u64 {
-    (8 + RECORD_HEADER_LEN + payload).div_ceil(8) as u64 * 8
+    u64::from(ring_slot_bytes(payload.min(MAX_CAPTURE as usize) as u32))
 }
 
 fn measure(k: &mut Loaded, fd: i32, floor: i32, s: &Settings) -> Result<Vec<CaseResult>> {

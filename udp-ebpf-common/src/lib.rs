@@ -26,7 +26,11 @@ pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 
 /// Kernel counter indices into the per-CPU `COUNTERS` array.
 pub mod counter {
-    /// Every frame the program ran on.
+    /// Every frame the program ran on. The kernel does not count it (one
+    /// per-CPU increment fewer on every frame, which is most of what the
+    /// non-matching path costs over its parsing): every frame ends in
+    /// exactly one of the [`TERMINAL`] outcomes, so readers report their
+    /// sum ([`seen`]) under this index.
     pub const SEEN: u32 = 0;
     /// Not IPv4/IPv6, or not UDP (including IPv6 extension chains we do not walk).
     pub const NOT_UDP: u32 = 1;
@@ -54,6 +58,33 @@ pub mod counter {
     pub const DENIED: u32 = 12;
     /// Captured, then dropped because its port's action is `drop`.
     pub const CONSUMED: u32 = 13;
+
+    /// The outcomes that end a frame's run: the program counts exactly one
+    /// of these per frame. `TRUNCATED` and `CONSUMED` are not among them:
+    /// they qualify a frame already counted as `CAPTURED`.
+    pub const TERMINAL: [u32; 11] = [
+        NOT_UDP,
+        PORT_DISABLED,
+        CAPTURED,
+        RING_FULL,
+        MALFORMED,
+        FRAGMENT,
+        COPY_FAILED,
+        LIMITED_PORT,
+        LIMITED_SOURCE,
+        LIMITED_GLOBAL,
+        DENIED,
+    ];
+
+    /// The `SEEN` figure, from a reader of the other counters (summed over
+    /// CPUs): the sum of the terminal outcomes.
+    pub fn seen<E>(mut read: impl FnMut(u32) -> Result<u64, E>) -> Result<u64, E> {
+        let mut sum = 0u64;
+        for index in TERMINAL {
+            sum = sum.wrapping_add(read(index)?);
+        }
+        Ok(sum)
+    }
 
     /// Slots in the array; spare slots are reserved for later outcomes.
     pub const COUNT: u32 = 16;
@@ -298,13 +329,67 @@ const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<SourceState>() == 24);
 const _: () = assert!(core::mem::size_of::<Config>() == 40);
 
-/// Per-CPU scratch area the XDP program assembles a record in before
-/// `bpf_ringbuf_output` copies exactly `RECORD_HEADER_LEN + cap_len` bytes of
-/// it into the ring: the ring slot is sized to the datagram, not to the
-/// largest possible one.
-#[repr(C)]
-pub struct Scratch {
-    pub buf: [u8; RECORD_HEADER_LEN + MAX_CAPTURE as usize],
+/// Payload room of the ring record size classes, smallest first.
+///
+/// `bpf_ringbuf_reserve` needs a size the verifier knows as a constant, so
+/// the XDP program reserves the smallest class that holds the captured
+/// payload and writes the header and the payload straight into it (one copy,
+/// out of the frame into the ring). A record is then `RECORD_HEADER_LEN +`
+/// its class's room long; the `cap_len` in its header says how many of those
+/// bytes are payload, the rest is padding (not zeroed: earlier ring contents)
+/// that readers ignore. Steps of at most 1.5× keep the padding under a third
+/// of a slot; 1,536 holds the largest payload of a 1,500-byte MTU
+/// (1,472 bytes) with 64 to spare, `MAX_CAPTURE` the largest of an EC2
+/// jumbo frame.
+pub const RECORD_CLASSES: [u32; 17] = [
+    32,
+    48,
+    64,
+    96,
+    128,
+    192,
+    256,
+    384,
+    512,
+    768,
+    1024,
+    1536,
+    2048,
+    3072,
+    4096,
+    6144,
+    MAX_CAPTURE,
+];
+
+const _: () = {
+    let mut i = 0;
+    while i < RECORD_CLASSES.len() {
+        // Ring records are 8-byte aligned; the header is too.
+        assert!(RECORD_CLASSES[i] & 7 == 0);
+        assert!(i == 0 || RECORD_CLASSES[i] > RECORD_CLASSES[i - 1]);
+        assert!(i == 0 || RECORD_CLASSES[i] * 2 <= RECORD_CLASSES[i - 1] * 3);
+        i += 1;
+    }
+    assert!(RECORD_CLASSES[RECORD_CLASSES.len() - 1] == MAX_CAPTURE);
+};
+
+/// The payload room of the record that carries `cap_len` captured bytes
+/// (`cap_len` ≤ `MAX_CAPTURE`): the smallest class that holds them.
+pub const fn record_room(cap_len: u32) -> u32 {
+    let mut i = 0;
+    while i < RECORD_CLASSES.len() {
+        if cap_len <= RECORD_CLASSES[i] {
+            return RECORD_CLASSES[i];
+        }
+        i += 1;
+    }
+    MAX_CAPTURE
+}
+
+/// Ring buffer bytes one record with `cap_len` payload bytes takes: the
+/// kernel's 8-byte record header, ours, and the class's room.
+pub const fn ring_slot_bytes(cap_len: u32) -> u32 {
+    8 + RECORD_HEADER_LEN as u32 + record_room(cap_len)
 }
 
 #[cfg(feature = "user")]
@@ -365,5 +450,55 @@ mod limit_tests {
         assert_eq!((l.rate(), l.burst()), (1000, 2000));
         assert_eq!(Limit::per_second(500, 0).burst(), 500);
         assert!(!Limit::per_second(0, 0).is_limited());
+    }
+}
+
+#[cfg(test)]
+mod record_class_tests {
+    use super::{MAX_CAPTURE, RECORD_CLASSES, record_room, ring_slot_bytes};
+
+    #[test]
+    fn smallest_class_that_holds_the_payload() {
+        assert_eq!(record_room(0), 32);
+        assert_eq!(record_room(5), 32);
+        assert_eq!(record_room(32), 32);
+        assert_eq!(record_room(33), 48);
+        assert_eq!(record_room(64), 64);
+        assert_eq!(record_room(1472), 1536);
+        assert_eq!(record_room(8900), MAX_CAPTURE);
+        assert_eq!(record_room(MAX_CAPTURE), MAX_CAPTURE);
+        assert_eq!(ring_slot_bytes(5), 8 + 64 + 32);
+    }
+
+    #[test]
+    fn padding_stays_under_a_third_of_a_slot() {
+        for cap_len in 0..=MAX_CAPTURE {
+            let exact = 8 + 64 + cap_len;
+            let slot = ring_slot_bytes(cap_len);
+            assert!(slot >= exact.next_multiple_of(8));
+            assert!(
+                (slot - exact) * 3 < slot,
+                "{cap_len} bytes take a {slot}-byte slot"
+            );
+        }
+        assert!(RECORD_CLASSES.contains(&1536));
+    }
+}
+
+#[cfg(test)]
+mod counter_tests {
+    use super::counter;
+
+    #[test]
+    fn seen_is_the_sum_of_the_terminal_outcomes_only() {
+        // Slot i holds 1 << i, so the sum says exactly which were added.
+        let seen = counter::seen::<()>(|i| Ok(1u64 << i)).unwrap();
+        let terminal: u64 = counter::TERMINAL.iter().map(|i| 1u64 << i).sum();
+        assert_eq!(seen, terminal);
+        for qualifier in [counter::SEEN, counter::TRUNCATED, counter::CONSUMED] {
+            assert_eq!(seen & (1 << qualifier), 0, "{qualifier} is not terminal");
+        }
+        // Every named outcome is either terminal or one of those three.
+        assert_eq!(counter::TERMINAL.len() + 3, counter::NAMES.len());
     }
 }

@@ -1,11 +1,12 @@
 //! Host tests of `parse::parse_frame` over frames from `frame::FrameBuilder`.
 //!
-//! Every test asserts the exact `Outcome`, including every `UdpMeta` field.
+//! Every test asserts the exact outcome, including every `UdpMeta` field and
+//! the addresses `read_addresses` then reads for it.
 
 use udp_ebpf_common::frame::{ETH_MIN_LEN, FrameBuilder, IPPROTO_TCP};
 use udp_ebpf_common::parse::{
     ETH_P_8021AD, ETH_P_8021Q, IPPROTO_DSTOPTS, IPPROTO_HOPOPTS, IPPROTO_ROUTING,
-    IPV6_EXT_MAX_DEPTH, Outcome, UdpMeta, parse_frame,
+    IPV6_EXT_MAX_DEPTH, Outcome, UdpMeta, parse_frame, read_addresses,
 };
 
 const SRC4: [u8; 4] = [192, 0, 2, 1];
@@ -23,9 +24,34 @@ const V4_HDRS: usize = 14 + 20 + 8;
 /// Ethernet + IPv6 + UDP header bytes.
 const V6_HDRS: usize = 14 + 40 + 8;
 
+/// What the XDP program learns from a frame: `parse_frame`'s outcome, and
+/// for a datagram the source and destination addresses `read_addresses`
+/// reads from the same buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Got {
+    NotUdp,
+    Malformed,
+    Fragment,
+    Udp(UdpMeta, [u8; 16], [u8; 16]),
+}
+
+fn got(start: usize, end: usize, frame_len: usize) -> Got {
+    match parse_frame(start, end, frame_len) {
+        Outcome::NotUdp => Got::NotUdp,
+        Outcome::Malformed => Got::Malformed,
+        Outcome::Fragment => Got::Fragment,
+        Outcome::Udp(meta) => {
+            let Some((src, dst)) = read_addresses(start, end, &meta) else {
+                panic!("{meta:?}: addresses not readable from the buffer it was parsed from");
+            };
+            Got::Udp(meta, src, dst)
+        }
+    }
+}
+
 /// The whole frame in one buffer.
-fn parse(frame: &[u8]) -> Outcome {
-    parse_frame(
+fn parse(frame: &[u8]) -> Got {
+    got(
         frame.as_ptr() as usize,
         frame.as_ptr() as usize + frame.len(),
         frame.len(),
@@ -34,8 +60,8 @@ fn parse(frame: &[u8]) -> Outcome {
 
 /// A multi-buffer frame: only the first `first` bytes are in the linear
 /// buffer, `frame_len` is the whole frame.
-fn parse_split(frame: &[u8], first: usize) -> Outcome {
-    parse_frame(
+fn parse_split(frame: &[u8], first: usize) -> Got {
+    got(
         frame.as_ptr() as usize,
         frame.as_ptr() as usize + first,
         frame.len(),
@@ -43,7 +69,7 @@ fn parse_split(frame: &[u8], first: usize) -> Outcome {
 }
 
 /// A frame cut to its first `n` bytes, as if that were all there is.
-fn parse_prefix(frame: &[u8], n: usize) -> Outcome {
+fn parse_prefix(frame: &[u8], n: usize) -> Got {
     parse(&frame[..n])
 }
 
@@ -53,28 +79,44 @@ fn pad16<const N: usize>(a: [u8; N]) -> [u8; 16] {
     out
 }
 
-fn udp4(payload_offset: usize, payload_len: usize) -> Outcome {
-    Outcome::Udp(UdpMeta {
-        ip_version: 4,
-        src_addr: pad16(SRC4),
-        dst_addr: pad16(DST4),
-        src_port: SPORT,
-        dst_port: DPORT,
-        payload_offset: payload_offset as u32,
-        payload_len: payload_len as u32,
-    })
+/// A datagram between `SRC4` and `DST4`, IP header right after Ethernet.
+fn udp4(payload_offset: usize, payload_len: usize) -> Got {
+    Got::Udp(
+        UdpMeta {
+            ip_version: 4,
+            l3_offset: 14,
+            src_port: SPORT,
+            dst_port: DPORT,
+            payload_offset: payload_offset as u32,
+            payload_len: payload_len as u32,
+        },
+        pad16(SRC4),
+        pad16(DST4),
+    )
 }
 
-fn udp6(payload_offset: usize, payload_len: usize) -> Outcome {
-    Outcome::Udp(UdpMeta {
-        ip_version: 6,
-        src_addr: SRC6,
-        dst_addr: DST6,
-        src_port: SPORT,
-        dst_port: DPORT,
-        payload_offset: payload_offset as u32,
-        payload_len: payload_len as u32,
-    })
+fn udp6(payload_offset: usize, payload_len: usize) -> Got {
+    Got::Udp(
+        UdpMeta {
+            ip_version: 6,
+            l3_offset: 14,
+            src_port: SPORT,
+            dst_port: DPORT,
+            payload_offset: payload_offset as u32,
+            payload_len: payload_len as u32,
+        },
+        SRC6,
+        DST6,
+    )
+}
+
+/// `udp` with its IP header behind `tags` VLAN tags.
+fn tagged(tags: u32, udp: Got) -> Got {
+    let Got::Udp(mut meta, src, dst) = udp else {
+        panic!("not a datagram: {udp:?}");
+    };
+    meta.l3_offset += 4 * tags;
+    Got::Udp(meta, src, dst)
 }
 
 fn v4() -> FrameBuilder {
@@ -87,10 +129,10 @@ fn v6() -> FrameBuilder {
 
 /// Parses `b`'s frame, checks it is UDP at `b.headers_len()` with the whole
 /// payload, and returns the outcome.
-fn parse_good(b: &FrameBuilder) -> Outcome {
+fn parse_good(b: &FrameBuilder) -> Got {
     let frame = b.build();
     let out = parse(&frame);
-    let Outcome::Udp(meta) = out else {
+    let Got::Udp(meta, ..) = out else {
         panic!("{b:?}: {out:?}");
     };
     assert_eq!(meta.payload_offset as usize, b.headers_len(), "{b:?}");
@@ -118,15 +160,18 @@ fn ipv4_ports_and_addresses_are_read_not_assumed() {
         .build();
     assert_eq!(
         parse(&f),
-        Outcome::Udp(UdpMeta {
-            ip_version: 4,
-            src_addr: pad16([10, 255, 0, 1]),
-            dst_addr: pad16([172, 16, 9, 254]),
-            src_port: 53,
-            dst_port: 65535,
-            payload_offset: V4_HDRS as u32,
-            payload_len: 1,
-        })
+        Got::Udp(
+            UdpMeta {
+                ip_version: 4,
+                l3_offset: 14,
+                src_port: 53,
+                dst_port: 65535,
+                payload_offset: V4_HDRS as u32,
+                payload_len: 1,
+            },
+            pad16([10, 255, 0, 1]),
+            pad16([172, 16, 9, 254]),
+        )
     );
 }
 
@@ -157,7 +202,7 @@ fn ipv4_ihl_below_5_is_malformed() {
     for ihl in 0..5u8 {
         let mut f = v4().build();
         f[14] = 0x40 | ihl;
-        assert_eq!(parse(&f), Outcome::Malformed, "IHL {ihl}");
+        assert_eq!(parse(&f), Got::Malformed, "IHL {ihl}");
     }
 }
 
@@ -166,7 +211,7 @@ fn ipv4_wrong_version_is_malformed() {
     for version in [0u8, 5, 6, 15] {
         let mut f = v4().build();
         f[14] = (version << 4) | 5;
-        assert_eq!(parse(&f), Outcome::Malformed, "version {version}");
+        assert_eq!(parse(&f), Got::Malformed, "version {version}");
     }
 }
 
@@ -180,7 +225,7 @@ fn ipv4_fragments() {
         (0x1FFF, false),
     ] {
         let f = v4().ipv4_fragment(offset, more).build();
-        assert_eq!(parse(&f), Outcome::Fragment, "offset {offset} MF {more}");
+        assert_eq!(parse(&f), Got::Fragment, "offset {offset} MF {more}");
     }
     // Offset 0 without MF (and without DF) is a whole datagram.
     let b = v4().ipv4_fragment(0, false);
@@ -192,7 +237,7 @@ fn ipv4_total_len_longer_than_frame_is_malformed() {
     let real = 20 + 8 + PAYLOAD.len();
     for lie in [real + 1, real + 100, 0xFFFF] {
         let f = v4().ip_total_len_override(lie as u16).build();
-        assert_eq!(parse(&f), Outcome::Malformed, "total length {lie}");
+        assert_eq!(parse(&f), Got::Malformed, "total length {lie}");
     }
 }
 
@@ -201,13 +246,13 @@ fn ipv4_total_len_too_short_for_headers_is_malformed() {
     // Shorter than IP header + UDP header (with and without options).
     for lie in [0u16, 19, 20, 27] {
         let f = v4().ip_total_len_override(lie).build();
-        assert_eq!(parse(&f), Outcome::Malformed, "total length {lie}");
+        assert_eq!(parse(&f), Got::Malformed, "total length {lie}");
     }
     let f = v4()
         .ipv4_options(&[1; 8])
         .ip_total_len_override(28 + 7)
         .build();
-    assert_eq!(parse(&f), Outcome::Malformed);
+    assert_eq!(parse(&f), Got::Malformed);
 }
 
 #[test]
@@ -216,7 +261,7 @@ fn ipv4_total_len_shorter_than_udp_len_is_malformed() {
     let f = v4()
         .ip_total_len_override((20 + 8 + PAYLOAD.len() - 1) as u16)
         .build();
-    assert_eq!(parse(&f), Outcome::Malformed);
+    assert_eq!(parse(&f), Got::Malformed);
 }
 
 // ---------------------------------------------------------------- IPv6
@@ -259,9 +304,9 @@ fn ipv6_extension_depth_limit() {
     );
     // One more, of either kind: not walked.
     let f = b.clone().ipv6_ext(IPPROTO_DSTOPTS, 0).build();
-    assert_eq!(parse(&f), Outcome::NotUdp);
+    assert_eq!(parse(&f), Got::NotUdp);
     let f = b.ipv6_fragment(0, false).build();
-    assert_eq!(parse(&f), Outcome::NotUdp);
+    assert_eq!(parse(&f), Got::NotUdp);
 }
 
 #[test]
@@ -285,14 +330,14 @@ fn ipv6_fragments() {
         (0x1FFF, true),
     ] {
         let f = v6().ipv6_fragment(offset, more).build();
-        assert_eq!(parse(&f), Outcome::Fragment, "offset {offset} M {more}");
+        assert_eq!(parse(&f), Got::Fragment, "offset {offset} M {more}");
         let f = v6()
             .ipv6_ext(IPPROTO_HOPOPTS, 0)
             .ipv6_fragment(offset, more)
             .build();
         assert_eq!(
             parse(&f),
-            Outcome::Fragment,
+            Got::Fragment,
             "after HBH: offset {offset} M {more}"
         );
     }
@@ -303,7 +348,7 @@ fn ipv6_wrong_version_is_malformed() {
     for version in [0u8, 4, 7, 15] {
         let mut f = v6().build();
         f[14] = version << 4;
-        assert_eq!(parse(&f), Outcome::Malformed, "version {version}");
+        assert_eq!(parse(&f), Got::Malformed, "version {version}");
     }
 }
 
@@ -312,7 +357,7 @@ fn ipv6_payload_len_longer_than_frame_is_malformed() {
     let real = 8 + PAYLOAD.len();
     for lie in [real + 1, real + 1000, 0xFFFF] {
         let f = v6().ip_total_len_override(lie as u16).build();
-        assert_eq!(parse(&f), Outcome::Malformed, "payload length {lie}");
+        assert_eq!(parse(&f), Got::Malformed, "payload length {lie}");
     }
 }
 
@@ -321,25 +366,25 @@ fn ipv6_payload_len_shorter_than_headers_is_malformed() {
     // Too short for the UDP datagram, the UDP header, or an extension header.
     for lie in [0, 7, 8, 8 + PAYLOAD.len() - 1] {
         let f = v6().ip_total_len_override(lie as u16).build();
-        assert_eq!(parse(&f), Outcome::Malformed, "payload length {lie}");
+        assert_eq!(parse(&f), Got::Malformed, "payload length {lie}");
     }
     let f = v6()
         .ipv6_ext(IPPROTO_DSTOPTS, 2)
         .ip_total_len_override(16)
         .build();
-    assert_eq!(parse(&f), Outcome::Malformed);
+    assert_eq!(parse(&f), Got::Malformed);
     let f = v6()
         .ipv6_fragment(0, false)
         .ip_total_len_override(4)
         .build();
-    assert_eq!(parse(&f), Outcome::Malformed);
+    assert_eq!(parse(&f), Got::Malformed);
 }
 
 #[test]
 fn ipv6_unknown_extension_is_not_udp() {
     // Authentication header (51) is not walked.
     let f = v6().ipv6_ext(51, 1).build();
-    assert_eq!(parse(&f), Outcome::NotUdp);
+    assert_eq!(parse(&f), Got::NotUdp);
 }
 
 // ---------------------------------------------------------------- VLAN
@@ -348,15 +393,15 @@ fn ipv6_unknown_extension_is_not_udp() {
 fn vlan_8021q() {
     let b = v4().dot1q(42);
     assert_eq!(&b.build()[12..18], &[0x81, 0x00, 0x00, 42, 0x08, 0x00]);
-    assert_eq!(parse_good(&b), udp4(V4_HDRS + 4, PAYLOAD.len()));
+    assert_eq!(parse_good(&b), tagged(1, udp4(V4_HDRS + 4, PAYLOAD.len())));
     let b = v6().vlan(ETH_P_8021Q, 0xFFF);
-    assert_eq!(parse_good(&b), udp6(V6_HDRS + 4, PAYLOAD.len()));
+    assert_eq!(parse_good(&b), tagged(1, udp6(V6_HDRS + 4, PAYLOAD.len())));
 }
 
 #[test]
 fn vlan_8021ad_single_tag() {
     let b = v4().vlan(ETH_P_8021AD, 7);
-    assert_eq!(parse_good(&b), udp4(V4_HDRS + 4, PAYLOAD.len()));
+    assert_eq!(parse_good(&b), tagged(1, udp4(V4_HDRS + 4, PAYLOAD.len())));
 }
 
 #[test]
@@ -366,25 +411,24 @@ fn vlan_qinq() {
         &b.build()[12..22],
         &[0x88, 0xa8, 0x00, 100, 0x81, 0x00, 0x00, 200, 0x08, 0x00]
     );
-    assert_eq!(parse_good(&b), udp4(V4_HDRS + 8, PAYLOAD.len()));
+    assert_eq!(parse_good(&b), tagged(2, udp4(V4_HDRS + 8, PAYLOAD.len())));
     let b = v6()
         .vlan(ETH_P_8021AD, 1)
         .vlan(ETH_P_8021Q, 2)
         .ipv6_ext(IPPROTO_HOPOPTS, 0);
-    assert_eq!(parse_good(&b), udp6(V6_HDRS + 8 + 8, PAYLOAD.len()));
+    assert_eq!(
+        parse_good(&b),
+        tagged(2, udp6(V6_HDRS + 8 + 8, PAYLOAD.len()))
+    );
 }
 
 #[test]
 fn vlan_three_tags_is_not_udp() {
     let f = v4().qinq(100, 200).dot1q(300).build();
-    assert_eq!(parse(&f), Outcome::NotUdp);
+    assert_eq!(parse(&f), Got::NotUdp);
     // Malformed until the third TPID can be read (at 20..22), then NotUdp.
     for n in 0..f.len() {
-        let want = if n < 22 {
-            Outcome::Malformed
-        } else {
-            Outcome::NotUdp
-        };
+        let want = if n < 22 { Got::Malformed } else { Got::NotUdp };
         assert_eq!(parse_prefix(&f, n), want, "prefix {n}");
     }
 }
@@ -399,25 +443,25 @@ fn tcp_is_not_udp() {
         .payload(&tcp)
         .build();
     assert_eq!(f.len(), 14 + 20 + 20);
-    assert_eq!(parse(&f), Outcome::NotUdp);
+    assert_eq!(parse(&f), Got::NotUdp);
     let f = FrameBuilder::ipv4(SRC4, DST4)
         .ipv4_options(&[1; 12])
         .protocol(IPPROTO_TCP)
         .payload(&tcp)
         .build();
-    assert_eq!(parse(&f), Outcome::NotUdp);
+    assert_eq!(parse(&f), Got::NotUdp);
     let f = FrameBuilder::ipv6(SRC6, DST6)
         .ipv6_ext(IPPROTO_HOPOPTS, 0)
         .protocol(IPPROTO_TCP)
         .payload(&tcp)
         .build();
-    assert_eq!(parse(&f), Outcome::NotUdp);
+    assert_eq!(parse(&f), Got::NotUdp);
     // ICMPv6.
     let f = FrameBuilder::ipv6(SRC6, DST6)
         .protocol(58)
         .payload(&[128, 0, 0, 0, 0, 1, 0, 1])
         .build();
-    assert_eq!(parse(&f), Outcome::NotUdp);
+    assert_eq!(parse(&f), Got::NotUdp);
 }
 
 #[test]
@@ -428,11 +472,7 @@ fn tcp_prefixes() {
         .payload(&[0; 20])
         .build();
     for n in 0..=f.len() {
-        let want = if n < 34 {
-            Outcome::Malformed
-        } else {
-            Outcome::NotUdp
-        };
+        let want = if n < 34 { Got::Malformed } else { Got::NotUdp };
         assert_eq!(parse_prefix(&f, n), want, "prefix {n}");
     }
 }
@@ -443,14 +483,14 @@ fn arp_is_not_udp() {
         .pad_to(ETH_MIN_LEN)
         .build();
     assert_eq!(f.len(), 60);
-    assert_eq!(parse(&f), Outcome::NotUdp);
+    assert_eq!(parse(&f), Got::NotUdp);
     for n in 0..14 {
-        assert_eq!(parse_prefix(&f, n), Outcome::Malformed, "prefix {n}");
+        assert_eq!(parse_prefix(&f, n), Got::Malformed, "prefix {n}");
     }
     // A bare Ethernet header with a non-IP EtherType.
-    assert_eq!(parse_prefix(&f, 14), Outcome::NotUdp);
+    assert_eq!(parse_prefix(&f, 14), Got::NotUdp);
     let f = FrameBuilder::ethernet(0x88CC).dot1q(5).build();
-    assert_eq!(parse(&f), Outcome::NotUdp);
+    assert_eq!(parse(&f), Got::NotUdp);
 }
 
 // ---------------------------------------------------------------- UDP length
@@ -459,9 +499,9 @@ fn arp_is_not_udp() {
 fn udp_len_below_header_is_malformed() {
     for len in 0..8u16 {
         let f = v4().udp_len_override(len).build();
-        assert_eq!(parse(&f), Outcome::Malformed, "IPv4 UDP length {len}");
+        assert_eq!(parse(&f), Got::Malformed, "IPv4 UDP length {len}");
         let f = v6().udp_len_override(len).build();
-        assert_eq!(parse(&f), Outcome::Malformed, "IPv6 UDP length {len}");
+        assert_eq!(parse(&f), Got::Malformed, "IPv6 UDP length {len}");
     }
 }
 
@@ -470,14 +510,14 @@ fn udp_len_beyond_ip_payload_is_malformed() {
     let real = 8 + PAYLOAD.len();
     for lie in [real + 1, real + 100, 0xFFFF] {
         let f = v4().udp_len_override(lie as u16).build();
-        assert_eq!(parse(&f), Outcome::Malformed, "IPv4 UDP length {lie}");
+        assert_eq!(parse(&f), Got::Malformed, "IPv4 UDP length {lie}");
         let f = v6().udp_len_override(lie as u16).build();
-        assert_eq!(parse(&f), Outcome::Malformed, "IPv6 UDP length {lie}");
+        assert_eq!(parse(&f), Got::Malformed, "IPv6 UDP length {lie}");
     }
     // Also when the frame has room for it (Ethernet padding): the IP length
     // bounds the UDP datagram, not the frame.
     let f = v4().udp_len_override(real as u16 + 4).pad_to(200).build();
-    assert_eq!(parse(&f), Outcome::Malformed);
+    assert_eq!(parse(&f), Got::Malformed);
 }
 
 #[test]
@@ -547,7 +587,7 @@ fn truncated_at_every_byte_is_malformed() {
         let want = parse_good(&b);
         // Cut anywhere, the frame ends before what its length fields claim.
         for n in 0..f.len() {
-            assert_eq!(parse_prefix(&f, n), Outcome::Malformed, "{b:?} prefix {n}");
+            assert_eq!(parse_prefix(&f, n), Got::Malformed, "{b:?} prefix {n}");
         }
         assert_eq!(parse_prefix(&f, f.len()), want);
     }
@@ -561,7 +601,7 @@ fn headers_cut_in_first_buffer_are_malformed() {
         let f = b.build();
         let want = parse_good(&b);
         for n in 0..b.headers_len() {
-            assert_eq!(parse_split(&f, n), Outcome::Malformed, "{b:?} first {n}");
+            assert_eq!(parse_split(&f, n), Got::Malformed, "{b:?} first {n}");
         }
         for n in b.headers_len()..=f.len() {
             assert_eq!(parse_split(&f, n), want, "{b:?} first {n}");
@@ -588,5 +628,74 @@ fn payload_beyond_first_buffer() {
         .udp(SPORT, DPORT, &payload)
         .ip_total_len_override(20 + 8 + 3001)
         .build();
-    assert_eq!(parse_split(&f, V4_HDRS + 10), Outcome::Malformed);
+    assert_eq!(parse_split(&f, V4_HDRS + 10), Got::Malformed);
+}
+
+// ---------------------------------------------------------------- fast path
+
+/// `parse_headers` takes a shortcut for untagged IPv4 without options; the
+/// general IPv4 parser must reach the same outcome and IP end on every such
+/// frame, good or bad, and on every prefix of it.
+#[test]
+fn ipv4_fast_path_agrees_with_the_general_parser() {
+    use udp_ebpf_common::parse::{parse_headers, parse_ipv4};
+    let payloads: [&[u8]; 3] = [b"", b"x", PAYLOAD];
+    let mut frames = Vec::new();
+    for p in payloads {
+        let b = || FrameBuilder::ipv4(SRC4, DST4).udp(SPORT, DPORT, p);
+        frames.push(b().build());
+        frames.push(b().pad_to(ETH_MIN_LEN + 40).build());
+        for len in [
+            0u16,
+            7,
+            8,
+            9,
+            8 + p.len() as u16,
+            9 + p.len() as u16,
+            0xFFFF,
+        ] {
+            frames.push(b().udp_len_override(len).build());
+        }
+        for len in [
+            0u16,
+            20,
+            27,
+            28,
+            29,
+            28 + p.len() as u16,
+            29 + p.len() as u16,
+            0xFFFF,
+        ] {
+            frames.push(b().ip_total_len_override(len).build());
+        }
+        frames.push(b().ipv4_fragment(0, true).build());
+        frames.push(b().ipv4_fragment(8, false).build());
+    }
+    frames.push(
+        FrameBuilder::ipv4(SRC4, DST4)
+            .protocol(IPPROTO_TCP)
+            .payload(&[0; 20])
+            .build(),
+    );
+    let mut fast = 0;
+    for f in &frames {
+        for n in 0..=f.len() {
+            let (start, end) = (f.as_ptr() as usize, f.as_ptr() as usize + n);
+            // Only the outcome and, for a datagram, the IP end are defined.
+            let defined = |(outcome, ip_end)| match outcome {
+                Outcome::Udp(_) => (outcome, ip_end),
+                other => (other, 0),
+            };
+            let got = defined(parse_headers(start, end));
+            // Shorter than Ethernet: the general path stops at parse_eth.
+            let general = if n < 14 {
+                (Outcome::Malformed, 0)
+            } else {
+                defined(parse_ipv4(start, end, 14))
+            };
+            assert_eq!(got, general, "{n} of {f:02x?}");
+            fast += usize::from(n >= 42);
+        }
+    }
+    assert!(fast > 500, "only {fast} prefixes took the fast path");
 }

@@ -3,8 +3,8 @@
 //! Per frame: parse Ethernet ▸ VLAN ▸ IPv4|IPv6 ▸ UDP (bounds-checked parsers
 //! shared with the host tests), one array lookup by destination port — where
 //! non-matching traffic leaves — then, for an enabled port: source allow/deny
-//! lists ▸ per-source limit ▸ per-port limit ▸ global cap ▸ copy a fixed
-//! header plus the UDP payload into the `EVENTS` ring buffer.
+//! lists ▸ per-source limit ▸ per-port limit ▸ global cap ▸ write a fixed
+//! header plus the UDP payload into a size-classed `EVENTS` ring record.
 //!
 //! The program never returns `XDP_ABORTED`. It passes everything it does
 //! not capture, unless configured to drop over-limit/denied packets or a
@@ -21,7 +21,8 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
     helpers::generated::{
-        bpf_ktime_get_ns, bpf_ringbuf_output, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
+        bpf_ktime_get_ns, bpf_ringbuf_discard, bpf_ringbuf_reserve, bpf_ringbuf_submit,
+        bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
     },
     macros::{map, xdp},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -29,9 +30,9 @@ use aya_ebpf::{
 };
 use udp_ebpf_common::{
     CONFIG_ALLOWLIST, CONFIG_REJECT_DROP, Config, DEFAULT_RING_BYTES, DEFAULT_SOURCE_ENTRIES,
-    IP_V4, Limit, MAX_CAPTURE, MAX_PREFIXES, PORT_COUNT, PortRule, PortState, RECORD_HEADER_LEN,
-    RecordHeader, Scratch, SourceKey, SourceState, counter,
-    parse::{Outcome, UdpMeta, parse_headers},
+    IP_V4, Limit, MAX_CAPTURE, MAX_PREFIXES, PORT_COUNT, PortRule, PortState, RECORD_CLASSES,
+    RECORD_HEADER_LEN, RecordHeader, SourceKey, SourceState, counter,
+    parse::{Outcome, UdpMeta, parse_headers, read_addresses},
 };
 
 /// Destination port → rule. All 65,536 ports, so the lookup is an index.
@@ -73,12 +74,6 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 /// Captured packets. The agent sizes it at load time (`--ring-bytes`).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
-
-/// Where a record is assembled before it is copied, at its exact size, into
-/// `EVENTS` (a `bpf_ringbuf_reserve` size must be a constant, which would
-/// make every record jumbo-sized).
-#[map]
-static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn count(index: u32) {
@@ -133,16 +128,17 @@ pub fn udp_capture(ctx: XdpContext) -> u32 {
 /// True if the source is denied: on the deny list, or — when the allow list
 /// is not empty — on no allow prefix.
 #[inline(always)]
-fn denied(meta: &UdpMeta, flags: u32) -> bool {
+fn denied(meta: &UdpMeta, src_addr: &[u8; 16], flags: u32) -> bool {
     if meta.ip_version == IP_V4 {
-        let a = &meta.src_addr;
-        let key = Key::new(32, [a[0], a[1], a[2], a[3]]);
+        // SAFETY: the first 4 of 16 bytes.
+        let a = unsafe { core::ptr::read_unaligned(src_addr.as_ptr() as *const [u8; 4]) };
+        let key = Key::new(32, a);
         if DENY_V4.get(&key).is_some() {
             return true;
         }
         flags & CONFIG_ALLOWLIST != 0 && ALLOW_V4.get(&key).is_none()
     } else {
-        let key = Key::new(128, meta.src_addr);
+        let key = Key::new(128, *src_addr);
         if DENY_V6.get(&key).is_some() {
             return true;
         }
@@ -152,9 +148,9 @@ fn denied(meta: &UdpMeta, flags: u32) -> bool {
 
 /// The source's state in the LRU table, created on first sight.
 #[inline(always)]
-fn source_state(meta: &UdpMeta) -> Option<*mut SourceState> {
+fn source_state(meta: &UdpMeta, src_addr: &[u8; 16]) -> Option<*mut SourceState> {
     let key = SourceKey {
-        addr: meta.src_addr,
+        addr: *src_addr,
         ip_version: meta.ip_version,
         _pad: [0; 3],
     };
@@ -168,12 +164,12 @@ fn source_state(meta: &UdpMeta) -> Option<*mut SourceState> {
 
 #[inline(always)]
 fn capture(ctx: &XdpContext) -> u32 {
-    count(counter::SEEN);
+    // No `SEEN` count: every return below counts exactly one terminal
+    // outcome (`counter::TERMINAL`), and readers sum those.
     let start = ctx.data();
     let end = ctx.data_end();
-    let (outcome, ip_end) = parse_headers(start, end);
-    let meta = match outcome {
-        Outcome::Udp(meta) => meta,
+    let dst_port = match parse_headers(start, end).0 {
+        Outcome::Udp(meta) => meta.dst_port,
         Outcome::NotUdp => {
             count(counter::NOT_UDP);
             return xdp_action::XDP_PASS;
@@ -188,22 +184,35 @@ fn capture(ctx: &XdpContext) -> u32 {
         }
     };
     // The non-matching path ends here: one array lookup.
-    let rule = match PORTS.get(meta.dst_port as u32) {
+    let rule = match PORTS.get(dst_port as u32) {
         Some(rule) if rule.is_enabled() => *rule,
         _ => {
             count(counter::PORT_DISABLED);
             return xdp_action::XDP_PASS;
         }
     };
+    // Parse again rather than keep the first parse's results across the
+    // lookup: the compiler would spill them to the stack on every frame,
+    // while a second parse costs only the datagrams we capture. The frame
+    // has not changed, so neither has the outcome.
+    let (Outcome::Udp(meta), ip_end) = parse_headers(start, end) else {
+        count(counter::MALFORMED);
+        return xdp_action::XDP_PASS;
+    };
     // Only now, for a port we capture, the IP length against the whole
-    // (possibly multi-buffer) frame: a helper call the non-matching path
-    // does without.
+    // (possibly multi-buffer) frame. The first buffer is part of the frame,
+    // so a packet that ends within it is whole; only one that claims more
+    // needs the helper call to learn the length with all fragments.
     // SAFETY: plain helper call on the program's own context.
-    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
-    if ip_end > frame_len {
+    if ip_end > end - start && ip_end > unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize {
         count(counter::MALFORMED);
         return xdp_action::XDP_PASS;
     }
+    // The addresses, read only now that the datagram is to be captured.
+    let Some((src_addr, dst_addr)) = read_addresses(start, end, &meta) else {
+        count(counter::MALFORMED);
+        return xdp_action::XDP_PASS;
+    };
     let cfg = match CONFIG.get(0) {
         Some(cfg) => *cfg,
         None => Config::default(),
@@ -213,7 +222,7 @@ fn capture(ctx: &XdpContext) -> u32 {
     } else {
         xdp_action::XDP_PASS
     };
-    if denied(&meta, cfg.flags) {
+    if denied(&meta, &src_addr, cfg.flags) {
         count(counter::DENIED);
         return reject;
     }
@@ -223,7 +232,7 @@ fn capture(ctx: &XdpContext) -> u32 {
     // only while a per-source limit is set: an LRU hash update is the
     // dearest step of the capture path.
     let source = if cfg.per_source.is_limited() {
-        source_state(&meta)
+        source_state(&meta, &src_addr)
     } else {
         None
     };
@@ -256,7 +265,7 @@ fn capture(ctx: &XdpContext) -> u32 {
         return reject;
     }
 
-    if !write_record(ctx, &meta, &cfg, now) {
+    if !write_record(ctx, &meta, &src_addr, &dst_addr, &cfg, now) {
         // Not captured (ring full): the host still gets the packet.
         return xdp_action::XDP_PASS;
     }
@@ -275,9 +284,18 @@ fn capture(ctx: &XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Copies header and payload into the ring. False if nothing was written.
+/// Writes the record — header, then payload — straight into a ring slot of
+/// the smallest size class that holds it (`RECORD_CLASSES`). False if
+/// nothing was written.
 #[inline(always)]
-fn write_record(ctx: &XdpContext, meta: &UdpMeta, cfg: &Config, now: u64) -> bool {
+fn write_record(
+    ctx: &XdpContext,
+    meta: &UdpMeta,
+    src_addr: &[u8; 16],
+    dst_addr: &[u8; 16],
+    cfg: &Config,
+    now: u64,
+) -> bool {
     let snaplen = cfg.snaplen;
     let mut cap_len = meta.payload_len;
     if cap_len > snaplen {
@@ -286,14 +304,6 @@ fn write_record(ctx: &XdpContext, meta: &UdpMeta, cfg: &Config, now: u64) -> boo
     if cap_len > MAX_CAPTURE {
         cap_len = MAX_CAPTURE;
     }
-
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        count(counter::COPY_FAILED);
-        return false;
-    };
-    // SAFETY: the per-CPU scratch slot is ours for the duration of this run.
-    let buf = unsafe { &mut (*scratch).buf };
-
     let header = RecordHeader {
         timestamp_ns: now,
         // SAFETY: reading the context the kernel handed us.
@@ -306,60 +316,113 @@ fn write_record(ctx: &XdpContext, meta: &UdpMeta, cfg: &Config, now: u64) -> boo
         _pad0: 0,
         _pad1: 0,
         _pad2: 0,
-        src_addr: meta.src_addr,
-        dst_addr: meta.dst_addr,
+        src_addr: *src_addr,
+        dst_addr: *dst_addr,
     };
-    // SAFETY: `buf` is at least RECORD_HEADER_LEN bytes, and the ring reader
-    // copes with any alignment (it uses read_unaligned).
-    unsafe { core::ptr::write_unaligned(buf.as_mut_ptr() as *mut RecordHeader, header) };
-
-    if cap_len > 0 {
-        // The helper needs a length the verifier can prove is in
-        // 1..=MAX_CAPTURE: mask (so the register has a known bound), clamp,
-        // then add one.
-        let mut n = (cap_len - 1) & 0x3FFF;
-        if n > MAX_CAPTURE - 1 {
-            n = MAX_CAPTURE - 1;
-        }
-        // bpf_xdp_load_bytes reads across fragments of a multi-buffer frame,
-        // which direct packet access cannot.
-        // SAFETY: destination has MAX_CAPTURE bytes after the header; n + 1
-        // is at most that.
-        let rc = unsafe {
-            bpf_xdp_load_bytes(
-                ctx.ctx,
-                meta.payload_offset,
-                buf.as_mut_ptr().add(RECORD_HEADER_LEN) as *mut _,
-                n + 1,
-            )
+    let off = meta.payload_offset;
+    // The reserve size must be a constant: one call site per class, picked
+    // with a binary search (at most five comparisons).
+    macro_rules! class {
+        ($i:literal) => {
+            emit::<{ RECORD_CLASSES[$i] }>(ctx, &header, off, cap_len)
         };
-        if rc != 0 {
-            count(counter::COPY_FAILED);
-            return false;
+    }
+    const C: [u32; 17] = RECORD_CLASSES;
+    let c = cap_len;
+    let written = if c <= C[5] {
+        if c <= C[2] {
+            if c <= C[0] {
+                class!(0)
+            } else if c <= C[1] {
+                class!(1)
+            } else {
+                class!(2)
+            }
+        } else if c <= C[3] {
+            class!(3)
+        } else if c <= C[4] {
+            class!(4)
+        } else {
+            class!(5)
         }
-    }
-    let len = (cap_len & 0x3FFF) as usize;
-    if len > MAX_CAPTURE as usize {
-        count(counter::COPY_FAILED);
-        return false;
-    }
-    // SAFETY: `RECORD_HEADER_LEN + len` ≤ size of `buf`, checked above.
-    let rc = unsafe {
-        bpf_ringbuf_output(
-            &EVENTS as *const _ as *mut _,
-            buf.as_mut_ptr() as *mut _,
-            (RECORD_HEADER_LEN + len) as u64,
-            0,
-        )
+    } else if c <= C[11] {
+        if c <= C[8] {
+            if c <= C[6] {
+                class!(6)
+            } else if c <= C[7] {
+                class!(7)
+            } else {
+                class!(8)
+            }
+        } else if c <= C[9] {
+            class!(9)
+        } else if c <= C[10] {
+            class!(10)
+        } else {
+            class!(11)
+        }
+    } else if c <= C[13] {
+        if c <= C[12] { class!(12) } else { class!(13) }
+    } else if c <= C[14] {
+        class!(14)
+    } else if c <= C[15] {
+        class!(15)
+    } else {
+        class!(16)
     };
-    if rc != 0 {
-        count(counter::RING_FULL);
+    if !written {
         return false;
     }
     count(counter::CAPTURED);
     if cap_len < meta.payload_len {
         count(counter::TRUNCATED);
     }
+    true
+}
+
+/// Reserves a record with `ROOM` payload bytes, writes `header` and the
+/// `cap_len` (≤ `ROOM`) payload bytes at `off` into it, and submits it.
+/// False, with the outcome counted, if nothing was written.
+#[inline(always)]
+fn emit<const ROOM: u32>(ctx: &XdpContext, header: &RecordHeader, off: u32, cap_len: u32) -> bool {
+    // SAFETY: plain helper call on our own ring buffer map.
+    let rec = unsafe {
+        bpf_ringbuf_reserve(
+            &EVENTS as *const _ as *mut _,
+            (RECORD_HEADER_LEN as u32 + ROOM) as u64,
+            0,
+        )
+    } as *mut u8;
+    if rec.is_null() {
+        count(counter::RING_FULL);
+        return false;
+    }
+    // SAFETY: `rec` has RECORD_HEADER_LEN + ROOM writable bytes, 8-byte
+    // aligned (ring records are).
+    unsafe { core::ptr::write(rec as *mut RecordHeader, *header) };
+    if cap_len > 0 {
+        // The helper needs a length the verifier can prove is in 1..=ROOM:
+        // mask (so the register has a known bound), clamp, then add one.
+        let mut n = (cap_len - 1) & 0x3FFF;
+        if n > ROOM - 1 {
+            n = ROOM - 1;
+        }
+        // bpf_xdp_load_bytes reads across fragments of a multi-buffer
+        // frame, which direct packet access cannot.
+        // SAFETY: the destination has ROOM bytes after the header; n + 1 is
+        // at most that.
+        let rc = unsafe {
+            bpf_xdp_load_bytes(ctx.ctx, off, rec.add(RECORD_HEADER_LEN) as *mut _, n + 1)
+        };
+        if rc != 0 {
+            // SAFETY: `rec` is our reservation, not yet submitted.
+            unsafe { bpf_ringbuf_discard(rec as *mut _, 0) };
+            count(counter::COPY_FAILED);
+            return false;
+        }
+    }
+    // SAFETY: `rec` is our reservation, not yet submitted.
+    unsafe { bpf_ringbuf_submit(rec as *mut _, 0) };
     true
 }
 
