@@ -354,12 +354,16 @@ fn search(env: &Env, who: Contender, payload: usize, s: &Settings) -> Result<Sea
     for _ in 0..=s.max_doublings {
         let mut st = step(env, who, &frame, rate, s.step)?;
         steps.push(st.clone());
-        if st.lossless && st.sent.short() {
-            // Once more before calling it the sender's limit: on a shared
-            // machine a step can lose the sender's CPU for a moment.
+        // Twice more before calling it the sender's limit: on this kind of
+        // machine the same sender, alone, offers anywhere from ~250k to
+        // ~550k packets/s from one run to the next (measured with trafgen
+        // too), whoever receives. Every contender gets the same retries.
+        let mut tries = 0;
+        while st.lossless && st.sent.short() && tries < 2 {
             keep_best(&mut good, st);
             st = step(env, who, &frame, rate, s.step)?;
             steps.push(st.clone());
+            tries += 1;
         }
         if st.lossless {
             let short = st.sent.short();
