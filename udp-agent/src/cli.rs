@@ -142,9 +142,10 @@ pub struct RunArgs {
     #[arg(long, env = "UDP_AGENT_RING_BYTES", default_value_t = DEFAULT_RING_BYTES)]
     pub ring_bytes: u32,
 
-    /// Encoded packets that may wait for the sink (in batches of up to 10);
-    /// past this, packets are dropped and counted (`queue_drops`).
-    #[arg(long, env = "UDP_AGENT_QUEUE_CAPACITY", default_value_t = 4096,
+    /// Encoded packets that may wait for the sink (in batches of up to 10,
+    /// and at most ~16 MiB of entries); past this, packets are dropped and
+    /// counted (`queue_drops`).
+    #[arg(long, env = "UDP_AGENT_QUEUE_CAPACITY", default_value_t = 16384,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_capacity: u32,
 

@@ -33,6 +33,13 @@ pub fn queue_batches(packets: u32) -> usize {
     (packets as usize).div_ceil(MAX_ENTRIES).max(1)
 }
 
+/// Most bytes of entries the sink's queue holds, besides its count of
+/// packets: enough for ~40,000 small entries (a long stall of the sink at a
+/// high rate), and a bound on memory when entries are large (16,384 jumbo
+/// entries would take ~200 MiB). Estimated from the average size of recent
+/// batches, so traffic whose sizes change abruptly can overshoot it briefly.
+pub const QUEUE_BYTES: usize = 16 << 20;
+
 /// Encoder, batcher and the sending end of the sink's queue.
 pub struct Handoff {
     encoder: Encoder,
@@ -44,6 +51,12 @@ pub struct Handoff {
     deadline: Option<Instant>,
     stats: Arc<PipelineStats>,
     closed: bool,
+    /// Bytes of a recent batch, on average ([`Entry::aws_size`]; an
+    /// exponential moving average over about eight batches).
+    batch_bytes: usize,
+    /// Most bytes the queue may hold, estimated as waiting batches ×
+    /// `batch_bytes`.
+    max_queued_bytes: usize,
 }
 
 impl Handoff {
@@ -61,6 +74,8 @@ impl Handoff {
             deadline: None,
             stats,
             closed: false,
+            batch_bytes: 0,
+            max_queued_bytes: QUEUE_BYTES,
         }
     }
 
@@ -113,7 +128,19 @@ impl Handoff {
     /// Hands a batch to the queue without waiting.
     fn offer(&mut self, batch: Vec<Entry>) {
         let n = batch.len() as u64;
-        match self.tx.try_send(batch) {
+        let bytes: usize = batch.iter().map(Entry::aws_size).sum();
+        self.batch_bytes = if self.batch_bytes == 0 {
+            bytes
+        } else {
+            (self.batch_bytes * 7 + bytes) / 8
+        };
+        let waiting = self.tx.max_capacity() - self.tx.capacity();
+        let result = if waiting > 0 && waiting * self.batch_bytes + bytes > self.max_queued_bytes {
+            Err(mpsc::error::TrySendError::Full(batch))
+        } else {
+            self.tx.try_send(batch)
+        };
+        match result {
             Ok(()) => {
                 self.stats.batched.fetch_add(n, Relaxed);
             }
@@ -245,6 +272,35 @@ mod tests {
             stats.batched.load(Relaxed) + stats.queue_drops.load(Relaxed),
             35
         );
+    }
+
+    #[test]
+    fn large_entries_are_bounded_by_bytes_too() {
+        let (mut out, mut rx, stats) = handoff(1000);
+        out.max_queued_bytes = 100_000;
+        let mut big = packet(0);
+        big.payload = vec![b'x'; 3000];
+        big.wire_len = 3000;
+        // ~4 KB of Detail each: ~40 KB a batch, so two batches fit.
+        for _ in 0..50 {
+            out.push(&big.view());
+        }
+        assert_eq!(stats.batched.load(Relaxed), 20);
+        assert_eq!(stats.queue_drops.load(Relaxed), 30);
+        // Room again once the sink takes them.
+        while rx.try_recv().is_ok() {}
+        for _ in 0..10 {
+            out.push(&big.view());
+        }
+        assert_eq!(stats.batched.load(Relaxed), 30);
+        // Small entries: the count is what bounds them.
+        let (mut out, _rx, stats) = handoff(3);
+        out.max_queued_bytes = 100_000;
+        for i in 0..50 {
+            out.push(&packet(i).view());
+        }
+        assert_eq!(stats.batched.load(Relaxed), 30);
+        assert_eq!(stats.queue_drops.load(Relaxed), 20);
     }
 
     #[test]
