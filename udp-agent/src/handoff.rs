@@ -82,18 +82,7 @@ impl Handoff {
     /// Encodes one packet into the current batch; a batch that fills goes
     /// to the queue (or, if the queue is full, is counted and dropped).
     pub fn push(&mut self, packet: &PacketView<'_>) {
-        let entry = self.encoder.encode_view(packet);
-        match self.batcher.push(entry) {
-            Ok(Some(batch)) => self.offer(batch),
-            Ok(None) => {}
-            Err(_) => count_drop(
-                &self.stats.oversize,
-                "entry larger than a PutEvents request; dropped",
-            ),
-        }
-        if self.batcher.is_full()
-            && let Some(batch) = self.batcher.take()
-        {
+        for batch in self.add(packet).into_iter().flatten() {
             self.offer(batch);
         }
         if self.batcher.is_empty() {
@@ -101,6 +90,29 @@ impl Handoff {
         } else if self.deadline.is_none() {
             self.deadline = Some(Instant::now() + self.linger);
         }
+    }
+
+    /// Encodes `packet` into the current batch. Returns the batches it
+    /// completed: the previous one if the entry did not fit its bytes, and
+    /// the current one if the entry filled its count.
+    fn add(&mut self, packet: &PacketView<'_>) -> [Option<Vec<Entry>>; 2] {
+        let entry = self.encoder.encode_view(packet);
+        let completed = match self.batcher.push(entry) {
+            Ok(batch) => batch,
+            Err(_) => {
+                count_drop(
+                    &self.stats.oversize,
+                    "entry larger than a PutEvents request; dropped",
+                );
+                None
+            }
+        };
+        let full = if self.batcher.is_full() {
+            self.batcher.take()
+        } else {
+            None
+        };
+        [completed, full]
     }
 
     /// When the waiting partial batch is due, if there is one.
@@ -175,18 +187,7 @@ impl Handoff {
     /// Like [`Handoff::push`], but waits for room instead of dropping: for
     /// the final drain after the program is detached.
     pub async fn push_waiting(&mut self, packet: &PacketView<'_>) {
-        let entry = self.encoder.encode_view(packet);
-        match self.batcher.push(entry) {
-            Ok(Some(batch)) => self.send_waiting(batch).await,
-            Ok(None) => {}
-            Err(_) => count_drop(
-                &self.stats.oversize,
-                "entry larger than a PutEvents request; dropped",
-            ),
-        }
-        if self.batcher.is_full()
-            && let Some(batch) = self.batcher.take()
-        {
+        for batch in self.add(packet).into_iter().flatten() {
             self.send_waiting(batch).await;
         }
     }

@@ -30,15 +30,12 @@ pub struct Packet {
 
 impl Packet {
     pub fn ip_version(&self) -> u8 {
-        match self.src {
-            IpAddr::V4(_) => 4,
-            IpAddr::V6(_) => 6,
-        }
+        self.view().ip_version()
     }
 
     /// True when fewer bytes were captured than the datagram carried.
     pub fn truncated(&self) -> bool {
-        (self.payload.len() as u64) < u64::from(self.wire_len)
+        self.view().truncated()
     }
 
     /// The same datagram, borrowed.
