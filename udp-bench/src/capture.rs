@@ -28,6 +28,7 @@ use crate::{
     netns::VethNs,
     proc::{check_interrupted, sleep},
     report::{Row, mib, thousands},
+    search::{self, Found, Plan, Probe},
     traffic::{self, Sent},
 };
 
@@ -102,6 +103,15 @@ impl Contender {
             Contender::Tcpdump => "tcpdump",
             Contender::Socket => "UDP socket",
         }
+    }
+}
+
+impl Probe for Step {
+    fn sent(&self) -> &Sent {
+        &self.sent
+    }
+    fn lossless(&self) -> bool {
+        self.lossless
     }
 }
 
@@ -345,67 +355,30 @@ fn step(env: &Env, who: Contender, frame: &[u8], rate: u64, secs: Duration) -> R
 fn search(env: &Env, who: Contender, payload: usize, s: &Settings) -> Result<Search> {
     let frame = traffic::udp_frame(env.ns, PORT, payload);
     let mut steps = Vec::new();
-    let mut good: Option<Step> = None;
-    let mut bad: Option<Step> = None;
-    let mut limited_by = String::new();
-    let mut rate = s.start_pps;
-    // Bracket: double while lossless (or halve while lossy, if the first
-    // rate already loses).
-    for _ in 0..=s.max_doublings {
-        let mut st = step(env, who, &frame, rate, s.step)?;
+    let plan = Plan {
+        start_pps: s.start_pps as f64,
+        max_doublings: s.max_doublings,
+        bisections: s.bisections,
+        // On this kind of machine the same sender, alone, offers anywhere
+        // from ~250k to ~550k packets/s from one run to the next (measured
+        // with trafgen too), whoever receives. Every contender gets the
+        // same retries.
+        short_retries: 2,
+        min_pps: 1000.0,
+    };
+    let Found {
+        good,
+        bad,
+        sender_limited,
+    } = search::search(&plan, |rate| {
+        let st = step(env, who, &frame, rate as u64, s.step)?;
         steps.push(st.clone());
-        // Twice more before calling it the sender's limit: on this kind of
-        // machine the same sender, alone, offers anywhere from ~250k to
-        // ~550k packets/s from one run to the next (measured with trafgen
-        // too), whoever receives. Every contender gets the same retries.
-        let mut tries = 0;
-        while st.lossless && st.sent.short() && tries < 2 {
-            keep_best(&mut good, st);
-            st = step(env, who, &frame, rate, s.step)?;
-            steps.push(st.clone());
-            tries += 1;
-        }
-        if st.lossless {
-            let short = st.sent.short();
-            keep_best(&mut good, st);
-            if short {
-                limited_by = "the sender: it could not offer more on this machine".into();
-                break;
-            }
-            if bad.is_some() {
-                break;
-            }
-            rate *= 2;
-        } else {
-            bad = Some(st);
-            if good.is_some() {
-                break;
-            }
-            rate /= 2;
-            if rate < 1000 {
-                break;
-            }
-        }
-    }
-    // Bisect on the rate asked for.
-    for _ in 0..s.bisections {
-        let (Some(g), Some(b)) = (&good, &bad) else {
-            break;
-        };
-        let (lo, hi) = (g.sent.nominal_pps, b.sent.nominal_pps);
-        if hi <= lo || (hi - lo) as f64 / lo as f64 <= 0.05 {
-            break;
-        }
-        let st = step(env, who, &frame, (lo + hi) / 2, s.step)?;
-        steps.push(st.clone());
-        if st.lossless {
-            keep_best(&mut good, st);
-        } else {
-            bad = Some(st);
-        }
-    }
-    if limited_by.is_empty() {
-        limited_by = match &bad {
+        Ok(st)
+    })?;
+    let limited_by = if sender_limited {
+        "the sender: it could not offer more on this machine".to_string()
+    } else {
+        match &bad {
             Some(b) => format!(
                 "at {} pps {:.2}% lost: {}",
                 thousands(b.sent.pps),
@@ -413,8 +386,8 @@ fn search(env: &Env, who: Contender, payload: usize, s: &Settings) -> Result<Sea
                 losses_text(&b.losses)
             ),
             None => "the search's highest step".into(),
-        };
-    }
+        }
+    };
     let max_rss_kib = steps.iter().map(|s| s.max_rss_kib).max().unwrap_or(0);
     Ok(Search {
         contender: who,
@@ -426,13 +399,6 @@ fn search(env: &Env, who: Contender, payload: usize, s: &Settings) -> Result<Sea
         max_rss_kib,
         steps,
     })
-}
-
-/// Keeps the lossless step with the highest achieved rate.
-fn keep_best(good: &mut Option<Step>, st: Step) {
-    if good.as_ref().is_none_or(|g| st.sent.pps > g.sent.pps) {
-        *good = Some(st);
-    }
 }
 
 fn losses_text(losses: &BTreeMap<String, u64>) -> String {

@@ -38,6 +38,7 @@ use crate::{
     netns::VethNs,
     proc::{Proc, check_interrupted, pin_command, sleep, sut_cpu},
     report::{Row, duration_ns, mib, thousands},
+    search::{self, Found, Plan, Probe},
     traffic::{self, Sent},
 };
 
@@ -77,6 +78,15 @@ pub struct Env<'a> {
     pub article: &'a Path,
     pub fake_eventbridge: Option<&'a Path>,
     pub ns: &'a VethNs,
+}
+
+impl Probe for Step {
+    fn sent(&self) -> &Sent {
+        &self.offered
+    }
+    fn lossless(&self) -> bool {
+        self.lossless
+    }
 }
 
 /// One step of the search.
@@ -200,13 +210,6 @@ fn step(ns: &VethNs, acks: &dyn Acks, frame: &[u8], rate: f64, duration: Duratio
     })
 }
 
-/// Keeps the lossless step with the highest achieved rate.
-fn keep_best(good: &mut Option<Step>, st: Step) {
-    if good.as_ref().is_none_or(|g| st.offered.pps > g.offered.pps) {
-        *good = Some(st);
-    }
-}
-
 /// The highest rate acknowledged without loss: double from `start`, then
 /// bisect.
 fn search(
@@ -218,10 +221,18 @@ fn search(
     who: &str,
 ) -> Result<Throughput> {
     let mut steps = Vec::new();
-    let (mut good, mut bad): (Option<Step>, Option<Step>) = (None, None);
-    let mut rate = start;
-    let mut limited_by = String::new();
-    let run = |rate: f64, steps: &mut Vec<Step>| -> Result<Step> {
+    let plan = Plan {
+        start_pps: start,
+        max_doublings: s.max_doublings,
+        bisections: s.bisections,
+        short_retries: 1,
+        min_pps: 0.0,
+    };
+    let Found {
+        good,
+        bad,
+        sender_limited,
+    } = search::search(&plan, |rate| {
         let st = step(ns, acks, frame, rate, s.step)?;
         eprintln!(
             "bench: forward: {who:<10} asked {:>8.0} pps  sent {:>8.0} pps  acknowledged {:>8} of {:>8}  loss {:>7.3}%",
@@ -229,58 +240,19 @@ fn search(
         );
         steps.push(st.clone());
         Ok(st)
-    };
-    for _ in 0..=s.max_doublings {
-        let mut st = run(rate, &mut steps)?;
-        if st.lossless && st.offered.short() {
-            // Once more before calling it the sender's limit.
-            keep_best(&mut good, st);
-            st = run(rate, &mut steps)?;
-        }
-        if st.lossless {
-            let short = st.offered.short();
-            keep_best(&mut good, st);
-            if short {
-                limited_by = "the sender could not offer more".into();
-                break;
-            }
-            if bad.is_some() {
-                break;
-            }
-            rate *= 2.0;
-        } else {
-            bad = Some(st);
-            if good.is_some() {
-                break;
-            }
-            rate /= 2.0;
-        }
-    }
-    for _ in 0..s.bisections {
-        let (Some(g), Some(b)) = (&good, &bad) else {
-            break;
-        };
-        let (lo, hi) = (g.offered.nominal_pps as f64, b.offered.nominal_pps as f64);
-        if hi <= lo || (hi - lo) / lo <= 0.05 {
-            break;
-        }
-        let st = run((lo + hi) / 2.0, &mut steps)?;
-        if st.lossless {
-            keep_best(&mut good, st);
-        } else {
-            bad = Some(st);
-        }
-    }
-    if limited_by.is_empty() {
-        limited_by = match &bad {
+    })?;
+    let limited_by = if sender_limited {
+        "the sender could not offer more".to_string()
+    } else {
+        match &bad {
             Some(b) => format!(
                 "at {} pps {:.1}% was not acknowledged in time",
                 thousands(b.offered.pps),
                 b.loss_pct
             ),
             None => "the search's highest step".into(),
-        };
-    }
+        }
+    };
     Ok(Throughput {
         events_per_s: good.map_or(0.0, |g| g.offered.pps),
         steps,

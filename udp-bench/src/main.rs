@@ -25,6 +25,7 @@ mod kernel;
 mod netns;
 mod proc;
 mod report;
+mod search;
 mod sockread;
 mod traffic;
 
