@@ -1,7 +1,8 @@
-//! The two `bpf(2)` commands the kernel-cost scenario needs, called
-//! directly: `BPF_PROG_LOAD` of the XDP_PASS floor program (two
-//! instructions, no object file) and `BPF_PROG_TEST_RUN`, used for the floor
-//! and the real program alike so both are timed the same way.
+//! The two `bpf(2)` commands the benchmark needs, called directly:
+//! `BPF_PROG_LOAD` of two-instruction programs (no object file) and
+//! `BPF_PROG_TEST_RUN`. The kernel-cost scenario times its XDP_PASS floor
+//! and the real program alike with it; the capture scenario's sender runs an
+//! XDP_TX program over live frames with it ([`crate::traffic::send_live`]).
 
 use std::{
     io,
@@ -14,6 +15,11 @@ const BPF_PROG_TYPE_XDP: u32 = 6;
 /// The program may see multi-buffer frames (`xdp.frags`): the real program
 /// is loaded with it, so the floor is too, and both accept jumbo frames.
 const BPF_F_XDP_HAS_FRAGS: u32 = 1 << 5;
+/// `BPF_PROG_TEST_RUN` sends the frames its program returns XDP_TX or
+/// XDP_REDIRECT for (Linux 5.18).
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+const XDP_PASS: i32 = 2;
+const XDP_TX: i32 = 3;
 
 /// `struct bpf_insn`.
 #[repr(C)]
@@ -87,13 +93,25 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
 /// Loads `r0 = XDP_PASS; exit` as a frags-aware XDP program: the floor
 /// that every measured program is compared with.
 pub fn load_xdp_pass() -> io::Result<OwnedFd> {
+    load_return(XDP_PASS, b"xdp_floor", BPF_F_XDP_HAS_FRAGS)
+}
+
+/// Loads `r0 = XDP_TX; exit`: run over live frames received "on" an
+/// interface, it transmits every frame out of that interface.
+pub fn load_xdp_tx() -> io::Result<OwnedFd> {
+    // Live frames are at most a page: no frags.
+    load_return(XDP_TX, b"xdp_sender", 0)
+}
+
+/// An XDP program that returns `action` and does nothing else.
+fn load_return(action: i32, prog_name: &[u8], prog_flags: u32) -> io::Result<OwnedFd> {
     let insns = [
-        // BPF_ALU64 | BPF_MOV | BPF_K: r0 = 2 (XDP_PASS)
+        // BPF_ALU64 | BPF_MOV | BPF_K: r0 = action
         Insn {
             code: 0xb7,
             regs: 0,
             off: 0,
-            imm: 2,
+            imm: action,
         },
         // BPF_JMP | BPF_EXIT
         Insn {
@@ -105,13 +123,13 @@ pub fn load_xdp_pass() -> io::Result<OwnedFd> {
     ];
     let license = c"GPL";
     let mut name = [0u8; 16];
-    name[..9].copy_from_slice(b"xdp_floor");
+    name[..prog_name.len()].copy_from_slice(prog_name);
     let mut attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_XDP,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        prog_flags: BPF_F_XDP_HAS_FRAGS,
+        prog_flags,
         prog_name: name,
         ..Default::default()
     };
@@ -158,4 +176,42 @@ pub fn test_run(fd: RawFd, frame: &[u8], repeat: u32) -> io::Result<TestRun> {
         kernel_ns: attr.duration,
         cpu_ns: cpu as f64 / f64::from(repeat.max(1)),
     })
+}
+
+/// `struct xdp_md`, the context a test run starts from.
+#[repr(C)]
+#[derive(Default)]
+struct XdpMd {
+    data: u32,
+    data_end: u32,
+    data_meta: u32,
+    ingress_ifindex: u32,
+    rx_queue_index: u32,
+    egress_ifindex: u32,
+}
+
+/// Runs program `fd` over `repeat` live copies of `frame`, received on
+/// interface `ifindex` of the calling thread's namespace: with
+/// [`load_xdp_tx`], the kernel transmits each copy out of that interface
+/// (in batches of 64, and runs the receiving side's softirq work between
+/// batches on this CPU). Frames the interface could not take are not
+/// reported here; the receiver's counters tell.
+pub fn test_run_live(fd: RawFd, frame: &[u8], ifindex: u32, repeat: u32) -> io::Result<()> {
+    let mut ctx = XdpMd {
+        data_end: frame.len() as u32,
+        ingress_ifindex: ifindex,
+        ..Default::default()
+    };
+    let mut attr = TestRunAttr {
+        prog_fd: fd as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        ctx_size_in: size_of::<XdpMd>() as u32,
+        ctx_in: (&mut ctx as *mut XdpMd) as u64,
+        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok(())
 }

@@ -1,7 +1,17 @@
 //! Scenario 2 — lossless capture rate, and scenario 4's soak.
 //!
-//! A paced sender offers fixed rates from the namespace into the veth pair
-//! ([`traffic::send_paced`]; trafgen cannot pace above ~100k packets/s, see
+//! A paced sender offers fixed rates from the namespace into the veth pair.
+//! By default it sends XDP frames ([`traffic::send_live`]): the root-side
+//! veth then hands each frame to XDP the way a NIC driver hands over a
+//! received page, with no socket buffer before the program. Frames from a
+//! socket (`AF_PACKET`, trafgen) instead reach a veth's native XDP as socket
+//! buffers that the veth first copies into a page of its own: measured
+//! here, that alone costs ~1.2 µs per packet on the sender's CPU even when
+//! the program returns XDP_PASS at once — a cost of the test rig that a
+//! NIC does not have, and one that tcpdump and the socket reader (no XDP)
+//! never pay. Where live frames are not available the `AF_PACKET` sender
+//! ([`traffic::send_paced`]) is used and the report says so (trafgen
+//! cannot pace above ~100k packets/s, see
 //! [`traffic`]). For each payload size and each contender — the agent (XDP
 //! in native mode, every packet encoded to its JSON entry and written by the
 //! stdout sink to /dev/null), `tcpdump -w /dev/null`, and a plain UDP socket
@@ -152,6 +162,7 @@ pub struct Search {
 }
 
 pub struct Env<'a> {
+    pub sender: traffic::Sender,
     pub agent: &'a Path,
     pub self_exe: &'a Path,
     pub ns: &'a VethNs,
@@ -340,13 +351,12 @@ fn step(env: &Env, who: Contender, frame: &[u8], rate: u64, secs: Duration) -> R
     let count = ((rate as f64 * secs.as_secs_f64()) as u64).max(1);
     let payload = frame.len() - traffic::HEADERS;
     measure(env, who, payload, &|| {
-        traffic::send_paced(
+        env.sender.send(
             env.ns,
             frame,
             rate as f64,
             count,
             secs * 3 + Duration::from_secs(5),
-            0,
         )
     })
 }
@@ -359,10 +369,10 @@ fn search(env: &Env, who: Contender, payload: usize, s: &Settings) -> Result<Sea
         start_pps: s.start_pps as f64,
         max_doublings: s.max_doublings,
         bisections: s.bisections,
-        // On this kind of machine the same sender, alone, offers anywhere
-        // from ~250k to ~550k packets/s from one run to the next (measured
-        // with trafgen too), whoever receives. Every contender gets the
-        // same retries.
+        // A step the sender could not fill may have lost CPU 0 for a
+        // moment on this shared machine (the AF_PACKET sender's rate, for
+        // one, varies from ~250k to ~550k packets/s from run to run).
+        // Every contender gets the same retries.
         short_retries: 2,
         min_pps: 1000.0,
     };
@@ -376,7 +386,8 @@ fn search(env: &Env, who: Contender, payload: usize, s: &Settings) -> Result<Sea
         Ok(st)
     })?;
     let limited_by = if sender_limited {
-        "the sender: it could not offer more on this machine".to_string()
+        "the sender's CPU, which also runs the receiving kernel path: it could not offer more"
+            .to_string()
     } else {
         match &bad {
             Some(b) => format!(
@@ -426,7 +437,7 @@ pub struct CaptureResults {
     pub port: u16,
     pub step_seconds: f64,
     pub max_loss_pct: f64,
-    pub sender: &'static str,
+    pub sender: String,
     pub searches: Vec<Search>,
     pub floods: Vec<Flood>,
 }
@@ -458,7 +469,10 @@ pub fn run(env: &Env, s: &Settings) -> Result<(CaptureResults, Vec<Row>)> {
             port: PORT,
             step_seconds: s.step.as_secs_f64(),
             max_loss_pct: MAX_LOSS * 100.0,
-            sender: "paced AF_PACKET sendmmsg (≤16-frame bursts) on CPU 0; flood: trafgen full speed on CPU 0",
+            sender: format!(
+                "{}; flood: trafgen full speed on CPU 0",
+                env.sender.describe()
+            ),
             searches,
             floods,
         },
@@ -588,8 +602,10 @@ pub fn soak(env: &Env, rate: u64, duration: Duration) -> Result<(Soak, Row)> {
     let count = (rate as f64 * duration.as_secs_f64()) as u64;
     let mut rss = Vec::new();
     let sent = std::thread::scope(|sc| -> Result<Sent> {
-        let sender =
-            sc.spawn(|| traffic::send_paced(env.ns, &frame, rate as f64, count, duration * 2, 0));
+        let sender = sc.spawn(|| {
+            env.sender
+                .send(env.ns, &frame, rate as f64, count, duration * 2)
+        });
         while !sender.is_finished() {
             if let Some(m) = agent.memory() {
                 rss.push(m.rss_kib);

@@ -266,7 +266,21 @@ fn all(a: &AllArgs) -> Result<()> {
         );
         let workdir = a.workdir.join(format!("udp-bench-{}", std::process::id()));
         std::fs::create_dir_all(&workdir)?;
+        let rig = if wanted("capture") || wanted("memory") {
+            let r = traffic::Rig::prepare(&ns, &traffic::udp_frame(&ns, capture::PORT, 64));
+            if let Some(why) = &r.fallback_reason {
+                eprintln!(
+                    "bench: live-frames sender unavailable ({why}); the AF_PACKET sender offers scenario 2's traffic"
+                );
+            }
+            Some(r)
+        } else {
+            None
+        };
         let cenv = capture::Env {
+            sender: rig
+                .as_ref()
+                .map_or(traffic::Sender::PacketSocket, |r| r.sender),
             agent: &a.agent,
             self_exe: &self_exe,
             ns: &ns,
@@ -287,7 +301,10 @@ fn all(a: &AllArgs) -> Result<()> {
         }
         let mut soak_rate = None;
         if wanted("capture") {
-            eprintln!("bench: scenario 2: lossless capture rate (trafgen → veth → XDP native)");
+            eprintln!(
+                "bench: scenario 2: lossless capture rate ({})",
+                cenv.sender.describe()
+            );
             match capture::run(&cenv, &csettings) {
                 Ok((r, rs)) => {
                     soak_rate = r
@@ -351,6 +368,7 @@ fn all(a: &AllArgs) -> Result<()> {
             }
         }
         let _ = std::fs::remove_dir_all(&workdir);
+        drop(rig);
         drop(ns);
     }
 

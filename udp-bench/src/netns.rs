@@ -208,3 +208,53 @@ pub fn enter(path: &std::path::Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Turns generic receive offload on or off for `ifname` in the root
+/// namespace (the `ETHTOOL_SGRO` ioctl; no ethtool binary needed). On a
+/// veth, GRO also gives the receiving end the NAPI context that XDP frames
+/// sent by its peer need when no XDP program is attached there.
+pub fn set_gro(ifname: &str, on: bool) -> Result<()> {
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    if ifname.len() >= libc::IFNAMSIZ {
+        bail!("interface name too long: {ifname}");
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_SGRO,
+        data: u32::from(on),
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut value,
+        _pad: [0; 16],
+    };
+    req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
+    // SAFETY: plain syscall.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // SAFETY: valid fd; `req` is an ifreq whose data points to a live
+    // ethtool_value for the duration of the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
+    if rc != 0 {
+        bail!(
+            "turning GRO {} on {ifname}: {}",
+            if on { "on" } else { "off" },
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}

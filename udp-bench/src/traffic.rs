@@ -26,6 +26,7 @@ use serde::Serialize;
 use udp_ebpf_common::frame::FrameBuilder;
 
 use crate::{
+    bpf,
     netns::{self, VethNs},
     proc::{Proc, interrupted, monotonic_ns, pin_to_cpu},
 };
@@ -316,6 +317,169 @@ pub fn send_paced(
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
+}
+
+/// Sends `count` copies of `frame` at `rate` packets/s from the namespace
+/// as XDP frames: an XDP_TX program run by `BPF_PROG_TEST_RUN` over live
+/// frames "received" on the namespace's interface, so each copy leaves it
+/// through the veth's XDP transmit path and reaches the root side as an
+/// XDP frame, the way a NIC driver hands received pages to XDP (no socket
+/// buffer before the receiver's XDP program, which then runs in this
+/// thread's softirq on CPU 0; see [`crate::capture`]). The frames are
+/// identical (no timestamps). Stops at `max` whatever was sent.
+pub fn send_live(v: &VethNs, frame: &[u8], rate: f64, count: u64, max: Duration) -> Result<Sent> {
+    let path = v.netns_path();
+    let ifname = v.ns_if.clone();
+    let frame = frame.to_vec();
+    std::thread::scope(|s| {
+        s.spawn(move || -> Result<Sent> {
+            netns::enter(&path)?;
+            pin_to_cpu(0);
+            let name = CString::new(ifname.as_str())?;
+            // SAFETY: valid C string.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            if ifindex == 0 {
+                bail!("{ifname}: {}", io::Error::last_os_error());
+            }
+            let prog = bpf::load_xdp_tx().context("loading the XDP_TX sender program")?;
+            // Each call sets up and tears down a page pool (~130 µs, with
+            // expedited RCU; see `crate::capture`): a call carries a
+            // millisecond's worth of frames, at least 64 (the kernel's
+            // batch), sent back to back.
+            let per_call = ((rate / 1000.0) as u64).clamp(64, 8192);
+            let start = Instant::now();
+            let mut sent = 0u64;
+            while sent < count {
+                if interrupted() || start.elapsed() > max {
+                    break;
+                }
+                let elapsed = start.elapsed().as_secs_f64();
+                let due = ((elapsed * rate) as u64 + 1).min(count);
+                let want = (count - sent).min(per_call);
+                if due < sent + want {
+                    let next = (sent + want) as f64 / rate;
+                    let wait = next - elapsed;
+                    if wait > 200e-6 {
+                        std::thread::sleep(Duration::from_secs_f64(wait - 100e-6));
+                    } else {
+                        std::thread::yield_now();
+                    }
+                    continue;
+                }
+                let n = (due - sent).min(per_call * 4);
+                bpf::test_run_live(prog.as_raw_fd(), &frame, ifindex, n as u32)
+                    .context("BPF_PROG_TEST_RUN with live frames (Linux ≥ 5.18)")?;
+                sent += n;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            Ok(Sent {
+                nominal_pps: rate as u64,
+                packets: sent,
+                secs,
+                pps: sent as f64 / secs.max(1e-9),
+            })
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// How scenario 2 and the soak offer traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sender {
+    /// [`send_live`]: XDP frames, as a NIC driver would hand them over.
+    LiveFrames,
+    /// [`send_paced`]: socket buffers from an `AF_PACKET` socket (the
+    /// fallback where live frames are not available).
+    PacketSocket,
+}
+
+impl Sender {
+    pub fn send(
+        self,
+        v: &VethNs,
+        frame: &[u8],
+        rate: f64,
+        count: u64,
+        max: Duration,
+    ) -> Result<Sent> {
+        match self {
+            Sender::LiveFrames => send_live(v, frame, rate, count, max),
+            Sender::PacketSocket => send_paced(v, frame, rate, count, max, 0),
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Sender::LiveFrames => {
+                "XDP frames (BPF_PROG_TEST_RUN live frames, XDP_TX out of the namespace's veth; ≤1 ms bursts) on CPU 0"
+            }
+            Sender::PacketSocket => "paced AF_PACKET sendmmsg (≤16-frame bursts) on CPU 0",
+        }
+    }
+}
+
+/// The live-frames sender's machine settings, restored on drop: RCU
+/// grace periods expedited (each `BPF_PROG_TEST_RUN` call ends with
+/// `synchronize_rcu()` when it frees its page pool: ~25 ms normally,
+/// ~0.1 ms expedited, which is what lets one call carry a millisecond of
+/// traffic), and GRO on the root-side veth (a veth takes XDP frames from
+/// its peer only with NAPI, which GRO or an XDP program provides, so the
+/// contenders without XDP receive the same frames).
+pub struct Rig {
+    pub sender: Sender,
+    /// Why the live-frames sender is not used.
+    pub fallback_reason: Option<String>,
+    rcu_before: Option<String>,
+}
+
+const RCU_EXPEDITED: &str = "/sys/kernel/rcu_expedited";
+
+impl Rig {
+    pub fn prepare(v: &VethNs, frame: &[u8]) -> Rig {
+        let mut rig = Rig {
+            sender: Sender::PacketSocket,
+            fallback_reason: None,
+            rcu_before: None,
+        };
+        let tried = (|| -> Result<()> {
+            let before = fs::read_to_string(RCU_EXPEDITED)
+                .with_context(|| format!("reading {RCU_EXPEDITED}"))?;
+            fs::write(RCU_EXPEDITED, "1").with_context(|| format!("writing {RCU_EXPEDITED}"))?;
+            rig.rcu_before = Some(before.trim().to_string());
+            netns::set_gro(&v.host_if, true)?;
+            // A trial call: the kernel supports live frames, and a
+            // frame reaches the root side.
+            let rx0 = rx_packets(&v.host_if);
+            send_live(v, frame, 1000.0, 64, Duration::from_secs(5))?;
+            let got = rx_packets(&v.host_if).saturating_sub(rx0);
+            if got == 0 {
+                bail!("no live frame arrived on {}", v.host_if);
+            }
+            Ok(())
+        })();
+        match tried {
+            Ok(()) => rig.sender = Sender::LiveFrames,
+            Err(e) => rig.fallback_reason = Some(format!("{e:#}")),
+        }
+        rig
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(before) = &self.rcu_before {
+            let _ = fs::write(RCU_EXPEDITED, before);
+        }
+    }
+}
+
+fn rx_packets(ifname: &str) -> u64 {
+    fs::read_to_string(format!("/sys/class/net/{ifname}/statistics/rx_packets"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
