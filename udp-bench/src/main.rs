@@ -128,6 +128,10 @@ struct AllArgs {
     /// Scenario 2 contenders (default: all): agent, tcpdump, socket.
     #[arg(long, value_delimiter = ',')]
     contenders: Vec<String>,
+    /// The sender of scenarios 2 and 4: `live` (XDP frames, the default) or
+    /// `packet` (an AF_PACKET socket; also the fallback).
+    #[arg(long, default_value = "live", value_parser = ["live", "packet"])]
+    sender: String,
     /// How to reproduce this run, for the report.
     #[arg(long, default_value = "cargo xtask bench")]
     command: String,
@@ -266,21 +270,20 @@ fn all(a: &AllArgs) -> Result<()> {
         );
         let workdir = a.workdir.join(format!("udp-bench-{}", std::process::id()));
         std::fs::create_dir_all(&workdir)?;
-        let rig = if wanted("capture") || wanted("memory") {
-            let r = traffic::Rig::prepare(&ns, &traffic::udp_frame(&ns, capture::PORT, 64));
-            if let Some(why) = &r.fallback_reason {
-                eprintln!(
-                    "bench: live-frames sender unavailable ({why}); the AF_PACKET sender offers scenario 2's traffic"
-                );
-            }
-            Some(r)
+        // Restores the machine's settings when dropped, after the last
+        // scenario.
+        let rig = if a.sender == "live" {
+            traffic::Rig::prepare(&ns, &traffic::udp_frame(&ns, capture::PORT, 64))
         } else {
-            None
+            traffic::Rig::packet_socket()
         };
+        if let Some(why) = &rig.fallback_reason {
+            eprintln!(
+                "bench: live-frames sender unavailable ({why}); the AF_PACKET sender offers scenarios 2 and 4 their traffic"
+            );
+        }
         let cenv = capture::Env {
-            sender: rig
-                .as_ref()
-                .map_or(traffic::Sender::PacketSocket, |r| r.sender),
+            sender: rig.sender,
             agent: &a.agent,
             self_exe: &self_exe,
             ns: &ns,
