@@ -64,7 +64,7 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use super::{config::Connection, service::EntryResult};
-use crate::encode::Entry;
+use crate::encode::{Entry, push_json_bytes};
 
 type PutEventsResult = Result<Vec<EntryResult>, SdkError<PutEventsError, HttpResponse>>;
 
@@ -448,98 +448,20 @@ pub fn request_body(entries: &[Entry]) -> Vec<u8> {
             b.push(b',');
         }
         b.extend_from_slice(b"{\"Source\":");
-        json_string(&mut b, &e.source);
+        push_json_bytes(&mut b, &e.source);
         b.extend_from_slice(b",\"DetailType\":");
-        json_string(&mut b, &e.detail_type);
+        push_json_bytes(&mut b, &e.detail_type);
         b.extend_from_slice(b",\"Detail\":");
-        json_string(&mut b, &e.detail);
+        push_json_bytes(&mut b, &e.detail);
         b.extend_from_slice(b",\"Time\":");
         epoch_seconds(&mut b, e.time);
         b.extend_from_slice(b",\"EventBusName\":");
-        json_string(&mut b, &e.event_bus_name);
+        push_json_bytes(&mut b, &e.event_bus_name);
         b.push(b'}');
     }
     b.extend_from_slice(b"]}");
     b
 }
-
-/// A JSON string, escaped as serde_json escapes it (`"`, `\\` and control
-/// characters), looking at eight bytes at a time: a `Detail` is mostly a
-/// long base64 payload, and its quotes are found without a per-byte loop.
-fn json_string(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    let mut start = 0;
-    let mut i = 0;
-    while let Some(chunk) = bytes.get(i..i + 8) {
-        let mask = escape_mask(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
-        if mask == 0 {
-            i += 8;
-            continue;
-        }
-        // The lowest flagged byte is exact (see escape_mask).
-        let j = i + (mask.trailing_zeros() / 8) as usize;
-        out.extend_from_slice(&bytes[start..j]);
-        escape(out, bytes[j]);
-        start = j + 1;
-        i = j + 1;
-    }
-    for (j, &b) in bytes.iter().enumerate().skip(i) {
-        if ESCAPE[usize::from(b)] != 0 {
-            out.extend_from_slice(&bytes[start..j]);
-            escape(out, b);
-            start = j + 1;
-        }
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
-}
-
-fn escape(out: &mut Vec<u8>, b: u8) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    match ESCAPE[usize::from(b)] {
-        b'u' => {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
-        }
-        e => out.extend_from_slice(&[b'\\', e]),
-    }
-}
-
-/// The high bit of each byte of `v` (little-endian) that is `"`, `\\` or
-/// below 0x20, by the classic "has a zero byte" test,
-/// `(x - 0x01…) & !x & 0x80…`. A borrow can flag a byte above a flagged
-/// one by mistake, never below: the lowest flag is always right.
-fn escape_mask(v: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    let below_space = v.wrapping_sub(ONES * 0x20) & !v & HIGH;
-    zero_bytes(v ^ (ONES * u64::from(b'"')))
-        | zero_bytes(v ^ (ONES * u64::from(b'\\')))
-        | below_space
-}
-
-/// What follows the backslash for each byte that needs escaping (`u`:
-/// `\\u00XX`), 0 for the others.
-static ESCAPE: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = b'u';
-        i += 1;
-    }
-    t[0x08] = b'b';
-    t[0x09] = b't';
-    t[0x0a] = b'n';
-    t[0x0c] = b'f';
-    t[0x0d] = b'r';
-    t[b'"' as usize] = b'"';
-    t[b'\\' as usize] = b'\\';
-    t
-};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -788,7 +710,7 @@ mod tests {
         }
         for s in &cases {
             let mut ours = Vec::new();
-            json_string(&mut ours, s);
+            push_json_bytes(&mut ours, s);
             assert_eq!(
                 String::from_utf8(ours).unwrap(),
                 serde_json::to_string(s).unwrap(),
