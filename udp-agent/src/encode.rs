@@ -605,9 +605,6 @@ mod hand_written_json {
         );
     }
 
-    /// Every ASCII character and some non-ASCII ones, at every offset
-    /// within and across the eight-byte words the scanner tests, alone and
-    /// next to another escape.
     /// Long strings mixing plain runs, every kind of escape and multi-byte
     /// characters, into buffers of every fill level (the spare-capacity
     /// checks and the reserves as escapes grow the output).
@@ -648,6 +645,9 @@ mod hand_written_json {
         }
     }
 
+    /// Every ASCII character and some non-ASCII ones, at every offset
+    /// within and across the sixteen-byte chunks the escaper tests, alone
+    /// and next to another escape.
     #[test]
     fn escaping_matches_serde_at_every_offset() {
         let specials: Vec<String> = (0u8..0x80)

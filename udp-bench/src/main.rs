@@ -262,6 +262,7 @@ fn all(a: &AllArgs) -> Result<()> {
         skipped.push(why);
     } else if net {
         netns::remove_leftovers();
+        traffic::restore_leftover_settings();
         let ns =
             netns::VethNs::new().context("creating the benchmark's namespace and veth pair")?;
         eprintln!(
@@ -270,20 +271,23 @@ fn all(a: &AllArgs) -> Result<()> {
         );
         let workdir = a.workdir.join(format!("udp-bench-{}", std::process::id()));
         std::fs::create_dir_all(&workdir)?;
-        // Restores the machine's settings when dropped, after the last
-        // scenario.
-        let rig = if a.sender == "live" {
-            traffic::Rig::prepare(&ns, &traffic::udp_frame(&ns, capture::PORT, 64))
-        } else {
-            traffic::Rig::packet_socket()
+        // The sender of scenarios 2 and 4, with the machine settings it
+        // needs held only while they run (dropping the rig restores them).
+        let prepare_rig = || {
+            let r = if a.sender == "live" {
+                traffic::Rig::prepare(&ns, &traffic::udp_frame(&ns, capture::PORT, 64))
+            } else {
+                traffic::Rig::packet_socket()
+            };
+            if let Some(why) = &r.fallback_reason {
+                eprintln!(
+                    "bench: live-frames sender unavailable ({why}); the AF_PACKET sender offers the traffic"
+                );
+            }
+            r
         };
-        if let Some(why) = &rig.fallback_reason {
-            eprintln!(
-                "bench: live-frames sender unavailable ({why}); the AF_PACKET sender offers scenarios 2 and 4 their traffic"
-            );
-        }
-        let cenv = capture::Env {
-            sender: rig.sender,
+        let mut cenv = capture::Env {
+            sender: traffic::Sender::PacketSocket,
             agent: &a.agent,
             self_exe: &self_exe,
             ns: &ns,
@@ -304,6 +308,8 @@ fn all(a: &AllArgs) -> Result<()> {
         }
         let mut soak_rate = None;
         if wanted("capture") {
+            let rig = prepare_rig();
+            cenv.sender = rig.sender;
             eprintln!(
                 "bench: scenario 2: lossless capture rate ({})",
                 cenv.sender.describe()
@@ -358,6 +364,8 @@ fn all(a: &AllArgs) -> Result<()> {
                 "bench: scenario 4: {} s soak at {rate} pps",
                 csettings.soak.as_secs()
             );
+            let rig = prepare_rig();
+            cenv.sender = rig.sender;
             match capture::soak(&cenv, rate, csettings.soak) {
                 Ok((s, row)) => {
                     report.memory = serde_json::to_value(&s)?;
@@ -371,7 +379,6 @@ fn all(a: &AllArgs) -> Result<()> {
             }
         }
         let _ = std::fs::remove_dir_all(&workdir);
-        drop(rig);
         drop(ns);
     }
 

@@ -368,7 +368,9 @@ pub fn send_live(v: &VethNs, frame: &[u8], rate: f64, count: u64, max: Duration)
                     }
                     continue;
                 }
-                let n = (due - sent).min(per_call * 4);
+                // Behind schedule, the step comes up short rather than
+                // bursting longer.
+                let n = (due - sent).min(per_call);
                 bpf::test_run_live(prog.as_raw_fd(), &frame, ifindex, n as u32)
                     .context("BPF_PROG_TEST_RUN with live frames (Linux ≥ 5.18)")?;
                 sent += n;
@@ -428,15 +430,48 @@ impl Sender {
 /// ~0.1 ms expedited, which is what lets one call carry a millisecond of
 /// traffic), and GRO on the root-side veth (a veth takes XDP frames from
 /// its peer only with NAPI, which GRO or an XDP program provides, so the
-/// contenders without XDP receive the same frames).
+/// contenders without XDP receive the same frames). Held only while
+/// scenarios 2 and 4 run. The old RCU setting is also saved in a file, so
+/// that a later run restores it if this process is killed outright
+/// ([`restore_leftover_settings`]).
 pub struct Rig {
     pub sender: Sender,
     /// Why the live-frames sender is not used.
     pub fallback_reason: Option<String>,
     rcu_before: Option<String>,
+    gro_on: Option<String>,
 }
 
 const RCU_EXPEDITED: &str = "/sys/kernel/rcu_expedited";
+const RCU_SAVED_PREFIX: &str = "udp-bench-rcu-expedited-";
+
+fn rcu_saved_path(pid: u32) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{RCU_SAVED_PREFIX}{pid}"))
+}
+
+/// Restores the RCU setting saved by a benchmark process that no longer
+/// exists (killed before its [`Rig`] was dropped).
+pub fn restore_leftover_settings() {
+    let Ok(dir) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(RCU_SAVED_PREFIX) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
+            if let Ok(before) = fs::read_to_string(entry.path()) {
+                eprintln!(
+                    "bench: restoring {RCU_EXPEDITED} = {} left by process {pid}",
+                    before.trim()
+                );
+                let _ = fs::write(RCU_EXPEDITED, before.trim());
+            }
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
 
 impl Rig {
     /// The `AF_PACKET` sender, machine settings untouched.
@@ -445,44 +480,64 @@ impl Rig {
             sender: Sender::PacketSocket,
             fallback_reason: None,
             rcu_before: None,
+            gro_on: None,
         }
     }
 
+    /// The live-frames sender if it works here; otherwise the `AF_PACKET`
+    /// sender with every setting put back.
     pub fn prepare(v: &VethNs, frame: &[u8]) -> Rig {
-        let mut rig = Rig {
-            sender: Sender::PacketSocket,
-            fallback_reason: None,
-            rcu_before: None,
-        };
-        let tried = (|| -> Result<()> {
+        let mut rig = Rig::packet_socket();
+        let tried = (|| -> Result<u64> {
             let before = fs::read_to_string(RCU_EXPEDITED)
                 .with_context(|| format!("reading {RCU_EXPEDITED}"))?;
+            let before = before.trim().to_string();
+            fs::write(rcu_saved_path(std::process::id()), &before)
+                .context("saving the RCU setting")?;
+            rig.rcu_before = Some(before);
             fs::write(RCU_EXPEDITED, "1").with_context(|| format!("writing {RCU_EXPEDITED}"))?;
-            rig.rcu_before = Some(before.trim().to_string());
             netns::set_gro(&v.host_if, true)?;
-            // A trial call: the kernel supports live frames, and a
-            // frame reaches the root side.
+            rig.gro_on = Some(v.host_if.clone());
+            // A trial: the kernel supports live frames, and they arrive.
             let rx0 = rx_packets(&v.host_if);
-            send_live(v, frame, 1000.0, 64, Duration::from_secs(5))?;
+            let sent = send_live(v, frame, 1000.0, 64, Duration::from_secs(5))?;
             let got = rx_packets(&v.host_if).saturating_sub(rx0);
-            if got == 0 {
-                bail!("no live frame arrived on {}", v.host_if);
+            if got < sent.packets {
+                bail!(
+                    "{got} of {} live frames arrived on {}",
+                    sent.packets,
+                    v.host_if
+                );
             }
-            Ok(())
+            Ok(got)
         })();
         match tried {
-            Ok(()) => rig.sender = Sender::LiveFrames,
-            Err(e) => rig.fallback_reason = Some(format!("{e:#}")),
+            Ok(got) => {
+                eprintln!("bench: live-frames sender: {got} trial frames arrived");
+                rig.sender = Sender::LiveFrames;
+            }
+            Err(e) => {
+                rig.restore();
+                rig.fallback_reason = Some(format!("{e:#}"));
+            }
         }
         rig
+    }
+
+    fn restore(&mut self) {
+        if let Some(before) = self.rcu_before.take() {
+            let _ = fs::write(RCU_EXPEDITED, before);
+            let _ = fs::remove_file(rcu_saved_path(std::process::id()));
+        }
+        if let Some(host_if) = self.gro_on.take() {
+            let _ = netns::set_gro(&host_if, false);
+        }
     }
 }
 
 impl Drop for Rig {
     fn drop(&mut self) {
-        if let Some(before) = &self.rcu_before {
-            let _ = fs::write(RCU_EXPEDITED, before);
-        }
+        self.restore();
     }
 }
 
