@@ -262,61 +262,107 @@ pub fn send_paced(
     if frame.len() < HEADERS + STAMP_LEN {
         bail!("frame too short for a timestamp");
     }
-    let path = v.netns_path();
     let ifname = v.ns_if.clone();
     let mut template = frame.to_vec();
     // UDP checksum 0 ("none", valid over IPv4): the payload changes per
     // packet and the receivers never need it.
     template[HEADERS - 2..HEADERS].copy_from_slice(&[0, 0]);
-    let frame = template;
-    std::thread::scope(|s| {
-        s.spawn(move || -> Result<Sent> {
-            netns::enter(&path)?;
-            pin_to_cpu(0);
-            let sock = PacketSocket::open(&ifname).context("AF_PACKET socket")?;
-            const BATCH: usize = 16;
-            let mut frames = vec![frame.clone(); BATCH];
-            let start = Instant::now();
-            let mut sent = 0u64;
-            while sent < count {
-                if interrupted() || start.elapsed() > max {
-                    break;
-                }
-                let elapsed = start.elapsed().as_secs_f64();
-                let due = ((elapsed * rate) as u64 + 1).min(count);
-                if due <= sent {
-                    let next = (sent + 1) as f64 / rate;
-                    let wait = next - elapsed;
-                    if wait > 200e-6 {
-                        std::thread::sleep(Duration::from_secs_f64(wait - 100e-6));
-                    } else {
-                        // Not a spin: the endpoint shares CPU 0 and must
-                        // not wait for the sender's time slice to end.
-                        std::thread::yield_now();
-                    }
-                    continue;
-                }
-                let n = ((due - sent) as usize).min(BATCH);
-                let now = monotonic_ns();
-                for (i, f) in frames[..n].iter_mut().enumerate() {
-                    let p = &mut f[HEADERS..HEADERS + STAMP_LEN];
-                    p[..4].copy_from_slice(MAGIC);
-                    p[4..12].copy_from_slice(&now.to_le_bytes());
-                    p[12..20].copy_from_slice(&(first_seq + sent + i as u64).to_le_bytes());
-                }
-                sent += sock.send_batch(&mut frames[..n])? as u64;
+    const BATCH: u64 = 16;
+    let pace = Pace {
+        rate,
+        count,
+        max,
+        min_burst: 1,
+        max_burst: BATCH,
+    };
+    pace.run(v, move || {
+        let sock = PacketSocket::open(&ifname).context("AF_PACKET socket")?;
+        let mut frames = vec![template; BATCH as usize];
+        Ok(move |sent: u64, n: u64| {
+            let n = n as usize;
+            let now = monotonic_ns();
+            for (i, f) in frames[..n].iter_mut().enumerate() {
+                let p = &mut f[HEADERS..HEADERS + STAMP_LEN];
+                p[..4].copy_from_slice(MAGIC);
+                p[4..12].copy_from_slice(&now.to_le_bytes());
+                p[12..20].copy_from_slice(&(first_seq + sent + i as u64).to_le_bytes());
             }
-            let secs = start.elapsed().as_secs_f64();
-            Ok(Sent {
-                nominal_pps: rate as u64,
-                packets: sent,
-                secs,
-                pps: sent as f64 / secs.max(1e-9),
-            })
+            Ok(sock.send_batch(&mut frames[..n])? as u64)
         })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
+}
+
+/// A paced send from the namespace, on CPU 0: bursts of `min_burst` to
+/// `max_burst` frames as they fall due at `rate`, until `count` went out
+/// or `max` passed.
+struct Pace {
+    rate: f64,
+    count: u64,
+    max: Duration,
+    min_burst: u64,
+    max_burst: u64,
+}
+
+impl Pace {
+    /// Runs on a thread that entered the namespace: `setup` there, then
+    /// `burst(sent_so_far, n)` for each burst, which returns how many
+    /// frames went out.
+    fn run<F, B>(&self, v: &VethNs, setup: F) -> Result<Sent>
+    where
+        F: FnOnce() -> Result<B> + Send,
+        B: FnMut(u64, u64) -> Result<u64>,
+    {
+        let path = v.netns_path();
+        let Pace {
+            rate,
+            count,
+            max,
+            min_burst,
+            max_burst,
+        } = *self;
+        std::thread::scope(|s| {
+            s.spawn(move || -> Result<Sent> {
+                netns::enter(&path)?;
+                pin_to_cpu(0);
+                let mut burst = setup()?;
+                let start = Instant::now();
+                let mut sent = 0u64;
+                while sent < count {
+                    if interrupted() || start.elapsed() > max {
+                        break;
+                    }
+                    let elapsed = start.elapsed().as_secs_f64();
+                    let due = ((elapsed * rate) as u64 + 1).min(count);
+                    let want = (count - sent).min(min_burst);
+                    if due < sent + want {
+                        let next = (sent + want) as f64 / rate;
+                        let wait = next - elapsed;
+                        if wait > 200e-6 {
+                            std::thread::sleep(Duration::from_secs_f64(wait - 100e-6));
+                        } else {
+                            // Not a spin: the endpoint shares CPU 0 and
+                            // must not wait for the sender's time slice
+                            // to end.
+                            std::thread::yield_now();
+                        }
+                        continue;
+                    }
+                    // Behind schedule, a step comes up short rather than
+                    // bursting longer.
+                    sent += burst(sent, (due - sent).min(max_burst))?;
+                }
+                let secs = start.elapsed().as_secs_f64();
+                Ok(Sent {
+                    nominal_pps: rate as u64,
+                    packets: sent,
+                    secs,
+                    pps: sent as f64 / secs.max(1e-9),
+                })
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
 }
 
 /// Sends `count` copies of `frame` at `rate` packets/s from the namespace
@@ -328,63 +374,35 @@ pub fn send_paced(
 /// thread's softirq on CPU 0; see [`crate::capture`]). The frames are
 /// identical (no timestamps). Stops at `max` whatever was sent.
 pub fn send_live(v: &VethNs, frame: &[u8], rate: f64, count: u64, max: Duration) -> Result<Sent> {
-    let path = v.netns_path();
     let ifname = v.ns_if.clone();
     let frame = frame.to_vec();
-    std::thread::scope(|s| {
-        s.spawn(move || -> Result<Sent> {
-            netns::enter(&path)?;
-            pin_to_cpu(0);
-            let name = CString::new(ifname.as_str())?;
-            // SAFETY: valid C string.
-            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-            if ifindex == 0 {
-                bail!("{ifname}: {}", io::Error::last_os_error());
-            }
-            let prog = bpf::load_xdp_tx().context("loading the XDP_TX sender program")?;
-            // Each call sets up and tears down a page pool (~130 µs, with
-            // expedited RCU, see [`Rig`]): a call carries a millisecond's
-            // worth of frames, sent back to back. (Not more: a frame a
-            // veth turns into a socket buffer is charged a whole page, and
-            // a longer burst would overflow a plain socket's default
-            // receive buffer where a steady rate does not.)
-            let per_call = ((rate / 1000.0) as u64).clamp(1, 8192);
-            let start = Instant::now();
-            let mut sent = 0u64;
-            while sent < count {
-                if interrupted() || start.elapsed() > max {
-                    break;
-                }
-                let elapsed = start.elapsed().as_secs_f64();
-                let due = ((elapsed * rate) as u64 + 1).min(count);
-                let want = (count - sent).min(per_call);
-                if due < sent + want {
-                    let next = (sent + want) as f64 / rate;
-                    let wait = next - elapsed;
-                    if wait > 200e-6 {
-                        std::thread::sleep(Duration::from_secs_f64(wait - 100e-6));
-                    } else {
-                        std::thread::yield_now();
-                    }
-                    continue;
-                }
-                // Behind schedule, the step comes up short rather than
-                // bursting longer.
-                let n = (due - sent).min(per_call);
-                bpf::test_run_live(prog.as_raw_fd(), &frame, ifindex, n as u32)
-                    .context("BPF_PROG_TEST_RUN with live frames (Linux ≥ 5.18)")?;
-                sent += n;
-            }
-            let secs = start.elapsed().as_secs_f64();
-            Ok(Sent {
-                nominal_pps: rate as u64,
-                packets: sent,
-                secs,
-                pps: sent as f64 / secs.max(1e-9),
-            })
+    // Each call sets up and tears down a page pool (~130 µs, with
+    // expedited RCU, see [`Rig`]): a call carries a millisecond's worth of
+    // frames, sent back to back. (Not more: a frame a veth turns into a
+    // socket buffer is charged a whole page, and a longer burst would
+    // overflow a plain socket's default receive buffer where a steady rate
+    // does not.)
+    let per_call = ((rate / 1000.0) as u64).clamp(1, 8192);
+    let pace = Pace {
+        rate,
+        count,
+        max,
+        min_burst: per_call,
+        max_burst: per_call,
+    };
+    pace.run(v, move || {
+        let name = CString::new(ifname.as_str())?;
+        // SAFETY: valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            bail!("{ifname}: {}", io::Error::last_os_error());
+        }
+        let prog = bpf::load_xdp_tx().context("loading the XDP_TX sender program")?;
+        Ok(move |_sent: u64, n: u64| {
+            bpf::test_run_live(prog.as_raw_fd(), &frame, ifindex, n as u32)
+                .context("BPF_PROG_TEST_RUN with live frames (Linux ≥ 5.18)")?;
+            Ok(n)
         })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
 }
 
