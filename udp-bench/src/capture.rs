@@ -364,7 +364,6 @@ fn step(env: &Env, who: Contender, frame: &[u8], rate: u64, secs: Duration) -> R
 /// The rate search for one contender and one payload size.
 fn search(env: &Env, who: Contender, payload: usize, s: &Settings) -> Result<Search> {
     let frame = traffic::udp_frame(env.ns, PORT, payload);
-    let mut steps = Vec::new();
     let plan = Plan {
         start_pps: s.start_pps as f64,
         max_doublings: s.max_doublings,
@@ -380,11 +379,8 @@ fn search(env: &Env, who: Contender, payload: usize, s: &Settings) -> Result<Sea
         good,
         bad,
         sender_limited,
-    } = search::search(&plan, |rate| {
-        let st = step(env, who, &frame, rate as u64, s.step)?;
-        steps.push(st.clone());
-        Ok(st)
-    })?;
+        steps,
+    } = search::search(&plan, |rate| step(env, who, &frame, rate as u64, s.step))?;
     let limited_by = if sender_limited {
         "the sender's CPU, which also runs the receiving kernel path: it could not offer more"
             .to_string()

@@ -229,7 +229,6 @@ fn search(
     s: &Settings,
     who: &str,
 ) -> Result<Throughput> {
-    let mut steps = Vec::new();
     let plan = Plan {
         start_pps: start,
         max_doublings: s.max_doublings,
@@ -241,13 +240,13 @@ fn search(
         good,
         bad,
         sender_limited,
+        steps,
     } = search::search(&plan, |rate| {
         let st = step(ns, acks, frame, rate, s.step)?;
         eprintln!(
             "bench: forward: {who:<10} asked {:>8.0} pps  sent {:>8.0} pps  acknowledged {:>8} of {:>8}  loss {:>7.3}%",
             rate, st.offered.pps, st.acknowledged, st.offered.packets, st.loss_pct
         );
-        steps.push(st.clone());
         Ok(st)
     })?;
     let limited_by = if sender_limited {

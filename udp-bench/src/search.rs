@@ -34,10 +34,18 @@ pub struct Found<S> {
     pub bad: Option<S>,
     /// The search stopped because the sender could not offer more.
     pub sender_limited: bool,
+    /// Every step, in the order run.
+    pub steps: Vec<S>,
 }
 
 /// Runs `run(rate)` at the rates the search picks.
 pub fn search<S: Probe>(plan: &Plan, mut run: impl FnMut(f64) -> Result<S>) -> Result<Found<S>> {
+    let mut steps = Vec::new();
+    let mut run = |rate| -> Result<S> {
+        let st = run(rate)?;
+        steps.push(st.clone());
+        Ok(st)
+    };
     let mut good: Option<S> = None;
     let mut bad: Option<S> = None;
     let mut sender_limited = false;
@@ -91,6 +99,7 @@ pub fn search<S: Probe>(plan: &Plan, mut run: impl FnMut(f64) -> Result<S>) -> R
         good,
         bad,
         sender_limited,
+        steps,
     })
 }
 
@@ -171,9 +180,11 @@ mod tests {
         })
         .unwrap();
         assert!(f.sender_limited);
-        assert_eq!(f.good.unwrap().0.pps, 250_000.0);
+        assert_eq!(f.good.as_ref().unwrap().0.pps, 250_000.0);
         assert!(f.bad.is_none());
-        // 100k, 200k, then 400k three times (two retries).
+        // 100k, 200k, then 400k three times (two retries), every one kept.
         assert_eq!(runs, 5);
+        let asked: Vec<u64> = f.steps.iter().map(|s| s.0.nominal_pps).collect();
+        assert_eq!(asked, [100_000, 200_000, 400_000, 400_000, 400_000]);
     }
 }
