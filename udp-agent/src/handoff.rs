@@ -24,7 +24,7 @@ use crate::{
     clock::WallClock,
     encode::{Encoder, Entry},
     record::PacketView,
-    stats::{PipelineStats, count_drop},
+    stats::{PipelineStats, count_drop, count_drops},
 };
 
 /// Batches the sink's queue holds for `packets` packets (batches of up to
@@ -156,17 +156,11 @@ impl Handoff {
             Ok(()) => {
                 self.stats.batched.fetch_add(n, Relaxed);
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                let total = self.stats.queue_drops.fetch_add(n, Relaxed) + n;
-                // A warning at powers of two of the running total, as
-                // `count_drop` does for single packets.
-                if (total - n + 1..=total).any(u64::is_power_of_two) {
-                    tracing::warn!(
-                        total,
-                        "sink queue full: dropping captured packets (raise --queue-capacity or add capacity to the sink)"
-                    );
-                }
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => count_drops(
+                &self.stats.queue_drops,
+                n,
+                "sink queue full: dropping captured packets (raise --queue-capacity or add capacity to the sink)",
+            ),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.closed = true;
                 self.stats.batched.fetch_add(n, Relaxed);

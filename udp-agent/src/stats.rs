@@ -44,8 +44,14 @@ impl PipelineStats {
 /// Counts a drop and warns at a doubling interval (1st, 2nd, 4th, 8th… drop),
 /// never once per packet.
 pub fn count_drop(counter: &AtomicU64, what: &str) {
-    let n = counter.fetch_add(1, Relaxed) + 1;
-    if n.is_power_of_two() {
-        warn!(total = n, "{what}");
+    count_drops(counter, 1, what);
+}
+
+/// [`count_drop`] for `n` at once: warns when the running total passes a
+/// power of two.
+pub fn count_drops(counter: &AtomicU64, n: u64, what: &str) {
+    let total = counter.fetch_add(n, Relaxed) + n;
+    if (total - n + 1..=total).any(u64::is_power_of_two) {
+        warn!(total, "{what}");
     }
 }
