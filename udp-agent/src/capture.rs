@@ -6,9 +6,8 @@
 //! the consumer never blocks: a batch that finds the sink's queue full is
 //! counted and dropped, and the ring keeps draining.
 
-use std::{borrow::Borrow, sync::atomic::Ordering::Relaxed, time::Duration};
+use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 
-use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::watch,
@@ -20,6 +19,7 @@ use crate::{
     clock::WallClock,
     handoff::Handoff,
     record::{self, Packet},
+    ring::Ring,
     stats::PipelineStats,
 };
 
@@ -47,20 +47,27 @@ pub struct Drained {
 }
 
 /// Drains up to `budget` records from `ring`, encoding each in place and
-/// handing whole batches on.
-pub fn drain<T: Borrow<MapData>>(
-    ring: &mut RingBuf<T>,
+/// handing whole batches on. Everything read is published to the kernel
+/// before it returns.
+pub fn drain(ring: &mut Ring, out: &mut Handoff, stats: &PipelineStats, budget: usize) -> Drained {
+    let pass = drain_records(ring, out, stats, budget);
+    ring.publish();
+    pass
+}
+
+fn drain_records(
+    ring: &mut Ring,
     out: &mut Handoff,
     stats: &PipelineStats,
     budget: usize,
 ) -> Drained {
     let mut pass = Drained::default();
     while pass.records < budget {
-        let Some(item) = ring.next() else {
+        let Some(item) = ring.read() else {
             return pass;
         };
         pass.records += 1;
-        match record::decode_view(&item) {
+        match record::decode_view(item) {
             Ok(packet) => {
                 stats.decoded.fetch_add(1, Relaxed);
                 out.push(&packet);
@@ -89,13 +96,13 @@ fn decode_error(stats: &PipelineStats, e: &record::DecodeError) {
 /// The caller detaches the XDP program before setting `stop`, so the final
 /// drain sees every record the kernel will ever write.
 pub async fn run(
-    ring: RingBuf<MapData>,
+    ring: Ring,
     mut out: Handoff,
     stats: std::sync::Arc<PipelineStats>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns
-    // the RingBuf, and always returns that same fd.
+    // SAFETY: the Ring owns its map fd for as long as the AsyncFd owns the
+    // Ring, and always returns that same fd.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(std::io::Error::from)?;
     // The wall clock is re-read every second, so events follow NTP steps.
@@ -144,13 +151,13 @@ pub async fn run(
 /// After the program is detached: everything left in the ring goes to the
 /// sink, waiting for room rather than dropping (nothing already captured
 /// is lost at shutdown).
-async fn final_drain(ring: &mut RingBuf<MapData>, out: &mut Handoff, stats: &PipelineStats) {
+async fn final_drain(ring: &mut Ring, out: &mut Handoff, stats: &PipelineStats) {
     loop {
         // Owned copies: a ring item cannot be held across an await.
         let mut packets: Vec<Packet> = Vec::new();
         while packets.len() < DRAIN_BUDGET {
-            let Some(item) = ring.next() else { break };
-            match record::decode(&item) {
+            let Some(item) = ring.read() else { break };
+            match record::decode(item) {
                 Ok(p) => {
                     stats.decoded.fetch_add(1, Relaxed);
                     packets.push(p);
@@ -158,6 +165,7 @@ async fn final_drain(ring: &mut RingBuf<MapData>, out: &mut Handoff, stats: &Pip
                 Err(e) => decode_error(stats, &e),
             }
         }
+        ring.publish();
         if packets.is_empty() {
             return;
         }

@@ -28,5 +28,6 @@ pub mod pipeline;
 pub mod ports;
 pub mod privileges;
 pub mod record;
+pub mod ring;
 pub mod sink;
 pub mod stats;

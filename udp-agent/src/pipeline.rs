@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::RingBuf;
+use aya::maps::Map;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
@@ -39,6 +39,7 @@ use crate::{
     metrics::{self, AgentCollector, SharedControl},
     privileges,
     record::Packet,
+    ring::Ring,
     sink::{
         self, Selected,
         eventbridge::{self, EventBridgeSink, EventBridgeStats, Settings},
@@ -118,11 +119,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ..Config::default()
     })?;
     firewall.apply(&mut control)?;
-    let ring = RingBuf::try_from(
-        ebpf.take_map("EVENTS")
-            .context("the eBPF object has no EVENTS ring buffer")?,
-    )
-    .context("opening the EVENTS ring buffer")?;
+    let ring = match ebpf.take_map("EVENTS") {
+        Some(Map::RingBuf(map)) => Ring::new(map).context("mapping the EVENTS ring buffer")?,
+        _ => bail!("the eBPF object has no EVENTS ring buffer"),
+    };
 
     let mut encoder = Encoder::new(&args.source, &args.detail_type, event_bus, WallClock::now());
     let (batch_tx, batch_rx) =

@@ -9,15 +9,15 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use aya::{
-    Ebpf, TestRun, TestRunOptions,
-    maps::{MapData, RingBuf},
-};
+use std::os::fd::AsRawFd;
+
+use aya::{Ebpf, TestRun, TestRunOptions, maps::Map};
 use udp_agent::{
     control::{Action, Control, Limits, PortSettings, parse_net},
     loader,
     ports::PortRange,
     record::{self, Packet},
+    ring::Ring,
 };
 use udp_ebpf_common::{
     Config, MAX_CAPTURE, RECORD_CLASSES, RECORD_HEADER_LEN, counter, frame::FrameBuilder,
@@ -34,7 +34,7 @@ const PORT: u16 = 514;
 
 struct Kernel {
     ebpf: Ebpf,
-    ring: RingBuf<MapData>,
+    ring: Ring,
     control: Control,
 }
 
@@ -67,7 +67,10 @@ macro_rules! kernel_or_skip {
 impl Kernel {
     fn load(ring_bytes: u32) -> Self {
         let mut ebpf = loader::load(ring_bytes).expect("load XDP object");
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").unwrap()).unwrap();
+        let Some(Map::RingBuf(events)) = ebpf.take_map("EVENTS") else {
+            panic!("no EVENTS ring buffer");
+        };
+        let ring = Ring::new(events).expect("map the ring");
         let control = Control::take_unpinned(&mut ebpf).unwrap();
         let mut k = Self {
             ebpf,
@@ -119,10 +122,23 @@ impl Kernel {
     /// Raw ring records, in order.
     fn raw_records(&mut self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        while let Some(item) = self.ring.next() {
+        while let Some(item) = self.ring.read() {
             out.push(item.to_vec());
         }
         out
+    }
+
+    /// Whether the ring's fd polls readable now.
+    fn readable(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; no wait.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        assert!(n >= 0, "poll: {}", std::io::Error::last_os_error());
+        n == 1 && pfd.revents & libc::POLLIN != 0
     }
 
     fn packets(&mut self) -> Vec<Packet> {
@@ -251,6 +267,93 @@ fn ring_holds_as_many_small_records_as_their_size_allows_then_counts_ring_full()
     assert_eq!(captured, 630, "{:?}", k.counters());
     assert_eq!(captured + full, 700);
     assert_eq!(k.raw_records().len() as u64, captured);
+}
+
+#[test]
+fn records_wrap_around_the_ring_many_times_whole_and_in_order() {
+    // Sizes that do not divide the ring, so records keep landing across
+    // its end (read through the double mapping as one slice).
+    let mut k = kernel_or_skip!(64 * 1024);
+    let lens = [5usize, 100, 700, 1400, 3000, 33];
+    let mut seq = 0u32;
+    let mut bytes = 0;
+    for round in 0..100 {
+        let mut sent = Vec::new();
+        for i in 0..12 {
+            let len = lens[(round + i) % lens.len()];
+            let mut p = payload(len.max(4));
+            p[..4].copy_from_slice(&seq.to_be_bytes());
+            seq += 1;
+            bytes += p.len();
+            k.run(&v4(&p).build());
+            sent.push(p);
+        }
+        let got: Vec<Vec<u8>> = k.packets().into_iter().map(|p| p.payload).collect();
+        assert_eq!(got, sent, "round {round}");
+    }
+    assert!(
+        bytes > 10 * 64 * 1024,
+        "the test wraps the ring ({bytes} bytes)"
+    );
+    k.assert_counters(&[("seen", u64::from(seq)), ("captured", u64::from(seq))]);
+}
+
+#[test]
+fn read_records_are_freed_in_batches_and_when_the_reader_catches_up() {
+    // 64 KiB ring: 630 slots of 104 bytes; the reader publishes every 4 KiB.
+    let mut k = kernel_or_skip!(64 * 1024);
+    assert_eq!(k.ring.batch_bytes(), 4096);
+    let frame = v4(b"hello").build();
+    for _ in 0..631 {
+        k.run(&frame);
+    }
+    assert_eq!(k.counter(counter::RING_FULL), 1, "{:?}", k.counters());
+    // One record read, not yet published: the kernel still sees a full ring.
+    assert!(k.ring.read().is_some());
+    k.run(&frame);
+    assert_eq!(k.counter(counter::RING_FULL), 2, "{:?}", k.counters());
+    // Published: its slot is free again.
+    k.ring.publish();
+    k.run(&frame);
+    assert_eq!(k.counter(counter::RING_FULL), 2, "{:?}", k.counters());
+    // Read a batch's worth (40 × 104 bytes ≥ 4 KiB): the next read publishes.
+    for _ in 0..40 {
+        assert!(k.ring.read().is_some());
+    }
+    assert!(k.ring.read().is_some());
+    for _ in 0..40 {
+        k.run(&frame);
+    }
+    assert_eq!(k.counter(counter::RING_FULL), 2, "{:?}", k.counters());
+    k.run(&frame);
+    assert_eq!(k.counter(counter::RING_FULL), 3, "{:?}", k.counters());
+    // Reading to the end publishes everything: the whole ring is free.
+    let left = k.raw_records().len();
+    assert_eq!(left, 631 + 40 - 42);
+    for _ in 0..630 {
+        k.run(&frame);
+    }
+    assert_eq!(k.counter(counter::RING_FULL), 3, "{:?}", k.counters());
+    assert_eq!(k.raw_records().len(), 630);
+}
+
+#[test]
+fn a_reader_that_caught_up_polls_readable_at_the_next_record() {
+    let mut k = kernel_or_skip!(64 * 1024);
+    assert!(!k.readable());
+    let frame = v4(b"hello").build();
+    k.run(&frame);
+    assert!(k.readable());
+    assert_eq!(k.raw_records().len(), 1);
+    assert!(!k.readable(), "everything read is published when caught up");
+    k.run(&frame);
+    k.run(&frame);
+    assert!(k.readable());
+    assert!(k.ring.read().is_some());
+    assert!(k.readable(), "one record left");
+    assert!(k.ring.read().is_some());
+    assert!(k.ring.read().is_none());
+    assert!(!k.readable());
 }
 
 #[test]
