@@ -14,8 +14,11 @@
 //! cannot pace above ~100k packets/s, see
 //! [`traffic`]). For each payload size and each contender — the agent (XDP
 //! in native mode, every packet encoded to its JSON entry and written by the
-//! stdout sink to /dev/null), `tcpdump -w /dev/null`, and a plain UDP socket
-//! read with `recvmmsg` — the same search runs over the same frames: double
+//! stdout sink to /dev/null) twice, observing (`--action pass`, the default)
+//! and consuming (`--action drop`), `tcpdump -w /dev/null`, and a plain UDP
+//! socket read with `recvmmsg` — the same search runs over the same frames
+//! (each agent mode is reported against the peer that does the same to the
+//! packet: tcpdump observes, the socket consumes): double
 //! the rate while loss stays under 0.1%, then bisect between the last
 //! lossless and the first lossy rate. Contenders run one at a time (each
 //! alone with the sender on the machine), every step with a fresh process
@@ -89,11 +92,23 @@ impl Settings {
     }
 }
 
-const ALL: [Contender; 3] = [Contender::Agent, Contender::Tcpdump, Contender::Socket];
+const ALL: [Contender; 4] = [
+    Contender::Agent,
+    Contender::AgentDrop,
+    Contender::Tcpdump,
+    Contender::Socket,
+];
 
+/// The agent runs twice: as an observer (the default `--action pass`: the
+/// packet also goes on into the host's stack, which on this rig, with no
+/// socket on the port, answers each one with an ICMP port unreachable) —
+/// compared with tcpdump, the other observer — and as the port's consumer
+/// (`--action drop`: nothing after XDP) — compared with the UDP socket, the
+/// other consumer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Contender {
     Agent,
+    AgentDrop,
     Tcpdump,
     Socket,
 }
@@ -102,6 +117,9 @@ impl Contender {
     pub fn label(self) -> &'static str {
         match self {
             Contender::Agent => "udp-agent (XDP native → JSON → stdout sink to /dev/null)",
+            Contender::AgentDrop => {
+                "udp-agent --action drop (as above; the packet is consumed by XDP)"
+            }
             Contender::Tcpdump => "tcpdump -w /dev/null (-B 8192, port filter)",
             Contender::Socket => "UDP socket + recvmmsg (8 MiB SO_RCVBUF)",
         }
@@ -110,8 +128,23 @@ impl Contender {
     fn short(self) -> &'static str {
         match self {
             Contender::Agent => "udp-agent",
+            Contender::AgentDrop => "udp-agent --action drop",
             Contender::Tcpdump => "tcpdump",
             Contender::Socket => "UDP socket",
+        }
+    }
+
+    fn is_agent(self) -> bool {
+        matches!(self, Contender::Agent | Contender::AgentDrop)
+    }
+
+    /// The peer an agent mode is compared with: the one that does the same
+    /// to the packet (observe it, or consume it).
+    fn peer(self) -> Option<Contender> {
+        match self {
+            Contender::Agent => Some(Contender::Tcpdump),
+            Contender::AgentDrop => Some(Contender::Socket),
+            _ => None,
         }
     }
 }
@@ -221,8 +254,13 @@ fn measure(
     let ns = env.ns;
     let mut losses = BTreeMap::new();
     let (sent, delivered, rss, cpu_s, counters, sys0) = match who {
-        Contender::Agent => {
-            let agent = Agent::start(env.agent, &ns.host_if, PORT, &Sink::Null)?;
+        Contender::Agent | Contender::AgentDrop => {
+            let flags: &[&str] = if who == Contender::AgentDrop {
+                &["--action", "drop"]
+            } else {
+                &[]
+            };
+            let agent = Agent::start_with(env.agent, &ns.host_if, PORT, &Sink::Null, flags)?;
             let sys0 = system_drops(ns);
             let cpu0 = agent.cpu_seconds();
             let sent = send()?;
@@ -485,16 +523,17 @@ fn rate_text(s: &Search) -> String {
 
 fn rows(searches: &[Search], floods: &[Flood]) -> Vec<Row> {
     let mut rows = Vec::new();
-    for ours in searches.iter().filter(|s| s.contender == Contender::Agent) {
-        for peer in searches
+    for ours in searches.iter().filter(|s| s.contender.is_agent()) {
+        let peers = searches
             .iter()
-            .filter(|s| s.payload == ours.payload && s.contender != Contender::Agent)
-        {
+            .filter(|s| s.payload == ours.payload && Some(s.contender) == ours.contender.peer());
+        for peer in peers {
             let mut row = Row::new(
                 2,
                 format!(
-                    "lossless capture rate, {} B payload (vs {})",
+                    "lossless capture rate, {} B payload ({} vs {})",
                     ours.payload,
+                    ours.contender.short(),
                     peer.contender.short()
                 ),
                 "packets/s",
@@ -520,16 +559,17 @@ fn rows(searches: &[Search], floods: &[Flood]) -> Vec<Row> {
             }
             rows.push(row);
         }
+    }
+    let mut sizes: Vec<usize> = searches.iter().map(|s| s.payload).collect();
+    sizes.dedup();
+    for size in sizes {
         if let Some(ours_flood) = floods
             .iter()
-            .find(|f| f.payload == ours.payload && f.contender == Contender::Agent)
+            .find(|f| f.payload == size && f.contender == Contender::Agent)
         {
             let mut row = Row::new(
                 2,
-                format!(
-                    "trafgen flood at full speed, {} B payload: share lost",
-                    ours.payload
-                ),
+                format!("trafgen flood at full speed, {size} B payload: share lost"),
                 "% lost",
             );
             row.ours = format!(
@@ -541,7 +581,7 @@ fn rows(searches: &[Search], floods: &[Flood]) -> Vec<Row> {
             row.note = losses_text(&ours_flood.step.losses);
             let peers: Vec<String> = floods
                 .iter()
-                .filter(|f| f.payload == ours.payload && f.contender != Contender::Agent)
+                .filter(|f| f.payload == size && f.contender != Contender::Agent)
                 .map(|f| {
                     format!(
                         "{} {:.2}% at {} pps",
@@ -555,22 +595,29 @@ fn rows(searches: &[Search], floods: &[Flood]) -> Vec<Row> {
             row.ours_value = Some(ours_flood.step.loss_pct);
             rows.push(row);
         }
-        let mut mem = Row::new(
-            4,
-            format!("peak RSS during the capture runs, {} B", ours.payload),
-            "KiB",
-        );
-        mem.ours = mib(ours.max_rss_kib);
-        let peers: Vec<String> = searches
+        let ours_rss = searches
             .iter()
-            .filter(|s| s.payload == ours.payload && s.contender != Contender::Agent)
-            .map(|s| format!("{} {}", s.contender.short(), mib(s.max_rss_kib)))
-            .collect();
-        mem.peer = peers.join(", ");
-        mem.ours_value = Some(ours.max_rss_kib as f64);
-        mem.target = Some("≤ 64 MiB".into());
-        mem.met = Some(ours.max_rss_kib <= 64 * 1024);
-        rows.push(mem);
+            .filter(|s| s.payload == size && s.contender.is_agent())
+            .map(|s| s.max_rss_kib)
+            .max();
+        if let Some(ours_rss) = ours_rss {
+            let mut mem = Row::new(
+                4,
+                format!("peak RSS during the capture runs, {size} B"),
+                "KiB",
+            );
+            mem.ours = mib(ours_rss);
+            let peers: Vec<String> = searches
+                .iter()
+                .filter(|s| s.payload == size && !s.contender.is_agent())
+                .map(|s| format!("{} {}", s.contender.short(), mib(s.max_rss_kib)))
+                .collect();
+            mem.peer = peers.join(", ");
+            mem.ours_value = Some(ours_rss as f64);
+            mem.target = Some("≤ 64 MiB".into());
+            mem.met = Some(ours_rss <= 64 * 1024);
+            rows.push(mem);
+        }
     }
     rows
 }

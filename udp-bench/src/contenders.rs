@@ -81,6 +81,17 @@ impl AgentCounters {
 
 impl Agent {
     pub fn start(bin: &Path, iface: &str, port: u16, sink: &Sink) -> Result<Agent> {
+        Agent::start_with(bin, iface, port, sink, &[])
+    }
+
+    /// [`Agent::start`] with more flags for `udp-agent run`.
+    pub fn start_with(
+        bin: &Path,
+        iface: &str,
+        port: u16,
+        sink: &Sink,
+        flags: &[&str],
+    ) -> Result<Agent> {
         let pin_dir = PathBuf::from(format!(
             "/sys/fs/bpf/udp-bench-{}-{}",
             std::process::id(),
@@ -120,6 +131,7 @@ impl Agent {
                 true
             }
         };
+        cmd.args(flags);
         cmd.args(EXTRA_AGENT_ARGS.get().into_iter().flatten());
         pin_command(&mut cmd, sut_cpu());
         let proc = Proc::spawn("udp-agent", &mut cmd, stdout_null)?;

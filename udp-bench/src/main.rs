@@ -125,7 +125,8 @@ struct AllArgs {
     /// `--agent-arg=--max-in-flight=32`.
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     agent_args: Vec<String>,
-    /// Scenario 2 contenders (default: all): agent, tcpdump, socket.
+    /// Scenario 2 contenders (default: all): agent, agent-drop, tcpdump,
+    /// socket.
     #[arg(long, value_delimiter = ',')]
     contenders: Vec<String>,
     /// The sender of scenarios 2 and 4: `live` (XDP frames, the default) or
@@ -300,6 +301,7 @@ fn all(a: &AllArgs) -> Result<()> {
                 .iter()
                 .map(|c| match c.as_str() {
                     "agent" => Ok(capture::Contender::Agent),
+                    "agent-drop" => Ok(capture::Contender::AgentDrop),
                     "tcpdump" => Ok(capture::Contender::Tcpdump),
                     "socket" => Ok(capture::Contender::Socket),
                     other => Err(anyhow::anyhow!("unknown contender {other}")),
