@@ -29,7 +29,7 @@ use std::{
     sync::atomic::{AtomicU32, AtomicUsize, Ordering, fence},
 };
 
-use aya::maps::MapData;
+use aya::maps::{MapData, MapType};
 
 const BUSY_BIT: u32 = 1 << 31;
 const DISCARD_BIT: u32 = 1 << 30;
@@ -78,10 +78,12 @@ impl Drop for Mapping {
 /// The consumer of a ring buffer map. One per map: two consumers would
 /// each publish their own position.
 pub struct Ring {
-    map: MapData,
     consumer: Mapping,
     /// The producer page, then the data pages twice.
     producer: Mapping,
+    /// Declared after the mappings: they go first (a mapping would keep
+    /// the map alive anyway).
+    map: MapData,
     page: usize,
     mask: usize,
     /// The next record to read.
@@ -101,21 +103,24 @@ impl Ring {
     /// Maps `map`, which must be a `BPF_MAP_TYPE_RINGBUF`.
     pub fn new(map: MapData) -> io::Result<Ring> {
         let info = map.info().map_err(io::Error::other)?;
+        if !matches!(info.map_type(), Ok(MapType::RingBuf)) {
+            return Err(io::Error::other("not a BPF_MAP_TYPE_RINGBUF map"));
+        }
         let size = info.max_entries() as usize;
         // SAFETY: trivial libc call.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         if !size.is_power_of_two() || size < page {
             return Err(io::Error::other(format!(
-                "not a ring buffer map: {size} bytes is not a power-of-two number of pages"
+                "ring buffer of {size} bytes: not a power-of-two number of pages"
             )));
         }
         let fd = map.fd().as_fd();
         let consumer = Mapping::new(fd, page, libc::PROT_READ | libc::PROT_WRITE, 0)?;
         let producer = Mapping::new(fd, page + 2 * size, libc::PROT_READ, page)?;
         let mut ring = Ring {
-            map,
             consumer,
             producer,
+            map,
             page,
             mask: size - 1,
             pos: 0,
@@ -177,16 +182,22 @@ impl Ring {
     /// everything read published, so a reader may then wait on the map's
     /// fd for the kernel's wake-up.
     pub fn read(&mut self) -> Option<&[u8]> {
-        if self.pos.wrapping_sub(self.published) >= self.batch_bytes {
-            self.publish();
-        }
         let mut retried = false;
         loop {
+            if self.pos.wrapping_sub(self.published) >= self.batch_bytes {
+                self.publish();
+            }
             if self.pos == self.producer_pos {
-                self.publish_before_waiting();
+                // Caught up with what we knew of: look again first, and
+                // publish only if the producer has not moved on, so a reader
+                // that keeps pace with a stream still publishes per batch.
                 self.producer_pos = self.load_producer_pos();
                 if self.pos == self.producer_pos {
-                    return None;
+                    self.publish_before_waiting();
+                    self.producer_pos = self.load_producer_pos();
+                    if self.pos == self.producer_pos {
+                        return None;
+                    }
                 }
             }
             let offset = self.pos & self.mask;
@@ -211,10 +222,11 @@ impl Ring {
             }
             let len = (header & !(BUSY_BIT | DISCARD_BIT)) as usize;
             if len > self.size() - HEADER {
-                // Not a record the kernel can write: the rest of what the
-                // producer has written cannot be parsed; skip it.
+                // Not a record the kernel can write: what the producer has
+                // written so far cannot be parsed; skip it (and wait, above,
+                // the way every empty read does).
                 self.pos = self.producer_pos;
-                return None;
+                continue;
             }
             self.pos = self.pos.wrapping_add((HEADER + len).next_multiple_of(8));
             if header & DISCARD_BIT != 0 {

@@ -337,6 +337,104 @@ fn read_records_are_freed_in_batches_and_when_the_reader_catches_up() {
     assert_eq!(k.raw_records().len(), 630);
 }
 
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[test]
+fn a_reader_on_another_cpu_waiting_edge_triggered_is_never_left_asleep() {
+    // The producer runs the program on one CPU while the reader, on the
+    // other, reads until the ring is empty and then sleeps in epoll
+    // (edge-triggered, as tokio registers it) until the kernel wakes it.
+    // It meets records the kernel has reserved but not yet submitted; if a
+    // wake-up were ever lost, the reader would sleep through the timeout
+    // with records waiting.
+    let k = kernel_or_skip!(64 * 1024);
+    let Kernel {
+        mut ebpf,
+        mut ring,
+        control,
+    } = k;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    const FRAMES: u32 = 20_000;
+    // SAFETY: plain syscalls on fds we own; the event struct outlives them.
+    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(epfd >= 0);
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+        u64: 0,
+    };
+    assert_eq!(
+        unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, ring.as_raw_fd(), &mut ev) },
+        0
+    );
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut seqs = Vec::new();
+    let mut stalls = 0;
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            if cpus > 1 {
+                pin_to_cpu(0);
+            }
+            let prog = loader::program(&mut ebpf);
+            for seq in 0..FRAMES {
+                let mut p = payload(16);
+                p[..4].copy_from_slice(&seq.to_be_bytes());
+                let frame = v4(&p).build();
+                prog.test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    ..TestRunOptions::default()
+                })
+                .expect("BPF_PROG_TEST_RUN");
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        if cpus > 1 {
+            pin_to_cpu(1);
+        }
+        loop {
+            while let Some(r) = ring.read() {
+                let p = record::decode(r).expect("decodable record");
+                seqs.push(u32::from_be_bytes(p.payload[..4].try_into().unwrap()));
+            }
+            let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+            let mut out = [libc::epoll_event { events: 0, u64: 0 }];
+            // SAFETY: one event slot.
+            let n = unsafe { libc::epoll_wait(epfd, out.as_mut_ptr(), 1, 2000) };
+            if n == 0 {
+                // Asleep for 2 s: allowed only once the producer is done and
+                // nothing is left.
+                if let Some(r) = ring.read() {
+                    stalls += 1;
+                    let p = record::decode(r).expect("decodable record");
+                    seqs.push(u32::from_be_bytes(p.payload[..4].try_into().unwrap()));
+                    continue;
+                }
+                if finished {
+                    break;
+                }
+            }
+        }
+    });
+    // SAFETY: our epoll fd.
+    unsafe { libc::close(epfd) };
+    assert_eq!(stalls, 0, "the reader slept with records waiting");
+    let captured = control.counter(counter::CAPTURED).unwrap();
+    let full = control.counter(counter::RING_FULL).unwrap();
+    assert_eq!(captured + full, u64::from(FRAMES));
+    assert_eq!(
+        seqs.len() as u64,
+        captured,
+        "every captured record was read"
+    );
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order");
+}
+
 #[test]
 fn a_reader_that_caught_up_polls_readable_at_the_next_record() {
     let mut k = kernel_or_skip!(64 * 1024);
