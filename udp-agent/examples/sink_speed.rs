@@ -194,7 +194,7 @@ fn batch(seq: u64) -> Vec<Entry> {
                 source: source.clone(),
                 detail_type: detail_type.clone(),
                 event_bus_name: bus.clone(),
-                detail,
+                detail: detail.into(),
                 time: SystemTime::now(),
                 capture_ns: 0,
             }

@@ -240,7 +240,7 @@ mod tests {
         let a = rx.try_recv().unwrap();
         let b = rx.try_recv().unwrap();
         assert_eq!((a.len(), b.len()), (10, 10));
-        assert!(a[0].detail.contains("\"Payload\":\"cGFja2V0MDA=\""));
+        assert!(a[0].detail.json().contains("\"Payload\":\"cGFja2V0MDA=\""));
         assert!(rx.try_recv().is_err(), "the partial batch waits");
         assert!(out.deadline().is_some());
         out.flush();

@@ -35,7 +35,7 @@ fn entry(n: u32) -> Entry {
         source: Arc::from("udp.raw"),
         detail_type: Arc::from("UdpPacket"),
         event_bus_name: Arc::from("default"),
-        detail: format!("{{\"n\":{n}}}"),
+        detail: format!("{{\"n\":{n}}}").into(),
         time: UNIX_EPOCH + Duration::from_secs(1_795_822_397),
         capture_ns: 0,
     }

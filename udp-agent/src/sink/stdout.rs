@@ -95,7 +95,7 @@ mod tests {
             source: "udp.raw".into(),
             detail_type: "UdpPacket".into(),
             event_bus_name: "default".into(),
-            detail: format!("{{\"n\":{i}}}"),
+            detail: format!("{{\"n\":{i}}}").into(),
             time: UNIX_EPOCH,
             capture_ns: 0,
         }

@@ -169,7 +169,7 @@ mod tests {
             source: Arc::from("udp.raw"),
             detail_type: Arc::from("UdpPacket"),
             event_bus_name: Arc::from("default"),
-            detail: "x".repeat(70 * 1024),
+            detail: "x".repeat(70 * 1024).into(),
             time: UNIX_EPOCH,
             capture_ns: 0,
         };

@@ -438,7 +438,7 @@ pub fn request_body(entries: &[Entry]) -> Vec<u8> {
             96 + e.source.len()
                 + e.detail_type.len()
                 + e.event_bus_name.len()
-                + e.detail.len() * 9 / 8
+                + e.detail.escaped().len()
         })
         .sum();
     let mut b = Vec::with_capacity(16 + size);
@@ -451,8 +451,9 @@ pub fn request_body(entries: &[Entry]) -> Vec<u8> {
         push_json_bytes(&mut b, &e.source);
         b.extend_from_slice(b",\"DetailType\":");
         push_json_bytes(&mut b, &e.detail_type);
-        b.extend_from_slice(b",\"Detail\":");
-        push_json_bytes(&mut b, &e.detail);
+        b.extend_from_slice(b",\"Detail\":\"");
+        b.extend_from_slice(e.detail.escaped().as_bytes());
+        b.push(b'"');
         b.extend_from_slice(b",\"Time\":");
         epoch_seconds(&mut b, e.time);
         b.extend_from_slice(b",\"EventBusName\":");
@@ -660,7 +661,7 @@ mod tests {
             source: Arc::from("udp.raw"),
             detail_type: Arc::from("UdpPacket"),
             event_bus_name: Arc::from("orders"),
-            detail: detail.to_owned(),
+            detail: detail.into(),
             time: UNIX_EPOCH + Duration::from_millis(1_795_822_397_250),
             capture_ns: 0,
         }

@@ -612,7 +612,7 @@ mod tests {
             source: Arc::from("udp.raw"),
             detail_type: Arc::from("UdpPacket"),
             event_bus_name: Arc::from("default"),
-            detail: "x".repeat(detail_len),
+            detail: "x".repeat(detail_len).into(),
             time: UNIX_EPOCH,
             capture_ns: 0,
         }

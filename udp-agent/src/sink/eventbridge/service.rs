@@ -74,7 +74,7 @@ pub fn request_entry(e: &Entry) -> PutEventsRequestEntry {
     PutEventsRequestEntry::builder()
         .source(&*e.source)
         .detail_type(&*e.detail_type)
-        .detail(e.detail.clone())
+        .detail(e.detail.json())
         .time(DateTime::from(e.time))
         .event_bus_name(&*e.event_bus_name)
         .build()
@@ -144,7 +144,7 @@ mod tests {
             source: Arc::from("udp.raw"),
             detail_type: Arc::from("UdpPacket"),
             event_bus_name: Arc::from("orders"),
-            detail: format!("{{\"n\":{n}}}"),
+            detail: format!("{{\"n\":{n}}}").into(),
             time: UNIX_EPOCH + Duration::from_millis(1_795_822_397_250),
             capture_ns: 0,
         }
@@ -157,8 +157,8 @@ mod tests {
         }
     }
 
-    fn details(failed: &[Failed]) -> Vec<&str> {
-        failed.iter().map(|f| f.entry.detail.as_str()).collect()
+    fn details(failed: &[Failed]) -> Vec<String> {
+        failed.iter().map(|f| f.entry.detail.json()).collect()
     }
 
     #[test]
