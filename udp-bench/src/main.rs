@@ -322,7 +322,7 @@ fn all(a: &AllArgs) -> Result<()> {
                         .searches
                         .iter()
                         .find(|s| s.contender == capture::Contender::Agent && s.payload == 64)
-                        .and_then(|s| s.lossless_pps)
+                        .and_then(|s| s.lossless_pps.or(s.search_pps))
                         .map(|pps| pps as u64);
                     report.capture = serde_json::to_value(&r)?;
                     rows.extend(rs);
