@@ -241,11 +241,6 @@ impl Ring {
             });
         }
     }
-
-    /// The map, for readiness (`AsFd`) and its id.
-    pub fn map(&self) -> &MapData {
-        &self.map
-    }
 }
 
 impl AsFd for Ring {
@@ -256,7 +251,7 @@ impl AsFd for Ring {
 
 impl AsRawFd for Ring {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.map.fd().as_fd().as_raw_fd()
+        self.as_fd().as_raw_fd()
     }
 }
 
