@@ -26,8 +26,8 @@ use aya::maps::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use thiserror::Error;
 use udp_ebpf_common::{
-    CONFIG_ALLOWLIST, CONFIG_REJECT_DROP, Config, Limit, PORT_COUNT, PortRule, PortState,
-    SourceKey, SourceState, counter,
+    CONFIG_ALLOWLIST, CONFIG_DENYLIST, CONFIG_REJECT_DROP, Config, Limit, PORT_COUNT, PortRule,
+    PortState, SourceKey, SourceState, counter,
 };
 
 use crate::ports::{PortRange, compact};
@@ -617,7 +617,7 @@ impl Control {
             (IpNet::V6(n), false) => self.deny_v6.insert(&key6(&n), 1, 0),
         }
         .map_err(err)?;
-        self.sync_allowlist_flag()
+        self.sync_list_flags()
     }
 
     /// Removes a prefix from a list; `Ok(false)` if it was not there.
@@ -635,7 +635,7 @@ impl Control {
             Err(e) if key_not_found(&e) => false,
             Err(e) => return Err(self.map_err("updating", name)(e)),
         };
-        self.sync_allowlist_flag()?;
+        self.sync_list_flags()?;
         Ok(removed)
     }
 
@@ -671,16 +671,21 @@ impl Control {
         Ok((allow, deny))
     }
 
-    /// An empty allow list means everyone: the kernel checks allow prefixes
-    /// only while this flag is set.
-    fn sync_allowlist_flag(&mut self) -> Result<(), ControlError> {
-        let any = self.allow_v4.keys().next().is_some() || self.allow_v6.keys().next().is_some();
+    /// An empty allow list means everyone, an empty deny list no one: the
+    /// kernel looks a list up only while its flag says it has entries. The
+    /// flag is set after a first prefix is added and cleared after the last
+    /// one is removed, so it never hides an entry once a change returns.
+    fn sync_list_flags(&mut self) -> Result<(), ControlError> {
+        let allow = self.allow_v4.keys().next().is_some() || self.allow_v6.keys().next().is_some();
+        let deny = self.deny_v4.keys().next().is_some() || self.deny_v6.keys().next().is_some();
         let mut c = self.config()?;
-        let flags = if any {
-            c.flags | CONFIG_ALLOWLIST
-        } else {
-            c.flags & !CONFIG_ALLOWLIST
-        };
+        let mut flags = c.flags & !(CONFIG_ALLOWLIST | CONFIG_DENYLIST);
+        if allow {
+            flags |= CONFIG_ALLOWLIST;
+        }
+        if deny {
+            flags |= CONFIG_DENYLIST;
+        }
         if flags != c.flags {
             c.flags = flags;
             self.set_config(c)?;

@@ -20,8 +20,8 @@ use udp_agent::{
     ring::Ring,
 };
 use udp_ebpf_common::{
-    Config, MAX_CAPTURE, RECORD_CLASSES, RECORD_HEADER_LEN, counter, frame::FrameBuilder,
-    record_room,
+    CONFIG_DENYLIST, Config, MAX_CAPTURE, RECORD_CLASSES, RECORD_HEADER_LEN, counter,
+    frame::FrameBuilder, record_room,
 };
 
 const XDP_PASS: u32 = 2;
@@ -711,6 +711,20 @@ fn deny_list_longest_prefix_match_v4_and_v6() {
     let srcs: Vec<String> = packets.iter().map(|p| p.src.to_string()).collect();
     assert_eq!(srcs, ["198.18.1.77", "fd00:2::5"]);
     k.assert_counters(&[("seen", 4), ("denied", 2), ("captured", 2)]);
+    // Emptying the deny list clears its flag (the kernel then skips the
+    // lookups) and admits the sources again.
+    let flag = |k: &Kernel| k.control.config().unwrap().flags & CONFIG_DENYLIST;
+    assert_ne!(flag(&k), 0);
+    for net in ["198.18.0.0/24", "fd00:1::/32"] {
+        assert!(
+            k.control
+                .remove_source(parse_net(net).unwrap(), false)
+                .unwrap()
+        );
+    }
+    assert_eq!(flag(&k), 0);
+    k.run(&from([198, 18, 0, 77]));
+    assert_eq!(k.packets().len(), 1);
 }
 
 #[test]

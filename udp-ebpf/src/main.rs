@@ -29,7 +29,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use udp_ebpf_common::{
-    CONFIG_ALLOWLIST, CONFIG_REJECT_DROP, Config, DEFAULT_RING_BYTES, DEFAULT_SOURCE_ENTRIES,
+    CONFIG_ALLOWLIST, CONFIG_DENYLIST, CONFIG_REJECT_DROP, Config, DEFAULT_RING_BYTES, DEFAULT_SOURCE_ENTRIES,
     IP_V4, Limit, MAX_CAPTURE, MAX_PREFIXES, PORT_COUNT, PortRule, PortState, RECORD_CLASSES,
     RECORD_HEADER_LEN, RecordHeader, SourceKey, SourceState, counter,
     parse::{Outcome, UdpMeta, parse_headers, read_addresses},
@@ -126,20 +126,25 @@ pub fn udp_capture(ctx: XdpContext) -> u32 {
 }
 
 /// True if the source is denied: on the deny list, or — when the allow list
-/// is not empty — on no allow prefix.
+/// is not empty — on no allow prefix. Each list is looked up only while its
+/// flag says it has entries.
 #[inline(always)]
 fn denied(meta: &UdpMeta, src_addr: &[u8; 16], flags: u32) -> bool {
+    if flags & (CONFIG_ALLOWLIST | CONFIG_DENYLIST) == 0 {
+        return false;
+    }
+    let deny = flags & CONFIG_DENYLIST != 0;
     if meta.ip_version == IP_V4 {
         // SAFETY: the first 4 of 16 bytes.
         let a = unsafe { core::ptr::read_unaligned(src_addr.as_ptr() as *const [u8; 4]) };
         let key = Key::new(32, a);
-        if DENY_V4.get(&key).is_some() {
+        if deny && DENY_V4.get(&key).is_some() {
             return true;
         }
         flags & CONFIG_ALLOWLIST != 0 && ALLOW_V4.get(&key).is_none()
     } else {
         let key = Key::new(128, *src_addr);
-        if DENY_V6.get(&key).is_some() {
+        if deny && DENY_V6.get(&key).is_some() {
             return true;
         }
         flags & CONFIG_ALLOWLIST != 0 && ALLOW_V6.get(&key).is_none()
