@@ -120,6 +120,10 @@ pub enum Contender {
     AgentDrop,
     Tcpdump,
     Socket,
+    /// tcpdump while the agent's program is attached to the same veth in
+    /// native mode for another port, so it passes every frame: what native
+    /// XDP on the veth costs an observer (an experiment, not in `ALL`).
+    TcpdumpXdp,
 }
 
 impl Contender {
@@ -131,6 +135,9 @@ impl Contender {
             }
             Contender::Tcpdump => "tcpdump -w /dev/null (-B 8192, port filter)",
             Contender::Socket => "UDP socket + recvmmsg (8 MiB SO_RCVBUF)",
+            Contender::TcpdumpXdp => {
+                "tcpdump as above, with udp-agent attached for another port (every frame passes)"
+            }
         }
     }
 
@@ -140,6 +147,7 @@ impl Contender {
             Contender::AgentDrop => "udp-agent --action drop",
             Contender::Tcpdump => "tcpdump",
             Contender::Socket => "UDP socket",
+            Contender::TcpdumpXdp => "tcpdump+xdp",
         }
     }
 
@@ -304,7 +312,13 @@ fn measure(
                 sys0,
             )
         }
-        Contender::Tcpdump => {
+        Contender::Tcpdump | Contender::TcpdumpXdp => {
+            let passing = match who {
+                Contender::TcpdumpXdp => {
+                    Some(Agent::start(env.agent, &ns.host_if, PORT + 1, &Sink::Null)?)
+                }
+                _ => None,
+            };
             let t = Tcpdump::start(&ns.host_if, PORT, BUFFER_BYTES / 1024)?;
             let sys0 = system_drops(ns);
             let cpu0 = t.cpu_seconds();
@@ -313,6 +327,7 @@ fn measure(
             // is full or after its 1 s timeout: wait for the last block.
             sleep(Duration::from_millis(1500))?;
             let mut c = t.stop()?;
+            drop(passing);
             c.cpu_s -= cpu0;
             losses.insert(
                 "dropped by kernel (tcpdump)".to_string(),
@@ -517,6 +532,37 @@ fn confirm(env: &Env, size: usize, searches: &mut [Search], s: &Settings) -> Res
         x.max_rss_kib = x.max_rss_kib.max(max_rss.unwrap_or(0));
     }
     Ok(())
+}
+
+/// An experiment (`udp-bench rounds`): `rounds` interleaved rounds of one
+/// step per contender at one asked rate, then each contender's median
+/// achieved rate (a lossy step counting as none) and median CPU per packet.
+pub fn rounds(
+    env: &Env,
+    who: &[Contender],
+    size: usize,
+    rate: u64,
+    rounds: usize,
+    secs: Duration,
+) -> Result<Vec<(Contender, Vec<Step>)>> {
+    let frame = traffic::udp_frame(env.ns, PORT, size);
+    let mut out: Vec<(Contender, Vec<Step>)> = who.iter().map(|&c| (c, Vec::new())).collect();
+    for _ in 0..rounds {
+        for (c, steps) in &mut out {
+            steps.push(step(env, *c, &frame, rate, secs)?);
+        }
+    }
+    for (c, steps) in &out {
+        let mut cpu: Vec<f64> = steps.iter().map(|s| s.cpu_us_per_packet).collect();
+        cpu.sort_by(f64::total_cmp);
+        eprintln!(
+            "bench: rounds: {:<24} {size:>4} B  median lossless {:>9}  median {:.2} µs CPU/packet",
+            c.short(),
+            median_lossless(steps).map_or("none".into(), |r| format!("{} pps", thousands(r))),
+            cpu.get(cpu.len() / 2).copied().unwrap_or(0.0)
+        );
+    }
+    Ok(out)
 }
 
 /// The median achieved rate of `steps`, a lossy step counting as no rate

@@ -87,6 +87,33 @@ enum Cmd {
     /// The timing PutEvents endpoint on 127.0.0.1, until Ctrl-C; prints its
     /// URL and, every second, entries acknowledged and latency quantiles.
     Endpoint,
+    /// An experiment on scenario 2's rig: contenders measured in interleaved
+    /// rounds at one asked rate (no search), each step printed, then the
+    /// medians. Contenders as for `all`, plus `tcpdump-xdp` (tcpdump while
+    /// the agent is attached natively for another port).
+    Rounds {
+        #[arg(long)]
+        agent: PathBuf,
+        #[arg(long, value_delimiter = ',', default_value = "agent,tcpdump")]
+        contenders: Vec<String>,
+        /// UDP payload bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Packets per second asked of the sender.
+        #[arg(long)]
+        rate: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per step.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Extra flags for every `udp-agent run`.
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
+        /// Where the steps go as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -168,6 +195,25 @@ fn main() -> ExitCode {
             max_seconds,
         } => sockread::run(bind, rcvbuf, Duration::from_secs(max_seconds)),
         Cmd::Endpoint => endpoint_forever(),
+        Cmd::Rounds {
+            agent,
+            contenders,
+            size,
+            rate,
+            rounds,
+            seconds,
+            agent_args,
+            json,
+        } => run_rounds(
+            &agent,
+            &contenders,
+            size,
+            rate,
+            rounds,
+            Duration::from_secs_f64(seconds),
+            agent_args,
+            json.as_deref(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -192,6 +238,62 @@ fn endpoint_forever() -> Result<()> {
             report::duration_ns(l.p99_ns)
         );
     }
+    Ok(())
+}
+
+fn parse_contenders(names: &[String]) -> Result<Vec<capture::Contender>> {
+    names
+        .iter()
+        .map(|c| match c.as_str() {
+            "agent" => Ok(capture::Contender::Agent),
+            "agent-drop" => Ok(capture::Contender::AgentDrop),
+            "tcpdump" => Ok(capture::Contender::Tcpdump),
+            "socket" => Ok(capture::Contender::Socket),
+            "tcpdump-xdp" => Ok(capture::Contender::TcpdumpXdp),
+            other => Err(anyhow::anyhow!("unknown contender {other}")),
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_rounds(
+    agent: &Path,
+    contenders: &[String],
+    size: usize,
+    rate: u64,
+    n: usize,
+    secs: Duration,
+    agent_args: Vec<String>,
+    json: Option<&Path>,
+) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmark needs root (BPF programs, network namespaces, XDP)");
+    }
+    let who = parse_contenders(contenders)?;
+    contenders::set_extra_agent_args(agent_args);
+    let self_exe = std::env::current_exe().context("locating udp-bench")?;
+    netns::remove_leftovers();
+    traffic::restore_leftover_settings();
+    let ns = netns::VethNs::new().context("creating the benchmark's namespace and veth pair")?;
+    let rig = traffic::Rig::prepare(&ns, &traffic::udp_frame(&ns, capture::PORT, size));
+    if let Some(why) = &rig.fallback_reason {
+        eprintln!("bench: live-frames sender unavailable ({why}); AF_PACKET sender");
+    }
+    let workdir = std::env::temp_dir();
+    let env = capture::Env {
+        sender: rig.sender,
+        agent,
+        self_exe: &self_exe,
+        ns: &ns,
+        workdir: &workdir,
+    };
+    let out = capture::rounds(&env, &who, size, rate, n, secs)?;
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&out)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    drop(rig);
+    drop(ns);
     Ok(())
 }
 
@@ -296,17 +398,7 @@ fn all(a: &AllArgs) -> Result<()> {
         };
         let mut csettings = capture::Settings::new(a.quick);
         if !a.contenders.is_empty() {
-            csettings.contenders = a
-                .contenders
-                .iter()
-                .map(|c| match c.as_str() {
-                    "agent" => Ok(capture::Contender::Agent),
-                    "agent-drop" => Ok(capture::Contender::AgentDrop),
-                    "tcpdump" => Ok(capture::Contender::Tcpdump),
-                    "socket" => Ok(capture::Contender::Socket),
-                    other => Err(anyhow::anyhow!("unknown contender {other}")),
-                })
-                .collect::<Result<_>>()?;
+            csettings.contenders = parse_contenders(&a.contenders)?;
         }
         let mut soak_rate = None;
         if wanted("capture") {
