@@ -29,9 +29,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use udp_ebpf_common::{
-    CONFIG_ALLOWLIST, CONFIG_DENYLIST, CONFIG_REJECT_DROP, Config, DEFAULT_RING_BYTES, DEFAULT_SOURCE_ENTRIES,
-    IP_V4, Limit, MAX_CAPTURE, MAX_PREFIXES, PORT_COUNT, PortRule, PortState, RECORD_CLASSES,
-    RECORD_HEADER_LEN, RecordHeader, SourceKey, SourceState, counter,
+    CONFIG_ALLOWLIST, CONFIG_DENYLIST, CONFIG_REJECT_DROP, Config, DEFAULT_RING_BYTES,
+    DEFAULT_SOURCE_ENTRIES, IP_V4, Limit, MAX_CAPTURE, MAX_PREFIXES, PORT_COUNT, PortRule,
+    PortState, RECORD_CLASSES, RECORD_HEADER_LEN, RecordHeader, SourceKey, SourceState, counter,
     parse::{Outcome, UdpMeta, parse_headers, read_addresses},
 };
 
