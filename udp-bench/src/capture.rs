@@ -95,7 +95,7 @@ impl Settings {
                 flood_packets: 1_000_000,
                 soak: Duration::from_secs(60),
                 contenders: ALL.to_vec(),
-                confirm_rounds: 3,
+                confirm_rounds: 5,
             }
         }
     }
