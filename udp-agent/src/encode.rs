@@ -37,10 +37,13 @@ pub struct Detail {
 impl Detail {
     /// `json` escaped as the inside of a JSON string literal.
     pub fn from_json(json: &str) -> Detail {
-        let mut quoted = String::with_capacity(json.len() + 8);
-        push_json_str(&mut quoted, json);
+        let mut escaped = String::with_capacity(json.len() + 8);
+        push_json_str(&mut escaped, json);
+        // Keep what lies between the quotes, in place.
+        escaped.pop();
+        escaped.remove(0);
         Detail {
-            escaped: quoted[1..quoted.len() - 1].to_string(),
+            escaped,
             json_len: json.len(),
         }
     }
