@@ -512,7 +512,7 @@ fn confirm(env: &Env, size: usize, searches: &mut [Search], s: &Settings) -> Res
     for &i in &limited {
         let x = &mut searches[i];
         x.lossless_pps = median_lossless(&x.confirm_steps);
-        x.lossless_nominal_pps = Some(rate);
+        x.lossless_nominal_pps = x.lossless_pps.map(|_| rate);
         x.limited_by = format!(
             "the sender's CPU, which also runs the receiving kernel path: median of {} rounds at {} pps asked, interleaved with the other sender-limited contenders ({}); the search alone reached {}",
             x.confirm_steps.len(),
