@@ -312,6 +312,68 @@ fn warm_up(ns: &VethNs, acks: &dyn Acks, frame: &[u8], what: &str) -> Result<()>
     bail!("{what}: no entry reached the endpoint within 30 s of warm-up traffic")
 }
 
+/// What [`throughput_and_latency`] measured for one contender.
+struct Measured {
+    cpu_us_per_event: f64,
+    throughput: Throughput,
+    latency: LatencyRun,
+}
+
+/// Who [`throughput_and_latency`] measures.
+struct Who<'a> {
+    /// For messages.
+    what: &'a str,
+    /// The search's first rate.
+    start_pps: f64,
+    /// The latency run's lowest rate.
+    min_latency_pps: f64,
+    /// Its process's CPU time so far, in seconds.
+    cpu_seconds: &'a dyn Fn() -> f64,
+}
+
+/// The rate search, then a latency run at half the sustained rate, for a
+/// contender already started and warmed up.
+fn throughput_and_latency(
+    env: &Env,
+    endpoint: &Endpoint,
+    frame: &[u8],
+    s: &Settings,
+    who: &Who,
+) -> Result<Measured> {
+    let Who {
+        what,
+        start_pps,
+        min_latency_pps,
+        cpu_seconds,
+    } = *who;
+    let (cpu0, acks0) = (cpu_seconds(), endpoint.accepted());
+    let tp = search(env.ns, endpoint, frame, start_pps, s, what)?;
+    let cpu_us_per_event =
+        (cpu_seconds() - cpu0) * 1e6 / (endpoint.accepted() - acks0).max(1) as f64;
+    eprintln!(
+        "bench: forward: {what}: {} events/s without loss, {cpu_us_per_event:.1} µs CPU/event",
+        thousands(tp.events_per_s),
+    );
+    let lat = latency_run(
+        env.ns,
+        endpoint,
+        frame,
+        (tp.events_per_s / 2.0).max(min_latency_pps),
+        s.latency,
+    )?;
+    eprintln!(
+        "bench: forward: {what} latency at {} events/s: p50 {} p99 {}",
+        thousands(lat.offered.pps),
+        duration_ns(lat.latency.p50_ns),
+        duration_ns(lat.latency.p99_ns)
+    );
+    Ok(Measured {
+        cpu_us_per_event,
+        throughput: tp,
+        latency: lat,
+    })
+}
+
 fn agent_run(env: &Env, endpoint: &Endpoint, frame: &[u8], s: &Settings) -> Result<Contender> {
     let agent = Agent::start(
         env.agent,
@@ -323,33 +385,23 @@ fn agent_run(env: &Env, endpoint: &Endpoint, frame: &[u8], s: &Settings) -> Resu
     )?;
     warm_up(env.ns, endpoint, frame, "udp-agent")
         .with_context(|| format!("agent stderr:\n{}", agent.stderr_text()))?;
-    let (cpu0, acks0) = (agent.cpu_seconds(), endpoint.accepted());
-    let tp = search(env.ns, endpoint, frame, s.agent_start_pps, s, "agent")?;
-    let cpu_us_per_event =
-        (agent.cpu_seconds() - cpu0) * 1e6 / (endpoint.accepted() - acks0).max(1) as f64;
-    eprintln!(
-        "bench: forward: agent: {} events/s without loss, {:.1} µs CPU/event",
-        thousands(tp.events_per_s),
-        cpu_us_per_event
-    );
-    let lat = latency_run(
-        env.ns,
+    let m = throughput_and_latency(
+        env,
         endpoint,
         frame,
-        (tp.events_per_s / 2.0).max(100.0),
-        s.latency,
+        s,
+        &Who {
+            what: "agent",
+            start_pps: s.agent_start_pps,
+            min_latency_pps: 100.0,
+            cpu_seconds: &|| agent.cpu_seconds(),
+        },
     )?;
-    eprintln!(
-        "bench: forward: agent latency at {} events/s: p50 {} p99 {}",
-        thousands(lat.offered.pps),
-        duration_ns(lat.latency.p50_ns),
-        duration_ns(lat.latency.p99_ns)
-    );
     let c: AgentCounters = agent.stop()?;
     Ok(Contender {
-        cpu_us_per_event,
-        throughput: tp,
-        latency: Some(lat),
+        cpu_us_per_event: m.cpu_us_per_event,
+        throughput: m.throughput,
+        latency: Some(m.latency),
         max_rss_kib: c.max_rss_kib,
         counters: serde_json::to_value(&c)?,
     })
@@ -383,40 +435,23 @@ fn article_run(
     }
     warm_up(env.ns, endpoint, frame, "article.py")
         .with_context(|| format!("article.py stderr:\n{}", p.stderr_text()))?;
-    let (cpu0, acks0) = (p.cpu_seconds().unwrap_or(0.0), endpoint.accepted());
-    let tp = search(
-        env.ns,
+    let m = throughput_and_latency(
+        env,
         endpoint,
         frame,
-        s.article_start_pps,
         s,
-        "article.py",
+        &Who {
+            what: "article.py",
+            start_pps: s.article_start_pps,
+            min_latency_pps: 10.0,
+            cpu_seconds: &|| p.cpu_seconds().unwrap_or(0.0),
+        },
     )?;
-    let cpu_us_per_event =
-        (p.cpu_seconds().unwrap_or(0.0) - cpu0) * 1e6 / (endpoint.accepted() - acks0).max(1) as f64;
-    eprintln!(
-        "bench: forward: article.py: {} events/s without loss, {:.0} µs CPU/event",
-        thousands(tp.events_per_s),
-        cpu_us_per_event
-    );
-    let lat = latency_run(
-        env.ns,
-        endpoint,
-        frame,
-        (tp.events_per_s / 2.0).max(10.0),
-        s.latency,
-    )?;
-    eprintln!(
-        "bench: forward: article.py latency at {} events/s: p50 {} p99 {}",
-        thousands(lat.offered.pps),
-        duration_ns(lat.latency.p50_ns),
-        duration_ns(lat.latency.p99_ns)
-    );
     let exit = p.stop(libc::SIGTERM, Duration::from_secs(10));
     Ok(Contender {
-        cpu_us_per_event,
-        throughput: tp,
-        latency: Some(lat),
+        cpu_us_per_event: m.cpu_us_per_event,
+        throughput: m.throughput,
+        latency: Some(m.latency),
         max_rss_kib: exit.max_rss_kib,
         counters: serde_json::json!({ "exit_code": exit.code }),
     })
