@@ -502,15 +502,11 @@ fn confirm(env: &Env, size: usize, searches: &mut [Search], s: &Settings) -> Res
     else {
         return Ok(());
     };
-    let frame = traffic::udp_frame(env.ns, PORT, size);
-    for _ in 0..s.confirm_rounds {
-        for &i in &limited {
-            let st = step(env, searches[i].contender, &frame, rate, s.step)?;
-            searches[i].confirm_steps.push(st);
-        }
-    }
-    for &i in &limited {
+    let who: Vec<Contender> = limited.iter().map(|&i| searches[i].contender).collect();
+    let steps = interleaved(env, &who, size, rate, s.confirm_rounds, s.step)?;
+    for (&i, steps) in limited.iter().zip(steps) {
         let x = &mut searches[i];
+        x.confirm_steps = steps;
         x.lossless_pps = median_lossless(&x.confirm_steps);
         x.lossless_nominal_pps = x.lossless_pps.map(|_| rate);
         x.limited_by = format!(
@@ -534,6 +530,26 @@ fn confirm(env: &Env, size: usize, searches: &mut [Search], s: &Settings) -> Res
     Ok(())
 }
 
+/// `rounds` rounds of one step per contender in `who`, in turn, all at one
+/// asked rate: each contender's steps, in `who`'s order.
+fn interleaved(
+    env: &Env,
+    who: &[Contender],
+    size: usize,
+    rate: u64,
+    rounds: usize,
+    secs: Duration,
+) -> Result<Vec<Vec<Step>>> {
+    let frame = traffic::udp_frame(env.ns, PORT, size);
+    let mut out = vec![Vec::new(); who.len()];
+    for _ in 0..rounds {
+        for (&c, steps) in who.iter().zip(&mut out) {
+            steps.push(step(env, c, &frame, rate, secs)?);
+        }
+    }
+    Ok(out)
+}
+
 /// An experiment (`udp-bench rounds`): `rounds` interleaved rounds of one
 /// step per contender at one asked rate, then each contender's median
 /// achieved rate (a lossy step counting as none) and median CPU per packet.
@@ -545,13 +561,8 @@ pub fn rounds(
     rounds: usize,
     secs: Duration,
 ) -> Result<Vec<(Contender, Vec<Step>)>> {
-    let frame = traffic::udp_frame(env.ns, PORT, size);
-    let mut out: Vec<(Contender, Vec<Step>)> = who.iter().map(|&c| (c, Vec::new())).collect();
-    for _ in 0..rounds {
-        for (c, steps) in &mut out {
-            steps.push(step(env, *c, &frame, rate, secs)?);
-        }
-    }
+    let steps = interleaved(env, who, size, rate, rounds, secs)?;
+    let out: Vec<(Contender, Vec<Step>)> = who.iter().copied().zip(steps).collect();
     for (c, steps) in &out {
         let mut cpu: Vec<f64> = steps.iter().map(|s| s.cpu_us_per_packet).collect();
         cpu.sort_by(f64::total_cmp);

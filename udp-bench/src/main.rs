@@ -266,9 +266,7 @@ fn run_rounds(
     agent_args: Vec<String>,
     json: Option<&Path>,
 ) -> Result<()> {
-    if !is_root() {
-        bail!("the benchmark needs root (BPF programs, network namespaces, XDP)");
-    }
+    require_root()?;
     let who = parse_contenders(contenders)?;
     contenders::set_extra_agent_args(agent_args);
     let self_exe = std::env::current_exe().context("locating udp-bench")?;
@@ -297,9 +295,12 @@ fn run_rounds(
     Ok(())
 }
 
-fn is_root() -> bool {
+fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark needs root (BPF programs, network namespaces, XDP)");
+    }
+    Ok(())
 }
 
 fn have(program: &str) -> bool {
@@ -309,9 +310,7 @@ fn have(program: &str) -> bool {
 }
 
 fn all(a: &AllArgs) -> Result<()> {
-    if !is_root() {
-        bail!("the benchmark needs root (BPF programs, network namespaces, XDP)");
-    }
+    require_root()?;
     let started = Instant::now();
     let wanted = |s: &str| a.only.is_empty() || a.only.iter().any(|o| o == s);
     let self_exe = std::env::current_exe().context("locating udp-bench")?;
