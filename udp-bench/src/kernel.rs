@@ -35,7 +35,7 @@ use udp_ebpf_common::{
 
 use crate::{
     bpf,
-    proc::{check_interrupted, pin_to_cpu},
+    proc::{check_interrupted, sut_cpu, with_cpu},
     report::{Row, Summary},
 };
 
@@ -250,21 +250,6 @@ fn raise_memlock() {
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
 }
 
-fn ncpu() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn unpin() {
-    // SAFETY: as in pin_to_cpu.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for cpu in 0..ncpu() {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 pub fn run(object: &Path, s: &Settings) -> Result<(KernelResults, Vec<Row>)> {
     ensure!(
         object.is_file(),
@@ -275,11 +260,8 @@ pub fn run(object: &Path, s: &Settings) -> Result<(KernelResults, Vec<Row>)> {
     let mut k = Loaded::load(object, s.ring_bytes)?;
     let fd = k.fd()?;
     // Every run of every program on the same CPU.
-    let cpu = ncpu() - 1;
-    pin_to_cpu(cpu);
-    let result = measure(&mut k, fd, floor.as_raw_fd(), s);
-    unpin();
-    let cases = result?;
+    let cpu = sut_cpu();
+    let cases = with_cpu(cpu, || measure(&mut k, fd, floor.as_raw_fd(), s))?;
     let rows = rows(&cases);
     Ok((
         KernelResults {

@@ -11,7 +11,7 @@ use std::{
     io::{BufRead, BufReader, Read},
     process::{Child, Command, Stdio},
     sync::{
-        Arc, Condvar, Mutex,
+        Arc, Condvar, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     thread::{self, JoinHandle},
@@ -64,8 +64,38 @@ pub fn sleep(d: Duration) -> Result<()> {
     }
 }
 
-fn cpu_count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+/// The CPUs this process was allowed when it started, in ascending order:
+/// read once, before anything in it is pinned (every pinning function here
+/// reads it first), so pinning a thread never changes what the benchmark
+/// believes the machine has. (Reading the calling thread's affinity later,
+/// as `available_parallelism` does, would see one CPU inside a pinned
+/// thread: the kernel scenario once left every later scenario's programs
+/// on CPU 0 that way.)
+fn allowed_cpus() -> &'static [usize] {
+    static CPUS: OnceLock<Vec<usize>> = OnceLock::new();
+    CPUS.get_or_init(|| {
+        let cpus = current_cpus();
+        if cpus.is_empty() { vec![0] } else { cpus }
+    })
+}
+
+/// How many CPUs the benchmark has (see [`allowed_cpus`]).
+pub fn cpu_count() -> usize {
+    allowed_cpus().len()
+}
+
+/// The CPUs the calling thread may run on now.
+fn current_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is empty; valid pointers.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
 }
 
 /// The CPU the program under test runs on: the last one. CPU 0 is the
@@ -73,21 +103,41 @@ fn cpu_count() -> usize {
 /// which runs where the sender sends). On a one-CPU machine, everything
 /// shares CPU 0.
 pub fn sut_cpu() -> usize {
-    cpu_count() - 1
+    allowed_cpus().last().copied().unwrap_or(0)
 }
 
-/// Pins the calling thread (and what it starts afterwards) to `cpu`.
-pub fn pin_to_cpu(cpu: usize) {
+fn set_cpus(cpus: &[usize]) {
     // SAFETY: a zeroed cpu_set_t is empty; valid pointers.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
         libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
+/// Pins the calling thread (and what it starts afterwards) to `cpu`. For
+/// threads of their own; see [`with_cpu`] for a stretch of the main thread.
+pub fn pin_to_cpu(cpu: usize) {
+    allowed_cpus();
+    set_cpus(&[cpu]);
+}
+
+/// Runs `f` with the calling thread pinned to `cpu`, then gives the thread
+/// back the CPUs it had before.
+pub fn with_cpu<T>(cpu: usize, f: impl FnOnce() -> T) -> T {
+    allowed_cpus();
+    let before = current_cpus();
+    set_cpus(&[cpu]);
+    let out = f();
+    set_cpus(&before);
+    out
+}
+
 /// Makes `cmd` start pinned to `cpu`.
 pub fn pin_command(cmd: &mut Command, cpu: usize) {
+    allowed_cpus();
     // SAFETY: only sched_setaffinity, which is async-signal-safe, runs
     // between fork and exec.
     unsafe {
@@ -412,4 +462,19 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: valid clock id and out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_stretch_leaves_the_threads_cpus_and_the_sut_cpu_as_they_were() {
+        let before = current_cpus();
+        let sut = sut_cpu();
+        assert!(before.contains(&sut));
+        let inside = with_cpu(0, || (current_cpus(), sut_cpu()));
+        assert_eq!(inside, (vec![0], sut));
+        assert_eq!(current_cpus(), before);
+    }
 }

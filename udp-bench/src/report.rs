@@ -100,7 +100,7 @@ impl Machine {
             .and_then(|l| l.split_once(':'))
             .map(|(_, v)| v.trim().to_string())
             .unwrap_or_else(|| "unknown".into());
-        let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let nproc = crate::proc::cpu_count();
         let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
