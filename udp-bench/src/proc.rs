@@ -372,7 +372,7 @@ impl Proc {
         cpu_seconds(self.pid)
     }
 
-    /// `VmRSS` in KiB, while the child runs.
+    /// `VmRSS` and `RssAnon` in KiB, while the child runs.
     pub fn memory(&self) -> Option<Memory> {
         if self.reaped.is_some() {
             return None;
@@ -392,9 +392,14 @@ impl Drop for Proc {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Memory {
     pub rss_kib: u64,
+    /// `RssAnon`: the part of the RSS that is the process's own memory
+    /// (heap, stacks). The rest is file-backed: the binary's pages as its
+    /// code first runs, and mapped BPF maps such as the ring; both are
+    /// bounded by their size.
+    pub anon_kib: u64,
 }
 
-/// `VmRSS` of `pid` from `/proc/PID/status`.
+/// `VmRSS` and `RssAnon` of `pid` from `/proc/PID/status`.
 pub fn memory(pid: i32) -> Option<Memory> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
@@ -406,6 +411,7 @@ pub fn memory(pid: i32) -> Option<Memory> {
     };
     Some(Memory {
         rss_kib: field("VmRSS:")?,
+        anon_kib: field("RssAnon:")?,
     })
 }
 
