@@ -790,18 +790,14 @@ pub fn soak(env: &Env, rate: u64, duration: Duration) -> Result<(Soak, Row)> {
     let frame = traffic::udp_frame(env.ns, PORT, 64);
     let agent = Agent::start(env.agent, &env.ns.host_if, PORT, &Sink::Null)?;
     let count = (rate as f64 * duration.as_secs_f64()) as u64;
-    let mut rss = Vec::new();
-    let mut anon = Vec::new();
+    let mut samples = Vec::new();
     let sent = std::thread::scope(|sc| -> Result<Sent> {
         let sender = sc.spawn(|| {
             env.sender
                 .send(env.ns, &frame, rate as f64, count, duration * 2)
         });
         while !sender.is_finished() {
-            if let Some(m) = agent.memory() {
-                rss.push(m.rss_kib);
-                anon.push(m.anon_kib);
-            }
+            samples.extend(agent.memory());
             // Sampling continues through an interrupt; the sender stops itself.
             let _ = sleep(Duration::from_secs(1));
         }
@@ -809,13 +805,12 @@ pub fn soak(env: &Env, rate: u64, duration: Duration) -> Result<(Soak, Row)> {
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })?;
-    if let Some(m) = agent.memory() {
-        rss.push(m.rss_kib);
-        anon.push(m.anon_kib);
-    }
+    samples.extend(agent.memory());
     sleep(Duration::from_millis(100))?;
     let c = agent.stop()?;
     let lost = sent.packets.saturating_sub(c.p("emitted"));
+    let rss: Vec<u64> = samples.iter().map(|m| m.rss_kib).collect();
+    let anon: Vec<u64> = samples.iter().map(|m| m.anon_kib).collect();
     let first = rss.first().copied().unwrap_or(0);
     let last = rss.last().copied().unwrap_or(0);
     let max = rss.iter().copied().max().unwrap_or(0);

@@ -138,13 +138,12 @@ pub fn with_cpu<T>(cpu: usize, f: impl FnOnce() -> T) -> T {
 /// Makes `cmd` start pinned to `cpu`.
 pub fn pin_command(cmd: &mut Command, cpu: usize) {
     allowed_cpus();
-    // SAFETY: only sched_setaffinity, which is async-signal-safe, runs
-    // between fork and exec.
+    // SAFETY: set_cpus only fills a cpu_set_t on the stack and calls
+    // sched_setaffinity, which is async-signal-safe: fine between fork
+    // and exec.
     unsafe {
         cmd.pre_exec(move || {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+            set_cpus(&[cpu]);
             Ok(())
         });
     }
