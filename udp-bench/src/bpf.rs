@@ -1,12 +1,13 @@
 //! The two `bpf(2)` commands the benchmark needs, called directly:
-//! `BPF_PROG_LOAD` of two-instruction programs (no object file) and
-//! `BPF_PROG_TEST_RUN`. The kernel-cost scenario times its XDP_PASS floor
-//! and the real program alike with it; the capture scenario's sender runs an
-//! XDP_TX program over live frames with it ([`crate::traffic::send_live`]).
+//! `BPF_PROG_LOAD` of small hand-assembled programs (no object file) and
+//! `BPF_PROG_TEST_RUN`. The kernel-cost scenario times its XDP_PASS floor,
+//! the ring path alone and the real program alike with it; the capture
+//! scenario's sender runs an XDP_TX program over live frames with it
+//! ([`crate::traffic::send_live`]).
 
 use std::{
     io,
-    os::fd::{FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
 
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -105,22 +106,167 @@ pub fn load_xdp_tx() -> io::Result<OwnedFd> {
 
 /// An XDP program that returns `action` and does nothing else.
 fn load_return(action: i32, prog_name: &[u8], prog_flags: u32) -> io::Result<OwnedFd> {
-    let insns = [
-        // BPF_ALU64 | BPF_MOV | BPF_K: r0 = action
+    load(&[mov_imm(0, action), exit()], prog_name, prog_flags)
+}
+
+/// Helper ids (`enum bpf_func_id`).
+const BPF_FUNC_RINGBUF_RESERVE: i32 = 131;
+const BPF_FUNC_RINGBUF_SUBMIT: i32 = 132;
+const BPF_FUNC_RINGBUF_DISCARD: i32 = 133;
+const BPF_FUNC_XDP_LOAD_BYTES: i32 = 189;
+/// `src_reg` of a 64-bit immediate load that names a map by fd.
+const BPF_PSEUDO_MAP_FD: u8 = 1;
+
+/// `dst = imm` (BPF_ALU64 | BPF_MOV | BPF_K).
+const fn mov_imm(dst: u8, imm: i32) -> Insn {
+    Insn {
+        code: 0xb7,
+        regs: dst,
+        off: 0,
+        imm,
+    }
+}
+
+/// `dst = src` (BPF_ALU64 | BPF_MOV | BPF_X).
+const fn mov_reg(dst: u8, src: u8) -> Insn {
+    Insn {
+        code: 0xbf,
+        regs: dst | (src << 4),
+        off: 0,
+        imm: 0,
+    }
+}
+
+/// `dst += imm` (BPF_ALU64 | BPF_ADD | BPF_K).
+const fn add_imm(dst: u8, imm: i32) -> Insn {
+    Insn {
+        code: 0x07,
+        regs: dst,
+        off: 0,
+        imm,
+    }
+}
+
+/// `if dst == imm goto +off` (BPF_JMP | BPF_JEQ | BPF_K).
+const fn jeq_imm(dst: u8, imm: i32, off: i16) -> Insn {
+    Insn {
+        code: 0x15,
+        regs: dst,
+        off,
+        imm,
+    }
+}
+
+/// `if dst != imm goto +off` (BPF_JMP | BPF_JNE | BPF_K).
+const fn jne_imm(dst: u8, imm: i32, off: i16) -> Insn {
+    Insn {
+        code: 0x55,
+        regs: dst,
+        off,
+        imm,
+    }
+}
+
+/// Call helper `id` (BPF_JMP | BPF_CALL).
+const fn call(id: i32) -> Insn {
+    Insn {
+        code: 0x85,
+        regs: 0,
+        off: 0,
+        imm: id,
+    }
+}
+
+/// BPF_JMP | BPF_EXIT.
+const fn exit() -> Insn {
+    Insn {
+        code: 0x95,
+        regs: 0,
+        off: 0,
+        imm: 0,
+    }
+}
+
+/// `dst = map` by fd: a 64-bit immediate load, two instruction slots.
+const fn ld_map_fd(dst: u8, fd: RawFd) -> [Insn; 2] {
+    [
         Insn {
-            code: 0xb7,
-            regs: 0,
+            code: 0x18,
+            regs: dst | (BPF_PSEUDO_MAP_FD << 4),
             off: 0,
-            imm: action,
+            imm: fd,
         },
-        // BPF_JMP | BPF_EXIT
         Insn {
-            code: 0x95,
+            code: 0,
             regs: 0,
             off: 0,
             imm: 0,
         },
-    ];
+    ]
+}
+
+/// `goto +off` (BPF_JMP | BPF_JA).
+const fn ja(off: i16) -> Insn {
+    Insn {
+        code: 0x05,
+        regs: 0,
+        off,
+        imm: 0,
+    }
+}
+
+/// The instructions of [`load_ring_path`]. Jump offsets count from the
+/// next instruction; the map load takes two slots.
+fn ring_path_insns(ring: RawFd, record: u32, offset: u32, len: u32, header: u32) -> Vec<Insn> {
+    let [map0, map1] = ld_map_fd(1, ring);
+    vec![
+        /* 0 */ mov_reg(6, 1), // r6 = ctx
+        // r0 = bpf_ringbuf_reserve(ring, record, 0)
+        /* 1 */ map0,
+        /* 2 */ map1,
+        /* 3 */ mov_imm(2, record as i32),
+        /* 4 */ mov_imm(3, 0),
+        /* 5 */ call(BPF_FUNC_RINGBUF_RESERVE),
+        /* 6 */ jeq_imm(0, 0, 13), // ring full: to 20
+        /* 7 */ mov_reg(7, 0), // r7 = the record
+        // r0 = bpf_xdp_load_bytes(ctx, offset, record + header, len)
+        /* 8 */
+        mov_reg(1, 6),
+        /* 9 */ mov_imm(2, offset as i32),
+        /* 10 */ mov_reg(3, 7),
+        /* 11 */ add_imm(3, header as i32),
+        /* 12 */ mov_imm(4, len as i32),
+        /* 13 */ call(BPF_FUNC_XDP_LOAD_BYTES),
+        /* 14 */ mov_reg(1, 7),
+        /* 15 */ mov_imm(2, 0),
+        /* 16 */ jne_imm(0, 0, 2), // copy failed: to 19
+        /* 17 */ call(BPF_FUNC_RINGBUF_SUBMIT),
+        /* 18 */ ja(1), // to 20
+        /* 19 */ call(BPF_FUNC_RINGBUF_DISCARD),
+        /* 20 */ mov_imm(0, XDP_PASS),
+        /* 21 */ exit(),
+    ]
+}
+
+/// Loads the kernel's part of a capture, alone: reserve a `record`-byte
+/// ring record, copy `len` bytes of the frame from `offset` to `header`
+/// bytes into it with `bpf_xdp_load_bytes`, submit, return XDP_PASS. With
+/// the real program's record size and payload position, it is the cost of
+/// moving that payload through the ring, which no program that captures
+/// with these helpers can go below: the ring path's floor.
+pub fn load_ring_path(
+    ring: BorrowedFd<'_>,
+    record: u32,
+    offset: u32,
+    len: u32,
+    header: u32,
+) -> io::Result<OwnedFd> {
+    let insns = ring_path_insns(ring.as_raw_fd(), record, offset, len, header);
+    load(&insns, b"xdp_ring_path", BPF_F_XDP_HAS_FRAGS)
+}
+
+/// Loads an XDP program (GPL, so that it may call GPL-only helpers).
+fn load(insns: &[Insn], prog_name: &[u8], prog_flags: u32) -> io::Result<OwnedFd> {
     let license = c"GPL";
     let mut name = [0u8; 16];
     name[..prog_name.len()].copy_from_slice(prog_name);
@@ -214,4 +360,24 @@ pub fn test_run_live(fd: RawFd, frame: &[u8], ifindex: u32, repeat: u32) -> io::
     };
     bpf(BPF_PROG_TEST_RUN, &mut attr)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_paths_jumps_land_where_its_comments_say() {
+        let insns = ring_path_insns(3, 1600, 42, 1472, 64);
+        let target = |i: usize| (i as i64 + 1 + i64::from(insns[i].off)) as usize;
+        assert_eq!(insns[5].imm, BPF_FUNC_RINGBUF_RESERVE);
+        assert_eq!(target(6), 20, "ring full: return");
+        assert_eq!(insns[13].imm, BPF_FUNC_XDP_LOAD_BYTES);
+        assert_eq!(insns[target(16)].imm, BPF_FUNC_RINGBUF_DISCARD);
+        assert_eq!(insns[17].imm, BPF_FUNC_RINGBUF_SUBMIT);
+        assert_eq!(target(18), 20, "submitted: return");
+        assert_eq!((insns[20].code, insns[20].imm), (0xb7, XDP_PASS));
+        assert_eq!(insns[21].code, 0x95);
+        assert_eq!(insns.len(), 22);
+    }
 }

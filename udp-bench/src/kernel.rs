@@ -17,7 +17,7 @@
 //! the floor in identical calls: `floor_long + (program − floor)`.
 
 use std::{
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     path::Path,
 };
 
@@ -29,8 +29,8 @@ use aya::{
 };
 use serde::Serialize;
 use udp_ebpf_common::{
-    Config, DEFAULT_RING_BYTES, MAX_CAPTURE, PortRule, counter, frame::FrameBuilder,
-    ring_slot_bytes,
+    Config, DEFAULT_RING_BYTES, MAX_CAPTURE, PortRule, RECORD_HEADER_LEN, counter,
+    frame::FrameBuilder, record_room, ring_slot_bytes,
 };
 
 use crate::{
@@ -172,6 +172,10 @@ pub struct CaseResult {
     pub floor_ns: Summary,
     /// program / floor, run by run.
     pub ratio: Summary,
+    /// Captured cases: ns per packet of the ring path alone (reserve the
+    /// same record, copy the payload, submit; `bpf::load_ring_path`),
+    /// interleaved with the other two and derived the same way.
+    pub ring_path_ns: Option<Summary>,
     /// The kernel's own whole-nanosecond figures, for reference.
     pub program_kernel_ns: Summary,
     pub floor_kernel_ns: Summary,
@@ -180,6 +184,7 @@ pub struct CaseResult {
     pub calls_per_run: u32,
     pub program_ns_raw: Summary,
     pub floor_ns_raw: Summary,
+    pub ring_path_ns_raw: Option<Summary>,
     /// Records written and `ring_full` over the measured runs.
     pub records: u64,
     pub ring_full: u64,
@@ -294,6 +299,51 @@ fn record_slot(payload: usize) -> u64 {
     u64::from(ring_slot_bytes(payload.min(MAX_CAPTURE as usize) as u32))
 }
 
+/// Drains the ring (untimed); returns the records and the first one's
+/// payload (after the record header), for the caller to check.
+fn drain(k: &mut Loaded) -> (u64, Option<Vec<u8>>) {
+    let mut n = 0;
+    let mut first = None;
+    while let Some(rec) = k.ring.next() {
+        if first.is_none() {
+            first = Some(rec.get(RECORD_HEADER_LEN..).unwrap_or_default().to_vec());
+        }
+        n += 1;
+    }
+    (n, first)
+}
+
+/// The ring path's program for a captured case: the real program's record
+/// size and payload position for this frame.
+fn ring_path_for(k: &Loaded, case: &Case) -> Result<Option<OwnedFd>> {
+    let Some(payload) = case.captured_payload else {
+        return Ok(None);
+    };
+    let len = payload.min(MAX_CAPTURE as usize) as u32;
+    // The frames are built without trailing padding: the payload ends the frame.
+    let offset = (case.frame.len() - payload) as u32;
+    let record = RECORD_HEADER_LEN as u32 + record_room(len);
+    let fd = bpf::load_ring_path(
+        k.ring.as_fd(),
+        record,
+        offset,
+        len,
+        RECORD_HEADER_LEN as u32,
+    )
+    .context("loading the ring-path program")?;
+    Ok(Some(fd))
+}
+
+/// What one run adds up, over its calls.
+#[derive(Default)]
+struct RunSums {
+    program: f64,
+    floor: f64,
+    ring_path: f64,
+    program_kernel: f64,
+    floor_kernel: f64,
+}
+
 fn measure(k: &mut Loaded, fd: i32, floor: i32, s: &Settings) -> Result<Vec<CaseResult>> {
     let mut out = Vec::new();
     for case in cases() {
@@ -304,10 +354,16 @@ fn measure(k: &mut Loaded, fd: i32, floor: i32, s: &Settings) -> Result<Vec<Case
         {
             continue;
         }
-        // Warm caches and the JIT image, untimed.
+        let ring_path = ring_path_for(k, &case)?;
+        let want_payload = case.captured_payload.unwrap_or(0);
+        let ring_fd = ring_path.as_ref().map(|f| f.as_raw_fd());
+        // Warm caches and the JIT images, untimed.
         bpf::test_run(floor, &case.frame, 1000)?;
         bpf::test_run(fd, &case.frame, 1000)?;
-        while k.ring.next().is_some() {}
+        if let Some(r) = ring_fd {
+            bpf::test_run(r, &case.frame, 1000)?;
+        }
+        drain(k);
         let full_before = k.ring_full()?;
         let (calls, per_call) = match case.captured_payload {
             None => (1, s.repeat),
@@ -318,52 +374,76 @@ fn measure(k: &mut Loaded, fd: i32, floor: i32, s: &Settings) -> Result<Vec<Case
             }
         };
         let repeat = calls * per_call;
-        let mut records = 0;
+        let (mut records, mut ring_path_records) = (0, 0);
         let mut raw: Runs = Default::default();
+        let mut ring_raw = Vec::new();
         for i in 0..s.runs {
             check_interrupted()?;
-            let (mut p, mut f, mut pk, mut fk) = (0.0, 0.0, 0.0, 0.0);
+            let mut sum = RunSums::default();
             for c in 0..calls {
-                // Alternate the order so that neither always runs first.
-                let (fr, pr) = if (i + c as usize).is_multiple_of(2) {
-                    let fr = run_checked(&case, floor, per_call)?;
-                    (fr, run_checked(&case, fd, per_call)?)
-                } else {
-                    let pr = run_checked(&case, fd, per_call)?;
-                    (run_checked(&case, floor, per_call)?, pr)
-                };
-                p += pr.cpu_ns;
-                f += fr.cpu_ns;
-                pk += f64::from(pr.kernel_ns);
-                fk += f64::from(fr.kernel_ns);
-                while k.ring.next().is_some() {
-                    records += 1;
+                // Rotate the order so that none always runs first. The ring
+                // is drained after each capturing call: one call's records
+                // fit in it, two may not.
+                for j in 0..3 {
+                    match (i + c as usize + j) % 3 {
+                        0 => {
+                            let r = run_checked(&case, floor, per_call)?;
+                            sum.floor += r.cpu_ns;
+                            sum.floor_kernel += f64::from(r.kernel_ns);
+                        }
+                        1 => {
+                            let r = run_checked(&case, fd, per_call)?;
+                            sum.program += r.cpu_ns;
+                            sum.program_kernel += f64::from(r.kernel_ns);
+                            records += drain(k).0;
+                        }
+                        _ => {
+                            let Some(ring_fd) = ring_fd else { continue };
+                            sum.ring_path += run_checked(&case, ring_fd, per_call)?.cpu_ns;
+                            let (n, first) = drain(k);
+                            ring_path_records += n;
+                            let payload = &case.frame[case.frame.len() - want_payload..];
+                            ensure!(
+                                first.is_none_or(|p| p.get(..want_payload) == Some(payload)),
+                                "{}: the ring path's record does not hold the payload",
+                                case.name
+                            );
+                        }
+                    }
                 }
             }
             let n = f64::from(calls);
-            raw.0.push(p / n);
-            raw.1.push(f / n);
-            raw.2.push(p / f);
-            raw.3.push(pk / n);
-            raw.4.push(fk / n);
+            raw.0.push(sum.program / n);
+            raw.1.push(sum.floor / n);
+            raw.2.push(sum.program / sum.floor);
+            raw.3.push(sum.program_kernel / n);
+            raw.4.push(sum.floor_kernel / n);
+            ring_raw.push(sum.ring_path / n);
         }
         // The floor with one long call, for cases split into short calls.
-        let (prog_ns, floor_ns, ratio) = if calls == 1 && per_call >= s.repeat {
-            (raw.0.clone(), raw.1.clone(), raw.2.clone())
+        let (prog_ns, floor_ns, ratio, ring_ns) = if calls == 1 && per_call >= s.repeat {
+            (
+                raw.0.clone(),
+                raw.1.clone(),
+                raw.2.clone(),
+                ring_raw.clone(),
+            )
         } else {
             let mut long = Vec::new();
             for _ in 0..s.runs {
                 long.push(run_checked(&case, floor, s.repeat)?.cpu_ns);
             }
             let floor_long = Summary::of(&long).median;
-            let prog: Vec<f64> = raw
-                .0
-                .iter()
-                .zip(&raw.1)
-                .map(|(p, f)| floor_long + (p - f))
-                .collect();
+            let over_floor = |v: &[f64]| -> Vec<f64> {
+                v.iter()
+                    .zip(&raw.1)
+                    .map(|(x, f)| floor_long + (x - f))
+                    .collect()
+            };
+            let prog = over_floor(&raw.0);
+            let ring = over_floor(&ring_raw);
             let ratio = prog.iter().map(|p| p / floor_long).collect();
-            (prog, long, ratio)
+            (prog, long, ratio, ring)
         };
         let ring_full = k.ring_full()? - full_before;
         if case.captured_payload.is_some() {
@@ -371,6 +451,11 @@ fn measure(k: &mut Loaded, fd: i32, floor: i32, s: &Settings) -> Result<Vec<Case
             ensure!(
                 records == want && ring_full == 0,
                 "{}: {records} records and ring_full {ring_full} for {want} captures; the consumer fell behind",
+                case.name
+            );
+            ensure!(
+                ring_path_records == want,
+                "{}: the ring path wrote {ring_path_records} records for {want} runs",
                 case.name
             );
         }
@@ -382,16 +467,23 @@ fn measure(k: &mut Loaded, fd: i32, floor: i32, s: &Settings) -> Result<Vec<Case
             program_ns: Summary::of(&prog_ns),
             floor_ns: Summary::of(&floor_ns),
             ratio: Summary::of(&ratio),
+            ring_path_ns: ring_fd.map(|_| Summary::of(&ring_ns)),
             program_kernel_ns: Summary::of(&raw.3),
             floor_kernel_ns: Summary::of(&raw.4),
             calls_per_run: calls,
             program_ns_raw: Summary::of(&raw.0),
             floor_ns_raw: Summary::of(&raw.1),
+            ring_path_ns_raw: ring_fd.map(|_| Summary::of(&ring_raw)),
             records,
             ring_full,
         };
+        let ring_note = r
+            .ring_path_ns
+            .as_ref()
+            .map(|p| format!(", ring path alone {:.1} ns", p.median))
+            .unwrap_or_default();
         eprintln!(
-            "bench: kernel: {:<52} {:>8.1} ns/packet (±{:.0}%), floor {:>5.1} ns, ratio {:.2}×",
+            "bench: kernel: {:<52} {:>8.1} ns/packet (±{:.0}%), floor {:>5.1} ns, ratio {:.2}×{ring_note}",
             r.name,
             r.program_ns.median,
             r.program_ns.spread_pct(),

@@ -71,6 +71,9 @@ enum Cmd {
         /// Ring buffer size in bytes (default: the agent's, 8 MiB).
         #[arg(long)]
         ring_bytes: Option<u32>,
+        /// Measurements per case (overrides the default).
+        #[arg(long)]
+        runs: Option<usize>,
     },
     /// A plain UDP socket reader (recvmmsg, counting); prints `ready`, and
     /// `{"received":N,"bytes":B}` on SIGTERM.
@@ -176,9 +179,13 @@ fn main() -> ExitCode {
             case,
             repeat,
             ring_bytes,
+            runs,
         } => {
             let mut s = kernel::Settings::new(quick);
             s.only = case;
+            if let Some(r) = runs {
+                s.runs = r;
+            }
             if let Some(r) = ring_bytes {
                 s.ring_bytes = r;
             }
