@@ -16,9 +16,9 @@ use tokio::{
 use tracing::warn;
 
 use crate::{
-    clock::WallClock,
+    clock::{self, WallClock},
     handoff::Handoff,
-    record::{self, Packet},
+    record::{self, Packet, PacketView},
     ring::Ring,
     stats::PipelineStats,
 };
@@ -62,12 +62,13 @@ fn drain_records(
     budget: usize,
 ) -> Drained {
     let mut pass = Drained::default();
+    let read = ReadTime::now();
     while pass.records < budget {
         let Some(item) = ring.read() else {
             return pass;
         };
         pass.records += 1;
-        match record::decode_view(item) {
+        match read.decode(item) {
             Ok(packet) => {
                 stats.decoded.fetch_add(1, Relaxed);
                 out.push(&packet);
@@ -81,6 +82,31 @@ fn drain_records(
     }
     pass.more = true;
     pass
+}
+
+/// When a pass over the ring began: every record it reads was captured
+/// before then, or — if captured during the pass — within a tick of its
+/// stamp. What turns coarse stamps into capture times.
+#[derive(Clone, Copy, Debug)]
+struct ReadTime {
+    ns: u64,
+    tick_ns: u64,
+}
+
+impl ReadTime {
+    fn now() -> Self {
+        Self {
+            ns: clock::monotonic_ns(),
+            tick_ns: clock::coarse_tick_ns(),
+        }
+    }
+
+    /// Decodes a record read in this pass, with its capture time.
+    fn decode(self, item: &[u8]) -> Result<PacketView<'_>, record::DecodeError> {
+        let mut p = record::decode_view(item)?;
+        p.narrow_time(self.ns, self.tick_ns);
+        Ok(p)
+    }
 }
 
 fn decode_error(stats: &PipelineStats, e: &record::DecodeError) {
@@ -155,12 +181,13 @@ async fn final_drain(ring: &mut Ring, out: &mut Handoff, stats: &PipelineStats) 
     loop {
         // Owned copies: a ring item cannot be held across an await.
         let mut packets: Vec<Packet> = Vec::new();
+        let read = ReadTime::now();
         while packets.len() < DRAIN_BUDGET {
             let Some(item) = ring.read() else { break };
-            match record::decode(item) {
+            match read.decode(item) {
                 Ok(p) => {
                     stats.decoded.fetch_add(1, Relaxed);
-                    packets.push(p);
+                    packets.push(p.to_packet());
                 }
                 Err(e) => decode_error(stats, &e),
             }
@@ -172,5 +199,42 @@ async fn final_drain(ring: &mut Ring, out: &mut Handoff, stats: &PipelineStats) 
         for p in &packets {
             out.push_waiting(&p.view()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use udp_ebpf_common::{IP_V4, RECORD_COARSE_TIME, RecordHeader};
+
+    use super::*;
+
+    fn record(timestamp_ns: u64, flags: u8) -> Vec<u8> {
+        let h = RecordHeader {
+            timestamp_ns,
+            wire_len: 3,
+            cap_len: 3,
+            ip_version: IP_V4,
+            flags,
+            ..RecordHeader::default()
+        };
+        record::encode_record(&h, b"abc")
+    }
+
+    #[test]
+    fn a_pass_turns_coarse_stamps_into_capture_times_and_keeps_precise_ones() {
+        const TICK: u64 = 4_000_000;
+        let at = |ns| ReadTime { ns, tick_ns: TICK };
+        let coarse = record(1_000_000_000, RECORD_COARSE_TIME);
+        // Read soon after the tick: the read time.
+        let p = at(1_000_300_000).decode(&coarse).unwrap();
+        assert_eq!((p.timestamp_ns, p.coarse_time), (1_000_300_000, false));
+        // Read late: at most a tick after the stamp.
+        let p = at(5_000_000_000).decode(&coarse).unwrap();
+        assert_eq!(p.timestamp_ns, 1_000_000_000 + TICK);
+        // A precise stamp stays as it is.
+        let precise = record(1_000_000_000, 0);
+        let p = at(5_000_000_000).decode(&precise).unwrap();
+        assert_eq!(p.timestamp_ns, 1_000_000_000);
+        assert_eq!(p.payload, b"abc");
     }
 }

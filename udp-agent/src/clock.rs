@@ -1,9 +1,13 @@
 //! Capture timestamps: the XDP program stamps packets with CLOCK_MONOTONIC
-//! (`bpf_ktime_get_ns`); events carry wall-clock time. The offset between the
-//! two clocks is sampled at start and refreshed by the capture loop, so NTP
-//! adjustments of the wall clock are followed.
+//! (`bpf_ktime_get_ns`, or its coarse form when no limit needs the precise
+//! one: see [`narrow_coarse`]); events carry wall-clock time. The offset
+//! between the two clocks is sampled at start and refreshed by the capture
+//! loop, so NTP adjustments of the wall clock are followed.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::OnceLock,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
@@ -18,6 +22,38 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 /// Nanoseconds of CLOCK_MONOTONIC now, as `bpf_ktime_get_ns` would report.
 pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC) as u64
+}
+
+/// How far apart the kernel's coarse clock steps: one tick (1–10 ms, by
+/// the kernel's HZ), read once.
+pub fn coarse_tick_ns() -> u64 {
+    static TICK: OnceLock<u64> = OnceLock::new();
+    *TICK.get_or_init(|| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid pointer to a timespec; the clock exists since 2.6.32.
+        let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+        if rc != 0 {
+            // The largest tick Linux has (HZ = 100).
+            return 10_000_000;
+        }
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    })
+}
+
+/// The capture time of a record the kernel stamped with its coarse clock
+/// (`RECORD_COARSE_TIME`).
+///
+/// The stamp `coarse_ns` is the kernel's last tick before the capture, so
+/// the capture happened within `[coarse_ns, coarse_ns + tick_ns]`. It also
+/// happened before `read_ns`, a CLOCK_MONOTONIC time the agent took before
+/// it began the pass that read the record. The estimate is `read_ns`
+/// clamped to that window: late by as long as the record waited in the
+/// ring, and never off by more than one tick.
+pub fn narrow_coarse(coarse_ns: u64, read_ns: u64, tick_ns: u64) -> u64 {
+    read_ns.clamp(coarse_ns, coarse_ns.saturating_add(tick_ns))
 }
 
 /// Converts kernel monotonic timestamps to wall-clock time.
@@ -64,6 +100,29 @@ mod tests {
             .duration_since(t)
             .unwrap_or_else(|e| e.duration());
         assert!(diff < Duration::from_secs(1), "off by {diff:?}");
+    }
+
+    #[test]
+    fn a_coarse_stamp_is_narrowed_to_the_read_time_within_one_tick() {
+        let tick = 4_000_000;
+        // Read within the tick after the stamp: the read time.
+        assert_eq!(narrow_coarse(10_000_000, 10_250_000, tick), 10_250_000);
+        // Read long after (the record waited): one tick after the stamp.
+        assert_eq!(narrow_coarse(10_000_000, 99_000_000, tick), 14_000_000);
+        // Captured after the read began (same pass): the stamp itself.
+        assert_eq!(narrow_coarse(10_000_000, 9_000_000, tick), 10_000_000);
+        assert_eq!(narrow_coarse(u64::MAX - 1, u64::MAX, tick), u64::MAX);
+    }
+
+    #[test]
+    fn the_coarse_tick_is_the_kernels() {
+        let tick = coarse_tick_ns();
+        // HZ is 100 to 1000.
+        assert!((1_000_000..=10_000_000).contains(&tick), "tick {tick} ns");
+        // The coarse clock never runs ahead of the precise one.
+        let c = clock_ns(libc::CLOCK_MONOTONIC_COARSE) as u64;
+        let m = monotonic_ns();
+        assert!(c <= m, "coarse {c}, precise {m}");
     }
 
     #[test]

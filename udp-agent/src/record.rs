@@ -10,7 +10,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use thiserror::Error;
-use udp_ebpf_common::{IP_V4, IP_V6, RECORD_HEADER_LEN, RecordHeader};
+use udp_ebpf_common::{IP_V4, IP_V6, RECORD_COARSE_TIME, RECORD_HEADER_LEN, RecordHeader};
 
 /// A captured datagram, owned, as the agent's later stages see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +49,7 @@ impl Packet {
             dst_port: self.dst_port,
             wire_len: self.wire_len,
             payload: &self.payload,
+            coarse_time: false,
         }
     }
 }
@@ -68,6 +69,9 @@ pub struct PacketView<'a> {
     pub wire_len: u32,
     /// Captured payload bytes (`payload.len() <= wire_len`).
     pub payload: &'a [u8],
+    /// `timestamp_ns` is still the kernel's coarse stamp (the last tick
+    /// before the capture, `RECORD_COARSE_TIME`): see [`Self::narrow_time`].
+    pub coarse_time: bool,
 }
 
 impl PacketView<'_> {
@@ -81,6 +85,16 @@ impl PacketView<'_> {
     /// True when fewer bytes were captured than the datagram carried.
     pub fn truncated(&self) -> bool {
         (self.payload.len() as u64) < u64::from(self.wire_len)
+    }
+
+    /// Turns a coarse stamp into the capture time, given `read_ns`, a
+    /// CLOCK_MONOTONIC time taken before the record was read
+    /// ([`crate::clock::narrow_coarse`]).
+    pub fn narrow_time(&mut self, read_ns: u64, tick_ns: u64) {
+        if self.coarse_time {
+            self.timestamp_ns = crate::clock::narrow_coarse(self.timestamp_ns, read_ns, tick_ns);
+            self.coarse_time = false;
+        }
     }
 
     /// An owned copy.
@@ -159,6 +173,7 @@ pub fn decode_view(bytes: &[u8]) -> Result<PacketView<'_>, DecodeError> {
         dst_port: h.dst_port,
         wire_len: h.wire_len,
         payload,
+        coarse_time: h.flags & RECORD_COARSE_TIME != 0,
     })
 }
 

@@ -13,6 +13,7 @@ use std::os::fd::AsRawFd;
 
 use aya::{Ebpf, TestRun, TestRunOptions, maps::Map};
 use udp_agent::{
+    clock,
     control::{Action, Control, Limits, PortSettings, parse_net},
     loader,
     ports::PortRange,
@@ -20,8 +21,8 @@ use udp_agent::{
     ring::Ring,
 };
 use udp_ebpf_common::{
-    CONFIG_DENYLIST, Config, MAX_CAPTURE, RECORD_CLASSES, RECORD_HEADER_LEN, counter,
-    frame::FrameBuilder, record_room,
+    CONFIG_DENYLIST, Config, MAX_CAPTURE, RECORD_CLASSES, RECORD_COARSE_TIME, RECORD_HEADER_LEN,
+    counter, frame::FrameBuilder, record_room,
 };
 
 const XDP_PASS: u32 = 2;
@@ -808,6 +809,78 @@ fn port_rate_limit_allows_the_burst_then_counts() {
     assert_eq!(
         (busiest[0].port, busiest[0].captured, busiest[0].limited),
         (PORT, 10, 90)
+    );
+}
+
+/// CLOCK_MONOTONIC_COARSE now, as `bpf_ktime_get_coarse_ns` reads it.
+fn coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) },
+        0
+    );
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn records_carry_the_coarse_clock_unless_a_limit_needs_the_precise_one() {
+    let mut k = kernel_or_skip!();
+    let frame = v4(b"tick").build();
+
+    // No limit: the kernel's last tick before the capture, marked as such.
+    let before = coarse_ns();
+    k.run(&frame);
+    let after = coarse_ns();
+    let raw = k.raw_records();
+    assert_eq!(raw.len(), 1);
+    let h = record::decode_header(&raw[0]).unwrap();
+    assert_eq!(h.flags, RECORD_COARSE_TIME);
+    assert!(
+        (before..=after).contains(&h.timestamp_ns),
+        "coarse stamp {} outside {before}..={after}",
+        h.timestamp_ns
+    );
+    // The agent narrows it with the time it reads the record: after the
+    // stamp, within one tick of it, and not after the read.
+    let tick = clock::coarse_tick_ns();
+    let read = clock::monotonic_ns();
+    let mut view = record::decode_view(&raw[0]).unwrap();
+    assert!(view.coarse_time);
+    view.narrow_time(read, tick);
+    assert!(!view.coarse_time);
+    assert!(
+        view.timestamp_ns >= h.timestamp_ns
+            && view.timestamp_ns <= h.timestamp_ns + tick
+            && view.timestamp_ns <= read,
+        "narrowed {} from stamp {} (tick {tick}) read at {read}",
+        view.timestamp_ns,
+        h.timestamp_ns
+    );
+
+    // A port limit needs the precise clock: the stamp is that, unmarked.
+    let settings = PortSettings {
+        rate: 1000,
+        burst: 10,
+        action: Action::Pass,
+    };
+    k.control
+        .add_ports(PortRange::single(PORT), settings)
+        .unwrap();
+    let before = clock::monotonic_ns();
+    k.run(&frame);
+    let after = clock::monotonic_ns();
+    let raw = k.raw_records();
+    assert_eq!(raw.len(), 1);
+    let h = record::decode_header(&raw[0]).unwrap();
+    assert_eq!(h.flags, 0);
+    assert!(
+        (before..=after).contains(&h.timestamp_ns),
+        "precise stamp {} outside {before}..={after}",
+        h.timestamp_ns
     );
 }
 

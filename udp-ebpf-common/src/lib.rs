@@ -294,14 +294,16 @@ pub const IP_V6: u8 = 6;
 /// bytes follow it directly. Layout (little-endian, 64 bytes):
 ///
 /// ```text
-///  0  u64 timestamp_ns   CLOCK_MONOTONIC at capture (bpf_ktime_get_ns)
+///  0  u64 timestamp_ns   CLOCK_MONOTONIC at capture (bpf_ktime_get_ns), or
+///                       with RECORD_COARSE_TIME its last tick before the
+///                       capture (bpf_ktime_get_coarse_ns)
 ///  8  u32 ifindex        receiving interface
 /// 12  u32 wire_len       UDP payload length on the wire (UDP length - 8)
 /// 16  u32 cap_len        payload bytes that follow this header
 /// 20  u16 src_port       host byte order
 /// 22  u16 dst_port       host byte order
 /// 24  u8  ip_version     4 or 6
-/// 25  u8  _pad0
+/// 25  u8  flags          RECORD_COARSE_TIME
 /// 26  u16 _pad1
 /// 28  u32 _pad2
 /// 32  [u8;16] src_addr   IPv4 in the first 4 bytes, rest zero
@@ -317,12 +319,20 @@ pub struct RecordHeader {
     pub src_port: u16,
     pub dst_port: u16,
     pub ip_version: u8,
-    pub _pad0: u8,
+    pub flags: u8,
     pub _pad1: u16,
     pub _pad2: u32,
     pub src_addr: [u8; 16],
     pub dst_addr: [u8; 16],
 }
+
+/// `RecordHeader::flags`: `timestamp_ns` is `CLOCK_MONOTONIC_COARSE`, the
+/// time of the kernel's last tick before the capture, so the capture
+/// happened within one tick after it. The program stamps this way when no
+/// limit needs the precise clock, which is dear to read (an ordered TSC
+/// read: a third of a small capture's cost); the agent narrows the stamp
+/// with the time it reads the record.
+pub const RECORD_COARSE_TIME: u8 = 1;
 
 /// Size of `RecordHeader` on the ring; the payload starts at this offset.
 pub const RECORD_HEADER_LEN: usize = 64;

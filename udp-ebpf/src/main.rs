@@ -21,8 +21,8 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
     helpers::generated::{
-        bpf_ktime_get_ns, bpf_ringbuf_discard, bpf_ringbuf_reserve, bpf_ringbuf_submit,
-        bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
+        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_ringbuf_discard, bpf_ringbuf_reserve,
+        bpf_ringbuf_submit, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
     },
     macros::{map, xdp},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -31,7 +31,8 @@ use aya_ebpf::{
 use udp_ebpf_common::{
     CONFIG_ALLOWLIST, CONFIG_DENYLIST, CONFIG_REJECT_DROP, Config, DEFAULT_RING_BYTES,
     DEFAULT_SOURCE_ENTRIES, IP_V4, Limit, MAX_CAPTURE, MAX_PREFIXES, PORT_COUNT, PortRule,
-    PortState, RECORD_CLASSES, RECORD_HEADER_LEN, RecordHeader, SourceKey, SourceState, counter,
+    PortState, RECORD_CLASSES, RECORD_COARSE_TIME, RECORD_HEADER_LEN, RecordHeader, SourceKey,
+    SourceState, counter,
     parse::{Outcome, UdpMeta, parse_headers, read_addresses},
 };
 
@@ -231,8 +232,19 @@ fn capture(ctx: &XdpContext) -> u32 {
         count(counter::DENIED);
         return reject;
     }
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The precise clock is an ordered TSC read, a third of a small
+    // capture's cost; the coarse one (the last tick) costs next to nothing.
+    // Limits need the precise clock. Without one, the record carries the
+    // coarse stamp and says so; the agent narrows it to within how long the
+    // record waited in the ring, and never more than one tick.
+    let limited = cfg.per_source.is_limited() || rule.limit.is_limited() || cfg.global.is_limited();
+    let (now, stamp) = if limited {
+        // SAFETY: plain helper call.
+        (unsafe { bpf_ktime_get_ns() }, 0)
+    } else {
+        // SAFETY: plain helper call.
+        (unsafe { bpf_ktime_get_coarse_ns() }, RECORD_COARSE_TIME)
+    };
     // Sources are tracked (for the limit, and for `stats`' busiest sources)
     // only while a per-source limit is set: an LRU hash update is the
     // dearest step of the capture path.
@@ -270,7 +282,7 @@ fn capture(ctx: &XdpContext) -> u32 {
         return reject;
     }
 
-    if !write_record(ctx, &meta, &src_addr, &dst_addr, &cfg, now) {
+    if !write_record(ctx, &meta, &src_addr, &dst_addr, &cfg, now, stamp) {
         // Not captured (ring full): the host still gets the packet.
         return xdp_action::XDP_PASS;
     }
@@ -300,6 +312,7 @@ fn write_record(
     dst_addr: &[u8; 16],
     cfg: &Config,
     now: u64,
+    flags: u8,
 ) -> bool {
     let snaplen = cfg.snaplen;
     let mut cap_len = meta.payload_len;
@@ -318,7 +331,7 @@ fn write_record(
         src_port: meta.src_port,
         dst_port: meta.dst_port,
         ip_version: meta.ip_version,
-        _pad0: 0,
+        flags,
         _pad1: 0,
         _pad2: 0,
         src_addr: *src_addr,
