@@ -508,6 +508,15 @@ fn rows(cases: &[CaseResult]) -> Vec<Row> {
                 c.program_ns.spread_pct()
             );
             row.peer = format!("XDP_PASS floor {:.1} ns", c.floor_ns.median);
+            if let Some(ring) = &c.ring_path_ns {
+                row.note = format!(
+                    "the ring path alone (reserve this record, copy the payload with \
+                     bpf_xdp_load_bytes, submit): {:.1} ns (±{:.0}%), {:.0}% of ours",
+                    ring.median,
+                    ring.spread_pct(),
+                    100.0 * ring.median / c.program_ns.median
+                );
+            }
             row.ratio = Some(c.ratio.median);
             row.ours_value = Some(c.program_ns.median);
             row.peer_value = Some(c.floor_ns.median);
