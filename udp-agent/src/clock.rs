@@ -47,11 +47,15 @@ pub fn coarse_tick_ns() -> u64 {
 /// (`RECORD_COARSE_TIME`).
 ///
 /// The stamp `coarse_ns` is the kernel's last tick before the capture, so
-/// the capture happened within `[coarse_ns, coarse_ns + tick_ns]`. It also
-/// happened before `read_ns`, a CLOCK_MONOTONIC time the agent took before
-/// it began the pass that read the record. The estimate is `read_ns`
-/// clamped to that window: late by as long as the record waited in the
-/// ring, and never off by more than one tick.
+/// the capture happened within `[coarse_ns, coarse_ns + tick_ns]`. `read_ns`
+/// is a CLOCK_MONOTONIC time the agent took as it began the pass that read
+/// the record. The estimate is `read_ns` clamped to that window. A record
+/// captured before the pass began comes out late by as long as it waited
+/// in the ring, at most one tick; one captured during the pass comes out
+/// early, at most by the pass's length (and never before its stamp). The
+/// bound assumes the kernel's clock was updated on time: a tick that runs
+/// late (a stalled vCPU) lets the stamp lag further, and the clamp then
+/// caps the estimate below the capture.
 pub fn narrow_coarse(coarse_ns: u64, read_ns: u64, tick_ns: u64) -> u64 {
     read_ns.clamp(coarse_ns, coarse_ns.saturating_add(tick_ns))
 }

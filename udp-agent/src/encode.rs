@@ -94,7 +94,7 @@ pub struct Entry {
     pub detail: Detail,
     /// Wall-clock capture time.
     pub time: SystemTime,
-    /// CLOCK_MONOTONIC at capture, for latency measurement.
+    /// CLOCK_MONOTONIC at capture (as `time`), for latency measurement.
     pub capture_ns: u64,
 }
 
@@ -393,6 +393,10 @@ impl Encoder {
     /// Encodes a packet borrowed from the ring (no copy of the payload
     /// before it is base64-encoded).
     pub fn encode_view(&mut self, p: &PacketView<'_>) -> Entry {
+        debug_assert!(
+            !p.coarse_time,
+            "a coarse stamp is narrowed (PacketView::narrow_time) before it is encoded"
+        );
         let at = match self.interfaces.iter().position(|(i, _)| *i == p.ifindex) {
             Some(at) => at,
             None => {

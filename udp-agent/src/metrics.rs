@@ -89,9 +89,11 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Seconds from capture (the kernel's CLOCK_MONOTONIC stamp) to the sink's
-/// acknowledgement: EventBridge accepted the entry, or the stdout sink wrote
-/// it. Lock-free: a sink observes from any task.
+/// Seconds from capture (the entry's `Time`: the kernel's CLOCK_MONOTONIC
+/// stamp, or for a coarse stamp its narrowing, `clock::narrow_coarse`, so
+/// at most one tick late) to the sink's acknowledgement: EventBridge
+/// accepted the entry, or the stdout sink wrote it. Lock-free: a sink
+/// observes from any task.
 #[derive(Debug, Default)]
 pub struct Latency {
     /// Observations per bucket, not cumulative; the last one is `+Inf`.
@@ -281,7 +283,7 @@ impl AgentCollector {
         let (sum, count, buckets) = self.pipeline.latency.snapshot();
         let mut m = enc.encode_descriptor(
             "udp_agent_delivery_latency",
-            "Seconds from capture in the kernel to the sink's acknowledgement (EventBridge accepted the entry; stdout: written)",
+            "Seconds from capture in the kernel (the event's Time; without a limit, at most one kernel tick late) to the sink's acknowledgement (EventBridge accepted the entry; stdout: written)",
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;

@@ -15,7 +15,8 @@ use udp_ebpf_common::{IP_V4, IP_V6, RECORD_COARSE_TIME, RECORD_HEADER_LEN, Recor
 /// A captured datagram, owned, as the agent's later stages see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Packet {
-    /// CLOCK_MONOTONIC nanoseconds at capture.
+    /// CLOCK_MONOTONIC nanoseconds at capture (for a record stamped with the
+    /// coarse clock, its narrowing: see [`PacketView::narrow_time`]).
     pub timestamp_ns: u64,
     pub ifindex: u32,
     pub src: IpAddr,
@@ -58,7 +59,8 @@ impl Packet {
 /// loop encodes without copying the payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PacketView<'a> {
-    /// CLOCK_MONOTONIC nanoseconds at capture.
+    /// CLOCK_MONOTONIC nanoseconds at capture; while `coarse_time` is set,
+    /// the kernel's coarse stamp (its last tick before the capture).
     pub timestamp_ns: u64,
     pub ifindex: u32,
     pub src: IpAddr,
@@ -97,7 +99,8 @@ impl PacketView<'_> {
         }
     }
 
-    /// An owned copy.
+    /// An owned copy. A coarse stamp not yet narrowed is copied as it is
+    /// (`Packet` does not say which clock it holds).
     pub fn to_packet(&self) -> Packet {
         Packet {
             timestamp_ns: self.timestamp_ns,
@@ -204,7 +207,8 @@ mod tests {
         0x40, 0x9C,                                     // src_port = 40000
         0x02, 0x02,                                     // dst_port = 514
         0x04,                                           // ip_version = 4
-        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,       // padding
+        0x00,                                           // flags
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00,             // padding
         198, 18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // src_addr
         198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // dst_addr
         b'a', b'b', b'c',                               // payload

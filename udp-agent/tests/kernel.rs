@@ -89,6 +89,13 @@ impl Kernel {
             .unwrap();
     }
 
+    /// Sets the test port's rate, burst and action.
+    fn set_port(&mut self, settings: PortSettings) {
+        self.control
+            .add_ports(PortRange::single(PORT), settings)
+            .unwrap();
+    }
+
     fn set_snaplen(&mut self, snaplen: u32) {
         self.control
             .set_config(Config {
@@ -763,13 +770,10 @@ fn allow_list_admits_only_its_prefixes_and_deny_wins() {
 #[test]
 fn port_action_drop_consumes_captured_packets() {
     let mut k = kernel_or_skip!();
-    let settings = PortSettings {
+    k.set_port(PortSettings {
         action: Action::Drop,
         ..PortSettings::default()
-    };
-    k.control
-        .add_ports(PortRange::single(PORT), settings)
-        .unwrap();
+    });
     assert_eq!(k.action(&from([198, 18, 0, 2])), XDP_DROP);
     assert_eq!(k.packets().len(), 1, "consumed packets are still captured");
     // Other traffic is untouched.
@@ -790,14 +794,11 @@ fn port_rate_limit_allows_the_burst_then_counts() {
     let mut k = kernel_or_skip!();
     // 1 packet/s with a burst of 10: within the few milliseconds this test
     // takes, exactly 10 of 100 conform.
-    let settings = PortSettings {
+    k.set_port(PortSettings {
         rate: 1,
         burst: 10,
         action: Action::Pass,
-    };
-    k.control
-        .add_ports(PortRange::single(PORT), settings)
-        .unwrap();
+    });
     let frame = from([198, 18, 0, 2]);
     for _ in 0..100 {
         k.run(&frame);
@@ -861,26 +862,47 @@ fn records_carry_the_coarse_clock_unless_a_limit_needs_the_precise_one() {
         h.timestamp_ns
     );
 
-    // A port limit needs the precise clock: the stamp is that, unmarked.
-    let settings = PortSettings {
+    // Any limit on the packet's way needs the precise clock: the stamp is
+    // that, unmarked. A port's rate, then a per-source, then a global limit.
+    let precise = |k: &mut Kernel, what: &str| {
+        let before = clock::monotonic_ns();
+        k.run(&frame);
+        let after = clock::monotonic_ns();
+        let raw = k.raw_records();
+        assert_eq!(raw.len(), 1, "{what}");
+        let h = record::decode_header(&raw[0]).unwrap();
+        assert_eq!(h.flags, 0, "{what}");
+        assert!(
+            (before..=after).contains(&h.timestamp_ns),
+            "{what}: precise stamp {} outside {before}..={after}",
+            h.timestamp_ns
+        );
+    };
+    k.set_port(PortSettings {
         rate: 1000,
         burst: 10,
         action: Action::Pass,
+    });
+    precise(&mut k, "port rate");
+    k.set_port(PortSettings::default());
+    let limits = |global_rate, source_rate| Limits {
+        global_rate,
+        global_burst: 10,
+        source_rate,
+        source_burst: 10,
+        reject_action: Action::Pass,
     };
-    k.control
-        .add_ports(PortRange::single(PORT), settings)
-        .unwrap();
-    let before = clock::monotonic_ns();
+    k.control.set_limits(&limits(0, 1000)).unwrap();
+    precise(&mut k, "per-source limit");
+    k.control.set_limits(&limits(1000, 0)).unwrap();
+    precise(&mut k, "global limit");
+    // And back to none: coarse again.
+    k.control.set_limits(&limits(0, 0)).unwrap();
     k.run(&frame);
-    let after = clock::monotonic_ns();
     let raw = k.raw_records();
-    assert_eq!(raw.len(), 1);
-    let h = record::decode_header(&raw[0]).unwrap();
-    assert_eq!(h.flags, 0);
-    assert!(
-        (before..=after).contains(&h.timestamp_ns),
-        "precise stamp {} outside {before}..={after}",
-        h.timestamp_ns
+    assert_eq!(
+        record::decode_header(&raw[0]).unwrap().flags,
+        RECORD_COARSE_TIME
     );
 }
 

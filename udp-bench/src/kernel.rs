@@ -15,6 +15,11 @@
 //! cannot amortise, so for these cases the program's cost is reported as
 //! the floor measured with one long call plus what the program adds over
 //! the floor in identical calls: `floor_long + (program − floor)`.
+//!
+//! Each captured case also runs the ring path alone
+//! ([`bpf::load_ring_path`]: reserve the same record, copy the payload with
+//! `bpf_xdp_load_bytes`, submit), interleaved with the other two and
+//! derived the same way: the kernel's share of that capture.
 
 use std::{
     os::fd::{AsFd, AsRawFd, OwnedFd},
@@ -48,7 +53,8 @@ const SRC6: [u8; 16] = [0xfd, 0, 0, 0xfa, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 const DST6: [u8; 16] = [0xfd, 0, 0, 0xfa, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 pub struct Settings {
-    /// Measurements per case (each one floor run + one program run).
+    /// Measurements per case (each one floor run + one program run, and
+    /// for captured cases one run of the ring path alone).
     pub runs: usize,
     /// Repetitions per run.
     pub repeat: u32,
@@ -273,7 +279,7 @@ pub fn run(object: &Path, s: &Settings) -> Result<(KernelResults, Vec<Row>)> {
             object: object.display().to_string(),
             runs: s.runs,
             cpu,
-            method: "BPF_PROG_TEST_RUN via bpf(2) on one pinned CPU; ns/packet = CPU time of the calling thread during the call / repeat (wall time is inflated whenever other work preempts the pinned CPU); floor = `r0 = XDP_PASS; exit` loaded with BPF_F_XDP_HAS_FRAGS",
+            method: "BPF_PROG_TEST_RUN via bpf(2) on one pinned CPU; ns/packet = CPU time of the calling thread during the call / repeat (wall time is inflated whenever other work preempts the pinned CPU); floor = `r0 = XDP_PASS; exit` loaded with BPF_F_XDP_HAS_FRAGS; ring path (captured cases) = reserve the same record, bpf_xdp_load_bytes the payload into it, submit, return XDP_PASS",
             cases,
         },
         rows,
@@ -357,13 +363,15 @@ fn measure(k: &mut Loaded, fd: i32, floor: i32, s: &Settings) -> Result<Vec<Case
         let ring_path = ring_path_for(k, &case)?;
         let want_payload = case.captured_payload.unwrap_or(0);
         let ring_fd = ring_path.as_ref().map(|f| f.as_raw_fd());
-        // Warm caches and the JIT images, untimed.
+        // Warm caches and the JIT images, untimed (draining after each:
+        // a thousand jumbo records nearly fill the ring).
         bpf::test_run(floor, &case.frame, 1000)?;
         bpf::test_run(fd, &case.frame, 1000)?;
+        drain(k);
         if let Some(r) = ring_fd {
             bpf::test_run(r, &case.frame, 1000)?;
+            drain(k);
         }
-        drain(k);
         let full_before = k.ring_full()?;
         let (calls, per_call) = match case.captured_payload {
             None => (1, s.repeat),
@@ -384,8 +392,9 @@ fn measure(k: &mut Loaded, fd: i32, floor: i32, s: &Settings) -> Result<Vec<Case
                 // Rotate the order so that none always runs first. The ring
                 // is drained after each capturing call: one call's records
                 // fit in it, two may not.
-                for j in 0..3 {
-                    match (i + c as usize + j) % 3 {
+                let programs = if ring_fd.is_some() { 3 } else { 2 };
+                for j in 0..programs {
+                    match (i + c as usize + j) % programs {
                         0 => {
                             let r = run_checked(&case, floor, per_call)?;
                             sum.floor += r.cpu_ns;
@@ -398,7 +407,9 @@ fn measure(k: &mut Loaded, fd: i32, floor: i32, s: &Settings) -> Result<Vec<Case
                             records += drain(k).0;
                         }
                         _ => {
-                            let Some(ring_fd) = ring_fd else { continue };
+                            let Some(ring_fd) = ring_fd else {
+                                unreachable!("two programs without a ring path")
+                            };
                             sum.ring_path += run_checked(&case, ring_fd, per_call)?.cpu_ns;
                             let (n, first) = drain(k);
                             ring_path_records += n;
@@ -455,7 +466,7 @@ fn measure(k: &mut Loaded, fd: i32, floor: i32, s: &Settings) -> Result<Vec<Case
             );
             ensure!(
                 ring_path_records == want,
-                "{}: the ring path wrote {ring_path_records} records for {want} runs",
+                "{}: the ring path wrote {ring_path_records} records for {want} repetitions",
                 case.name
             );
         }

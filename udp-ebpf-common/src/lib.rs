@@ -330,8 +330,8 @@ pub struct RecordHeader {
 /// time of the kernel's last tick before the capture, so the capture
 /// happened within one tick after it. The program stamps this way when no
 /// limit needs the precise clock, which is dear to read (an ordered TSC
-/// read: a third of a small capture's cost); the agent narrows the stamp
-/// with the time it reads the record.
+/// read: a fifth to a third of a small capture's cost); the agent narrows
+/// the stamp with the time its pass over the ring began.
 pub const RECORD_COARSE_TIME: u8 = 1;
 
 /// Size of `RecordHeader` on the ring; the payload starts at this offset.

@@ -232,8 +232,8 @@ fn capture(ctx: &XdpContext) -> u32 {
         count(counter::DENIED);
         return reject;
     }
-    // The precise clock is an ordered TSC read, a third of a small
-    // capture's cost; the coarse one (the last tick) costs next to nothing.
+    // The precise clock is an ordered TSC read, a fifth to a third of a
+    // small capture's cost; the coarse one (the last tick) costs next to nothing.
     // Limits need the precise clock. Without one, the record carries the
     // coarse stamp and says so; the agent narrows it to within how long the
     // record waited in the ring, and never more than one tick.
