@@ -265,7 +265,8 @@ pub fn load_ring_path(
     load(&insns, b"xdp_ring_path", BPF_F_XDP_HAS_FRAGS)
 }
 
-/// Loads an XDP program (GPL, so that it may call GPL-only helpers).
+/// Loads an XDP program (GPL, so that it may call GPL-only helpers). If the
+/// kernel refuses it, the error carries the end of the verifier's log.
 fn load(insns: &[Insn], prog_name: &[u8], prog_flags: u32) -> io::Result<OwnedFd> {
     let license = c"GPL";
     let mut name = [0u8; 16];
@@ -279,7 +280,32 @@ fn load(insns: &[Insn], prog_name: &[u8], prog_flags: u32) -> io::Result<OwnedFd
         prog_name: name,
         ..Default::default()
     };
-    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
+    let fd = match bpf(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Load again with the verifier's log, to say why.
+            let mut log = vec![0u8; 64 * 1024];
+            attr.log_level = 1;
+            attr.log_size = log.len() as u32;
+            attr.log_buf = log.as_mut_ptr() as u64;
+            let again = bpf(BPF_PROG_LOAD, &mut attr);
+            let text = String::from_utf8_lossy(&log);
+            let text = text.trim_end_matches('\0').trim();
+            let tail: Vec<&str> = text.lines().rev().take(8).collect();
+            if let Ok(fd) = again {
+                // SAFETY: a new fd that we now own; closing it.
+                drop(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+            }
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "loading {}: {e}; verifier log ends: {}",
+                    String::from_utf8_lossy(prog_name),
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ),
+            ));
+        }
+    };
     // SAFETY: BPF_PROG_LOAD returned a new fd that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
@@ -379,5 +405,18 @@ mod tests {
         assert_eq!((insns[20].code, insns[20].imm), (0xb7, XDP_PASS));
         assert_eq!(insns[21].code, 0x95);
         assert_eq!(insns.len(), 22);
+    }
+
+    #[test]
+    fn a_refused_program_says_why() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: loading BPF programs needs root");
+            return;
+        }
+        // r0 is never set: the verifier refuses to exit with it.
+        let e = load(&[exit()], b"xdp_bad", 0).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("xdp_bad") && msg.contains("R0"), "{msg}");
     }
 }
