@@ -117,102 +117,62 @@ const BPF_FUNC_XDP_LOAD_BYTES: i32 = 189;
 /// `src_reg` of a 64-bit immediate load that names a map by fd.
 const BPF_PSEUDO_MAP_FD: u8 = 1;
 
-/// `dst = imm` (BPF_ALU64 | BPF_MOV | BPF_K).
-const fn mov_imm(dst: u8, imm: i32) -> Insn {
+/// One instruction: `code`, the two register nibbles, offset, immediate.
+const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
     Insn {
-        code: 0xb7,
-        regs: dst,
-        off: 0,
+        code,
+        regs: dst | (src << 4),
+        off,
         imm,
     }
+}
+
+/// `dst = imm` (BPF_ALU64 | BPF_MOV | BPF_K).
+const fn mov_imm(dst: u8, imm: i32) -> Insn {
+    insn(0xb7, dst, 0, 0, imm)
 }
 
 /// `dst = src` (BPF_ALU64 | BPF_MOV | BPF_X).
 const fn mov_reg(dst: u8, src: u8) -> Insn {
-    Insn {
-        code: 0xbf,
-        regs: dst | (src << 4),
-        off: 0,
-        imm: 0,
-    }
+    insn(0xbf, dst, src, 0, 0)
 }
 
 /// `dst += imm` (BPF_ALU64 | BPF_ADD | BPF_K).
 const fn add_imm(dst: u8, imm: i32) -> Insn {
-    Insn {
-        code: 0x07,
-        regs: dst,
-        off: 0,
-        imm,
-    }
+    insn(0x07, dst, 0, 0, imm)
 }
 
 /// `if dst == imm goto +off` (BPF_JMP | BPF_JEQ | BPF_K).
 const fn jeq_imm(dst: u8, imm: i32, off: i16) -> Insn {
-    Insn {
-        code: 0x15,
-        regs: dst,
-        off,
-        imm,
-    }
+    insn(0x15, dst, 0, off, imm)
 }
 
 /// `if dst != imm goto +off` (BPF_JMP | BPF_JNE | BPF_K).
 const fn jne_imm(dst: u8, imm: i32, off: i16) -> Insn {
-    Insn {
-        code: 0x55,
-        regs: dst,
-        off,
-        imm,
-    }
+    insn(0x55, dst, 0, off, imm)
+}
+
+/// `goto +off` (BPF_JMP | BPF_JA).
+const fn ja(off: i16) -> Insn {
+    insn(0x05, 0, 0, off, 0)
 }
 
 /// Call helper `id` (BPF_JMP | BPF_CALL).
 const fn call(id: i32) -> Insn {
-    Insn {
-        code: 0x85,
-        regs: 0,
-        off: 0,
-        imm: id,
-    }
+    insn(0x85, 0, 0, 0, id)
 }
 
 /// BPF_JMP | BPF_EXIT.
 const fn exit() -> Insn {
-    Insn {
-        code: 0x95,
-        regs: 0,
-        off: 0,
-        imm: 0,
-    }
+    insn(0x95, 0, 0, 0, 0)
 }
 
 /// `dst = map` by fd: a 64-bit immediate load, two instruction slots.
 const fn ld_map_fd(dst: u8, fd: RawFd) -> [Insn; 2] {
     [
-        Insn {
-            code: 0x18,
-            regs: dst | (BPF_PSEUDO_MAP_FD << 4),
-            off: 0,
-            imm: fd,
-        },
-        Insn {
-            code: 0,
-            regs: 0,
-            off: 0,
-            imm: 0,
-        },
+        insn(0x18, dst, BPF_PSEUDO_MAP_FD, 0, fd),
+        insn(0, 0, 0, 0, 0),
     ]
-}
-
-/// `goto +off` (BPF_JMP | BPF_JA).
-const fn ja(off: i16) -> Insn {
-    Insn {
-        code: 0x05,
-        regs: 0,
-        off,
-        imm: 0,
-    }
 }
 
 /// The instructions of [`load_ring_path`]. Jump offsets count from the
@@ -221,22 +181,19 @@ fn ring_path_insns(ring: RawFd, record: u32, offset: u32, len: u32, header: u32)
     let [map0, map1] = ld_map_fd(1, ring);
     vec![
         /* 0 */ mov_reg(6, 1), // r6 = ctx
-        // r0 = bpf_ringbuf_reserve(ring, record, 0)
         /* 1 */ map0,
         /* 2 */ map1,
         /* 3 */ mov_imm(2, record as i32),
         /* 4 */ mov_imm(3, 0),
-        /* 5 */ call(BPF_FUNC_RINGBUF_RESERVE),
+        /* 5 */ call(BPF_FUNC_RINGBUF_RESERVE), // r0 = reserve(ring, record, 0)
         /* 6 */ jeq_imm(0, 0, 13), // ring full: to 20
         /* 7 */ mov_reg(7, 0), // r7 = the record
-        // r0 = bpf_xdp_load_bytes(ctx, offset, record + header, len)
-        /* 8 */
-        mov_reg(1, 6),
+        /* 8 */ mov_reg(1, 6),
         /* 9 */ mov_imm(2, offset as i32),
         /* 10 */ mov_reg(3, 7),
         /* 11 */ add_imm(3, header as i32),
         /* 12 */ mov_imm(4, len as i32),
-        /* 13 */ call(BPF_FUNC_XDP_LOAD_BYTES),
+        /* 13 */ call(BPF_FUNC_XDP_LOAD_BYTES), // r0 = load(ctx, .., r7 + header, len)
         /* 14 */ mov_reg(1, 7),
         /* 15 */ mov_imm(2, 0),
         /* 16 */ jne_imm(0, 0, 2), // copy failed: to 19
