@@ -340,6 +340,15 @@ fn ring_path_for(k: &Loaded, case: &Case) -> Result<Option<OwnedFd>> {
     Ok(Some(fd))
 }
 
+/// The programs a case runs, in turn.
+#[derive(Clone, Copy)]
+enum Measured {
+    Floor,
+    Program,
+    /// Captured cases only: the ring-path program's fd.
+    RingPath(i32),
+}
+
 /// What one run adds up, over its calls.
 #[derive(Default)]
 struct RunSums {
@@ -361,8 +370,11 @@ fn measure(k: &mut Loaded, fd: i32, floor: i32, s: &Settings) -> Result<Vec<Case
             continue;
         }
         let ring_path = ring_path_for(k, &case)?;
-        let want_payload = case.captured_payload.unwrap_or(0);
         let ring_fd = ring_path.as_ref().map(|f| f.as_raw_fd());
+        // What the ring path's records must hold: the frame's last bytes.
+        let payload = &case.frame[case.frame.len() - case.captured_payload.unwrap_or(0)..];
+        let mut programs = vec![Measured::Floor, Measured::Program];
+        programs.extend(ring_fd.map(Measured::RingPath));
         // Warm caches and the JIT images, untimed (draining after each:
         // a thousand jumbo records nearly fill the ring).
         bpf::test_run(floor, &case.frame, 1000)?;
@@ -392,30 +404,25 @@ fn measure(k: &mut Loaded, fd: i32, floor: i32, s: &Settings) -> Result<Vec<Case
                 // Rotate the order so that none always runs first. The ring
                 // is drained after each capturing call: one call's records
                 // fit in it, two may not.
-                let programs = if ring_fd.is_some() { 3 } else { 2 };
-                for j in 0..programs {
-                    match (i + c as usize + j) % programs {
-                        0 => {
+                for j in 0..programs.len() {
+                    match programs[(i + c as usize + j) % programs.len()] {
+                        Measured::Floor => {
                             let r = run_checked(&case, floor, per_call)?;
                             sum.floor += r.cpu_ns;
                             sum.floor_kernel += f64::from(r.kernel_ns);
                         }
-                        1 => {
+                        Measured::Program => {
                             let r = run_checked(&case, fd, per_call)?;
                             sum.program += r.cpu_ns;
                             sum.program_kernel += f64::from(r.kernel_ns);
                             records += drain(k).0;
                         }
-                        _ => {
-                            let Some(ring_fd) = ring_fd else {
-                                unreachable!("two programs without a ring path")
-                            };
+                        Measured::RingPath(ring_fd) => {
                             sum.ring_path += run_checked(&case, ring_fd, per_call)?.cpu_ns;
                             let (n, first) = drain(k);
                             ring_path_records += n;
-                            let payload = &case.frame[case.frame.len() - want_payload..];
                             ensure!(
-                                first.is_none_or(|p| p.get(..want_payload) == Some(payload)),
+                                first.is_none_or(|p| p.get(..payload.len()) == Some(payload)),
                                 "{}: the ring path's record does not hold the payload",
                                 case.name
                             );
