@@ -24,6 +24,12 @@ pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC) as u64
 }
 
+/// Nanoseconds of CLOCK_MONOTONIC_COARSE now, as `bpf_ktime_get_coarse_ns`
+/// would report.
+pub fn monotonic_coarse_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE) as u64
+}
+
 /// How far apart the kernel's coarse clock steps: one tick (1–10 ms, by
 /// the kernel's HZ), read once.
 pub fn coarse_tick_ns() -> u64 {
@@ -124,7 +130,7 @@ mod tests {
         // HZ is 100 to 1000.
         assert!((1_000_000..=10_000_000).contains(&tick), "tick {tick} ns");
         // The coarse clock never runs ahead of the precise one.
-        let c = clock_ns(libc::CLOCK_MONOTONIC_COARSE) as u64;
+        let c = monotonic_coarse_ns();
         let m = monotonic_ns();
         assert!(c <= m, "coarse {c}, precise {m}");
     }

@@ -813,29 +813,15 @@ fn port_rate_limit_allows_the_burst_then_counts() {
     );
 }
 
-/// CLOCK_MONOTONIC_COARSE now, as `bpf_ktime_get_coarse_ns` reads it.
-fn coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) },
-        0
-    );
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 #[test]
 fn records_carry_the_coarse_clock_unless_a_limit_needs_the_precise_one() {
     let mut k = kernel_or_skip!();
     let frame = v4(b"tick").build();
 
     // No limit: the kernel's last tick before the capture, marked as such.
-    let before = coarse_ns();
+    let before = clock::monotonic_coarse_ns();
     k.run(&frame);
-    let after = coarse_ns();
+    let after = clock::monotonic_coarse_ns();
     let raw = k.raw_records();
     assert_eq!(raw.len(), 1);
     let h = record::decode_header(&raw[0]).unwrap();
