@@ -19,7 +19,18 @@
 //!   `MalformedDetail`; a `retryable_fraction` fail with
 //!   `ThrottlingException` or `InternalFailure` the first
 //!   `retryable_attempts` times they are seen, then are accepted;
-//! - every request can be answered after `delay`.
+//! - every request can be answered after `delay`;
+//! - every `unreadable_every`-th request can be answered 200 with a body
+//!   cut short, after its entries were processed;
+//! - a shared quota (`quota_per_second`): like EventBridge's per-account
+//!   PutEvents quota, a token bucket over all requests from every client;
+//!   a request beyond it is throttled whole (HTTP 400
+//!   `ThrottlingException`), so several agents sharing one fake share one
+//!   quota.
+//!
+//! [`FakeEventBridge::pause`] closes the listener and every connection (an
+//! outage: clients get "connection refused"), [`FakeEventBridge::resume`]
+//! listens again on the same address; what was recorded is kept.
 //!
 //! Every entry that reaches entry-level processing is recorded by its
 //! `Detail` (how often accepted, how often rejected) and is available through
@@ -38,7 +49,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -84,6 +95,15 @@ pub struct Config {
     pub permanent_fraction: f64,
     /// Keep every entry seen (false: counters only).
     pub record: bool,
+    /// Answer every k-th request 200 with a body that is not JSON, after
+    /// processing its entries as usual (0: never): a response the client
+    /// cannot read, for a request the service did take.
+    pub unreadable_every: u64,
+    /// Requests per second over all clients (0: no quota).
+    pub quota_per_second: u64,
+    /// Requests the quota lets through at once (0: a tenth of a second's
+    /// worth, at least one).
+    pub quota_burst: u64,
 }
 
 impl Default for Config {
@@ -99,6 +119,9 @@ impl Default for Config {
             retryable_attempts: 1,
             permanent_fraction: 0.0,
             record: true,
+            unreadable_every: 0,
+            quota_per_second: 0,
+            quota_burst: 0,
         }
     }
 }
@@ -195,7 +218,12 @@ pub struct Stats {
     /// `PutEvents` requests received (every fault included).
     pub requests: u64,
     pub dropped: u64,
+    /// Requests throttled whole: by `throttle_every` or by the quota.
     pub throttled: u64,
+    /// Of those, the ones over the quota.
+    pub quota_throttled: u64,
+    /// Requests answered 200 (their entries accepted or refused one by one).
+    pub answered: u64,
     pub internal_errors: u64,
     /// Requests refused whole as invalid (bad target, body, count or size).
     pub invalid_requests: u64,
@@ -212,6 +240,8 @@ struct Counters {
     requests: AtomicU64,
     dropped: AtomicU64,
     throttled: AtomicU64,
+    quota_throttled: AtomicU64,
+    answered: AtomicU64,
     internal_errors: AtomicU64,
     invalid_requests: AtomicU64,
     entries_accepted: AtomicU64,
@@ -226,6 +256,8 @@ impl Counters {
             requests: self.requests.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
             throttled: self.throttled.load(Relaxed),
+            quota_throttled: self.quota_throttled.load(Relaxed),
+            answered: self.answered.load(Relaxed),
             internal_errors: self.internal_errors.load(Relaxed),
             invalid_requests: self.invalid_requests.load(Relaxed),
             entries_accepted: self.entries_accepted.load(Relaxed),
@@ -240,6 +272,33 @@ struct State {
     config: Config,
     counters: Counters,
     records: Mutex<HashMap<String, EntryRecord>>,
+    /// The quota's GCRA: when the bucket is next empty (theoretical
+    /// arrival time), and the start of the clock.
+    quota: Mutex<Option<Instant>>,
+}
+
+impl State {
+    /// Takes one request from the quota; false if it is over.
+    fn within_quota(&self) -> bool {
+        let rate = self.config.quota_per_second;
+        if rate == 0 {
+            return true;
+        }
+        let burst = match self.config.quota_burst {
+            0 => (rate / 10).max(1),
+            b => b,
+        };
+        let interval = Duration::from_secs(1) / rate as u32;
+        let tolerance = interval * (burst - 1) as u32;
+        let now = Instant::now();
+        let mut tat = self.quota.lock().expect("quota lock");
+        let start = tat.map_or(now, |t| t.max(now));
+        if start.saturating_duration_since(now) > tolerance {
+            return false;
+        }
+        *tat = Some(start + interval);
+        true
+    }
 }
 
 /// A running fake endpoint. Dropping it stops the server and closes its
@@ -247,7 +306,7 @@ struct State {
 pub struct FakeEventBridge {
     addr: SocketAddr,
     state: Arc<State>,
-    server: tokio::task::JoinHandle<()>,
+    server: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl FakeEventBridge {
@@ -259,13 +318,32 @@ impl FakeEventBridge {
             config,
             counters: Counters::default(),
             records: Mutex::new(HashMap::new()),
+            quota: Mutex::new(None),
         });
-        let server = tokio::spawn(serve(listener, state.clone()));
+        let server = Some(tokio::spawn(serve(listener, state.clone())));
         Ok(Self {
             addr,
             state,
             server,
         })
+    }
+
+    /// An outage: closes the listener and every open connection, so
+    /// clients get "connection refused". What was recorded is kept.
+    pub async fn pause(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+            let _ = server.await;
+        }
+    }
+
+    /// Listens again on the same address.
+    pub async fn resume(&mut self) -> std::io::Result<()> {
+        if self.server.is_none() {
+            let listener = TcpListener::bind(self.addr).await?;
+            self.server = Some(tokio::spawn(serve(listener, self.state.clone())));
+        }
+        Ok(())
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -307,7 +385,9 @@ impl FakeEventBridge {
 
 impl Drop for FakeEventBridge {
     fn drop(&mut self) {
-        self.server.abort();
+        if let Some(server) = &self.server {
+            server.abort();
+        }
     }
 }
 
@@ -481,6 +561,15 @@ async fn put_events(state: &State, req: Request<Incoming>) -> Reply {
             "only AWSEvents.PutEvents is faked",
         ));
     }
+    if !state.within_quota() {
+        c.throttled.fetch_add(1, Relaxed);
+        c.quota_throttled.fetch_add(1, Relaxed);
+        return Ok(aws_error(
+            StatusCode::BAD_REQUEST,
+            "ThrottlingException",
+            "Rate exceeded",
+        ));
+    }
     if every(config.throttle_every) {
         c.throttled.fetch_add(1, Relaxed);
         return Ok(aws_error(
@@ -539,6 +628,16 @@ async fn put_events(state: &State, req: Request<Incoming>) -> Reply {
     c.entries_rejected.fetch_add(u64::from(failed), Relaxed);
     c.entries_accepted
         .fetch_add(results.len() as u64 - u64::from(failed), Relaxed);
+    c.answered.fetch_add(1, Relaxed);
+    if every(config.unreadable_every) {
+        return Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/x-amz-json-1.1")
+            .body(Full::new(Bytes::from_static(
+                b"{\"FailedEntryCount\":0,\"Entr",
+            )))
+            .expect("static response"));
+    }
     let response = PutEventsResponse {
         failed_entry_count: failed,
         entries: results,

@@ -46,6 +46,19 @@ struct Args {
     /// Keep counters only, not every entry (for long benchmarks).
     #[arg(long)]
     no_record: bool,
+    /// Answer every K-th request 200 with a body cut short (after taking
+    /// its entries); 0: never.
+    #[arg(long, default_value_t = 0)]
+    unreadable_every: u64,
+    /// A quota of requests per second shared by every client, like the
+    /// account-wide PutEvents quota: requests over it are throttled whole
+    /// (HTTP 400 ThrottlingException). 0: none.
+    #[arg(long, default_value_t = 0)]
+    quota: u64,
+    /// Requests the quota lets through at once (0: a tenth of a second's
+    /// worth).
+    #[arg(long, default_value_t = 0)]
+    quota_burst: u64,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +74,9 @@ fn main() -> ExitCode {
         retryable_attempts: args.retryable_attempts,
         permanent_fraction: args.permanent_fraction,
         record: !args.no_record,
+        unreadable_every: args.unreadable_every,
+        quota_per_second: args.quota,
+        quota_burst: args.quota_burst,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
