@@ -143,16 +143,20 @@ async fn measure(
         unsafe { std::env::set_var("RUST_LOG", "info") };
     }
     udp_agent::logging::init(&args.log).expect("logger");
-    let settings = Settings::from_args(&args.eventbridge);
+    let settings = Settings::from_args(&args);
     let client = settings.connect().await.expect("connecting");
     let pipeline = Arc::new(PipelineStats::default());
     let sink = EventBridgeSink::new(settings, client, pipeline).expect("sink");
-    let stats = sink.stats();
+    let stats = sink.counters();
     // The pipeline's batch queue is small; this one only has to keep the
     // sink busy.
     let (tx, rx) = mpsc::channel::<Vec<Entry>>(64);
     let (_stop_tx, stop_rx) = watch::channel(false);
-    let sink_task = tokio::spawn(eventbridge::run(sink, rx, stop_rx));
+    let sink_task = tokio::spawn(eventbridge::run(
+        sink,
+        udp_agent::pipeline::in_memory(rx),
+        stop_rx,
+    ));
 
     let template = batch(0);
     for _ in 0..warm {

@@ -1,13 +1,7 @@
-//! Grouping entries into PutEvents requests within AWS's limits.
+//! Grouping entries into batches within the limits a sink declares
+//! ([`Limits`]).
 
-use crate::encode::Entry;
-
-/// PutEvents accepts at most 10 entries per request (quota "PutEvents
-/// entries per request").
-pub const MAX_ENTRIES: usize = 10;
-/// PutEvents requests are at most 256 KB, counting entries as
-/// [`Entry::aws_size`] does.
-pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+use crate::{encode::Entry, sink::Limits};
 
 /// Accumulates entries; hands out a batch when the next entry would not fit.
 #[derive(Debug)]
@@ -18,25 +12,19 @@ pub struct Batcher {
     max_bytes: usize,
 }
 
-impl Default for Batcher {
-    fn default() -> Self {
-        Self::new(MAX_ENTRIES, MAX_REQUEST_BYTES)
-    }
-}
-
 impl Batcher {
-    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
-        let max_entries = max_entries.clamp(1, MAX_ENTRIES);
+    pub fn new(limits: Limits) -> Self {
+        let max_entries = limits.max_entries.max(1);
         Self {
             entries: Vec::with_capacity(max_entries),
             bytes: 0,
             max_entries,
-            max_bytes: max_bytes.min(MAX_REQUEST_BYTES),
+            max_bytes: limits.max_batch_bytes,
         }
     }
 
     /// Adds an entry. Returns a completed batch when one is ready, or gives
-    /// the entry back (`Err`) if it is larger than any request may be.
+    /// the entry back (`Err`) if it is larger than any batch may be.
     pub fn push(&mut self, entry: Entry) -> Result<Option<Vec<Entry>>, Entry> {
         let size = entry.aws_size();
         if size > self.max_bytes {
@@ -68,6 +56,11 @@ impl Batcher {
         self.entries.len() >= self.max_entries
     }
 
+    /// Most entries in a batch.
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
     /// Takes whatever is pending.
     pub fn take(&mut self) -> Option<Vec<Entry>> {
         if self.entries.is_empty() {
@@ -86,6 +79,15 @@ mod tests {
     use std::{sync::Arc, time::UNIX_EPOCH};
 
     use super::*;
+    use crate::sink::eventbridge::LIMITS;
+
+    const MAX_REQUEST_BYTES: usize = LIMITS.max_batch_bytes;
+
+    impl Default for Batcher {
+        fn default() -> Self {
+            Batcher::new(LIMITS)
+        }
+    }
 
     fn entry(detail_len: usize) -> Entry {
         Entry {

@@ -18,9 +18,9 @@ use crate::{
         SinkKind,
         eventbridge::config::{
             DEFAULT_MAX_EVENTS_PER_HOUR, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_PUT_EVENTS_PER_SECOND,
-            DEFAULT_MAX_RETRIES,
         },
     },
+    spool::{self, FsyncPolicy, FullPolicy},
 };
 
 /// UDP datagrams captured with XDP, turned into Amazon EventBridge events.
@@ -162,6 +162,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub eventbridge: EventBridgeArgs,
 
+    #[command(flatten)]
+    pub spool: SpoolArgs,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (kernel, pipeline
     /// and sink counters, delivery latency, attached interfaces). Off unless
     /// given; keep it on loopback (e.g. 127.0.0.1:9102) or behind a
@@ -236,12 +239,13 @@ pub struct EventBridgeArgs {
     pub max_events_per_hour: u64,
 
     /// Resends of a request or of its failed entries before they are given
-    /// up (and dead-lettered). Throttling, 5xx, timeouts, connection errors
-    /// and entries failed with ThrottlingException/InternalFailure are
-    /// retried with capped exponential backoff and full jitter (base 100 ms,
-    /// cap 10 s); anything else is not retried.
-    #[arg(long, env = "UDP_AGENT_MAX_RETRIES", default_value_t = DEFAULT_MAX_RETRIES)]
-    pub max_retries: u32,
+    /// up (and dead-lettered). Unset (the default): resend until delivered
+    /// or older than --spool-max-age. Throttling, 5xx, timeouts, connection
+    /// errors and entries failed with ThrottlingException/InternalFailure
+    /// are retried with capped exponential backoff and full jitter (base
+    /// 100 ms, cap 10 s); anything else is not retried.
+    #[arg(long, env = "UDP_AGENT_MAX_RETRIES")]
+    pub max_retries: Option<u32>,
 
     /// Longest wait for one PutEvents attempt before it counts as a timeout
     /// (and is retried).
@@ -249,10 +253,12 @@ pub struct EventBridgeArgs {
           value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
-    /// On shutdown, how long the sink may keep delivering what was captured
-    /// and is queued or in flight; whatever is left is counted
+    /// On shutdown, how long the sink may take to finish. Spooled batches
+    /// stay in the spool for the next run (a request already sent gets this
+    /// long for its answer); without a spool, what is queued or in flight is
+    /// delivered until then, and whatever is left is counted
     /// (`undelivered`), logged, and written to --dead-letter with ErrorCode
-    /// `DrainTimeout`.
+    /// `DrainTimeout`. The stdout sink gets this long to write what it holds.
     #[arg(long, env = "UDP_AGENT_DRAIN_TIMEOUT", default_value = "10s",
           value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -262,8 +268,109 @@ pub struct EventBridgeArgs {
     /// line each:
     /// `{"Entry": <the entry as --sink stdout prints it>, "ErrorCode": …,
     /// "ErrorMessage": …}`.
+    /// The file is created mode 0600 (it holds payloads).
     #[arg(long, env = "UDP_AGENT_DEAD_LETTER", value_name = "FILE")]
     pub dead_letter: Option<PathBuf>,
+
+    /// Most bytes the --dead-letter file grows to; then it is renamed to
+    /// FILE.1 (replacing an older one) and a new one is started, so the two
+    /// hold at most twice this. Accepts units: 256MiB, 1GB, 4096.
+    #[arg(long, env = "UDP_AGENT_DEAD_LETTER_MAX_BYTES", default_value = "256MiB",
+          value_parser = parse_bytes)]
+    pub dead_letter_max_bytes: u64,
+}
+
+/// The disk spool in front of the EventBridge sink.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Spool (durable delivery)")]
+pub struct SpoolArgs {
+    /// Directory that holds every batch accepted from capture until
+    /// EventBridge has it (or it is given up and dead-lettered), so that
+    /// outages, throttling, restarts and crashes lose nothing. On whenever
+    /// the EventBridge sink runs; `none` turns it off (then an outage longer
+    /// than the in-memory queue loses events, and a restart loses what was
+    /// queued). The stdout sink uses none. One directory per agent.
+    #[arg(long, env = "UDP_AGENT_SPOOL_DIR", value_name = "DIR|none",
+          default_value = spool::DEFAULT_DIR)]
+    pub spool_dir: PathBuf,
+
+    /// When spooled data is forced to disk: `always` (fdatasync before a
+    /// batch is sent; survives power loss), `interval` (every
+    /// --spool-fsync-interval; power loss costs at most that), `never` (the
+    /// kernel's writeback). All three survive SIGTERM, SIGKILL and crashes
+    /// of the agent.
+    #[arg(
+        long,
+        env = "UDP_AGENT_SPOOL_FSYNC",
+        value_enum,
+        default_value = "interval"
+    )]
+    pub spool_fsync: FsyncArg,
+
+    /// The interval of `--spool-fsync interval`.
+    #[arg(long, env = "UDP_AGENT_SPOOL_FSYNC_INTERVAL", default_value = "1s",
+          value_parser = humantime::parse_duration)]
+    pub spool_fsync_interval: Duration,
+
+    /// Most bytes the spool holds on disk. Accepts units: 1GiB, 500MB.
+    #[arg(long, env = "UDP_AGENT_SPOOL_MAX_BYTES", default_value = "1GiB",
+          value_parser = parse_bytes)]
+    pub spool_max_bytes: u64,
+
+    /// Entries older than this (since capture) are no longer retried: they
+    /// are given up with ErrorCode `SpoolMaxAge` and dead-lettered. Applies
+    /// with --spool-dir none too.
+    #[arg(long, env = "UDP_AGENT_SPOOL_MAX_AGE", default_value = "24h",
+          value_parser = humantime::parse_duration)]
+    pub spool_max_age: Duration,
+
+    /// What goes when the spool is full: `drop-newest` refuses new batches
+    /// and keeps what is spooled; `drop-oldest` deletes the oldest spooled
+    /// batches to make room. Either way the drops are counted
+    /// (`udp_agent_spool_dropped_entries_total`) and logged at a doubling
+    /// interval.
+    #[arg(
+        long,
+        env = "UDP_AGENT_SPOOL_FULL",
+        value_enum,
+        default_value = "drop-newest"
+    )]
+    pub spool_full: FullPolicy,
+}
+
+/// `--spool-fsync`'s values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FsyncArg {
+    Always,
+    Interval,
+    Never,
+}
+
+impl SpoolArgs {
+    /// The spool's settings, or `None` for `--spool-dir none`.
+    pub fn settings(&self) -> Option<spool::Settings> {
+        if self.spool_dir.as_os_str() == "none" {
+            return None;
+        }
+        Some(spool::Settings {
+            dir: self.spool_dir.clone(),
+            fsync: match self.spool_fsync {
+                FsyncArg::Always => FsyncPolicy::Always,
+                FsyncArg::Interval => FsyncPolicy::Interval(self.spool_fsync_interval),
+                FsyncArg::Never => FsyncPolicy::Never,
+            },
+            max_bytes: self.spool_max_bytes,
+            full: self.spool_full,
+        })
+    }
+}
+
+/// A byte count, with or without units (`4096`, `64KiB`, `1 GiB`, `500MB`).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{e} (e.g. 4096, 64KiB, 1GiB)"))
 }
 
 impl RunArgs {
@@ -301,7 +408,17 @@ impl RunArgs {
                     .into(),
             );
         }
-        self.eventbridge.validate()
+        self.eventbridge.validate()?;
+        if self.spool.spool_max_bytes < 1 << 20 {
+            return Err("--spool-max-bytes must be at least 1MiB".into());
+        }
+        if self.spool.spool_fsync_interval.is_zero() {
+            return Err("--spool-fsync-interval must be more than 0".into());
+        }
+        if self.spool.spool_max_age.is_zero() {
+            return Err("--spool-max-age must be more than 0".into());
+        }
+        Ok(())
     }
 }
 
@@ -327,6 +444,9 @@ impl EventBridgeArgs {
         }
         if self.request_timeout.is_zero() {
             return Err("--request-timeout must be more than 0".into());
+        }
+        if self.dead_letter_max_bytes < 64 * 1024 {
+            return Err("--dead-letter-max-bytes must be at least 64KiB".into());
         }
         Ok(())
     }

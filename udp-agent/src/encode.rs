@@ -48,6 +48,12 @@ impl Detail {
         }
     }
 
+    /// A Detail as [`Detail::escaped`] and [`Detail::len`] gave it (the
+    /// spool stores Details in that form, behind a checksum).
+    pub fn from_escaped(escaped: String, json_len: usize) -> Detail {
+        Detail { escaped, json_len }
+    }
+
     /// The text between the quotes of the JSON string.
     pub fn escaped(&self) -> &str {
         &self.escaped

@@ -20,17 +20,20 @@ use std::{
 use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
-    batch::{Batcher, MAX_ENTRIES},
+    batch::Batcher,
     clock::WallClock,
     encode::{Encoder, Entry},
     record::PacketView,
+    sink::Limits,
     stats::{PipelineStats, count_drop, count_drops},
 };
 
 /// Batches the sink's queue holds for `packets` packets (batches of up to
-/// [`MAX_ENTRIES`]).
-pub fn queue_batches(packets: u32) -> usize {
-    (packets as usize).div_ceil(MAX_ENTRIES).max(1)
+/// `limits.max_entries`).
+pub fn queue_batches(packets: u32, limits: Limits) -> usize {
+    (packets as usize)
+        .div_ceil(limits.max_entries.max(1))
+        .max(1)
 }
 
 /// Most bytes of entries the sink's queue holds, besides its count of
@@ -63,12 +66,13 @@ impl Handoff {
     pub fn new(
         encoder: Encoder,
         tx: mpsc::Sender<Vec<Entry>>,
+        limits: Limits,
         linger: Duration,
         stats: Arc<PipelineStats>,
     ) -> Self {
         Self {
             encoder,
-            batcher: Batcher::default(),
+            batcher: Batcher::new(limits),
             tx,
             linger,
             deadline: None,
@@ -102,7 +106,7 @@ impl Handoff {
             Err(_) => {
                 count_drop(
                     &self.stats.oversize,
-                    "entry larger than a PutEvents request; dropped",
+                    "entry larger than a request of the sink; dropped",
                 );
                 None
             }
@@ -196,10 +200,22 @@ impl Handoff {
     }
 }
 
+impl Drop for Handoff {
+    /// A handoff dropped with a partial batch (a shutdown that gave up on a
+    /// sink taking nothing) counts those entries as dropped at the queue.
+    fn drop(&mut self) {
+        if let Some(batch) = self.batcher.take() {
+            self.stats
+                .queue_drops
+                .fetch_add(batch.len() as u64, Relaxed);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Packet;
+    use crate::{record::Packet, sink::eventbridge::LIMITS};
 
     fn packet(i: usize) -> Packet {
         Packet {
@@ -219,16 +235,22 @@ mod tests {
         let (tx, rx) = mpsc::channel(queue);
         let mut encoder = Encoder::new("udp.raw", "UdpPacket", "default", WallClock::now());
         encoder.name_interface(1, "eth0");
-        let out = Handoff::new(encoder, tx, Duration::from_millis(20), stats.clone());
+        let out = Handoff::new(
+            encoder,
+            tx,
+            LIMITS,
+            Duration::from_millis(20),
+            stats.clone(),
+        );
         (out, rx, stats)
     }
 
     #[test]
     fn queue_holds_the_packets_in_batches() {
-        assert_eq!(queue_batches(1), 1);
-        assert_eq!(queue_batches(10), 1);
-        assert_eq!(queue_batches(11), 2);
-        assert_eq!(queue_batches(4096), 410);
+        assert_eq!(queue_batches(1, LIMITS), 1);
+        assert_eq!(queue_batches(10, LIMITS), 1);
+        assert_eq!(queue_batches(11, LIMITS), 2);
+        assert_eq!(queue_batches(4096, LIMITS), 410);
     }
 
     #[tokio::test]

@@ -4,7 +4,8 @@
 //! One module per pipeline stage, in the order a packet meets them:
 //! [`loader`] (load and attach the XDP object) ▸ [`capture`] (drain the ring
 //! buffer) ▸ [`record`] (decode a ring record) ▸ [`encode`] (the PutEvents
-//! entry) ▸ [`batch`] (AWS request limits) ▸ [`sink`] (stdout, EventBridge).
+//! entry) ▸ [`batch`] (the sink's request limits) ▸ [`spool`] (on disk until
+//! the sink acknowledges) ▸ [`sink`] (stdout, EventBridge).
 //! [`control`] owns the pinned maps that `udp-agent ports`/`stats` change and
 //! read; [`hotplug`] keeps the program attached to interfaces that come and
 //! go; [`metrics`] serves them all to Prometheus; [`pipeline`] wires the
@@ -30,4 +31,5 @@ pub mod privileges;
 pub mod record;
 pub mod ring;
 pub mod sink;
+pub mod spool;
 pub mod stats;

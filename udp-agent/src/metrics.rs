@@ -17,10 +17,15 @@
 //! | `udp_agent_kernel_packets_total` | counter | `outcome`: each kernel counter (`seen`, `captured`, `limited_port`…) |
 //! | `udp_agent_port_packets_total` | counter | `port`, `outcome` (`captured`, `limited`); the 100 busiest ports with non-zero counts |
 //! | `udp_agent_pipeline_<counter>_total` | counter | `decoded`, `decode_errors`, `queue_drops`, `oversize`, `batched`, `emitted`, `sink_failed` |
-//! | `udp_agent_eventbridge_<counter>_total` | counter | `received`, `requests`, `delivered`, `retried`, `throttled`, `dead_lettered`, `dead_letter_errors`, `cost_guard_skipped`, `undelivered` |
+//! | `udp_agent_eventbridge_<counter>_total` | counter | `received`, `requests`, `delivered`, `unconfirmed`, `retried`, `throttled`, `dead_lettered`, `dead_letter_errors`, `cost_guard_skipped`, `undelivered`, `left_spooled` |
 //! | `udp_agent_eventbridge_failed_total` | counter | `code` |
 //! | `udp_agent_eventbridge_in_flight_requests` | gauge | |
 //! | `udp_agent_eventbridge_cost_guard_used_events`, `…_limit_events` | gauge | |
+//! | `udp_agent_eventbridge_request_rate_limit` | gauge | |
+//! | `udp_agent_stdout_written_total`, `…_undelivered_total` | counter | |
+//! | `udp_agent_spool_<gauge>` | gauge | `bytes`, `segments`, `batches`, `entries`, `backlog_bytes`, `oldest_age_seconds`, `full`, `write_failing` |
+//! | `udp_agent_spool_<counter>_total` | counter | `written_batches`, `written_entries`, `read_batches`, `acked_batches`, `torn_records`, `write_errors`, `syncs` |
+//! | `udp_agent_spool_dropped_entries_total` | counter | `reason` |
 //! | `udp_agent_delivery_latency_seconds` | histogram | |
 //! | `udp_agent_xdp_attached` | gauge | `iface`, `mode` |
 //! | `udp_agent_xdp_reattached_total` | counter | `iface` |
@@ -62,8 +67,9 @@ use tracing::{info, warn};
 use crate::{
     control::{Control, ControlError, PortStats},
     hotplug::InterfaceStatus,
-    sink::eventbridge::EventBridgeStats,
-    stats::{PipelineStats, count_drop},
+    sink::SinkStats,
+    spool::SpoolStats,
+    stats::{Kind, PipelineStats, Sample, count_drop},
 };
 
 /// Most `udp_agent_port_packets_total` ports per scrape (the busiest): a
@@ -166,8 +172,9 @@ impl KernelSource for SharedControl {
 pub struct AgentCollector {
     pub kernel: Arc<dyn KernelSource>,
     pub pipeline: Arc<PipelineStats>,
-    /// Present when the EventBridge sink runs.
-    pub eventbridge: Option<Arc<EventBridgeStats>>,
+    pub sink: Option<Arc<dyn SinkStats>>,
+    /// Present when the spool runs.
+    pub spool: Option<Arc<SpoolStats>>,
     pub interfaces: Arc<InterfaceStatus>,
 }
 
@@ -185,17 +192,6 @@ fn counter(
     c.encode(m)
 }
 
-fn gauge(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: u64,
-) -> Result<(), fmt::Error> {
-    let g = ConstGauge::new(value as i64);
-    let m = enc.encode_descriptor(name, help, None, g.metric_type())?;
-    g.encode(m)
-}
-
 /// Help text of the pipeline counters (names as in `PipelineStats`).
 fn pipeline_help(name: &str) -> &'static str {
     match name {
@@ -209,23 +205,6 @@ fn pipeline_help(name: &str) -> &'static str {
         "emitted" => "Entries the sink wrote (stdout) or EventBridge accepted",
         "sink_failed" => "Entries the sink could not deliver",
         _ => "Pipeline counter",
-    }
-}
-
-/// Help text of the EventBridge sink counters (names as in
-/// `EventBridgeStats::snapshot`).
-fn eventbridge_help(name: &str) -> &'static str {
-    match name {
-        "received" => "Entries the EventBridge sink took in",
-        "requests" => "PutEvents requests sent, retries included",
-        "delivered" => "Entries EventBridge accepted",
-        "retried" => "Entry resends",
-        "throttled" => "Throttled requests plus entries refused with ThrottlingException",
-        "dead_lettered" => "Entries written to the dead-letter file",
-        "dead_letter_errors" => "Entries that could not be written to the dead-letter file",
-        "cost_guard_skipped" => "Entries skipped by the cost guard (--max-events-per-hour)",
-        "undelivered" => "Entries still queued or in flight when the drain timeout ran out",
-        _ => "EventBridge sink counter",
     }
 }
 
@@ -290,51 +269,45 @@ impl AgentCollector {
         m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
-    fn encode_eventbridge(
-        &self,
-        eb: &EventBridgeStats,
-        enc: &mut DescriptorEncoder,
-    ) -> Result<(), fmt::Error> {
-        for (name, value) in eb.snapshot() {
-            match name {
-                // Broken down by code below; a gauge below.
-                "failed" | "in_flight" => {}
-                _ => counter(
-                    enc,
-                    &format!("udp_agent_eventbridge_{name}"),
-                    eventbridge_help(name),
-                    value,
-                )?,
+    /// Samples kept by a sink or the spool, each name one family.
+    fn encode_samples(samples: &[Sample], enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+        let mut i = 0;
+        while i < samples.len() {
+            let first = &samples[i];
+            let n = samples[i..]
+                .iter()
+                .take_while(|s| s.name == first.name)
+                .count();
+            let name = format!("udp_agent_{}", first.name);
+            let kind = match first.kind {
+                Kind::Counter => MetricType::Counter,
+                Kind::Gauge => MetricType::Gauge,
+            };
+            let mut family = enc.encode_descriptor(&name, first.help, None, kind)?;
+            if first.label.is_none() {
+                // One series without labels.
+                match first.kind {
+                    Kind::Counter => ConstCounter::new(first.value).encode(family)?,
+                    Kind::Gauge => ConstGauge::new(first.value as i64).encode(family)?,
+                }
+                i += 1;
+                continue;
             }
+            for s in &samples[i..i + n] {
+                let (k, v) = s.label.as_ref().expect("a family with labels");
+                let labels = [(*k, v.as_str())];
+                match s.kind {
+                    Kind::Counter => {
+                        ConstCounter::new(s.value).encode(family.encode_family(&labels)?)?
+                    }
+                    Kind::Gauge => {
+                        ConstGauge::new(s.value as i64).encode(family.encode_family(&labels)?)?
+                    }
+                }
+            }
+            i += n;
         }
-        let mut family = enc.encode_descriptor(
-            "udp_agent_eventbridge_failed",
-            "Entries given up on (refused, or out of retries), by error code",
-            None,
-            MetricType::Counter,
-        )?;
-        for (code, value) in eb.failed_by_code() {
-            let labels = [("code", code.as_str())];
-            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-        }
-        gauge(
-            enc,
-            "udp_agent_eventbridge_in_flight_requests",
-            "PutEvents requests outstanding now",
-            eb.in_flight.load(Relaxed),
-        )?;
-        gauge(
-            enc,
-            "udp_agent_eventbridge_cost_guard_used_events",
-            "Billed events sent in the cost guard's rolling hour",
-            eb.cost_guard_used(),
-        )?;
-        gauge(
-            enc,
-            "udp_agent_eventbridge_cost_guard_limit_events",
-            "The cost guard's limit of billed events per rolling hour (--max-events-per-hour; 0: off)",
-            eb.cost_guard_limit(),
-        )
+        Ok(())
     }
 
     fn encode_interfaces(&self, enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
@@ -378,8 +351,11 @@ impl Collector for AgentCollector {
         m?.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
         self.encode_kernel(&mut enc)?;
         self.encode_pipeline(&mut enc)?;
-        if let Some(eb) = &self.eventbridge {
-            self.encode_eventbridge(eb, &mut enc)?;
+        if let Some(sink) = &self.sink {
+            Self::encode_samples(&sink.samples(), &mut enc)?;
+        }
+        if let Some(spool) = &self.spool {
+            Self::encode_samples(&spool.samples(), &mut enc)?;
         }
         self.encode_interfaces(&mut enc)
     }
@@ -534,7 +510,11 @@ async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{hotplug::IfaceState, loader::Attached};
+    use crate::{
+        hotplug::IfaceState,
+        loader::Attached,
+        sink::eventbridge::{EventBridgeStats, cost_guard::SharedCostGuard, stats::Observer},
+    };
 
     #[derive(Debug)]
     struct FakeKernel;
@@ -567,16 +547,27 @@ mod tests {
                 ..IfaceState::attached("eth1", 3, Attached::Driver)
             },
         ]);
-        let eb = eventbridge.then(|| {
-            let s = EventBridgeStats::default();
+        let sink = eventbridge.then(|| {
+            let s = Arc::new(EventBridgeStats::default());
             s.count_failed("AccessDeniedException", 3);
             s.requests.store(4, Relaxed);
+            Arc::new(Observer {
+                counters: s,
+                cost_guard: Arc::new(SharedCostGuard::new(0)),
+                limiter: None,
+            }) as Arc<dyn SinkStats>
+        });
+        let spool = eventbridge.then(|| {
+            let s = SpoolStats::default();
+            s.bytes.store(4096, Relaxed);
+            s.count_dropped(crate::spool::DropReason::Full, 2, 20);
             Arc::new(s)
         });
         AgentCollector {
             kernel: Arc::new(FakeKernel),
             pipeline,
-            eventbridge: eb,
+            sink,
+            spool,
             interfaces,
         }
     }
@@ -600,6 +591,9 @@ mod tests {
             r#"udp_agent_eventbridge_failed_total{code="AccessDeniedException"} 3"#,
             "udp_agent_eventbridge_in_flight_requests 0",
             "udp_agent_eventbridge_cost_guard_limit_events 0",
+            "udp_agent_spool_bytes 4096",
+            r#"udp_agent_spool_dropped_entries_total{reason="full"} 20"#,
+            r#"udp_agent_spool_dropped_entries_total{reason="oldest"} 0"#,
             r#"udp_agent_delivery_latency_seconds_bucket{le="0.001"} 0"#,
             r#"udp_agent_delivery_latency_seconds_bucket{le="0.005"} 1"#,
             r#"udp_agent_delivery_latency_seconds_bucket{le="0.25"} 2"#,
@@ -627,6 +621,7 @@ mod tests {
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(text.contains("udp_agent_build_info{version="), "{text}");
         assert!(!text.contains("udp_agent_eventbridge_"), "{text}");
+        assert!(!text.contains("udp_agent_spool_"), "{text}");
         assert!(text.contains(r#"udp_agent_kernel_packets_total{outcome="captured"} 5"#));
     }
 

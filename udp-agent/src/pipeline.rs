@@ -1,13 +1,20 @@
-//! `udp-agent run`: load, pin, attach, and run capture ▸ encode/batch ▸ sink
-//! until SIGINT/SIGTERM, then shut down without losing what was captured.
-//! Meanwhile the main task keeps the program attached to interfaces that
-//! come and go ([`crate::hotplug`]), and with --metrics-addr a server task
-//! answers Prometheus ([`crate::metrics`]).
+//! `udp-agent run`: load, pin, attach, and run capture ▸ encode/batch ▸
+//! spool ▸ sink until SIGINT/SIGTERM, then shut down without losing what
+//! was captured. Meanwhile the main task keeps the program attached to
+//! interfaces that come and go ([`crate::hotplug`]), and with
+//! --metrics-addr a server task answers Prometheus ([`crate::metrics`]).
+//!
+//! The sink is known here only through [`Sink`]: its limits cut the
+//! batches, its `durable` asks for the spool ([`crate::spool`]) in front of
+//! it, and its stats go to the metrics and the exit report.
 //!
 //! Accounting: every captured packet ends in one counter. Packets:
-//! `decoded = queue_drops + oversize + batched`; entries `batched` end as
-//! `emitted` or `sink_failed`, or, with the EventBridge sink, as its
-//! `cost_guard_skipped` (see [`crate::sink::eventbridge::stats`]).
+//! `decoded = queue_drops + oversize + batched`. Entries `batched` go to the
+//! spool, which writes them (`spool_written_entries`) or drops and counts
+//! them (`spool_dropped_entries`); without a spool they go to the sink.
+//! Entries the sink takes in end as `emitted` or `sink_failed`, or, with the
+//! EventBridge sink, as its `cost_guard_skipped` or `left_spooled` (see
+//! [`crate::sink::eventbridge::stats`]).
 
 use std::{
     path::PathBuf,
@@ -40,15 +47,16 @@ use crate::{
     privileges,
     record::Packet,
     ring::Ring,
-    sink::{
-        self, Selected,
-        eventbridge::{self, EventBridgeSink, EventBridgeStats, Settings},
-    },
+    sink::{self, Delivery, Limits, SinkStats},
+    spool::{Spool, SpoolStats},
     stats::PipelineStats,
 };
 
 /// Most packets [`encode_and_batch`] takes from its queue at once.
 const RECV_MANY: usize = 256;
+/// Batches waiting between the spool (or the handoff) and the sink: enough
+/// to keep a sink's request slots busy; the backlog waits in the spool.
+pub const DELIVERY_QUEUE: usize = 64;
 
 /// Removes the pins when `run` returns, however it returns.
 struct PinGuard(PathBuf);
@@ -80,23 +88,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let selected = sink::select(args.sink, args.event_bus.as_deref());
     let event_bus = sink::event_bus_name(args.event_bus.as_deref());
     let stats = Arc::new(PipelineStats::default());
-    // Region, credentials and the dead-letter file are checked before the
+    // The sink (Region, credentials, dead-letter file) and the spool (its
+    // directory, its lock, what earlier runs left) are checked before the
     // kernel is touched: a configuration error must not cost a packet.
-    let eventbridge = match selected {
-        Selected::Stdout => None,
-        Selected::EventBridge => {
-            let settings = Settings::from_args(&args.eventbridge);
-            let client = settings
-                .connect()
-                .await
-                .context("configuring the EventBridge sink")?;
-            Some(
-                EventBridgeSink::new(settings, client, stats.clone())
-                    .context("configuring the EventBridge sink")?,
+    let sink = sink::build(selected, &args, stats.clone()).await?;
+    let limits = sink.limits();
+    let sink_stats = sink.stats();
+    let spool = match args.spool.settings() {
+        Some(settings) if sink.durable() => Some(Spool::open(&settings).with_context(|| {
+            format!(
+                "opening the spool (--spool-dir {}; `none` turns it off)",
+                settings.dir.display()
             )
-        }
+        })?),
+        _ => None,
     };
-    let eventbridge_stats = eventbridge.as_ref().map(EventBridgeSink::stats);
+    let spool_stats = spool.as_ref().map(Spool::stats);
     // Bound before the kernel is touched, too: a taken port stops the start.
     let metrics_listener = match args.metrics_addr {
         None => None,
@@ -126,7 +133,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let mut encoder = Encoder::new(&args.source, &args.detail_type, event_bus, WallClock::now());
     let (batch_tx, batch_rx) =
-        mpsc::channel::<Vec<Entry>>(handoff::queue_batches(args.queue_capacity));
+        mpsc::channel::<Vec<Entry>>(handoff::queue_batches(args.queue_capacity, limits));
+    let (delivery_tx, delivery_rx) = mpsc::channel::<Delivery>(DELIVERY_QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // Attach last: from here on, packets flow.
@@ -140,7 +148,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         let registry = metrics::registry(AgentCollector {
             kernel: Arc::new(SharedControl(control.clone())),
             pipeline: stats.clone(),
-            eventbridge: eventbridge_stats.clone(),
+            sink: Some(sink_stats.clone()),
+            spool: spool_stats.clone(),
             interfaces: interfaces.clone(),
         });
         tokio::spawn(metrics::serve(
@@ -155,6 +164,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ifaces = watcher.attached().join(","),
         pin_dir = %pin_dir.display(),
         sink = ?selected,
+        spool = spool.as_ref().map_or_else(|| "off".to_owned(), |_| args.spool.spool_dir.display().to_string()),
         event_bus,
         "capturing"
     );
@@ -162,26 +172,23 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let handoff = Handoff::new(
         encoder,
         batch_tx,
+        limits,
         Duration::from_millis(args.batch_linger_ms),
         stats.clone(),
     );
-    let capture = tokio::spawn(capture::run(ring, handoff, stats.clone(), stop_rx.clone()));
-    let mut sink: JoinHandle<Result<()>> = match eventbridge {
+    let mut capture = tokio::spawn(capture::run(ring, handoff, stats.clone(), stop_rx.clone()));
+    let spooled = match spool {
+        Some(spool) => Some(
+            spool
+                .run(batch_rx, delivery_tx, stop_rx.clone())
+                .context("starting the spool thread")?,
+        ),
         None => {
-            let stats = stats.clone();
-            tokio::task::spawn_blocking(move || {
-                sink::stdout::run(std::io::stdout().lock(), batch_rx, stats)
-                    .context("writing events")
-            })
-        }
-        Some(eb) => {
-            let shutdown = stop_rx.clone();
-            tokio::spawn(async move {
-                eventbridge::run(eb, batch_rx, shutdown).await;
-                Ok(())
-            })
+            tokio::spawn(pass_through(batch_rx, delivery_tx));
+            None
         }
     };
+    let mut sink: JoinHandle<Result<()>> = tokio::spawn(sink.run(delivery_rx, stop_rx.clone()));
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -210,14 +217,28 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Detach first so the final ring drain sees everything the kernel wrote.
     watcher.detach_all(&mut ebpf);
     let _ = stop_tx.send(true);
-    capture
-        .await
-        .context("capture task")?
-        .context("draining the ring buffer")?;
+    // The final drain hands everything to the spool (which always takes
+    // it) or the sink; a sink that takes nothing (a stdout nobody reads)
+    // must not hold the exit up past the drain timeout.
+    let drain_timeout = args.eventbridge.drain_timeout;
+    match tokio::time::timeout(drain_timeout, &mut capture).await {
+        Ok(joined) => joined
+            .context("capture task")?
+            .context("draining the ring buffer")?,
+        Err(_) => {
+            warn!(
+                "the sink took nothing for the whole drain timeout; what capture still held is dropped"
+            );
+            capture.abort();
+        }
+    }
     let sink_result = match sink_result {
         Some(r) => r,
         None => sink.await,
     };
+    if let Some(done) = spooled {
+        let _ = done.await;
+    }
 
     if let Some(server) = metrics_server {
         let _ = server.await;
@@ -225,25 +246,45 @@ pub async fn run(args: RunArgs) -> Result<()> {
     report(
         &control.lock().expect("control lock"),
         &stats,
-        eventbridge_stats.as_deref(),
+        &*sink_stats,
+        spool_stats.as_deref(),
     );
     sink_result.context("sink task")??;
     Ok(())
 }
 
+/// Batches from `rx` as deliveries held only in memory (no spool), for
+/// tests and benchmarks that drive a sink directly.
+pub fn in_memory(rx: mpsc::Receiver<Vec<Entry>>) -> mpsc::Receiver<Delivery> {
+    let (tx, deliveries) = mpsc::channel(DELIVERY_QUEUE);
+    tokio::spawn(pass_through(rx, tx));
+    deliveries
+}
+
+/// Without a spool: batches go to the sink as they are, acknowledged to
+/// nobody.
+async fn pass_through(mut rx: mpsc::Receiver<Vec<Entry>>, tx: mpsc::Sender<Delivery>) {
+    while let Some(batch) = rx.recv().await {
+        if tx.send(Delivery::in_memory(batch)).await.is_err() {
+            break;
+        }
+    }
+}
+
 /// Encodes packets from a channel and groups them into batches for the
-/// sink, as the capture loop does with ring records ([`Handoff`]: batches of
-/// at most `batch::MAX_ENTRIES` entries and 256 KB, or whatever waited
-/// `linger`), until `rx` closes; then sends what waits. For tests and
-/// benchmarks that feed packets without a kernel.
+/// sink, as the capture loop does with ring records ([`Handoff`]: batches
+/// within `limits`, or whatever waited `linger`), until `rx` closes; then
+/// sends what waits. For tests and benchmarks that feed packets without a
+/// kernel.
 pub async fn encode_and_batch(
     mut rx: mpsc::Receiver<Packet>,
     tx: mpsc::Sender<Vec<Entry>>,
     encoder: Encoder,
+    limits: Limits,
     linger: Duration,
     stats: Arc<PipelineStats>,
 ) {
-    let mut out = Handoff::new(encoder, tx, linger, stats.clone());
+    let mut out = Handoff::new(encoder, tx, limits, linger, stats.clone());
     let mut packets = Vec::with_capacity(RECV_MANY);
     let mut clock = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -269,7 +310,12 @@ pub async fn encode_and_batch(
 }
 
 /// Final counters on stderr, so an operator sees what the run did.
-fn report(control: &Control, stats: &PipelineStats, eventbridge: Option<&EventBridgeStats>) {
+fn report(
+    control: &Control,
+    stats: &PipelineStats,
+    sink: &dyn SinkStats,
+    spool: Option<&SpoolStats>,
+) {
     match control.counters() {
         Ok(kernel) => {
             let line: Vec<String> = kernel.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -283,15 +329,16 @@ fn report(control: &Control, stats: &PipelineStats, eventbridge: Option<&EventBr
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     info!("pipeline counters: {}", line.join(" "));
-    if let Some(eb) = eventbridge {
-        info!("eventbridge counters: {}", eb.summary());
+    info!("sink counters: {}", sink.summary());
+    if let Some(spool) = spool {
+        let line: Vec<String> = spool
+            .samples()
+            .iter()
+            .map(|s| match &s.label {
+                Some((_, v)) => format!("{}[{v}]={}", s.name, s.value),
+                None => format!("{}={}", s.name, s.value),
+            })
+            .collect();
+        info!("spool counters: {}", line.join(" "));
     }
-}
-
-/// Exits with a clear message if the build lacks the XDP object.
-pub fn require_object() -> Result<()> {
-    if loader::EBPF_OBJECT.is_empty() {
-        bail!(loader::LoadError::NotEmbedded);
-    }
-    Ok(())
 }

@@ -41,6 +41,56 @@ impl PipelineStats {
     }
 }
 
+/// One value of a sink's or the spool's metrics, encoded by
+/// [`crate::metrics`] without knowing who kept it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// Series name without the `udp_agent_` prefix (and, for counters,
+    /// without `_total`).
+    pub name: String,
+    pub help: &'static str,
+    pub kind: Kind,
+    /// At most one label, e.g. `("code", "ThrottlingException")`.
+    pub label: Option<(&'static str, String)>,
+    pub value: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+impl Sample {
+    pub fn counter(name: impl Into<String>, help: &'static str, value: u64) -> Sample {
+        Sample {
+            name: name.into(),
+            help,
+            kind: Kind::Counter,
+            label: None,
+            value,
+        }
+    }
+
+    pub fn gauge(name: impl Into<String>, help: &'static str, value: u64) -> Sample {
+        Sample {
+            kind: Kind::Gauge,
+            ..Sample::counter(name, help, value)
+        }
+    }
+
+    pub fn labelled(mut self, key: &'static str, value: impl Into<String>) -> Sample {
+        self.label = Some((key, value.into()));
+        self
+    }
+}
+
+/// True if a counter going from `before` to `after` reached a new power of
+/// two (1, 2, 4, 8, …): warn then, never once per packet.
+pub fn doubled(before: u64, after: u64) -> bool {
+    after > before && (before == 0 || before.ilog2() != after.ilog2())
+}
+
 /// Counts a drop and warns at a doubling interval (1st, 2nd, 4th, 8th… drop),
 /// never once per packet.
 pub fn count_drop(counter: &AtomicU64, what: &str) {
@@ -50,8 +100,8 @@ pub fn count_drop(counter: &AtomicU64, what: &str) {
 /// [`count_drop`] for `n` at once: warns when the running total passes a
 /// power of two.
 pub fn count_drops(counter: &AtomicU64, n: u64, what: &str) {
-    let total = counter.fetch_add(n, Relaxed) + n;
-    if (total - n + 1..=total).any(u64::is_power_of_two) {
-        warn!(total, "{what}");
+    let before = counter.fetch_add(n, Relaxed);
+    if doubled(before, before + n) {
+        warn!(total = before + n, "{what}");
     }
 }

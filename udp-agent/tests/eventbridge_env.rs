@@ -7,14 +7,17 @@
 
 use std::{
     sync::{Arc, atomic::Ordering::Relaxed},
-    time::{Duration, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use fake_eventbridge::{Config as FakeConfig, FakeEventBridge};
 use tokio::sync::{mpsc, watch};
 use udp_agent::{
     encode::Entry,
-    sink::eventbridge::{self, ConfigError, EventBridgeSink, Settings},
+    sink::{
+        Delivery,
+        eventbridge::{self, ConfigError, EventBridgeSink, Settings},
+    },
     stats::PipelineStats,
 };
 
@@ -36,7 +39,8 @@ fn entry(n: u32) -> Entry {
         detail_type: Arc::from("UdpPacket"),
         event_bus_name: Arc::from("default"),
         detail: format!("{{\"n\":{n}}}").into(),
-        time: UNIX_EPOCH + Duration::from_secs(1_795_822_397),
+        // Recent: entries older than --spool-max-age are not sent.
+        time: SystemTime::now(),
         capture_ns: 0,
     }
 }
@@ -49,10 +53,10 @@ async fn send_one_batch(settings: Settings, first: u32) -> u64 {
         .await
         .expect("configuration from the environment");
     let sink = EventBridgeSink::new(settings, client, pipeline).unwrap();
-    let stats = sink.stats();
+    let stats = sink.counters();
     let (tx, rx) = mpsc::channel(1);
     let (_stop_tx, stop_rx) = watch::channel(false);
-    tx.send((first..first + 3).map(entry).collect())
+    tx.send(Delivery::in_memory((first..first + 3).map(entry).collect()))
         .await
         .unwrap();
     drop(tx);

@@ -8,7 +8,7 @@
 //! tests cannot race on it.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -25,10 +25,11 @@ use tokio::sync::{mpsc, watch};
 use udp_agent::{
     clock::WallClock,
     encode::Encoder,
-    pipeline::encode_and_batch,
+    pipeline::{encode_and_batch, in_memory},
     record::Packet,
     sink::eventbridge::{
-        self, DRAIN_TIMEOUT_CODE, EventBridgeSink, EventBridgeStats, Settings, retry::Backoff,
+        self, DRAIN_TIMEOUT_CODE, EventBridgeSink, EventBridgeStats, LIMITS, Settings,
+        retry::Backoff,
     },
     stats::PipelineStats,
 };
@@ -57,7 +58,7 @@ fn settings(endpoint: &str, dead_letter: Option<&Path>) -> Settings {
         max_in_flight: 4,
         max_requests_per_second: 0,
         max_events_per_hour: 0,
-        max_retries: 10,
+        max_retries: Some(10),
         backoff: Backoff {
             base: Duration::from_millis(1),
             cap: Duration::from_millis(20),
@@ -118,21 +119,23 @@ async fn deliver(
     let pipeline = Arc::new(PipelineStats::default());
     let client = settings.client(&sdk_config());
     let sink = EventBridgeSink::new(settings, client, pipeline.clone()).unwrap();
-    let eb = sink.stats();
+    let eb = sink.counters();
     let encoder = Encoder::new("udp.raw", "UdpPacket", BUS, WallClock::now());
     let (packet_tx, packet_rx) = mpsc::channel::<Packet>(queue);
     // The same queue depth as `udp-agent run` for this many packets.
-    let (batch_tx, batch_rx) = mpsc::channel(udp_agent::handoff::queue_batches(queue as u32));
+    let (batch_tx, batch_rx) =
+        mpsc::channel(udp_agent::handoff::queue_batches(queue as u32, LIMITS));
     let (stop_tx, stop_rx) = watch::channel(false);
     let started = Instant::now();
     let encode = tokio::spawn(encode_and_batch(
         packet_rx,
         batch_tx,
         encoder,
+        LIMITS,
         linger,
         pipeline.clone(),
     ));
-    let sink = tokio::spawn(eventbridge::run(sink, batch_rx, stop_rx));
+    let sink = tokio::spawn(eventbridge::run(sink, in_memory(batch_rx), stop_rx));
     for p in packets {
         pipeline.decoded.fetch_add(1, Relaxed);
         match feed {
@@ -249,7 +252,7 @@ async fn faults_deliver_every_good_entry_exactly_once_and_dead_letter_the_rest()
     // About 28% of requests fail whole (every 7th, 11th and 13th) and a
     // retryable entry is refused twice more: with 10 retries a batch runs
     // out about once in 3000; with 40 it does not.
-    s.max_retries = 40;
+    s.max_retries = Some(40);
     let o = deliver(s, packets, Feed::Wait, 4096, Duration::from_millis(5)).await;
 
     // What the fake saw, by Detail, and what it was told to do with each.
@@ -347,7 +350,7 @@ async fn unreachable_endpoint_counts_everything_undelivered_without_hanging() {
     let dir = tempfile::tempdir().unwrap();
     let dl = temp_path(&dir, "dead-letter.ndjson");
     let mut s = settings(&format!("http://127.0.0.1:{port}"), Some(&dl));
-    s.max_retries = 1000; // never runs out: only the drain timeout ends it
+    s.max_retries = Some(1000); // never runs out: only the drain timeout ends it
     s.backoff = Backoff {
         base: Duration::from_millis(20),
         cap: Duration::from_millis(100),
@@ -394,7 +397,7 @@ async fn retries_run_out_and_the_last_error_is_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
     let dl = temp_path(&dir, "dead-letter.ndjson");
     let mut s = settings(&fake.url(), Some(&dl));
-    s.max_retries = 2;
+    s.max_retries = Some(2);
     let n = 25; // three batches: 10, 10, 5
 
     let o = deliver(
@@ -551,4 +554,147 @@ async fn without_an_endpoint_id_requests_use_sigv4() {
         (0, 0),
         "{fs:?}"
     );
+}
+
+/// A 200 whose body cannot be read: EventBridge took the request, but
+/// which entries it accepted is unknown. Each batch is resent once (each
+/// entry arrives at most twice), then counted delivered (`unconfirmed`);
+/// nothing is dead-lettered, and copies are not multiplied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_2xx_is_resent_once_then_counted_delivered() {
+    let fake = FakeEventBridge::start(FakeConfig {
+        unreadable_every: 1,
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dl = temp_path(&dir, "dead-letter.ndjson");
+    let n = 200;
+    let o = deliver(
+        settings(&fake.url(), Some(&dl)),
+        (0..n).map(packet).collect(),
+        Feed::Wait,
+        4096,
+        Duration::from_millis(5),
+    )
+    .await;
+    let records = fake.records();
+    assert_eq!(records.len(), n);
+    assert!(
+        records.iter().all(|r| r.accepted == 2),
+        "each entry sent exactly twice: {:?}",
+        records.iter().map(|r| r.accepted).collect::<BTreeSet<_>>()
+    );
+    assert_counters_add_up(&o, n as u64);
+    assert_eq!(load(&o.eb.delivered), n as u64);
+    assert_eq!(load(&o.eb.unconfirmed), n as u64);
+    assert_eq!(load(&o.eb.failed), 0);
+    assert!(dead_letters(&dl).is_empty());
+}
+
+/// Three agents, each with far more to send than one shared quota allows
+/// (`fake-eventbridge`'s quota stands for the account's PutEvents quota):
+/// once their rates have adapted, the requests they send together stay
+/// within 10% of the quota, each gets at least half its fair share, and
+/// every entry is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_share_one_quota_fairly_and_lose_nothing() {
+    const QUOTA: u64 = 100;
+    const AGENTS: usize = 3;
+    const PER_AGENT: usize = 4000;
+    let fake = FakeEventBridge::start(FakeConfig {
+        quota_per_second: QUOTA,
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut counters = Vec::new();
+    let mut runs = Vec::new();
+    let mut sent = HashSet::new();
+    for a in 0..AGENTS {
+        let s = Settings {
+            // The default ceiling: three agents could send 900/s.
+            max_requests_per_second: 300,
+            backoff: Backoff::default(),
+            ..settings(&fake.url(), None)
+        };
+        let pipeline = Arc::new(PipelineStats::default());
+        let sink = EventBridgeSink::new(s, s_client(&fake), pipeline.clone()).unwrap();
+        counters.push(sink.counters());
+        let (packet_tx, packet_rx) = mpsc::channel::<Packet>(PER_AGENT);
+        let (batch_tx, batch_rx) = mpsc::channel(PER_AGENT);
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let encoder = Encoder::new("udp.raw", "UdpPacket", BUS, WallClock::now());
+        for i in 0..PER_AGENT {
+            let mut p = packet(a * PER_AGENT + i);
+            p.src_port = 40000 + a as u16;
+            sent.insert(p.payload.clone());
+            packet_tx.try_send(p).unwrap();
+        }
+        drop(packet_tx);
+        runs.push(tokio::spawn(async move {
+            let encode = tokio::spawn(encode_and_batch(
+                packet_rx,
+                batch_tx,
+                encoder,
+                LIMITS,
+                Duration::from_millis(5),
+                pipeline,
+            ));
+            eventbridge::run(sink, in_memory(batch_rx), stop_rx).await;
+            encode.await.unwrap();
+            _stop_tx
+        }));
+    }
+    let snapshot = || -> (u64, Vec<u64>) {
+        let accepted = counters
+            .iter()
+            .map(|c| load(&c.requests) - load(&c.throttled))
+            .collect();
+        (fake.stats().requests, accepted)
+    };
+    // Converged well before 4 s; all three still have a backlog at 10 s
+    // (each has 400 requests to send, about 33 a second).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (r0, a0) = snapshot();
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (r1, a1) = snapshot();
+    let secs = t0.elapsed().as_secs_f64();
+    let total = (r1 - r0) as f64 / secs;
+    let shares: Vec<f64> = a0
+        .iter()
+        .zip(&a1)
+        .map(|(x, y)| (y - x) as f64 / secs)
+        .collect();
+    println!(
+        "requests/s, all agents: {total:.1} (quota {QUOTA}); accepted/s per agent: {shares:.1?}"
+    );
+    assert!(
+        (total - QUOTA as f64).abs() <= QUOTA as f64 * 0.1,
+        "{total:.1} requests/s against a quota of {QUOTA}"
+    );
+    for (a, share) in shares.iter().enumerate() {
+        assert!(
+            *share >= QUOTA as f64 / AGENTS as f64 / 2.0,
+            "agent {a}: {share:.1} accepted requests/s of {QUOTA} shared by {AGENTS}: {shares:?}"
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(60), async {
+        for r in runs {
+            r.await.unwrap();
+        }
+    })
+    .await
+    .expect("every agent finished");
+    let records = fake.records();
+    let got: HashSet<Vec<u8>> = records.iter().map(|r| payload_of(&r.detail)).collect();
+    assert_eq!(got, sent, "every entry delivered");
+    assert!(records.iter().all(|r| r.accepted == 1), "each once");
+    assert!(fake.stats().quota_throttled > 0, "the quota was hit");
+}
+
+fn s_client(fake: &FakeEventBridge) -> eventbridge::Connection {
+    settings(&fake.url(), None).client(&sdk_config())
 }

@@ -348,9 +348,12 @@ async fn eventbridge_series_follow_the_sink() {
         encode::Encoder,
         hotplug::InterfaceStatus,
         metrics::{AgentCollector, registry, render},
-        pipeline::encode_and_batch,
+        pipeline::{encode_and_batch, in_memory},
         record::Packet,
-        sink::eventbridge::{self, EventBridgeSink, Settings},
+        sink::{
+            Sink,
+            eventbridge::{self, EventBridgeSink, LIMITS, Settings},
+        },
         stats::PipelineStats,
     };
 
@@ -382,11 +385,12 @@ async fn eventbridge_series_follow_the_sink() {
     let pipeline = Arc::new(PipelineStats::default());
     let client = settings.client(&sdk);
     let sink = EventBridgeSink::new(settings, client, pipeline.clone()).unwrap();
-    let eb = sink.stats();
+    let eb = sink.counters();
     let collector = AgentCollector {
         kernel: Arc::new(NoKernel),
         pipeline: pipeline.clone(),
-        eventbridge: Some(eb.clone()),
+        sink: Some(sink.stats()),
+        spool: None,
         interfaces: Arc::new(InterfaceStatus::default()),
     };
     let reg = registry(collector);
@@ -400,10 +404,11 @@ async fn eventbridge_series_follow_the_sink() {
         packet_rx,
         batch_tx,
         encoder,
+        LIMITS,
         Duration::from_millis(5),
         pipeline.clone(),
     ));
-    let run = tokio::spawn(eventbridge::run(sink, batch_rx, stop_rx));
+    let run = tokio::spawn(eventbridge::run(sink, in_memory(batch_rx), stop_rx));
     for i in 0..N {
         let payload = format!("metrics {i}").into_bytes();
         packet_tx

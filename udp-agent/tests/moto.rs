@@ -551,7 +551,7 @@ fn article_rule_and_numeric_range_deliver_into_sqs_byte_for_byte() {
         "the EventBridge sink printed events on stdout: {:#?}",
         stopped.events.iter().map(|e| &e.line).collect::<Vec<_>>()
     );
-    let eb = stopped.counters("eventbridge counters:");
+    let eb = stopped.counters("sink counters:");
     lap(&format!("eventbridge counters: {eb:?}"));
     assert_eq!(
         eb.get("delivered"),

@@ -4,7 +4,7 @@
 //!
 //! * [`Agent`]: `udp-agent run` (stdout sink to /dev/null, or the
 //!   EventBridge sink to a local endpoint). Counters come from its shutdown
-//!   log lines (`kernel counters:`, `pipeline counters:`, `eventbridge
+//!   log lines (`kernel counters:`, `pipeline counters:`, `sink
 //!   counters:`).
 //! * [`Tcpdump`]: `tcpdump -w /dev/null` with a port filter; its exit
 //!   report says how many packets the kernel dropped.
@@ -55,6 +55,8 @@ pub enum Sink {
 pub struct Agent {
     proc: Proc,
     pin_dir: PathBuf,
+    /// The agent's spool directory (EventBridge sink), removed with it.
+    spool_dir: Option<PathBuf>,
 }
 
 /// What an agent run counted.
@@ -112,12 +114,23 @@ impl Agent {
             .arg(&pin_dir)
             // Native mode: the mode the issue asks for, and what veth offers.
             .args(["--xdp-mode", "driver"]);
+        let mut spool_dir = None;
         let stdout_null = match sink {
             Sink::Null => {
                 cmd.args(["--sink", "stdout"]);
                 true
             }
             Sink::EventBridge { endpoint_url } => {
+                if !flags.iter().any(|f| f.starts_with("--spool-dir")) {
+                    // The product's default spool, in a directory of its own.
+                    let dir = std::env::temp_dir().join(format!(
+                        "udp-bench-spool-{}-{}",
+                        std::process::id(),
+                        PIN_COUNTER.fetch_add(1, Ordering::Relaxed)
+                    ));
+                    cmd.arg("--spool-dir").arg(&dir);
+                    spool_dir = Some(dir);
+                }
                 cmd.args(["--sink", "eventbridge", "--endpoint-url", endpoint_url])
                     .args(["--region", "us-east-1"])
                     .args(["--max-put-events-per-second", "0"])
@@ -135,7 +148,11 @@ impl Agent {
         cmd.args(EXTRA_AGENT_ARGS.get().into_iter().flatten());
         pin_command(&mut cmd, sut_cpu());
         let proc = Proc::spawn("udp-agent", &mut cmd, stdout_null)?;
-        let agent = Agent { proc, pin_dir };
+        let agent = Agent {
+            proc,
+            pin_dir,
+            spool_dir,
+        };
         if !agent.proc.stderr().wait_for("capturing", START_TIMEOUT) {
             bail!(
                 "udp-agent did not start capturing; stderr:\n{}",
@@ -173,7 +190,7 @@ impl Agent {
         Ok(AgentCounters {
             kernel,
             pipeline,
-            eventbridge: counters_line(&exit.stderr, "eventbridge counters:").unwrap_or_default(),
+            eventbridge: counters_line(&exit.stderr, "sink counters:").unwrap_or_default(),
             max_rss_kib: exit.max_rss_kib,
             cpu_s: exit.cpu_s,
             exit_code: exit.code,
@@ -186,6 +203,9 @@ impl Drop for Agent {
         // The process goes first (Proc's drop runs after this body, so stop
         // it here), then anything a killed agent left behind.
         self.proc.stop(libc::SIGTERM, Duration::from_secs(30));
+        if let Some(dir) = &self.spool_dir {
+            let _ = fs::remove_dir_all(dir);
+        }
         if let Ok(entries) = fs::read_dir(&self.pin_dir) {
             for e in entries.flatten() {
                 let _ = fs::remove_file(e.path());

@@ -1,4 +1,16 @@
-//! Where batches of entries go: `stdout` (the dry run) or `eventbridge`.
+//! The sink seam: where batches of entries go, and how a sink says it is
+//! done with one.
+//!
+//! The capture side (capture ▸ encode ▸ batch) knows a sink only through
+//! [`Sink`]: the batcher cuts batches to the sink's [`Limits`], and each
+//! batch reaches the sink as a [`Delivery`] carrying an [`Ack`]. A sink
+//! calls [`Ack::done`] once every entry of the batch has its outcome
+//! (delivered, or given up and dead-lettered). In front of a sink that
+//! talks to a network ([`Sink::durable`]), the spool ([`crate::spool`])
+//! holds each batch on disk until that acknowledgement; a batch whose
+//! `Ack` is dropped without `done` stays there and is sent again by the
+//! next run. A new sink is one new module implementing [`Sink`], plus its
+//! line in [`build`].
 //!
 //! How `--sink` and `--event-bus` combine ([`select`]) is decided in one
 //! place so that nobody is surprised:
@@ -17,7 +29,14 @@
 pub mod eventbridge;
 pub mod stdout;
 
-use crate::encode::DEFAULT_EVENT_BUS;
+use std::{fmt, future::Future, pin::Pin, sync::Arc};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    encode::{DEFAULT_EVENT_BUS, Entry},
+    stats::{PipelineStats, Sample},
+};
 
 /// `--sink`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -51,6 +70,133 @@ pub fn select(kind: SinkKind, event_bus: Option<&str>) -> Selected {
 /// The `EventBusName` every entry carries, whichever sink prints or sends it.
 pub fn event_bus_name(event_bus: Option<&str>) -> &str {
     event_bus.unwrap_or(DEFAULT_EVENT_BUS)
+}
+
+/// What one request of a sink may hold: the batcher cuts batches to these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Entries per batch.
+    pub max_entries: usize,
+    /// Bytes per batch, counting entries as [`Entry::aws_size`] does.
+    pub max_batch_bytes: usize,
+}
+
+/// Where a spooled batch lives: the spool's segment and the record's index
+/// in it. Opaque to sinks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Held {
+    pub segment: u64,
+    pub index: u32,
+    /// Entries in the batch (so the spool's gauges need no lookup).
+    pub entries: u32,
+}
+
+/// A sink's acknowledgement of one batch. Durable when the batch is held
+/// in the spool: then `done` lets the spool forget it, and dropping the
+/// `Ack` without `done` leaves it there for the next run. In memory (no
+/// spool) there is nothing to release.
+#[derive(Debug)]
+pub struct Ack(Option<(Held, mpsc::UnboundedSender<Held>)>);
+
+impl Ack {
+    /// A batch that lives only in memory.
+    pub fn in_memory() -> Ack {
+        Ack(None)
+    }
+
+    /// A batch held in the spool, released by sending `held` on `tx`.
+    pub fn spooled(held: Held, tx: mpsc::UnboundedSender<Held>) -> Ack {
+        Ack(Some((held, tx)))
+    }
+
+    /// True if the batch survives this process: a sink that cannot finish
+    /// it (shutdown) leaves it to the next run instead of dead-lettering it.
+    pub fn is_durable(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Every entry of the batch has its outcome.
+    pub fn done(self) {
+        if let Some((held, tx)) = self.0 {
+            // A spool that is gone has nothing left to release.
+            let _ = tx.send(held);
+        }
+    }
+}
+
+/// A batch on its way to a sink, with the handle that acknowledges it.
+#[derive(Debug)]
+pub struct Delivery {
+    pub entries: Vec<Entry>,
+    pub ack: Ack,
+}
+
+impl Delivery {
+    pub fn in_memory(entries: Vec<Entry>) -> Delivery {
+        Delivery {
+            entries,
+            ack: Ack::in_memory(),
+        }
+    }
+}
+
+/// What the rest of the agent reads of a running sink: its counters, for
+/// the metrics endpoint and the final report.
+pub trait SinkStats: fmt::Debug + Send + Sync {
+    /// The sink's series for `/metrics` (names without the `udp_agent_`
+    /// prefix and `_total` suffix).
+    fn samples(&self) -> Vec<Sample>;
+    /// One line of `name=value` pairs for the log at exit.
+    fn summary(&self) -> String;
+}
+
+/// The future a sink runs as.
+pub type SinkRun = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// A configured sink, ready to run.
+pub trait Sink: Send {
+    /// What one of its requests may hold.
+    fn limits(&self) -> Limits;
+    /// True for sinks that talk to a network: the spool holds their batches
+    /// until acknowledged.
+    fn durable(&self) -> bool;
+    fn stats(&self) -> Arc<dyn SinkStats>;
+    /// Delivers from `input` until it closes, or until `shutdown` turns
+    /// true; then finishes within the sink's drain time. Every entry taken
+    /// in ends in one of the sink's counters and in `PipelineStats`'
+    /// `emitted` or `sink_failed`, or (durable batches) stays spooled.
+    fn run(
+        self: Box<Self>,
+        input: mpsc::Receiver<Delivery>,
+        shutdown: watch::Receiver<bool>,
+    ) -> SinkRun;
+}
+
+/// Builds the selected sink from `run`'s settings (the one place that names
+/// every sink).
+pub async fn build(
+    selected: Selected,
+    args: &crate::cli::RunArgs,
+    pipeline: Arc<PipelineStats>,
+) -> anyhow::Result<Box<dyn Sink>> {
+    use anyhow::Context as _;
+    Ok(match selected {
+        Selected::Stdout => Box::new(stdout::StdoutSink::new(
+            pipeline,
+            args.eventbridge.drain_timeout,
+        )),
+        Selected::EventBridge => {
+            let settings = eventbridge::Settings::from_args(args);
+            let client = settings
+                .connect()
+                .await
+                .context("configuring the EventBridge sink")?;
+            Box::new(
+                eventbridge::EventBridgeSink::new(settings, client, pipeline)
+                    .context("configuring the EventBridge sink")?,
+            )
+        }
+    })
 }
 
 #[cfg(test)]
@@ -89,5 +235,24 @@ mod tests {
             .map(|v| v.to_possible_value().unwrap().get_name().to_owned())
             .collect();
         assert_eq!(names, ["auto", "stdout", "eventbridge"]);
+    }
+
+    #[test]
+    fn an_ack_releases_what_it_holds_once() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let held = Held {
+            segment: 3,
+            index: 7,
+            entries: 10,
+        };
+        let ack = Ack::spooled(held, tx.clone());
+        assert!(ack.is_durable());
+        ack.done();
+        assert_eq!(rx.try_recv().unwrap(), held);
+        // Dropped without `done`: nothing is released.
+        drop(Ack::spooled(held, tx));
+        assert!(rx.try_recv().is_err());
+        assert!(!Ack::in_memory().is_durable());
+        Ack::in_memory().done();
     }
 }

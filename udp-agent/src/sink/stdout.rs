@@ -8,26 +8,164 @@
 
 use std::{
     io::Write,
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
 };
 
-use tokio::sync::mpsc;
+use anyhow::Context as _;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::warn;
 
-use crate::{encode::Entry, stats::PipelineStats};
+use super::{Delivery, Limits, Sink, SinkRun, SinkStats};
+use crate::{
+    encode::Entry,
+    stats::{PipelineStats, Sample},
+};
 
 /// Batches taken from the queue at once.
 const RECV_MANY: usize = 64;
 /// Text gathered before a `write`.
 const WRITE_BYTES: usize = 64 * 1024;
 
+/// The stdout sink's batches are the EventBridge sink's, so that a dry run
+/// shows exactly the entries the same command line would send.
+pub const LIMITS: Limits = super::eventbridge::LIMITS;
+
+/// The dry run: every entry as a JSON line on stdout.
+#[derive(Debug)]
+pub struct StdoutSink {
+    pipeline: Arc<PipelineStats>,
+    stats: Arc<StdoutStats>,
+    drain_timeout: Duration,
+}
+
+/// Entries the stdout sink could not write before the drain timeout ran
+/// out at shutdown (a reader of stdout that stopped reading).
+#[derive(Debug, Default)]
+pub struct StdoutStats {
+    pub written: AtomicU64,
+    pub undelivered: AtomicU64,
+    /// Set when shutdown gives up on the writer thread: whatever it still
+    /// holds was counted `undelivered`, and it must not count it again.
+    abandoned: AtomicBool,
+}
+
+impl SinkStats for StdoutStats {
+    fn samples(&self) -> Vec<Sample> {
+        vec![
+            Sample::counter(
+                "stdout_written",
+                "Entries written to stdout",
+                self.written.load(Relaxed),
+            ),
+            Sample::counter(
+                "stdout_undelivered",
+                "Entries not written to stdout before the drain timeout ran out at shutdown",
+                self.undelivered.load(Relaxed),
+            ),
+        ]
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "written={} undelivered={}",
+            self.written.load(Relaxed),
+            self.undelivered.load(Relaxed)
+        )
+    }
+}
+
+impl StdoutSink {
+    pub fn new(pipeline: Arc<PipelineStats>, drain_timeout: Duration) -> Self {
+        Self {
+            pipeline,
+            stats: Arc::default(),
+            drain_timeout,
+        }
+    }
+}
+
+impl Sink for StdoutSink {
+    fn limits(&self) -> Limits {
+        LIMITS
+    }
+
+    fn durable(&self) -> bool {
+        false
+    }
+
+    fn stats(&self) -> Arc<dyn SinkStats> {
+        self.stats.clone()
+    }
+
+    /// Writes on a thread of its own. Once `shutdown` fires, the writer gets
+    /// the drain timeout to finish; a stdout nobody reads keeps it blocked
+    /// in `write`, so then the entries it has not written are counted
+    /// `undelivered` (and `sink_failed`) and the thread is left behind for
+    /// the process exit to end.
+    fn run(
+        self: Box<Self>,
+        input: mpsc::Receiver<Delivery>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> SinkRun {
+        let StdoutSink {
+            pipeline,
+            stats,
+            drain_timeout,
+        } = *self;
+        Box::pin(async move {
+            let (done_tx, mut done_rx) = oneshot::channel();
+            let (p, s) = (pipeline.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name("stdout-sink".into())
+                .spawn(move || {
+                    let result = run(std::io::stdout().lock(), input, &p, &s);
+                    let _ = done_tx.send(result);
+                })
+                .context("starting the stdout writer thread")?;
+            let finished = tokio::select! {
+                r = &mut done_rx => Some(r),
+                _ = shutdown.wait_for(|stop| *stop) => None,
+            };
+            let finished = match finished {
+                Some(r) => Some(r),
+                None => tokio::time::timeout(drain_timeout, &mut done_rx).await.ok(),
+            };
+            match finished {
+                Some(Ok(result)) => result.context("writing events to stdout"),
+                Some(Err(_)) => anyhow::bail!("the stdout writer thread ended without a result"),
+                None => {
+                    stats.abandoned.store(true, Relaxed);
+                    // Everything handed to the sink and not yet settled.
+                    let settled =
+                        pipeline.emitted.load(Relaxed) + pipeline.sink_failed.load(Relaxed);
+                    let stuck = pipeline.batched.load(Relaxed).saturating_sub(settled);
+                    stats.undelivered.fetch_add(stuck, Relaxed);
+                    pipeline.sink_failed.fetch_add(stuck, Relaxed);
+                    warn!(
+                        undelivered = stuck,
+                        drain_timeout = %humantime::format_duration(drain_timeout),
+                        "stdout: nobody reads stdout; entries not written before the drain timeout are dropped"
+                    );
+                    Ok(())
+                }
+            }
+        })
+    }
+}
+
 /// Writes every entry of every batch as a JSON line to `out`, writing when
 /// no more batches are waiting (so a quiet stream is printed promptly) or
 /// 64 KiB have gathered (so a busy one goes out in large writes). Blocks:
-/// run it with `spawn_blocking` or on a thread of its own.
+/// run it on a thread of its own.
 pub fn run<W: Write>(
     mut out: W,
-    mut rx: mpsc::Receiver<Vec<Entry>>,
-    stats: Arc<PipelineStats>,
+    mut rx: mpsc::Receiver<Delivery>,
+    pipeline: &PipelineStats,
+    stats: &StdoutStats,
 ) -> std::io::Result<()> {
     // Lines gather here, across batches, and go out in one `write` once
     // WRITE_BYTES are waiting or the queue is empty: no second copy through
@@ -36,53 +174,78 @@ pub fn run<W: Write>(
     // Entries written into `text`, acknowledged once it is written out.
     let mut pending: u64 = 0;
     let mut batches = Vec::with_capacity(RECV_MANY);
+    let mut out = Counted {
+        out: &mut out,
+        pipeline,
+        stats,
+    };
     loop {
         if rx.is_empty() && !text.is_empty() {
             // Nothing waiting: what was written goes out now.
-            write_out(&mut out, &mut text, &mut pending, &stats)?;
+            out.write_out(&mut text, &mut pending)?;
         }
         if rx.blocking_recv_many(&mut batches, RECV_MANY) == 0 {
             break;
         }
-        for batch in batches.drain(..) {
-            for entry in &batch {
-                entry.write_json_line(&mut text);
-                text.push('\n');
-            }
-            pending += batch.len() as u64;
+        for Delivery { entries, ack } in batches.drain(..) {
+            write_lines(&mut text, &entries);
+            pending += entries.len() as u64;
             // Written: the stdout sink's acknowledgement (its latency is
             // capture to formatted, which is at most one write earlier).
             let now = crate::clock::monotonic_ns();
-            for entry in &batch {
-                stats.latency.observe(entry.capture_ns, now);
+            for entry in &entries {
+                pipeline.latency.observe(entry.capture_ns, now);
             }
+            ack.done();
             if text.len() >= WRITE_BYTES {
-                write_out(&mut out, &mut text, &mut pending, &stats)?;
+                out.write_out(&mut text, &mut pending)?;
             }
         }
     }
     if !text.is_empty() {
-        write_out(&mut out, &mut text, &mut pending, &stats)?;
+        out.write_out(&mut text, &mut pending)?;
     }
-    out.flush()
+    out.out.flush()
 }
 
-/// Writes `text` out; its `pending` entries become `emitted`, or
-/// `sink_failed` if the write fails.
-fn write_out<W: Write>(
-    out: &mut W,
-    text: &mut String,
-    pending: &mut u64,
-    stats: &PipelineStats,
-) -> std::io::Result<()> {
-    let result = out.write_all(text.as_bytes()).and_then(|()| out.flush());
-    match result {
-        Ok(()) => stats.emitted.fetch_add(*pending, Relaxed),
-        Err(_) => stats.sink_failed.fetch_add(*pending, Relaxed),
-    };
-    *pending = 0;
-    text.clear();
-    result
+fn write_lines(text: &mut String, entries: &[Entry]) {
+    for entry in entries {
+        entry.write_json_line(text);
+        text.push('\n');
+    }
+}
+
+/// The writer and the counters its writes settle.
+struct Counted<'a, W> {
+    out: &'a mut W,
+    pipeline: &'a PipelineStats,
+    stats: &'a StdoutStats,
+}
+
+impl<W: Write> Counted<'_, W> {
+    /// Writes `text` out; its `pending` entries become `emitted`, or
+    /// `sink_failed` if the write fails.
+    fn write_out(&mut self, text: &mut String, pending: &mut u64) -> std::io::Result<()> {
+        let result = self
+            .out
+            .write_all(text.as_bytes())
+            .and_then(|()| self.out.flush());
+        // Shutdown gave up on this thread and counted what it held.
+        if !self.stats.abandoned.load(Relaxed) {
+            match result {
+                Ok(()) => {
+                    self.pipeline.emitted.fetch_add(*pending, Relaxed);
+                    self.stats.written.fetch_add(*pending, Relaxed);
+                }
+                Err(_) => {
+                    self.pipeline.sink_failed.fetch_add(*pending, Relaxed);
+                }
+            };
+        }
+        *pending = 0;
+        text.clear();
+        result
+    }
 }
 
 #[cfg(test)]
@@ -109,12 +272,14 @@ mod tests {
             let stats = stats.clone();
             move || {
                 let mut out = Vec::new();
-                run(&mut out, rx, stats).map(|()| out)
+                run(&mut out, rx, &stats, &StdoutStats::default()).map(|()| out)
             }
         });
         for b in 0..30 {
-            tx.blocking_send((0..7).map(|i| entry(b * 7 + i)).collect())
-                .unwrap();
+            tx.blocking_send(Delivery::in_memory(
+                (0..7).map(|i| entry(b * 7 + i)).collect(),
+            ))
+            .unwrap();
         }
         drop(tx);
         let out = String::from_utf8(writer.join().unwrap().unwrap()).unwrap();
@@ -140,9 +305,10 @@ mod tests {
         }
         let stats = Arc::new(PipelineStats::default());
         let (tx, rx) = mpsc::channel(4);
-        tx.try_send(vec![entry(0), entry(1)]).unwrap();
+        tx.try_send(Delivery::in_memory(vec![entry(0), entry(1)]))
+            .unwrap();
         drop(tx);
-        assert!(run(Broken, rx, stats.clone()).is_err());
+        assert!(run(Broken, rx, &stats, &StdoutStats::default()).is_err());
         assert_eq!(stats.emitted.load(Relaxed), 0);
         assert_eq!(stats.sink_failed.load(Relaxed), 2);
     }

@@ -902,6 +902,8 @@ pub fn counters_line(stderr: &str, marker: &str) -> Option<BTreeMap<String, u64>
 pub struct Agent {
     child: Option<Child>,
     pub pin_dir: PathBuf,
+    /// The agent's own spool directory, unless the test gave one.
+    _spool: Option<tempfile::TempDir>,
     pub iface: String,
     out: Arc<Lines>,
     err: Arc<Lines>,
@@ -956,6 +958,15 @@ impl Agent {
     ) -> Agent {
         let mut cmd = agent_command();
         cmd.envs(env.iter().copied());
+        // Each agent spools into a directory of its own (removed with it),
+        // unless the test names one: agents of parallel tests must not
+        // share, nor use the system's /var/lib/udp-agent/spool.
+        let spool = (!extra.iter().any(|a| a.starts_with("--spool-dir"))
+            && !env.iter().any(|(k, _)| *k == "UDP_AGENT_SPOOL_DIR"))
+        .then(|| tempfile::tempdir().expect("a temporary spool directory"));
+        if let Some(dir) = &spool {
+            cmd.env("UDP_AGENT_SPOOL_DIR", dir.path());
+        }
         cmd.arg("run")
             .args(["--iface", iface])
             .arg("--pin-dir")
@@ -976,6 +987,7 @@ impl Agent {
         Agent {
             child: Some(child),
             pin_dir: pin_dir.to_path_buf(),
+            _spool: spool,
             iface: iface.to_string(),
             out,
             err,

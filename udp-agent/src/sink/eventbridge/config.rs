@@ -17,8 +17,11 @@ use aws_sdk_eventbridge::{
 use thiserror::Error;
 use tracing::info;
 
-use super::{dead_letter::DeadLetter, retry::Backoff};
-use crate::cli::EventBridgeArgs;
+use super::{
+    dead_letter::{self, DeadLetter},
+    retry::Backoff,
+};
+use crate::cli::RunArgs;
 use crate::loader::error_chain;
 
 /// Default --max-in-flight: requests in flight = request rate × latency, so
@@ -33,8 +36,6 @@ pub const DEFAULT_MAX_PUT_EVENTS_PER_SECOND: u32 = 300;
 /// Default --max-events-per-hour: about US$1 an hour at US$1.00 per
 /// million custom events.
 pub const DEFAULT_MAX_EVENTS_PER_HOUR: u64 = 1_000_000;
-/// Default --max-retries.
-pub const DEFAULT_MAX_RETRIES: u32 = 8;
 /// Longest wait for the credential chain at start-up (IMDS included).
 const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(30);
 /// TCP connect timeout of each attempt.
@@ -53,11 +54,15 @@ pub struct Settings {
     pub max_requests_per_second: u32,
     /// Billed events per rolling hour; 0: no cost guard.
     pub max_events_per_hour: u64,
-    pub max_retries: u32,
+    /// Resends before giving up; `None`: until delivered or `max_age`.
+    pub max_retries: Option<u32>,
+    /// Entries older than this are given up (`SpoolMaxAge`); `None`: never.
+    pub max_age: Option<Duration>,
     pub backoff: Backoff,
     pub request_timeout: Duration,
     pub drain_timeout: Duration,
     pub dead_letter: Option<PathBuf>,
+    pub dead_letter_max_bytes: u64,
 }
 
 impl Default for Settings {
@@ -70,11 +75,13 @@ impl Default for Settings {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT as usize,
             max_requests_per_second: DEFAULT_MAX_PUT_EVENTS_PER_SECOND,
             max_events_per_hour: DEFAULT_MAX_EVENTS_PER_HOUR,
-            max_retries: DEFAULT_MAX_RETRIES,
+            max_retries: None,
+            max_age: Some(crate::spool::DEFAULT_MAX_AGE),
             backoff: Backoff::default(),
             request_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             dead_letter: None,
+            dead_letter_max_bytes: dead_letter::DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -105,7 +112,8 @@ pub enum ConfigError {
 }
 
 impl Settings {
-    pub fn from_args(a: &EventBridgeArgs) -> Self {
+    pub fn from_args(args: &RunArgs) -> Self {
+        let a = &args.eventbridge;
         Self {
             region: a.region.clone(),
             endpoint_url: a.endpoint_url.clone(),
@@ -114,10 +122,12 @@ impl Settings {
             max_requests_per_second: a.max_put_events_per_second,
             max_events_per_hour: a.max_events_per_hour,
             max_retries: a.max_retries,
+            max_age: Some(args.spool.spool_max_age),
             backoff: Backoff::default(),
             request_timeout: a.request_timeout,
             drain_timeout: a.drain_timeout,
             dead_letter: a.dead_letter.clone(),
+            dead_letter_max_bytes: a.dead_letter_max_bytes,
         }
     }
 
@@ -177,9 +187,11 @@ impl Settings {
         self.dead_letter
             .as_deref()
             .map(|path| {
-                DeadLetter::open(path).map_err(|source| ConfigError::DeadLetter {
-                    path: path.to_owned(),
-                    source,
+                DeadLetter::open(path, self.dead_letter_max_bytes).map_err(|source| {
+                    ConfigError::DeadLetter {
+                        path: path.to_owned(),
+                        source,
+                    }
                 })
             })
             .transpose()
@@ -205,12 +217,15 @@ mod tests {
     #[test]
     fn flag_defaults_match_settings_defaults() {
         let args = run_args(&[]);
-        let s = Settings::from_args(&args.eventbridge);
+        let s = Settings::from_args(&args);
         let d = Settings::default();
         assert_eq!(s.max_in_flight, 32);
         assert_eq!(s.max_requests_per_second, 300);
         assert_eq!(s.max_events_per_hour, 1_000_000);
-        assert_eq!(s.max_retries, 8);
+        assert_eq!(s.max_retries, None);
+        assert_eq!(s.max_age, Some(Duration::from_secs(24 * 3600)));
+        assert_eq!(s.max_age, d.max_age);
+        assert_eq!(s.dead_letter_max_bytes, 256 << 20);
         assert_eq!(s.request_timeout, d.request_timeout);
         assert_eq!(s.drain_timeout, Duration::from_secs(10));
         assert_eq!(args.sink, crate::sink::SinkKind::Auto);
@@ -244,13 +259,13 @@ mod tests {
             "/tmp/dead.ndjson",
         ]);
         args.validate().unwrap();
-        let s = Settings::from_args(&args.eventbridge);
+        let s = Settings::from_args(&args);
         assert_eq!(s.endpoint_url.as_deref(), Some("http://127.0.0.1:4010"));
         assert_eq!(s.endpoint_id.as_deref(), Some("abcde.veo"));
         assert_eq!(s.max_in_flight, 2);
         assert_eq!(s.max_requests_per_second, 0);
         assert_eq!(s.max_events_per_hour, 0);
-        assert_eq!(s.max_retries, 3);
+        assert_eq!(s.max_retries, Some(3));
         assert_eq!(s.request_timeout, Duration::from_millis(1500));
         assert_eq!(s.drain_timeout, Duration::from_secs(2));
         assert_eq!(s.dead_letter, Some(PathBuf::from("/tmp/dead.ndjson")));

@@ -13,8 +13,68 @@
 //! again, and an entry that then fails is not refunded (a failed entry is
 //! not billed by AWS, so the guard errs on the side of spending less).
 
+use std::sync::Mutex;
+
+use tokio::time::Instant;
+
+use crate::encode::Entry;
+
 /// Minutes in the rolling window.
 const MINUTES: usize = 60;
+
+/// The guard as the sink and the metrics share it: the sink admits, the
+/// metrics read how much of the rolling hour is used (also while no batch
+/// comes to move the window on).
+#[derive(Debug)]
+pub struct SharedCostGuard {
+    /// The guard and the instant its window counts from.
+    inner: Mutex<(CostGuard, Instant)>,
+}
+
+impl SharedCostGuard {
+    /// `limit` billed events per rolling hour (0: no limit), starting now.
+    pub fn new(limit: u64) -> Self {
+        Self {
+            inner: Mutex::new((CostGuard::new(limit), Instant::now())),
+        }
+    }
+
+    /// Runs a batch through the guard at `now`: the entries kept, and how
+    /// many were skipped.
+    pub fn admit(&self, batch: Vec<Entry>, now: Instant) -> (Vec<Entry>, u64) {
+        let mut g = self.inner.lock().expect("cost guard lock");
+        let (guard, epoch) = &mut *g;
+        let secs = now.saturating_duration_since(*epoch).as_secs();
+        admit(guard, batch, secs)
+    }
+
+    /// Billed events in the current rolling hour.
+    pub fn used(&self) -> u64 {
+        let mut g = self.inner.lock().expect("cost guard lock");
+        let (guard, epoch) = &mut *g;
+        guard.used_at(Instant::now().saturating_duration_since(*epoch).as_secs())
+    }
+
+    /// The limit (0: none).
+    pub fn limit(&self) -> u64 {
+        self.inner.lock().expect("cost guard lock").0.limit()
+    }
+}
+
+/// Runs a batch through the guard: the entries kept, and how many were
+/// skipped.
+fn admit(guard: &mut CostGuard, batch: Vec<Entry>, now_secs: u64) -> (Vec<Entry>, u64) {
+    if guard.is_unlimited() {
+        return (batch, 0);
+    }
+    let before = batch.len();
+    let kept: Vec<Entry> = batch
+        .into_iter()
+        .filter(|e| guard.admit(e.billed_events(), now_secs))
+        .collect();
+    let skipped = (before - kept.len()) as u64;
+    (kept, skipped)
+}
 
 #[derive(Debug)]
 pub struct CostGuard {
@@ -160,6 +220,41 @@ mod tests {
             assert!(n <= 1060, "{n} admitted in the hour from {start}s");
         }
         assert!(admitted.len() >= 2900, "{}", admitted.len());
+    }
+
+    fn entry(detail_len: usize) -> Entry {
+        Entry {
+            source: std::sync::Arc::from("udp.raw"),
+            detail_type: std::sync::Arc::from("UdpPacket"),
+            event_bus_name: std::sync::Arc::from("default"),
+            detail: "x".repeat(detail_len).into(),
+            time: std::time::UNIX_EPOCH,
+            capture_ns: 0,
+        }
+    }
+
+    #[test]
+    fn the_cost_guard_keeps_what_fits_and_counts_the_rest() {
+        let mut guard = CostGuard::new(3);
+        let (kept, skipped) = admit(&mut guard, vec![entry(10), entry(10)], 0);
+        assert_eq!((kept.len(), skipped), (2, 0));
+        // One billed event left: the 2-event entry is skipped, the small
+        // one after it still fits.
+        let (kept, skipped) = admit(&mut guard, vec![entry(100 * 1024), entry(10)], 1);
+        assert_eq!((kept.len(), skipped), (1, 1));
+        assert_eq!(kept[0].detail.len(), 10);
+        let (kept, skipped) = admit(&mut guard, vec![entry(10); 4], 2);
+        assert_eq!((kept.len(), skipped), (0, 4));
+        // An hour later the budget is back.
+        let (kept, skipped) = admit(&mut guard, vec![entry(10); 3], 3600 + 60);
+        assert_eq!((kept.len(), skipped), (3, 0));
+    }
+
+    #[test]
+    fn an_unlimited_guard_keeps_everything() {
+        let mut guard = CostGuard::new(0);
+        let (kept, skipped) = admit(&mut guard, vec![entry(200 * 1024); 10], 0);
+        assert_eq!((kept.len(), skipped), (10, 0));
     }
 
     #[test]

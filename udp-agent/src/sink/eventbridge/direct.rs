@@ -216,11 +216,17 @@ impl Direct {
                 .await
                 .map_err(|e| dispatch_io(e.into()))?;
             let (parts, body) = response.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| dispatch_io(e.into()))?
-                .to_bytes();
+            let status = parts.status.as_u16();
+            let body = match body.collect().await {
+                Ok(body) => body.to_bytes(),
+                // The service answered 2xx, so it took the request; only
+                // the per-entry results were lost: an ambiguous outcome
+                // (`retry::Retry::Ambiguous`), not a transport failure.
+                Err(e) if (200..300).contains(&status) => {
+                    return Err(SdkError::response_error(e, raw(status, Bytes::new())));
+                }
+                Err(e) => return Err(dispatch_io(e.into())),
+            };
             Ok::<_, SdkError<PutEventsError, HttpResponse>>((
                 parts.status.as_u16(),
                 parts.headers,

@@ -9,43 +9,44 @@
 //! [`dead_letter`] and [`stats`]. This module is the task that ties them
 //! together.
 //!
-//! Flow. The dispatcher ([`run`]) takes one batch (≤10 entries, ≤256 KB,
-//! made by [`crate::batch`]) at a time from the encoder, lets the cost guard
-//! drop what would exceed --max-events-per-hour, waits for one of
-//! --max-in-flight slots, and hands the batch to a request task. The task
-//! waits for a send slot of the rate limiter (--max-put-events-per-second),
-//! sends, and sorts the answer: accepted entries are done; entries refused
-//! with `ThrottlingException`/`InternalFailure` and whole requests that were
-//! throttled, failed with a 5xx, timed out or lost their connection are
-//! resent after a backoff, up to --max-retries times; anything else is given
-//! up at once. Given-up entries are counted by error code and appended to
-//! the --dead-letter file.
+//! Flow. The dispatcher ([`run`]) takes one [`Delivery`] (≤10 entries,
+//! ≤256 KB: [`LIMITS`]) at a time, lets the cost guard drop what would
+//! exceed --max-events-per-hour, waits for one of --max-in-flight slots,
+//! and hands the batch to a request task. The task waits for a send slot
+//! of the rate limiter (--max-put-events-per-second, lowered while
+//! EventBridge throttles), sends, and sorts the answer: accepted entries
+//! are done; entries refused with `ThrottlingException`/`InternalFailure`
+//! and whole requests that were throttled, failed with a 5xx, timed out or
+//! lost their connection are resent after a backoff, until they are
+//! delivered or older than --spool-max-age (or, if --max-retries is set,
+//! out of retries); anything else is given up at once. Given-up entries
+//! are counted by error code and appended to the --dead-letter file. Once
+//! every entry of the batch has its outcome, the task acknowledges it
+//! ([`crate::sink::Ack::done`]), and the spool forgets it.
 //!
 //! Memory stays bounded: a task keeps its batch (and its retries) in its
 //! in-flight slot, so at most --max-in-flight × 10 entries are held here and
-//! there is no retry queue to overflow. When every slot is busy (a slow or
-//! throttling endpoint, or the rate limit), the dispatcher stops taking
-//! batches; the batch queue fills, the encoder waits, and the packet queue
-//! in front of it overflows into the `queue_drops` counter. Nothing grows.
+//! there is no retry queue to overflow. When every slot is busy (an outage,
+//! throttling, the rate limit), the dispatcher stops taking batches and
+//! they wait on disk, in the spool.
 //!
-//! Entries larger than a request are impossible here (snaplen ≤ 9216 bytes
-//! keeps an entry far below 256 KB); the batcher would refuse and count one
-//! (`oversize`) before it reached the sink.
-//!
-//! Shutdown. When the shutdown signal fires or the input closes, the sink
-//! keeps delivering what is queued and in flight for --drain-timeout, then
-//! abandons the rest: requests still in flight are cancelled, and every entry
-//! not yet settled is counted `undelivered`, logged, and written to the
-//! dead-letter file with `ErrorCode` `DrainTimeout` (an entry whose request
-//! was cancelled mid-flight may have reached EventBridge all the same).
-//! Every entry taken in ends in exactly one of `delivered`, `failed`,
-//! `cost_guard_skipped` or `undelivered` (see [`stats`]).
+//! Shutdown. When the shutdown signal fires, spooled batches are left to
+//! the next run: the sink takes no new ones, a task waiting to resend gives
+//! up its batch at once, and a request on the wire gets until
+//! --drain-timeout to be answered (its acknowledgement saves a duplicate
+//! next time). Batches held only in memory (no spool) are delivered until
+//! the drain timeout and then abandoned: counted `undelivered`, logged, and
+//! dead-lettered with `ErrorCode` `DrainTimeout`. Every entry taken in ends
+//! in exactly one of `delivered`, `failed`, `cost_guard_skipped`,
+//! `undelivered` or `left_spooled` (see [`stats`]).
 //!
 //! Duplicates. A resend only follows an error: an entry is sent again only
 //! if EventBridge refused it, or if the whole request failed. If a request
 //! was processed but its answer was lost (a timeout or a dropped connection
 //! after EventBridge accepted it), the resend duplicates it: delivery is
-//! at-least-once, the only safe choice when the outcome is unknown.
+//! at-least-once, the only safe choice when the outcome is unknown. A 2xx
+//! answer without readable results is resent once, then counted delivered
+//! (`unconfirmed`): at most one duplicate per entry.
 
 pub mod config;
 pub mod cost_guard;
@@ -62,7 +63,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use aws_sdk_eventbridge::Client;
@@ -78,13 +79,25 @@ pub use self::{
     stats::EventBridgeStats,
 };
 use self::{
-    cost_guard::CostGuard,
+    cost_guard::SharedCostGuard,
     dead_letter::{DeadLetter, Failed},
     direct::Direct,
     rate_limit::RateLimiter,
     retry::{Backoff, Retry},
 };
-use crate::{encode::Entry, stats::PipelineStats};
+use crate::{
+    encode::Entry,
+    sink::{Ack, Delivery, Limits, Sink, SinkRun, SinkStats},
+    stats::{PipelineStats, doubled},
+};
+
+/// PutEvents takes at most 10 entries (quota "PutEvents entries per
+/// request") and 256 KB per request, counting entries as
+/// [`Entry::aws_size`] does.
+pub const LIMITS: Limits = Limits {
+    max_entries: 10,
+    max_batch_bytes: 256 * 1024,
+};
 
 /// How often the cost guard says that it is skipping events.
 const COST_GUARD_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -93,6 +106,8 @@ const COST_GUARD_LOG_INTERVAL: Duration = Duration::from_secs(60);
 const CANCEL_GRACE: Duration = Duration::from_secs(1);
 /// `ErrorCode` of entries abandoned at the drain timeout.
 pub const DRAIN_TIMEOUT_CODE: &str = "DrainTimeout";
+/// `ErrorCode` of entries given up on for being older than --spool-max-age.
+pub const MAX_AGE_CODE: &str = "SpoolMaxAge";
 
 /// A configured sink, ready to [`run`].
 pub struct EventBridgeSink {
@@ -101,6 +116,8 @@ pub struct EventBridgeSink {
     settings: Settings,
     dead_letter: Option<DeadLetter>,
     stats: Arc<EventBridgeStats>,
+    cost_guard: Arc<SharedCostGuard>,
+    limiter: Option<Arc<RateLimiter>>,
     pipeline: Arc<PipelineStats>,
 }
 
@@ -130,14 +147,50 @@ impl EventBridgeSink {
             dead_letter: settings.open_dead_letter()?,
             direct,
             client: connection.client,
+            cost_guard: Arc::new(SharedCostGuard::new(settings.max_events_per_hour)),
+            limiter: RateLimiter::new(settings.max_requests_per_second).map(Arc::new),
             settings,
-            stats: Arc::new(EventBridgeStats::default()),
+            stats: Arc::default(),
             pipeline,
         })
     }
 
-    pub fn stats(&self) -> Arc<EventBridgeStats> {
+    /// The sink's counters.
+    pub fn counters(&self) -> Arc<EventBridgeStats> {
         self.stats.clone()
+    }
+
+    fn observer(&self) -> stats::Observer {
+        stats::Observer {
+            counters: self.stats.clone(),
+            cost_guard: self.cost_guard.clone(),
+            limiter: self.limiter.clone(),
+        }
+    }
+}
+
+impl Sink for EventBridgeSink {
+    fn limits(&self) -> Limits {
+        LIMITS
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+
+    fn stats(&self) -> Arc<dyn SinkStats> {
+        Arc::new(self.observer())
+    }
+
+    fn run(
+        self: Box<Self>,
+        input: mpsc::Receiver<Delivery>,
+        shutdown: watch::Receiver<bool>,
+    ) -> SinkRun {
+        Box::pin(async move {
+            run(*self, input, shutdown).await;
+            Ok(())
+        })
     }
 }
 
@@ -146,28 +199,38 @@ struct Shared {
     client: Client,
     direct: Option<Direct>,
     endpoint_id: Option<String>,
-    max_retries: u32,
+    max_retries: Option<u32>,
+    max_age: Option<Duration>,
     backoff: Backoff,
-    limiter: Option<RateLimiter>,
+    limiter: Option<Arc<RateLimiter>>,
     dead_letter: Option<DeadLetter>,
     stats: Arc<EventBridgeStats>,
     pipeline: Arc<PipelineStats>,
 }
 
-/// Delivers batches from `rx` until it closes or `shutdown` fires, then
-/// drains for at most the drain timeout (see the module documentation).
-/// Returns when every entry taken in is accounted for.
+/// Signals from the dispatcher to its request tasks.
+#[derive(Clone)]
+struct Signals {
+    /// Shutdown: spooled batches are left to the next run.
+    winding_down: watch::Receiver<bool>,
+    /// The drain timeout ran out: everything stops at its next await.
+    cancelled: watch::Receiver<bool>,
+}
+
+/// Delivers batches from `rx` until it closes, or until `shutdown` fires
+/// and the drain is over (see the module documentation). Returns when
+/// every entry taken in is accounted for.
 ///
 /// The sink runs on a single-threaded runtime of its own, on a blocking
 /// thread of the caller's runtime: its request tasks and their HTTP
 /// connections wake each other several times per request, and on the
 /// agent's two-worker runtime every such wake-up could cross threads. On
 /// one thread, `examples/sink_speed.rs` measured about a quarter less CPU
-/// per request. Only the batch channel and the shutdown signal cross (tokio
+/// per request. Only the channels and the shutdown signal cross (tokio
 /// channels work across runtimes).
 pub async fn run(
     sink: EventBridgeSink,
-    rx: mpsc::Receiver<Vec<Entry>>,
+    rx: mpsc::Receiver<Delivery>,
     shutdown: watch::Receiver<bool>,
 ) {
     let (stats, pipeline) = (sink.stats.clone(), sink.pipeline.clone());
@@ -182,11 +245,15 @@ pub async fn run(
                 drop(sink);
                 let mut rx = rx;
                 rx.close();
-                while let Ok(batch) = rx.try_recv() {
-                    let n = batch.len() as u64;
+                while let Ok(d) = rx.try_recv() {
+                    let n = d.entries.len() as u64;
                     stats.received.fetch_add(n, Relaxed);
-                    stats.undelivered.fetch_add(n, Relaxed);
-                    pipeline.sink_failed.fetch_add(n, Relaxed);
+                    if d.ack.is_durable() {
+                        stats.left_spooled.fetch_add(n, Relaxed);
+                    } else {
+                        stats.undelivered.fetch_add(n, Relaxed);
+                        pipeline.sink_failed.fetch_add(n, Relaxed);
+                    }
                 }
             }
         }
@@ -200,7 +267,7 @@ pub async fn run(
 /// [`run`], on the current runtime.
 async fn run_here(
     sink: EventBridgeSink,
-    mut rx: mpsc::Receiver<Vec<Entry>>,
+    mut rx: mpsc::Receiver<Delivery>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let EventBridgeSink {
@@ -209,6 +276,8 @@ async fn run_here(
         settings,
         dead_letter,
         stats,
+        cost_guard,
+        limiter,
         pipeline,
     } = sink;
     let rate = settings.max_requests_per_second;
@@ -217,8 +286,9 @@ async fn run_here(
         direct,
         endpoint_id: settings.endpoint_id.clone(),
         max_retries: settings.max_retries,
+        max_age: settings.max_age,
         backoff: settings.backoff,
-        limiter: RateLimiter::new(rate, RateLimiter::default_burst(rate)),
+        limiter,
         dead_letter,
         stats: stats.clone(),
         pipeline: pipeline.clone(),
@@ -227,7 +297,9 @@ async fn run_here(
         max_in_flight = settings.max_in_flight,
         max_put_events_per_second = rate,
         max_events_per_hour = settings.max_events_per_hour,
-        max_retries = settings.max_retries,
+        max_retries = settings
+            .max_retries
+            .map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
         dead_letter = settings
             .dead_letter
             .as_deref()
@@ -238,14 +310,30 @@ async fn run_here(
     let drain = settings.drain_timeout;
     let slots = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
     let mut tasks = JoinSet::new();
-    stats.start_cost_guard(settings.max_events_per_hour, Instant::now());
     let mut skip_log = SkipLog::default();
-    let mut pending: Option<Vec<Entry>> = None;
+    let mut pending: Option<Delivery> = None;
     let mut input_open = true;
-    let mut deadline = shutdown.borrow().then(|| Instant::now() + drain);
+    let mut stopping = false;
+    let mut deadline: Option<Instant> = None;
+    let (wind_tx, wind_rx) = watch::channel(false);
     let (cancel_tx, cancel_rx) = watch::channel(false);
+    let signals = Signals {
+        winding_down: wind_rx,
+        cancelled: cancel_rx,
+    };
 
+    // Shutdown asked for (a dropped sender counts as asking).
+    let mut stop = *shutdown.borrow();
     let timed_out = loop {
+        if stop && !stopping {
+            stopping = true;
+            deadline.get_or_insert_with(|| Instant::now() + drain);
+            let _ = wind_tx.send(true);
+            // A spooled batch waiting for a slot stays in the spool.
+            if pending.as_ref().is_some_and(|d| d.ack.is_durable()) {
+                shared.leave_spooled(pending.take().expect("checked"));
+            }
+        }
         if !input_open && pending.is_none() && tasks.is_empty() {
             break false;
         }
@@ -254,9 +342,8 @@ async fn run_here(
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 break true;
             }
-            // A dropped sender counts as the signal too.
-            _ = shutdown.changed(), if deadline.is_none() => {
-                deadline = Some(Instant::now() + drain);
+            changed = shutdown.changed(), if !stop => {
+                stop = changed.is_err() || *shutdown.borrow();
             }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Err(e) = joined
@@ -267,23 +354,32 @@ async fn run_here(
             }
             slot = slots.clone().acquire_owned(), if pending.is_some() => {
                 let slot = slot.expect("the semaphore is never closed");
-                let batch = pending.take().expect("guarded by pending.is_some()");
-                tasks.spawn(deliver(shared.clone(), batch, slot, cancel_rx.clone()));
+                let delivery = pending.take().expect("guarded by pending.is_some()");
+                tasks.spawn(deliver(shared.clone(), delivery, slot, signals.clone()));
             }
-            batch = rx.recv(), if input_open && pending.is_none() => match batch {
+            delivery = rx.recv(), if input_open && pending.is_none() => match delivery {
                 None => {
                     input_open = false;
                     deadline.get_or_insert_with(|| Instant::now() + drain);
                 }
-                Some(batch) => {
-                    stats.received.fetch_add(batch.len() as u64, Relaxed);
+                Some(Delivery { entries, ack }) => {
+                    stats.received.fetch_add(entries.len() as u64, Relaxed);
+                    if stopping && ack.is_durable() {
+                        shared.leave_spooled(Delivery { entries, ack });
+                        continue;
+                    }
                     let now = Instant::now();
-                    let (kept, skipped) = stats.admit(batch, now);
+                    let (kept, skipped) = cost_guard.admit(entries, now);
                     if skipped > 0 {
                         stats.cost_guard_skipped.fetch_add(skipped, Relaxed);
                         skip_log.note(skipped, now, settings.max_events_per_hour);
                     }
-                    pending = (!kept.is_empty()).then_some(kept);
+                    if kept.is_empty() {
+                        // Every entry has its outcome: skipped.
+                        ack.done();
+                    } else {
+                        pending = Some(Delivery { entries: kept, ack });
+                    }
                 }
             },
         }
@@ -306,15 +402,15 @@ async fn run_here(
                 }
             }
         }
-        if let Some(batch) = pending.take() {
-            shared.abandon(batch);
+        if let Some(d) = pending.take() {
+            shared.abandon(d);
         }
-        // Closing makes the encoder's sends fail (it counts those itself);
+        // Closing makes the sender's sends fail (it counts those itself);
         // what is already queued is abandoned here.
         rx.close();
-        while let Some(batch) = rx.recv().await {
-            stats.received.fetch_add(batch.len() as u64, Relaxed);
-            shared.abandon(batch);
+        while let Some(d) = rx.recv().await {
+            stats.received.fetch_add(d.entries.len() as u64, Relaxed);
+            shared.abandon(d);
         }
         let undelivered = stats.undelivered.load(Relaxed);
         if undelivered > 0 {
@@ -324,24 +420,16 @@ async fn run_here(
                 "EventBridge: entries still queued or in flight when the drain timeout ran out were not delivered"
             );
         }
-    } else {
+    }
+    let left = stats.left_spooled.load(Relaxed);
+    if left > 0 {
+        info!(
+            entries = left,
+            "EventBridge sink stopped; undelivered batches stay in the spool for the next run"
+        );
+    } else if !timed_out {
         info!("EventBridge sink drained");
     }
-}
-
-/// Runs a batch through the cost guard: the entries kept, and how many were
-/// skipped.
-fn admit(guard: &mut CostGuard, batch: Vec<Entry>, now_secs: u64) -> (Vec<Entry>, u64) {
-    if guard.is_unlimited() {
-        return (batch, 0);
-    }
-    let before = batch.len();
-    let kept: Vec<Entry> = batch
-        .into_iter()
-        .filter(|e| guard.admit(e.billed_events(), now_secs))
-        .collect();
-    let skipped = (before - kept.len()) as u64;
-    (kept, skipped)
 }
 
 /// Says "the cost guard is skipping" at most once per interval.
@@ -367,10 +455,12 @@ impl SkipLog {
 }
 
 /// The entries a request task still owes an outcome. Whatever is left when
-/// the task ends without settling them (aborted, or panicked) is counted
-/// undelivered.
+/// the task ends without settling them (shutdown, or a panic) is counted:
+/// `left_spooled` for a spooled batch, which the next run sends, and
+/// `undelivered` otherwise.
 struct Held<'a> {
     n: u64,
+    durable: bool,
     shared: &'a Shared,
 }
 
@@ -383,7 +473,12 @@ impl Held<'_> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        if self.n > 0 {
+        if self.n == 0 {
+            return;
+        }
+        if self.durable {
+            self.shared.stats.left_spooled.fetch_add(self.n, Relaxed);
+        } else {
             self.shared.stats.undelivered.fetch_add(self.n, Relaxed);
             self.shared.pipeline.sink_failed.fetch_add(self.n, Relaxed);
         }
@@ -406,40 +501,60 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Runs `f` unless the drain timeout cancels it first (`None`).
-async fn unless_cancelled<F: Future>(
-    cancel: &mut watch::Receiver<bool>,
-    f: F,
-) -> Option<F::Output> {
-    if *cancel.borrow() {
+/// Runs `f` unless `stop` turns (or is) true first (`None`).
+async fn unless<F: Future>(stop: &mut watch::Receiver<bool>, f: F) -> Option<F::Output> {
+    if *stop.borrow() {
         return None;
     }
     tokio::select! {
         biased;
-        // A dropped sender cancels too.
-        _ = cancel.changed() => None,
+        // A dropped sender stops too.
+        _ = stop.wait_for(|s| *s) => None,
         out = f => Some(out),
     }
 }
 
-/// Sends one batch, and its retries, until every entry is delivered or given
-/// up, or the drain timeout cancels it. Holds an in-flight slot throughout.
+/// What a request task does after an attempt.
+enum Next {
+    /// Resend these.
+    Resend(Vec<Failed>),
+    /// Every entry has its outcome.
+    Done,
+}
+
+/// Sends one batch, and its resends, until every entry is delivered or
+/// given up, or shutdown stops it; then acknowledges the batch. Holds an
+/// in-flight slot throughout.
 async fn deliver(
     shared: Arc<Shared>,
-    batch: Vec<Entry>,
+    delivery: Delivery,
     _slot: OwnedSemaphorePermit,
-    mut cancel: watch::Receiver<bool>,
+    mut signals: Signals,
 ) {
     let shared = &*shared;
     let stats = &*shared.stats;
+    let Delivery { entries, ack } = delivery;
+    let durable = ack.is_durable();
     let mut held = Held {
-        n: batch.len() as u64,
+        n: entries.len() as u64,
+        durable,
         shared,
     };
-    let mut entries = batch;
+    let mut entries = entries;
     let mut rng = fastrand::Rng::new();
     let mut retries = 0u32;
+    let mut resent_ambiguous = false;
     loop {
+        if let Some(max_age) = shared.max_age {
+            let expired = take_expired(&mut entries, max_age, SystemTime::now());
+            if !expired.is_empty() {
+                held.settle(expired.len());
+                shared.give_up(expired);
+            }
+            if entries.is_empty() {
+                break;
+            }
+        }
         let attempt = async {
             if let Some(limiter) = &shared.limiter {
                 limiter.acquire().await;
@@ -457,12 +572,10 @@ async fn deliver(
             ))
             .await
         };
-        let Some(result) = unless_cancelled(&mut cancel, attempt).await else {
-            held.settle(entries.len());
-            shared.abandon(entries);
-            return;
+        let Some(result) = unless(&mut signals.cancelled, attempt).await else {
+            return shared.stop(held, entries, ack);
         };
-        let retry = match result {
+        let next = match result {
             Ok(results) => {
                 // Acknowledged: how long since capture, per accepted entry.
                 let now = crate::clock::monotonic_ns();
@@ -473,14 +586,24 @@ async fn deliver(
                 }
                 let outcome = service::split(entries, results);
                 stats.throttled.fetch_add(outcome.throttled as u64, Relaxed);
+                if let Some(limiter) = &shared.limiter {
+                    if outcome.throttled > 0 {
+                        limiter.throttled(Instant::now());
+                    } else {
+                        limiter.succeeded(Instant::now());
+                    }
+                }
                 held.settle(outcome.delivered);
                 shared.delivered(outcome.delivered as u64);
                 held.settle(outcome.failed.len());
                 shared.give_up(outcome.failed);
-                outcome.retry
+                if outcome.retry.is_empty() {
+                    Next::Done
+                } else {
+                    Next::Resend(outcome.retry)
+                }
             }
             Err(err) => {
-                let class = retry::classify(&err);
                 let (code, message) = retry::error_code_and_message(&err);
                 let failed: Vec<Failed> = entries
                     .into_iter()
@@ -490,42 +613,91 @@ async fn deliver(
                         message: message.clone(),
                     })
                     .collect();
-                match class {
+                match retry::classify(&err) {
                     Retry::Permanent => {
                         held.settle(failed.len());
                         shared.give_up(failed);
-                        return;
+                        Next::Done
                     }
                     Retry::Throttled => {
                         stats.throttled.fetch_add(1, Relaxed);
-                        failed
+                        if let Some(limiter) = &shared.limiter {
+                            limiter.throttled(Instant::now());
+                        }
+                        Next::Resend(failed)
                     }
-                    Retry::Transient => failed,
+                    Retry::Transient => Next::Resend(failed),
+                    Retry::Ambiguous if !resent_ambiguous => {
+                        resent_ambiguous = true;
+                        Next::Resend(failed)
+                    }
+                    Retry::Ambiguous => {
+                        let n = failed.len();
+                        held.settle(n);
+                        shared.delivered(n as u64);
+                        let before = stats.unconfirmed.fetch_add(n as u64, Relaxed);
+                        if doubled(before, before + n as u64) {
+                            warn!(
+                                total = before + n as u64,
+                                %message,
+                                "EventBridge answered 2xx twice without readable results; the entries count as delivered (unconfirmed)"
+                            );
+                        }
+                        Next::Done
+                    }
                 }
             }
         };
-        if retry.is_empty() {
-            return;
-        }
-        if retries >= shared.max_retries {
+        let Next::Resend(retry) = next else { break };
+        if shared.max_retries.is_some_and(|max| retries >= max) {
             // Out of retries: given up with the last error each one met.
             held.settle(retry.len());
             shared.give_up(retry);
-            return;
+            break;
+        }
+        entries = retry.into_iter().map(|f| f.entry).collect();
+        // A spooled batch waits in the spool rather than here once the sink
+        // is shutting down.
+        if durable && *signals.winding_down.borrow() {
+            return shared.stop(held, entries, ack);
         }
         let backoff = shared.backoff.delay(retries, &mut rng);
-        if unless_cancelled(&mut cancel, tokio::time::sleep(backoff))
-            .await
-            .is_none()
-        {
-            held.settle(retry.len());
-            shared.abandon(retry.into_iter().map(|f| f.entry).collect());
-            return;
+        let pause = async {
+            tokio::select! {
+                biased;
+                _ = signals.winding_down.wait_for(|w| *w), if durable => false,
+                _ = tokio::time::sleep(backoff) => true,
+            }
+        };
+        if unless(&mut signals.cancelled, pause).await != Some(true) {
+            return shared.stop(held, entries, ack);
         }
         retries += 1;
-        stats.retried.fetch_add(retry.len() as u64, Relaxed);
-        entries = retry.into_iter().map(|f| f.entry).collect();
+        stats.retried.fetch_add(entries.len() as u64, Relaxed);
     }
+    drop(held);
+    ack.done();
+}
+
+/// Moves the entries captured longer than `max_age` before `now` out of
+/// `entries`, as failures.
+fn take_expired(entries: &mut Vec<Entry>, max_age: Duration, now: SystemTime) -> Vec<Failed> {
+    let too_old = |e: &Entry| now.duration_since(e.time).is_ok_and(|age| age > max_age);
+    if !entries.iter().any(too_old) {
+        return Vec::new();
+    }
+    let (old, young): (Vec<Entry>, Vec<Entry>) = entries.drain(..).partition(too_old);
+    *entries = young;
+    old.into_iter()
+        .map(|entry| Failed {
+            entry,
+            code: MAX_AGE_CODE.to_owned(),
+            message: format!(
+                "captured more than --spool-max-age ({}) ago and not delivered",
+                humantime::format_duration(max_age)
+            ),
+        })
+        .collect()
 }
 
 impl Shared {
@@ -557,8 +729,27 @@ impl Shared {
         self.dead_letter(&failed);
     }
 
-    /// Counts entries abandoned at the drain timeout and dead-letters them.
-    fn abandon(&self, entries: Vec<Entry>) {
+    /// A task stopped by shutdown: a spooled batch stays in the spool (its
+    /// ack is dropped, not done); one held only in memory is abandoned.
+    fn stop(&self, mut held: Held<'_>, entries: Vec<Entry>, ack: Ack) {
+        held.settle(entries.len());
+        self.abandon(Delivery { entries, ack });
+    }
+
+    /// Counts a spooled batch the sink will not finish: the next run sends it.
+    fn leave_spooled(&self, d: Delivery) {
+        self.stats
+            .left_spooled
+            .fetch_add(d.entries.len() as u64, Relaxed);
+    }
+
+    /// Entries the sink will not finish: spooled ones stay in the spool;
+    /// the others are counted undelivered and dead-lettered.
+    fn abandon(&self, d: Delivery) {
+        if d.ack.is_durable() {
+            return self.leave_spooled(d);
+        }
+        let entries = d.entries;
         if entries.is_empty() {
             return;
         }
@@ -595,62 +786,41 @@ impl Shared {
     }
 }
 
-/// True if a counter going from `before` to `after` reached a new power of
-/// two (1, 2, 4, 8, …): warn then, never once per entry.
-fn doubled(before: u64, after: u64) -> bool {
-    after > before && (before == 0 || before.ilog2() != after.ilog2())
-}
-
 #[cfg(test)]
 mod tests {
     use std::{sync::Arc, time::UNIX_EPOCH};
 
     use super::*;
 
-    fn entry(detail_len: usize) -> Entry {
+    fn entry_at(time: SystemTime) -> Entry {
         Entry {
             source: Arc::from("udp.raw"),
             detail_type: Arc::from("UdpPacket"),
             event_bus_name: Arc::from("default"),
-            detail: "x".repeat(detail_len).into(),
-            time: UNIX_EPOCH,
+            detail: "{}".into(),
+            time,
             capture_ns: 0,
         }
     }
 
     #[test]
-    fn the_cost_guard_keeps_what_fits_and_counts_the_rest() {
-        let mut guard = CostGuard::new(3);
-        let (kept, skipped) = admit(&mut guard, vec![entry(10), entry(10)], 0);
-        assert_eq!((kept.len(), skipped), (2, 0));
-        // One billed event left: the 2-event entry is skipped, the small
-        // one after it still fits.
-        let (kept, skipped) = admit(&mut guard, vec![entry(100 * 1024), entry(10)], 1);
-        assert_eq!((kept.len(), skipped), (1, 1));
-        assert_eq!(kept[0].detail.len(), 10);
-        let (kept, skipped) = admit(&mut guard, vec![entry(10); 4], 2);
-        assert_eq!((kept.len(), skipped), (0, 4));
-        // An hour later the budget is back.
-        let (kept, skipped) = admit(&mut guard, vec![entry(10); 3], 3600 + 60);
-        assert_eq!((kept.len(), skipped), (3, 0));
-    }
-
-    #[test]
-    fn an_unlimited_guard_keeps_everything() {
-        let mut guard = CostGuard::new(0);
-        let (kept, skipped) = admit(&mut guard, vec![entry(200 * 1024); 10], 0);
-        assert_eq!((kept.len(), skipped), (10, 0));
-    }
-
-    #[test]
-    fn warnings_double() {
-        let warned: Vec<u64> = (0..20)
-            .filter(|n| doubled(*n, n + 1))
-            .map(|n| n + 1)
+    fn entries_past_the_age_limit_are_taken_out() {
+        let now = UNIX_EPOCH + Duration::from_secs(100_000);
+        let ages = [10, 3601, 5, 7200, 3600];
+        let mut entries: Vec<Entry> = ages
+            .iter()
+            .map(|a| entry_at(now - Duration::from_secs(*a)))
             .collect();
-        assert_eq!(warned, [1, 2, 4, 8, 16]);
-        assert!(doubled(3, 13)); // crosses 4 and 8
-        assert!(!doubled(9, 15));
-        assert!(!doubled(5, 5));
+        let expired = take_expired(&mut entries, Duration::from_secs(3600), now);
+        let age = |e: &Entry| now.duration_since(e.time).unwrap().as_secs();
+        assert_eq!(
+            expired.iter().map(|f| age(&f.entry)).collect::<Vec<_>>(),
+            [3601, 7200]
+        );
+        assert!(expired.iter().all(|f| f.code == MAX_AGE_CODE));
+        assert_eq!(entries.iter().map(age).collect::<Vec<_>>(), [10, 5, 3600]);
+        // Nothing old: nothing moves.
+        assert!(take_expired(&mut entries, Duration::from_secs(3600), now).is_empty());
+        assert_eq!(entries.len(), 3);
     }
 }

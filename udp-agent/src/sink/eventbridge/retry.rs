@@ -24,12 +24,12 @@ pub enum Retry {
     Transient,
     /// Retrying cannot help (bad request, access denied, our own bug).
     Permanent,
-}
-
-impl Retry {
-    pub fn is_retryable(self) -> bool {
-        self != Retry::Permanent
-    }
+    /// A 2xx answer whose body could not be read: EventBridge most likely
+    /// took the request, but which entries it accepted is unknown. Resent
+    /// once (a possible duplicate of each entry, not a possible loss); if
+    /// the resend ends the same way, the entries are counted delivered
+    /// (`unconfirmed`).
+    Ambiguous,
 }
 
 /// Error codes that mean "too fast". EventBridge uses
@@ -88,13 +88,22 @@ pub fn classify(err: &SdkError<PutEventsError, HttpResponse>) -> Retry {
                 Retry::Transient
             }
         }
-        // A response that did not parse: judge by its status. A 2xx that
-        // did not parse is retried: the entries may then arrive twice, but
-        // are not lost.
+        // A response that did not parse: judge by its status. A 2xx is the
+        // service's "accepted" without the per-entry results.
         SdkError::ResponseError(r) => {
-            by_status(r.raw().status().as_u16()).unwrap_or(Retry::Transient)
+            let status = r.raw().status().as_u16();
+            if (200..300).contains(&status) {
+                return Retry::Ambiguous;
+            }
+            by_status(status).unwrap_or(Retry::Transient)
         }
         SdkError::ServiceError(s) => {
+            // The SDK reports a 2xx it cannot deserialize as a service
+            // error without a code: the same ambiguous outcome.
+            let status = s.raw().status().as_u16();
+            if (200..300).contains(&status) && s.err().code().is_none() {
+                return Retry::Ambiguous;
+            }
             if let Some(code) = s.err().code() {
                 if THROTTLING_CODES.contains(&code) {
                     return Retry::Throttled;
@@ -274,7 +283,14 @@ mod tests {
         assert_eq!(classify(&e(502)), Retry::Transient);
         assert_eq!(classify(&e(429)), Retry::Throttled);
         assert_eq!(classify(&e(403)), Retry::Permanent);
-        assert_eq!(classify(&e(200)), Retry::Transient);
+        assert_eq!(classify(&e(200)), Retry::Ambiguous);
+        assert_eq!(classify(&e(204)), Retry::Ambiguous);
+        // How the SDK reports a 2xx body it cannot deserialize.
+        let unread: Err = SdkError::service_error(
+            PutEventsError::generic(ErrorMetadata::builder().build()),
+            response(200),
+        );
+        assert_eq!(classify(&unread), Retry::Ambiguous);
     }
 
     #[test]

@@ -1,35 +1,39 @@
 //! EventBridge sink counters.
 //!
-//! Every entry the sink takes in ends in exactly one of four counters, so
+//! Every entry the sink takes in ends in exactly one of five counters, so
 //! that once [`super::run`] has returned
-//! `received = delivered + failed + cost_guard_skipped + undelivered`
-//! holds exactly; with a dead-letter file,
+//! `received = delivered + failed + cost_guard_skipped + undelivered +
+//! left_spooled` holds exactly; with a dead-letter file,
 //! `dead_lettered + dead_letter_errors = failed + undelivered` too (unless
 //! a request task had to be aborted at shutdown).
 
 use std::{
     collections::BTreeMap,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
 };
 
-use tokio::time::Instant;
+use super::{cost_guard::SharedCostGuard, rate_limit::RateLimiter};
+use crate::{sink::SinkStats, stats::Sample};
 
-use super::cost_guard::CostGuard;
-use crate::encode::Entry;
-
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct EventBridgeStats {
     /// Entries the sink took in.
     pub received: AtomicU64,
     /// PutEvents requests sent (first attempts and retries).
     pub requests: AtomicU64,
-    /// Entries EventBridge accepted (it returned an EventId).
+    /// Entries EventBridge accepted (it returned an EventId), or — counted
+    /// in `unconfirmed` too — that it answered 2xx for twice without
+    /// readable results.
     pub delivered: AtomicU64,
-    /// Entries given up on: refused with a non-retryable error, or still
-    /// failing after --max-retries. Broken down in [`Self::failed_by_code`].
+    /// Entries counted delivered after two 2xx answers whose bodies could
+    /// not be read (see `retry::Retry::Ambiguous`).
+    pub unconfirmed: AtomicU64,
+    /// Entries given up on: refused with a non-retryable error, older than
+    /// --spool-max-age, or (with --max-retries) out of retries. Broken down
+    /// in [`Self::failed_by_code`].
     pub failed: AtomicU64,
     /// Entries resent (each resend of each entry counts once).
     pub retried: AtomicU64,
@@ -39,40 +43,21 @@ pub struct EventBridgeStats {
     /// Entries written to the dead-letter file: the failed ones, and the
     /// undelivered ones abandoned at the drain timeout.
     pub dead_lettered: AtomicU64,
-    /// Entries that could not be written to the dead-letter file.
+    /// Entries that could not be written to the dead-letter file (an I/O
+    /// error, or --dead-letter-max-bytes reached).
     pub dead_letter_errors: AtomicU64,
     /// Entries skipped by the cost guard (--max-events-per-hour).
     pub cost_guard_skipped: AtomicU64,
-    /// Entries still queued or in flight when --drain-timeout ran out (or
-    /// held by a request task that panicked).
+    /// Entries held only in memory (no spool) and still queued or in
+    /// flight when --drain-timeout ran out (or held by a request task that
+    /// panicked).
     pub undelivered: AtomicU64,
+    /// Entries of spooled batches not finished at shutdown: they stay in
+    /// the spool and the next run sends them.
+    pub left_spooled: AtomicU64,
     /// Requests outstanding right now (a gauge).
     pub in_flight: AtomicU64,
     failed_by_code: Mutex<BTreeMap<String, u64>>,
-    /// The cost guard and the instant its window counts from. It lives here
-    /// rather than in the sink's task so that metrics can read how much of
-    /// the rolling hour is used, also while no batch comes to move it on.
-    cost_guard: Mutex<(CostGuard, Instant)>,
-}
-
-impl Default for EventBridgeStats {
-    fn default() -> Self {
-        Self {
-            received: AtomicU64::default(),
-            requests: AtomicU64::default(),
-            delivered: AtomicU64::default(),
-            failed: AtomicU64::default(),
-            retried: AtomicU64::default(),
-            throttled: AtomicU64::default(),
-            dead_lettered: AtomicU64::default(),
-            dead_letter_errors: AtomicU64::default(),
-            cost_guard_skipped: AtomicU64::default(),
-            undelivered: AtomicU64::default(),
-            in_flight: AtomicU64::default(),
-            failed_by_code: Mutex::default(),
-            cost_guard: Mutex::new((CostGuard::new(0), Instant::now())),
-        }
-    }
 }
 
 impl EventBridgeStats {
@@ -88,34 +73,6 @@ impl EventBridgeStats {
         }
     }
 
-    /// Starts the cost guard's rolling hour at `now` with `limit` billed
-    /// events (0: no limit).
-    pub fn start_cost_guard(&self, limit: u64, now: Instant) {
-        *self.cost_guard.lock().expect("stats lock") = (CostGuard::new(limit), now);
-    }
-
-    /// Runs a batch through the cost guard at `now`: the entries kept, and
-    /// how many were skipped.
-    pub fn admit(&self, batch: Vec<Entry>, now: Instant) -> (Vec<Entry>, u64) {
-        let mut g = self.cost_guard.lock().expect("stats lock");
-        let (guard, epoch) = &mut *g;
-        let secs = (now - *epoch).as_secs();
-        super::admit(guard, batch, secs)
-    }
-
-    /// Billed events in the cost guard's current rolling hour.
-    pub fn cost_guard_used(&self) -> u64 {
-        let mut g = self.cost_guard.lock().expect("stats lock");
-        let (guard, epoch) = &mut *g;
-        let secs = (Instant::now().saturating_duration_since(*epoch)).as_secs();
-        guard.used_at(secs)
-    }
-
-    /// The cost guard's limit (0: none).
-    pub fn cost_guard_limit(&self) -> u64 {
-        self.cost_guard.lock().expect("stats lock").0.limit()
-    }
-
     /// Failed entries by error code (`ThrottlingException`,
     /// `InvalidArgument`, `Timeout`, …).
     pub fn failed_by_code(&self) -> BTreeMap<String, u64> {
@@ -127,6 +84,7 @@ impl EventBridgeStats {
             ("received", self.received.load(Relaxed)),
             ("requests", self.requests.load(Relaxed)),
             ("delivered", self.delivered.load(Relaxed)),
+            ("unconfirmed", self.unconfirmed.load(Relaxed)),
             ("failed", self.failed.load(Relaxed)),
             ("retried", self.retried.load(Relaxed)),
             ("throttled", self.throttled.load(Relaxed)),
@@ -134,6 +92,7 @@ impl EventBridgeStats {
             ("dead_letter_errors", self.dead_letter_errors.load(Relaxed)),
             ("cost_guard_skipped", self.cost_guard_skipped.load(Relaxed)),
             ("undelivered", self.undelivered.load(Relaxed)),
+            ("left_spooled", self.left_spooled.load(Relaxed)),
             ("in_flight", self.in_flight.load(Relaxed)),
         ]
     }
@@ -149,6 +108,93 @@ impl EventBridgeStats {
             parts.push(format!("failed[{code}]={n}"));
         }
         parts.join(" ")
+    }
+}
+
+/// Help text of the counters (names as in [`EventBridgeStats::snapshot`]).
+fn help(name: &str) -> &'static str {
+    match name {
+        "received" => "Entries the EventBridge sink took in",
+        "requests" => "PutEvents requests sent, retries included",
+        "delivered" => "Entries EventBridge accepted",
+        "unconfirmed" => {
+            "Entries counted delivered after two 2xx answers without readable per-entry results"
+        }
+        "retried" => "Entry resends",
+        "throttled" => "Throttled requests plus entries refused with ThrottlingException",
+        "dead_lettered" => "Entries written to the dead-letter file",
+        "dead_letter_errors" => {
+            "Entries that could not be written to the dead-letter file (I/O error or --dead-letter-max-bytes)"
+        }
+        "cost_guard_skipped" => "Entries skipped by the cost guard (--max-events-per-hour)",
+        "undelivered" => {
+            "Entries held only in memory and still queued or in flight when the drain timeout ran out"
+        }
+        "left_spooled" => "Entries left in the spool at shutdown, for the next run to send",
+        _ => "EventBridge sink counter",
+    }
+}
+
+/// What metrics and the exit report read of the EventBridge sink: its
+/// counters, the cost guard's window and the adaptive request rate.
+#[derive(Debug)]
+pub struct Observer {
+    pub counters: Arc<EventBridgeStats>,
+    pub cost_guard: Arc<SharedCostGuard>,
+    pub limiter: Option<Arc<RateLimiter>>,
+}
+
+impl SinkStats for Observer {
+    fn samples(&self) -> Vec<Sample> {
+        let mut out = Vec::new();
+        for (name, value) in self.counters.snapshot() {
+            match name {
+                // Broken down by code below; a gauge below.
+                "failed" | "in_flight" => {}
+                _ => out.push(Sample::counter(
+                    format!("eventbridge_{name}"),
+                    help(name),
+                    value,
+                )),
+            }
+        }
+        for (code, value) in self.counters.failed_by_code() {
+            out.push(
+                Sample::counter(
+                    "eventbridge_failed",
+                    "Entries given up on (refused, too old, or out of retries), by error code",
+                    value,
+                )
+                .labelled("code", code),
+            );
+        }
+        out.push(Sample::gauge(
+            "eventbridge_in_flight_requests",
+            "PutEvents requests outstanding now",
+            self.counters.in_flight.load(Relaxed),
+        ));
+        out.push(Sample::gauge(
+            "eventbridge_cost_guard_used_events",
+            "Billed events sent in the cost guard's rolling hour",
+            self.cost_guard.used(),
+        ));
+        out.push(Sample::gauge(
+            "eventbridge_cost_guard_limit_events",
+            "The cost guard's limit of billed events per rolling hour (--max-events-per-hour; 0: off)",
+            self.cost_guard.limit(),
+        ));
+        if let Some(limiter) = &self.limiter {
+            out.push(Sample::gauge(
+                "eventbridge_request_rate_limit",
+                "PutEvents requests per second allowed now: --max-put-events-per-second, lowered while EventBridge throttles",
+                limiter.rate().round() as u64,
+            ));
+        }
+        out
+    }
+
+    fn summary(&self) -> String {
+        self.counters.summary()
     }
 }
 
