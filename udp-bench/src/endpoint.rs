@@ -144,14 +144,18 @@ impl Endpoint {
     /// Listens on 127.0.0.1 (any free port) with a two-worker runtime on
     /// CPU 0, the outside world's CPU (see [`crate::proc::sut_cpu`]).
     pub fn start() -> Result<Endpoint> {
+        Endpoint::start_at("127.0.0.1:0")
+    }
+
+    /// [`Endpoint::start`] on a given address.
+    pub fn start_at(addr: &str) -> Result<Endpoint> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .on_thread_start(|| crate::proc::pin_to_cpu(0))
             .enable_all()
             .build()
             .context("endpoint runtime")?;
-        let std_listener =
-            std::net::TcpListener::bind("127.0.0.1:0").context("binding the endpoint")?;
+        let std_listener = std::net::TcpListener::bind(addr).context("binding the endpoint")?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let state = Arc::new(State::default());

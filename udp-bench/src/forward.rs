@@ -32,7 +32,7 @@
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -65,6 +65,10 @@ pub struct Settings {
     pub max_doublings: usize,
     pub bisections: usize,
     pub cross_check: bool,
+    /// The spool runs, in order.
+    pub spooling: Vec<Spooling>,
+    /// Entries spooled during the outage of the replay run.
+    pub replay_entries: u64,
 }
 
 impl Settings {
@@ -77,6 +81,17 @@ impl Settings {
             max_doublings: 6,
             bisections: if quick { 2 } else { 4 },
             cross_check: !quick,
+            spooling: if quick {
+                vec![Spooling::Off, Spooling::Interval]
+            } else {
+                vec![
+                    Spooling::Off,
+                    Spooling::Never,
+                    Spooling::Interval,
+                    Spooling::Always,
+                ]
+            },
+            replay_entries: if quick { 20_000 } else { 200_000 },
         }
     }
 }
@@ -142,6 +157,67 @@ pub struct ForwardResults {
     pub article: Option<Contender>,
     pub article_skipped: Option<String>,
     pub cross_check_fake_eventbridge: Option<Throughput>,
+    /// The forwarding rate through the spool, by fsync policy, and without.
+    pub spool: Vec<SpoolRun>,
+    pub replay: Option<Replay>,
+}
+
+/// How the agent keeps what it forwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Spooling {
+    /// `--spool-dir none`: in memory only.
+    Off,
+    /// `--spool-fsync never|interval|always`.
+    Never,
+    Interval,
+    Always,
+}
+
+impl Spooling {
+    fn name(self) -> &'static str {
+        match self {
+            Spooling::Off => "no spool",
+            Spooling::Never => "spool, fsync never",
+            Spooling::Interval => "spool, fsync interval (default)",
+            Spooling::Always => "spool, fsync always",
+        }
+    }
+
+    /// `udp-agent run` flags; `dir` is a fresh directory for the spool.
+    fn flags(self, dir: &Path) -> Vec<String> {
+        let dir = dir.display().to_string();
+        let fsync = match self {
+            Spooling::Off => return vec!["--spool-dir".into(), "none".into()],
+            Spooling::Never => "never",
+            Spooling::Interval => "interval",
+            Spooling::Always => "always",
+        };
+        vec![
+            "--spool-dir".into(),
+            dir,
+            "--spool-fsync".into(),
+            fsync.into(),
+        ]
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SpoolRun {
+    pub spooling: Spooling,
+    pub throughput: Throughput,
+    pub cpu_us_per_event: f64,
+}
+
+/// Draining a spool filled during an outage.
+#[derive(Clone, Debug, Serialize)]
+pub struct Replay {
+    pub entries: u64,
+    /// From the first acknowledgement after the endpoint came back to the
+    /// last one.
+    pub seconds: f64,
+    pub events_per_s: f64,
+    /// The agent's CPU per entry over the drain.
+    pub cpu_us_per_event: f64,
 }
 
 /// Something that counts acknowledged entries.
@@ -497,10 +573,162 @@ fn cross_check(env: &Env, bin: &Path, frame: &[u8], s: &Settings) -> Result<Thro
     Ok(tp)
 }
 
+/// A directory for one agent's spool, removed when dropped.
+struct TempSpool(PathBuf);
+
+impl TempSpool {
+    fn new() -> TempSpool {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        TempSpool(std::env::temp_dir().join(format!(
+            "udp-bench-forward-spool-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )))
+    }
+}
+
+impl Drop for TempSpool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The forwarding rate with one way of spooling.
+fn spool_run(
+    env: &Env,
+    endpoint: &Endpoint,
+    frame: &[u8],
+    s: &Settings,
+    spooling: Spooling,
+) -> Result<SpoolRun> {
+    let dir = TempSpool::new();
+    let flags = spooling.flags(&dir.0);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let agent = Agent::start_with(
+        env.agent,
+        &env.ns.host_if,
+        PORT,
+        &Sink::EventBridge {
+            endpoint_url: endpoint.url(),
+        },
+        &flags,
+    )?;
+    warm_up(env.ns, endpoint, frame, spooling.name())
+        .with_context(|| format!("agent stderr:\n{}", agent.stderr_text()))?;
+    let (cpu0, acks0) = (agent.cpu_seconds(), endpoint.accepted());
+    let tp = search(
+        env.ns,
+        endpoint,
+        frame,
+        s.agent_start_pps,
+        s,
+        spooling.name(),
+    )?;
+    let cpu_us_per_event =
+        (agent.cpu_seconds() - cpu0) * 1e6 / (endpoint.accepted() - acks0).max(1) as f64;
+    eprintln!(
+        "bench: forward: {}: {} events/s without loss, {cpu_us_per_event:.2} µs CPU/event",
+        spooling.name(),
+        thousands(tp.events_per_s)
+    );
+    agent.stop()?;
+    Ok(SpoolRun {
+        spooling,
+        throughput: tp,
+        cpu_us_per_event,
+    })
+}
+
+/// Fills the spool while the endpoint is away (connections refused), then
+/// starts it and times the drain.
+fn replay_run(env: &Env, frame: &[u8], s: &Settings) -> Result<Replay> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let dir = TempSpool::new();
+    let flags = Spooling::Interval.flags(&dir.0);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let agent = Agent::start_with(
+        env.agent,
+        &env.ns.host_if,
+        PORT,
+        &Sink::EventBridge {
+            endpoint_url: url.clone(),
+        },
+        &flags,
+    )?;
+    let entries = s.replay_entries;
+    let rate = 50_000.0;
+    let sent = traffic::send_paced(
+        env.ns,
+        frame,
+        rate,
+        entries,
+        Duration::from_secs_f64(entries as f64 / rate * 4.0 + 5.0),
+        3_000_000_000,
+    )?;
+    // Written to the spool a few milliseconds after capture.
+    sleep(Duration::from_secs(1))?;
+    let endpoint = Endpoint::start_at(&format!("127.0.0.1:{port}"))?;
+    let cpu0 = agent.cpu_seconds();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut first: Option<(Instant, u64)> = None;
+    let mut last = (Instant::now(), 0);
+    while Instant::now() < deadline {
+        check_interrupted()?;
+        let acks = endpoint.accepted();
+        if acks > 0 && first.is_none() {
+            first = Some((Instant::now(), acks));
+        }
+        if acks > last.1 {
+            last = (Instant::now(), acks);
+        }
+        if acks >= sent.packets || (first.is_some() && last.0.elapsed() > Duration::from_secs(3)) {
+            break;
+        }
+        sleep(Duration::from_millis(5))?;
+    }
+    let cpu = agent.cpu_seconds() - cpu0;
+    let c = agent.stop()?;
+    let Some((t0, a0)) = first else {
+        bail!("nothing was delivered after the endpoint came back");
+    };
+    let drained = last.1 - a0;
+    let seconds = (last.0 - t0).as_secs_f64();
+    if last.1 < sent.packets {
+        bail!(
+            "the spool did not drain: {} of {} sent acknowledged (pipeline {:?})",
+            last.1,
+            sent.packets,
+            c.pipeline
+        );
+    }
+    let events_per_s = drained as f64 / seconds.max(1e-6);
+    eprintln!(
+        "bench: forward: replay of {} spooled entries: {} events/s",
+        thousands(sent.packets as f64),
+        thousands(events_per_s)
+    );
+    Ok(Replay {
+        entries: sent.packets,
+        seconds,
+        events_per_s,
+        cpu_us_per_event: cpu * 1e6 / last.1.max(1) as f64,
+    })
+}
+
 pub fn run(env: &Env, s: &Settings) -> Result<(ForwardResults, Vec<Row>)> {
     let frame = traffic::udp_frame(env.ns, PORT, PAYLOAD);
     let endpoint = Endpoint::start()?;
     let agent = agent_run(env, &endpoint, &frame, s)?;
+    let mut spool = Vec::new();
+    for &spooling in &s.spooling {
+        spool.push(spool_run(env, &endpoint, &frame, s, spooling)?);
+    }
+    drop(endpoint);
+    let replay = Some(replay_run(env, &frame, s)?);
+    let endpoint = Endpoint::start()?;
     let (article, article_skipped) = match env.python {
         Some(py) => (Some(article_run(env, py, &endpoint, &frame, s)?), None),
         None => (
@@ -518,6 +746,8 @@ pub fn run(env: &Env, s: &Settings) -> Result<(ForwardResults, Vec<Row>)> {
         article,
         article_skipped,
         cross_check_fake_eventbridge: cross,
+        spool,
+        replay,
     };
     let rows = rows(&results);
     Ok((results, rows))
@@ -597,6 +827,52 @@ fn rows(r: &ForwardResults) -> Vec<Row> {
         );
         row.ours = format!("{} events/s", thousands(x.events_per_s));
         row.ours_value = Some(x.events_per_s);
+        rows.push(row);
+    }
+    let base = r.spool.iter().find(|x| x.spooling == Spooling::Off);
+    for run in &r.spool {
+        let mut row = Row::new(
+            3,
+            format!("lossless forwarding rate, {}", run.spooling.name()),
+            "events/s",
+        );
+        row.ours = format!("{} events/s", thousands(run.throughput.events_per_s));
+        row.ours_value = Some(run.throughput.events_per_s);
+        row.note = format!(
+            "limit: {}; {:.2} µs agent CPU per event",
+            run.throughput.limited_by, run.cpu_us_per_event
+        );
+        if let Some(b) = base.filter(|b| b.spooling != run.spooling) {
+            row.peer = format!(
+                "no spool: {} events/s",
+                thousands(b.throughput.events_per_s)
+            );
+            row.peer_value = Some(b.throughput.events_per_s);
+            let ratio = run.throughput.events_per_s / b.throughput.events_per_s.max(1e-9);
+            row.ratio = Some(ratio);
+            row.ratio_note = "vs no spool, same run; higher is better".into();
+            if run.spooling == Spooling::Interval {
+                row.target = Some("≥ 0.85× no spool".into());
+                row.met = Some(ratio >= 0.85);
+            }
+        }
+        rows.push(row);
+    }
+    if let Some(replay) = &r.replay {
+        let mut row = Row::new(
+            3,
+            format!(
+                "replay after an outage: {} spooled entries drained",
+                thousands(replay.entries as f64)
+            ),
+            "events/s",
+        );
+        row.ours = format!("{} events/s", thousands(replay.events_per_s));
+        row.ours_value = Some(replay.events_per_s);
+        row.note = format!(
+            "{:.1} s from the first acknowledgement to the last; {:.2} µs agent CPU per event; limit: the sink (32 requests in flight, no rate limit)",
+            replay.seconds, replay.cpu_us_per_event
+        );
         rows.push(row);
     }
     let mut mem = Row::new(4, "peak RSS while forwarding", "KiB");
