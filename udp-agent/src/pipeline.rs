@@ -27,7 +27,6 @@ use aya::maps::Map;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
-    task::JoinHandle,
     time::{Instant, sleep_until},
 };
 use tracing::{info, warn};
@@ -57,6 +56,10 @@ const RECV_MANY: usize = 256;
 /// Batches waiting between the spool (or the handoff) and the sink: enough
 /// to keep a sink's request slots busy; the backlog waits in the spool.
 pub const DELIVERY_QUEUE: usize = 64;
+
+/// How long the spool (or pass-through) may take to close once the sink
+/// has stopped.
+const FEED_GRACE: Duration = Duration::from_secs(1);
 
 /// Removes the pins when `run` returns, however it returns.
 struct PinGuard(PathBuf);
@@ -134,7 +137,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut encoder = Encoder::new(&args.source, &args.detail_type, event_bus, WallClock::now());
     let (batch_tx, batch_rx) =
         mpsc::channel::<Vec<Entry>>(handoff::queue_batches(args.queue_capacity, limits));
-    let (delivery_tx, delivery_rx) = mpsc::channel::<Delivery>(DELIVERY_QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // Attach last: from here on, packets flow.
@@ -177,18 +179,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         stats.clone(),
     );
     let mut capture = tokio::spawn(capture::run(ring, handoff, stats.clone(), stop_rx.clone()));
-    let spooled = match spool {
-        Some(spool) => Some(
-            spool
-                .run(batch_rx, delivery_tx, stop_rx.clone())
-                .context("starting the spool thread")?,
-        ),
-        None => {
-            tokio::spawn(pass_through(batch_rx, delivery_tx));
-            None
-        }
-    };
-    let mut sink: JoinHandle<Result<()>> = tokio::spawn(sink.run(delivery_rx, stop_rx.clone()));
+    let mut delivery = deliver(spool, sink, batch_rx, stop_rx.clone())?;
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -205,7 +196,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 info!("SIGTERM: shutting down");
                 break;
             }
-            r = &mut sink => {
+            r = &mut delivery => {
                 warn!("sink stopped early; shutting down");
                 sink_result = Some(r);
                 break;
@@ -234,11 +225,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     let sink_result = match sink_result {
         Some(r) => r,
-        None => sink.await,
+        None => delivery.await,
     };
-    if let Some(done) = spooled {
-        let _ = done.await;
-    }
 
     if let Some(server) = metrics_server {
         let _ = server.await;
@@ -249,8 +237,51 @@ pub async fn run(args: RunArgs) -> Result<()> {
         &*sink_stats,
         spool_stats.as_deref(),
     );
-    sink_result.context("sink task")??;
+    sink_result.context("the delivery thread ended without a result")??;
     Ok(())
+}
+
+/// Starts the delivery thread: the spool (or, without one, a pass-through)
+/// and the sink, on one single-threaded runtime. The spool's hand-offs to
+/// the sink and the sink's acknowledgements then never wake another thread
+/// (on two CPUs, those wake-ups cost more than the spool's own work). The
+/// receiver gives the sink's result once both are done.
+fn deliver(
+    spool: Option<Spool>,
+    sink: Box<dyn sink::Sink>,
+    batches: mpsc::Receiver<Vec<Entry>>,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::sync::oneshot::Receiver<Result<()>>> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the delivery runtime")?;
+    std::thread::Builder::new()
+        .name("delivery".into())
+        .spawn(move || {
+            let result = rt.block_on(async move {
+                let (tx, rx) = mpsc::channel::<Delivery>(DELIVERY_QUEUE);
+                let feed = match spool {
+                    Some(spool) => tokio::spawn(spool.serve(batches, tx, stop.clone())),
+                    None => tokio::spawn(pass_through(batches, tx)),
+                };
+                let result = sink.run(rx, stop).await;
+                // Once the sink is done, the spool only collects its last
+                // acknowledgements and closes. A sink that gave up on a
+                // blocked output (a stdout nobody reads) still holds the
+                // queue, so the feed gets a moment, not forever.
+                let abort = feed.abort_handle();
+                if tokio::time::timeout(FEED_GRACE, feed).await.is_err() {
+                    warn!("the spool did not close within a second of the sink stopping");
+                    abort.abort();
+                }
+                result
+            });
+            let _ = done_tx.send(result);
+        })
+        .context("starting the delivery thread")?;
+    Ok(done_rx)
 }
 
 /// Batches from `rx` as deliveries held only in memory (no spool), for

@@ -9,8 +9,8 @@
 //!                  <dir>/<id>.seg  <dir>/<id>.ack
 //! ```
 //!
-//! The task ([`Spool::run`]) owns a [`store::Store`] on a thread of its
-//! own (its file I/O blocks): it appends what the handoff sends, hands the
+//! The task ([`Spool::serve`]) owns a [`store::Store`]: it appends what
+//! the handoff sends, hands the
 //! sink the oldest batches first (a restart's backlog and new traffic in
 //! turn), and forgets a batch once its `Ack` is done. The on-disk format is
 //! in [`segment`], a batch's encoding in [`codec`].
@@ -46,8 +46,8 @@ use std::{
 };
 
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, warn};
+use tokio::sync::{mpsc, watch};
+use tracing::warn;
 
 use crate::{
     encode::Entry,
@@ -345,35 +345,13 @@ impl Spool {
         self.stats.clone()
     }
 
-    /// Runs on a thread of its own: spools what `input` brings and feeds
-    /// `output`, until `input` has closed after `shutdown`; then closes
-    /// `output` and collects the sink's last acknowledgements. The returned
-    /// receiver fires when it is done.
-    pub fn run(
-        self,
-        input: mpsc::Receiver<Vec<Entry>>,
-        output: mpsc::Sender<Delivery>,
-        shutdown: watch::Receiver<bool>,
-    ) -> std::io::Result<oneshot::Receiver<()>> {
-        let (done_tx, done_rx) = oneshot::channel();
-        std::thread::Builder::new()
-            .name("spool".into())
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt.block_on(self.serve(input, output, shutdown)),
-                    Err(e) => {
-                        error!(error = %e, "spool: cannot start its runtime; nothing is spooled")
-                    }
-                }
-                let _ = done_tx.send(());
-            })?;
-        Ok(done_rx)
-    }
-
-    async fn serve(
+    /// Spools what `input` brings and feeds `output`, until `input` has
+    /// closed after `shutdown`; then closes `output` and collects the sink's
+    /// last acknowledgements. Its file I/O blocks (writes to the page cache,
+    /// and with `--spool-fsync always` the syncs), so it runs on the
+    /// delivery thread beside the sink, whose acknowledgements then reach
+    /// it without waking another thread.
+    pub async fn serve(
         mut self,
         mut input: mpsc::Receiver<Vec<Entry>>,
         output: mpsc::Sender<Delivery>,
@@ -420,7 +398,11 @@ impl Spool {
                     store.flush();
                 }
                 _ = tick.tick() => {
-                    store.maybe_sync(std::time::Instant::now());
+                    if let Some(files) = store.due_sync(std::time::Instant::now()) {
+                        let stats = self.stats.clone();
+                        // Off this thread: the sink shares it.
+                        tokio::task::spawn_blocking(move || store::sync_files(files, &stats));
+                    }
                     store.update_gauges();
                 }
                 changed = shutdown.changed(), if !stop => {

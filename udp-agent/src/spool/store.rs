@@ -610,14 +610,27 @@ impl Store {
         }
     }
 
-    /// With the `interval` policy: syncs if the interval has passed.
-    pub fn maybe_sync(&mut self, now: Instant) {
-        if let FsyncPolicy::Interval(every) = self.cfg.fsync
-            && self.unsynced_since.is_some()
-            && now.saturating_duration_since(self.last_sync) >= every
-        {
-            self.sync();
+    /// With the `interval` policy, once the interval has passed: the files
+    /// to `fdatasync` (duplicated descriptors), for the caller to sync off
+    /// the delivery thread. What they hold counts as synced from here; a
+    /// failed sync is counted by [`sync_files`].
+    pub fn due_sync(&mut self, now: Instant) -> Option<Vec<File>> {
+        let FsyncPolicy::Interval(every) = self.cfg.fsync else {
+            return None;
+        };
+        if self.unsynced_since.is_none() || now.saturating_duration_since(self.last_sync) < every {
+            return None;
         }
+        self.unsynced_since = None;
+        self.last_sync = now;
+        let mut files: Vec<File> = self.unsynced.drain(..).collect();
+        if let Some(w) = &self.writer {
+            match w.file.try_clone() {
+                Ok(f) => files.push(f),
+                Err(e) => self.write_error("syncing", &e),
+            }
+        }
+        Some(files)
     }
 
     fn write_error(&self, what: &str, e: &io::Error) {
@@ -937,6 +950,24 @@ impl Store {
             self.seal_writer();
         }
         self.update_gauges();
+    }
+}
+
+/// `fdatasync`s `files` (from [`Store::due_sync`]), counting the sync and
+/// any failure.
+pub fn sync_files(files: Vec<File>, stats: &SpoolStats) {
+    let mut failed = None;
+    for f in files {
+        if let Err(e) = f.sync_data() {
+            failed = Some(e);
+        }
+    }
+    stats.syncs.fetch_add(1, Relaxed);
+    if let Some(e) = failed {
+        let before = stats.write_errors.fetch_add(1, Relaxed);
+        if doubled(before, before + 1) {
+            warn!(error = %e, "spool: fdatasync failed; spooled batches may not survive a power loss");
+        }
     }
 }
 

@@ -182,13 +182,15 @@ impl Sink for EventBridgeSink {
         Arc::new(self.observer())
     }
 
+    /// On the caller's runtime: the agent runs it on the delivery thread,
+    /// beside the spool (see [`run`] for why a thread of its own).
     fn run(
         self: Box<Self>,
         input: mpsc::Receiver<Delivery>,
         shutdown: watch::Receiver<bool>,
     ) -> SinkRun {
         Box::pin(async move {
-            run(*self, input, shutdown).await;
+            run_here(*self, input, shutdown).await;
             Ok(())
         })
     }
@@ -206,6 +208,13 @@ struct Shared {
     dead_letter: Option<DeadLetter>,
     stats: Arc<EventBridgeStats>,
     pipeline: Arc<PipelineStats>,
+    /// Set by a request that failed to get through (5xx, timeout,
+    /// connection); the next request that gets through clears it and wakes
+    /// every task waiting out a backoff for that reason, so that after an
+    /// outage all request slots resume at once, not each when its backoff
+    /// (up to 10 s) runs out.
+    failing: std::sync::atomic::AtomicBool,
+    recovered: tokio::sync::Notify,
 }
 
 /// Signals from the dispatcher to its request tasks.
@@ -223,11 +232,13 @@ struct Signals {
 ///
 /// The sink runs on a single-threaded runtime of its own, on a blocking
 /// thread of the caller's runtime: its request tasks and their HTTP
-/// connections wake each other several times per request, and on the
-/// agent's two-worker runtime every such wake-up could cross threads. On
-/// one thread, `examples/sink_speed.rs` measured about a quarter less CPU
-/// per request. Only the channels and the shutdown signal cross (tokio
-/// channels work across runtimes).
+/// connections wake each other several times per request, and on a
+/// multi-threaded runtime every such wake-up could cross threads. On one
+/// thread, `examples/sink_speed.rs` measured about a quarter less CPU per
+/// request. Only the channels and the shutdown signal cross (tokio
+/// channels work across runtimes). `udp-agent run` gets the same from its
+/// delivery thread ([`Sink::run`]); this is for callers that drive the sink
+/// alone (tests, benchmarks).
 pub async fn run(
     sink: EventBridgeSink,
     rx: mpsc::Receiver<Delivery>,
@@ -292,6 +303,8 @@ async fn run_here(
         dead_letter,
         stats: stats.clone(),
         pipeline: pipeline.clone(),
+        failing: Default::default(),
+        recovered: Default::default(),
     });
     info!(
         max_in_flight = settings.max_in_flight,
@@ -575,8 +588,12 @@ async fn deliver(
         let Some(result) = unless(&mut signals.cancelled, attempt).await else {
             return shared.stop(held, entries, ack);
         };
+        let mut transient = false;
         let next = match result {
             Ok(results) => {
+                if shared.failing.swap(false, Relaxed) {
+                    shared.recovered.notify_waiters();
+                }
                 // Acknowledged: how long since capture, per accepted entry.
                 let now = crate::clock::monotonic_ns();
                 for (entry, result) in entries.iter().zip(&results) {
@@ -626,7 +643,11 @@ async fn deliver(
                         }
                         Next::Resend(failed)
                     }
-                    Retry::Transient => Next::Resend(failed),
+                    Retry::Transient => {
+                        shared.failing.store(true, Relaxed);
+                        transient = true;
+                        Next::Resend(failed)
+                    }
                     Retry::Ambiguous if !resent_ambiguous => {
                         resent_ambiguous = true;
                         Next::Resend(failed)
@@ -662,10 +683,13 @@ async fn deliver(
             return shared.stop(held, entries, ack);
         }
         let backoff = shared.backoff.delay(retries, &mut rng);
+        let recovered = shared.recovered.notified();
         let pause = async {
             tokio::select! {
                 biased;
                 _ = signals.winding_down.wait_for(|w| *w), if durable => false,
+                // The endpoint answers again: no need to wait out the rest.
+                _ = recovered, if transient => true,
                 _ = tokio::time::sleep(backoff) => true,
             }
         };
