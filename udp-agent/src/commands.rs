@@ -97,6 +97,8 @@ impl FirewallArgs {
 /// Checked start-up settings, ready to write.
 #[derive(Debug)]
 pub struct Startup {
+    /// Sorted, without overlaps: at most 32,768 ranges however many ports
+    /// were listed.
     ports: Vec<PortRange>,
     settings: PortSettings,
     limits: Limits,
@@ -111,7 +113,7 @@ pub fn startup(
     fw: &FirewallArgs,
 ) -> Result<Startup> {
     Ok(Startup {
-        ports: ports.to_vec(),
+        ports: merge(ports),
         settings: port_args.settings()?,
         limits: fw.limits()?,
         allow: parse_nets(&fw.allow)?,
@@ -134,6 +136,45 @@ impl Startup {
         }
         Ok(())
     }
+
+    /// The start-up ports for a log line: ranges, and only the first
+    /// [`LOGGED_RANGES`] of them, so that a long list cannot make a
+    /// megabyte-long line.
+    pub fn ports_summary(&self) -> String {
+        let mut text: Vec<String> = self
+            .ports
+            .iter()
+            .take(LOGGED_RANGES)
+            .map(ToString::to_string)
+            .collect();
+        if self.ports.len() > LOGGED_RANGES {
+            let ports: usize = self.ports.iter().map(PortRange::len).sum();
+            text.push(format!(
+                "… ({} ranges, {ports} ports in all: see `udp-agent ports list`)",
+                self.ports.len()
+            ));
+        }
+        text.join(",")
+    }
+}
+
+/// Most port ranges the start-up log line names.
+pub const LOGGED_RANGES: usize = 32;
+
+/// `ranges` sorted, with overlapping and adjacent ones merged.
+fn merge(ranges: &[PortRange]) -> Vec<PortRange> {
+    let mut sorted = ranges.to_vec();
+    sorted.sort_unstable();
+    let mut out: Vec<PortRange> = Vec::with_capacity(sorted.len().min(1024));
+    for r in sorted {
+        match out.last_mut() {
+            Some(last) if u32::from(r.first) <= u32::from(last.last) + 1 => {
+                last.last = last.last.max(r.last);
+            }
+            _ => out.push(r),
+        }
+    }
+    out
 }
 
 fn parse_nets(nets: &[String]) -> Result<Vec<IpNet>> {
@@ -476,5 +517,31 @@ mod tests {
         let err = startup(&ports, &ok, &bad_global).unwrap_err().to_string();
         assert!(err.contains("global-burst"), "{err}");
         assert!(startup(&ports, &ok, &FirewallArgs::default()).is_ok());
+    }
+
+    #[test]
+    fn start_up_ports_are_merged_and_logged_as_ranges() {
+        let ports: Vec<PortRange> = ["9", "1-3", "5", "4", "2", "100-200", "150-250", "251"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let s = startup(&ports, &PortLimitArgs::default(), &FirewallArgs::default()).unwrap();
+        assert_eq!(s.ports_summary(), "1-5,9,100-251");
+        let every_other: Vec<PortRange> = (1..=1000u16).map(|p| PortRange::single(p * 2)).collect();
+        let s = startup(
+            &every_other,
+            &PortLimitArgs::default(),
+            &FirewallArgs::default(),
+        )
+        .unwrap();
+        let summary = s.ports_summary();
+        assert!(
+            summary.starts_with("2,4,6,")
+                && summary
+                    .ends_with("(1000 ranges, 1000 ports in all: see `udp-agent ports list`)"),
+            "{summary}"
+        );
+        let named = summary.split(',').take_while(|r| !r.starts_with('…'));
+        assert_eq!(named.count(), LOGGED_RANGES);
     }
 }

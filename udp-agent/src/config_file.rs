@@ -17,20 +17,38 @@
 //!
 //! A key that is not a flag of `run` is an error naming it: a typo must not
 //! silently fall back to a default (say, an unlimited rate).
+//!
+//! Memory. A file's lists are condensed before clap sees them: repeated
+//! values are dropped and `port` becomes merged ranges (every port listed
+//! one by one is `1-65535`), so clap holds one argument per distinct value
+//! (per range, for ports) rather than per line. A file larger than
+//! [`MAX_FILE_BYTES`] is refused before it is parsed.
 
 use std::{
+    collections::HashSet,
     ffi::OsString,
-    fmt, io,
+    fmt,
+    io::{self, Read},
     path::{Path, PathBuf},
 };
 
 use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, parser::ValueSource};
 use thiserror::Error;
 
-use crate::cli::Cli;
+use crate::{
+    cli::Cli,
+    ports::{PortRange, compact},
+};
 
 /// The `run` argument that names the file (not a key of the file).
 const CONFIG_ID: &str = "config";
+
+/// Largest config file read. Settings take a few hundred bytes; every port
+/// listed one by one takes 0.5 MB, and full allow and deny lists (65,536
+/// IPv4 and 65,536 IPv6 prefixes each) about 8 MB. Parsing costs some
+/// 7 bytes of memory per byte of file in the worst case (a file of short,
+/// distinct list values), so this bounds start-up memory too.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -40,6 +58,10 @@ pub enum ConfigError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "config file {path} is larger than {limit} bytes: it holds settings, not data; list port ranges (`6000-6010`) rather than every port, and load very long source lists with `udp-agent sources allow|deny` once the agent runs"
+    )]
+    TooLarge { path: PathBuf, limit: u64 },
     #[error("config file {path} is not valid TOML: {message}")]
     Toml { path: PathBuf, message: String },
     #[error("unknown key `{key}` in {path}{hint} (known keys: {known})")]
@@ -172,10 +194,7 @@ pub fn known_keys() -> Vec<String> {
 /// Reads `path` and turns the keys that the command line and environment
 /// left unset into `--flag=value` arguments.
 fn args_from_file(path: &Path, run: &ArgMatches) -> Result<Vec<OsString>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = read_bounded(path)?;
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ConfigError::Toml {
@@ -202,6 +221,11 @@ fn args_from_file(path: &Path, run: &ArgMatches) -> Result<Vec<OsString>, Config
         if from_outside {
             continue;
         }
+        let values = if key.list {
+            condense(key, values)
+        } else {
+            values
+        };
         for v in values {
             out.push(match v {
                 None => OsString::from(format!("--{}", key.long)),
@@ -211,6 +235,61 @@ fn args_from_file(path: &Path, run: &ArgMatches) -> Result<Vec<OsString>, Config
     }
     Ok(out)
 }
+
+/// The file's text, refusing more than [`MAX_FILE_BYTES`] (checked on what
+/// is read, too: a pipe or a special file has no size).
+fn read_bounded(path: &Path) -> Result<String, ConfigError> {
+    let read_err = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let too_large = || ConfigError::TooLarge {
+        path: path.to_path_buf(),
+        limit: MAX_FILE_BYTES,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    if file.metadata().map_err(read_err)?.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read_err)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    Ok(text)
+}
+
+/// A list's values without repeats, in first-seen order; `port`'s as
+/// merged ranges. A value that is not a port is left for clap to report.
+fn condense(key: &Key, values: Vec<Option<String>>) -> Vec<Option<String>> {
+    if key.long == PORT_KEY {
+        let ranges: Result<Vec<PortRange>, _> = values
+            .iter()
+            .map(|v| v.as_deref().unwrap_or_default().parse::<PortRange>())
+            .collect();
+        if let Ok(ranges) = ranges {
+            let mut enabled = vec![false; 1 << 16];
+            for port in ranges.iter().flat_map(PortRange::iter) {
+                enabled[usize::from(port)] = true;
+            }
+            let ports = (1..=u16::MAX).filter(|p| enabled[usize::from(*p)]);
+            return compact(ports).iter().map(|r| Some(r.to_string())).collect();
+        }
+    }
+    let mut seen = HashSet::with_capacity(values.len());
+    let first: Vec<bool> = values.iter().map(|v| seen.insert(v)).collect();
+    drop(seen);
+    values
+        .into_iter()
+        .zip(first)
+        .filter_map(|(v, first)| first.then_some(v))
+        .collect()
+}
+
+/// The file key of `--port`.
+const PORT_KEY: &str = "port";
 
 /// The flag's values for one file value: `Some(text)` per value, `None` for
 /// a switch that is on.

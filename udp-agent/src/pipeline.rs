@@ -149,9 +149,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
             stop_rx.clone(),
         ))
     });
-    let ports: Vec<String> = args.ports.iter().map(ToString::to_string).collect();
     info!(
-        ports = ports.join(","),
+        ports = firewall.ports_summary(),
         ifaces = watcher.attached().join(","),
         pin_dir = %pin_dir.display(),
         sink = ?selected,
