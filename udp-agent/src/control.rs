@@ -11,6 +11,7 @@
 //! directory nobody holds the lock for are stale and are removed at start.
 
 use std::{
+    collections::BTreeSet,
     fs::{self, File, OpenOptions},
     io::{self, Read, Write},
     os::fd::AsRawFd,
@@ -26,8 +27,8 @@ use aya::maps::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use thiserror::Error;
 use udp_ebpf_common::{
-    CONFIG_ALLOWLIST, CONFIG_DENYLIST, CONFIG_REJECT_DROP, Config, Limit, PORT_COUNT, PortRule,
-    PortState, SourceKey, SourceState, counter,
+    CONFIG_ALLOWLIST, CONFIG_DENYLIST, CONFIG_REJECT_DROP, Config, Limit, MAX_PREFIXES, PORT_COUNT,
+    PortRule, PortState, SourceKey, SourceState, counter,
 };
 
 use crate::ports::{PortRange, compact};
@@ -87,6 +88,16 @@ pub enum ControlError {
         "{0} is not on a BPF filesystem and mounting one there failed: {1} (mount it with `mount -t bpf bpf /sys/fs/bpf`)"
     )]
     NotBpfFs(PathBuf, io::Error),
+    #[error(
+        "the {list} list holds at most {limit} {family} prefixes: it has {present} and this adds {adding} more, so nothing was changed (merge neighbouring prefixes into shorter ones, or remove some with `udp-agent sources remove`)"
+    )]
+    ListFull {
+        list: &'static str,
+        family: &'static str,
+        limit: u32,
+        present: usize,
+        adding: usize,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ControlError + '_ {
@@ -607,17 +618,46 @@ impl Control {
 
     /// Adds a prefix to the allow (`allow = true`) or deny list.
     pub fn add_source(&mut self, net: IpNet, allow: bool) -> Result<(), ControlError> {
-        let net = net.trunc();
-        let name = list_name(&net, allow);
-        let err = self.map_err("updating", name);
-        match (net, allow) {
-            (IpNet::V4(n), true) => self.allow_v4.insert(&key4(&n), 1, 0),
-            (IpNet::V4(n), false) => self.deny_v4.insert(&key4(&n), 1, 0),
-            (IpNet::V6(n), true) => self.allow_v6.insert(&key6(&n), 1, 0),
-            (IpNet::V6(n), false) => self.deny_v6.insert(&key6(&n), 1, 0),
+        self.add_sources(&[net], allow).map(drop)
+    }
+
+    /// Adds prefixes to the allow (`allow = true`) or deny list, all or
+    /// none: the room left in each list ([`MAX_PREFIXES`] per address
+    /// family) is checked before the first write, and if a write still
+    /// fails (another process filled the list meanwhile), what this call
+    /// added is removed again. Returns how many prefixes were not on the
+    /// list before.
+    pub fn add_sources(&mut self, nets: &[IpNet], allow: bool) -> Result<usize, ControlError> {
+        let nets: BTreeSet<IpNet> = nets.iter().map(IpNet::trunc).collect();
+        let (present4, present6) = (self.list4(allow)?, self.list6(allow)?);
+        let new: Vec<IpNet> = nets
+            .into_iter()
+            .filter(|n| match n {
+                IpNet::V4(n) => !present4.contains(n),
+                IpNet::V6(n) => !present6.contains(n),
+            })
+            .collect();
+        let new4 = new.iter().filter(|n| matches!(n, IpNet::V4(_))).count();
+        check_room(allow, "IPv4", present4.len(), new4)?;
+        check_room(allow, "IPv6", present6.len(), new.len() - new4)?;
+        for (i, net) in new.iter().enumerate() {
+            let name = list_name(net, allow);
+            let result = match (net, allow) {
+                (IpNet::V4(n), true) => self.allow_v4.insert(&key4(n), 1, 0),
+                (IpNet::V4(n), false) => self.deny_v4.insert(&key4(n), 1, 0),
+                (IpNet::V6(n), true) => self.allow_v6.insert(&key6(n), 1, 0),
+                (IpNet::V6(n), false) => self.deny_v6.insert(&key6(n), 1, 0),
+            };
+            if let Err(e) = result {
+                let err = self.map_err("updating", name)(e);
+                for added in &new[..i] {
+                    let _ = self.remove_source(*added, allow);
+                }
+                return Err(err);
+            }
         }
-        .map_err(err)?;
-        self.sync_list_flags()
+        self.sync_list_flags()?;
+        Ok(new.len())
     }
 
     /// Removes a prefix from a list; `Ok(false)` if it was not there.
@@ -641,34 +681,49 @@ impl Control {
 
     /// The allow and deny lists.
     pub fn sources(&self) -> Result<(Vec<IpNet>, Vec<IpNet>), ControlError> {
-        let list4 = |t: &LpmTrie<MapData, [u8; 4], u8>, name| -> Result<Vec<IpNet>, ControlError> {
-            let mut out = Vec::new();
-            for k in t.keys() {
-                let k = k.map_err(self.map_err("reading", name))?;
-                let net = Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8)
-                    .expect("kernel keeps valid prefixes");
-                out.push(IpNet::V4(net));
-            }
+        let list = |allow| -> Result<Vec<IpNet>, ControlError> {
+            let mut out: Vec<IpNet> = self.list4(allow)?.into_iter().map(IpNet::V4).collect();
+            out.extend(self.list6(allow)?.into_iter().map(IpNet::V6));
+            out.sort();
             Ok(out)
         };
-        let list6 =
-            |t: &LpmTrie<MapData, [u8; 16], u8>, name| -> Result<Vec<IpNet>, ControlError> {
-                let mut out = Vec::new();
-                for k in t.keys() {
-                    let k = k.map_err(self.map_err("reading", name))?;
-                    let net = Ipv6Net::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8)
-                        .expect("kernel keeps valid prefixes");
-                    out.push(IpNet::V6(net));
-                }
-                Ok(out)
-            };
-        let mut allow = list4(&self.allow_v4, ALLOW_V4_PIN)?;
-        allow.extend(list6(&self.allow_v6, ALLOW_V6_PIN)?);
-        let mut deny = list4(&self.deny_v4, DENY_V4_PIN)?;
-        deny.extend(list6(&self.deny_v6, DENY_V6_PIN)?);
-        allow.sort();
-        deny.sort();
-        Ok((allow, deny))
+        Ok((list(true)?, list(false)?))
+    }
+
+    /// The prefixes of the IPv4 allow (`allow = true`) or deny list.
+    fn list4(&self, allow: bool) -> Result<BTreeSet<Ipv4Net>, ControlError> {
+        let (trie, name) = if allow {
+            (&self.allow_v4, ALLOW_V4_PIN)
+        } else {
+            (&self.deny_v4, DENY_V4_PIN)
+        };
+        self.prefixes(trie, name, |a, len| Ipv4Net::new(a.into(), len))
+    }
+
+    /// The prefixes of the IPv6 allow (`allow = true`) or deny list.
+    fn list6(&self, allow: bool) -> Result<BTreeSet<Ipv6Net>, ControlError> {
+        let (trie, name) = if allow {
+            (&self.allow_v6, ALLOW_V6_PIN)
+        } else {
+            (&self.deny_v6, DENY_V6_PIN)
+        };
+        self.prefixes(trie, name, |a, len| Ipv6Net::new(a.into(), len))
+    }
+
+    fn prefixes<const N: usize, T: Ord, E>(
+        &self,
+        trie: &LpmTrie<MapData, [u8; N], u8>,
+        name: &str,
+        net: impl Fn([u8; N], u8) -> Result<T, E>,
+    ) -> Result<BTreeSet<T>, ControlError> {
+        trie.keys()
+            .map(|k| {
+                let k = k.map_err(self.map_err("reading", name))?;
+                Ok(net(k.data(), k.prefix_len() as u8)
+                    .ok()
+                    .expect("kernel keeps valid prefixes"))
+            })
+            .collect()
     }
 
     /// An empty allow list means everyone, an empty deny list no one: the
@@ -772,6 +827,26 @@ fn key_not_found(e: &aya::maps::MapError) -> bool {
         aya::maps::MapError::SyscallError(s) => s.io_error.kind() == io::ErrorKind::NotFound,
         _ => false,
     }
+}
+
+/// Refuses `adding` more prefixes to a list of `present` that would then
+/// not fit in its map.
+pub fn check_room(
+    allow: bool,
+    family: &'static str,
+    present: usize,
+    adding: usize,
+) -> Result<(), ControlError> {
+    if adding > 0 && present + adding > MAX_PREFIXES as usize {
+        return Err(ControlError::ListFull {
+            list: if allow { "allow" } else { "deny" },
+            family,
+            limit: MAX_PREFIXES,
+            present,
+            adding,
+        });
+    }
+    Ok(())
 }
 
 fn list_name(net: &IpNet, allow: bool) -> &'static str {

@@ -3,6 +3,10 @@
 //! grants — captures datagrams; with any one of the three missing it stops
 //! with an error naming it; and the maps it pins are its own (0600).
 //!
+//! The control plane as a careless operator meets it (agents run as root
+//! there, on a world-writable bpffs as /sys/fs/bpf often is): a source list
+//! past its capacity is refused whole.
+//!
 //! Why each capability (measured on this kernel with the agent's own
 //! pre-flight check disabled):
 //! * CAP_BPF: without it, creating the first map fails (EPERM).
@@ -170,6 +174,11 @@ enum Bpffs {
     AsTheUnit,
     /// systemd's mount, untouched: mode 0700, nothing for the agent's user.
     SystemdDefault,
+    /// For an agent run as root: the root world-writable and sticky (mode
+    /// 1777, as a plain `mount -t bpf` leaves it), a directory root owns
+    /// (0755) for the pin directory. No lock file is made: root makes its
+    /// own.
+    Open,
 }
 
 /// Everything one test sets up; removed on drop.
@@ -216,7 +225,9 @@ impl Lab {
         // From here on, Drop cleans up whatever was made.
         lab.make_network();
         lab.make_bpffs(bpffs_prep);
-        lab.make_lock_file();
+        if bpffs_prep != Bpffs::Open {
+            lab.make_lock_file();
+        }
         lab
     }
 
@@ -283,7 +294,13 @@ impl Lab {
     fn make_bpffs(&self, prep: Bpffs) {
         fs::create_dir_all(&self.bpffs).expect("create lab dir");
         chmod(&self.root, 0o755);
-        // As systemd mounts /sys/fs/bpf (mount-setup.c: "mode=0700").
+        // As systemd mounts /sys/fs/bpf (mount-setup.c: "mode=0700"), or
+        // as a plain mount does.
+        let mode = if prep == Bpffs::Open {
+            c"mode=1777"
+        } else {
+            c"mode=0700"
+        };
         let src = c"bpf";
         let target = CString::new(self.bpffs.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: NUL-terminated strings; data is a constant option string.
@@ -293,7 +310,7 @@ impl Lab {
                 target.as_ptr(),
                 src.as_ptr(),
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                c"mode=0700".as_ptr().cast(),
+                mode.as_ptr().cast(),
             )
         };
         assert_eq!(
@@ -305,7 +322,7 @@ impl Lab {
         );
         let owned = self.pin_dir.parent().unwrap();
         fs::create_dir(owned).expect("create the agent's bpffs directory");
-        chmod(owned, 0o700);
+        chmod(owned, if prep == Bpffs::Open { 0o755 } else { 0o700 });
         if prep == Bpffs::AsTheUnit {
             // ExecStartPre=+/usr/bin/chmod o+x /sys/fs/bpf
             let mode = fs::metadata(&self.bpffs).unwrap().permissions().mode();
@@ -407,6 +424,22 @@ fn as_user(uid: u32, caps: &[&str], args: &[&str]) -> Command {
     cmd
 }
 
+/// `udp-agent args…` as root, with a clean environment.
+fn as_root(args: &[&str]) -> Command {
+    let mut cmd = Command::new(AGENT);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `udp-agent args…` as root to completion.
+fn ctl_as_root(args: &[&str]) -> std::process::Output {
+    as_root(args).output().expect("run udp-agent")
+}
+
 /// A running agent; killed on drop.
 struct Agent {
     child: Child,
@@ -417,7 +450,9 @@ struct Agent {
 
 impl Agent {
     fn start(lab: &Lab, caps: &[&str], port: u16) -> Self {
-        let mut child = as_user(
+        let pin_dir = lab.pin_dir.to_string_lossy().into_owned();
+        let port = port.to_string();
+        Self::spawn(as_user(
             AGENT_UID,
             caps,
             &[
@@ -425,17 +460,40 @@ impl Agent {
                 "--iface",
                 &lab.host_if,
                 "--port",
-                &port.to_string(),
+                &port,
                 "--pin-dir",
-                &lab.pin_dir.to_string_lossy(),
+                &pin_dir,
                 "--sink",
                 "stdout",
             ],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn setpriv");
+        ))
+    }
+
+    /// The agent as root (all capabilities), with `--pin-dir pin_dir` and
+    /// `extra` arguments.
+    fn start_as_root(lab: &Lab, pin_dir: &Path, extra: &[&str]) -> Self {
+        Self::spawn(as_root(
+            &[
+                "run",
+                "--iface",
+                &lab.host_if,
+                "--pin-dir",
+                &pin_dir.to_string_lossy(),
+                "--sink",
+                "stdout",
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
+        ))
+    }
+
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the agent");
         let events = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::new(Mutex::new(String::new()));
         let stdout = child.stdout.take().unwrap();
@@ -764,4 +822,100 @@ fn refused_on_an_unprepared_bpffs() {
         "the error does not say which path it could not use and why: {log}"
     );
     assert!(!lab.has_xdp(), "XDP attached although pinning failed");
+}
+
+// ---------------------------------------------------------------------------
+// The pin directory and the source lists, with agents run as root
+// ---------------------------------------------------------------------------
+
+/// `udp-agent args…` as root must fail; its stderr.
+fn ctl_fails(args: &[&str]) -> String {
+    let out = ctl_as_root(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "`udp-agent {}` succeeded: {err}",
+        args.join(" ")
+    );
+    err
+}
+
+/// `udp-agent args…` as root must succeed; its stdout.
+fn ctl_ok(args: &[&str]) -> String {
+    let out = ctl_as_root(args);
+    assert!(
+        out.status.success(),
+        "`udp-agent {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `sources deny` (and `allow`) past the list's capacity changes nothing
+/// and says what the limit is; up to it, everything is applied.
+#[test]
+fn a_source_list_past_capacity_is_refused_whole() {
+    if !can_run("a_source_list_past_capacity_is_refused_whole") {
+        return;
+    }
+    const LIMIT: u32 = 65_536;
+    let lab = Lab::new(Bpffs::Open);
+    let pin_dir = lab.pin_dir.to_string_lossy().into_owned();
+    let mut agent = Agent::start_as_root(
+        &lab,
+        &lab.pin_dir,
+        &["--port", "5514", "--deny", "203.0.113.0/24"],
+    );
+    agent.wait_attached(&lab);
+    let hosts = |first: u32, n: u32| -> Vec<String> {
+        (first..first + n)
+            .map(|i| Ipv4Addr::from(0x0a00_0000 + i).to_string())
+            .collect()
+    };
+    let sources = |verb: &str, nets: &[String]| -> Vec<String> {
+        let mut args = vec!["sources", verb, "--pin-dir", &pin_dir];
+        args.extend(nets.iter().map(String::as_str));
+        args.into_iter().map(str::to_owned).collect()
+    };
+    let listed = |kind: &str| -> usize {
+        ctl_ok(&["sources", "list", "--pin-dir", &pin_dir])
+            .lines()
+            .filter(|l| l.starts_with(kind))
+            .count()
+    };
+
+    // One more than fits: nothing is added.
+    let too_many = sources("deny", &hosts(0, LIMIT));
+    let args: Vec<&str> = too_many.iter().map(String::as_str).collect();
+    let err = ctl_fails(&args);
+    assert!(
+        err.contains(&format!(
+            "the deny list holds at most {LIMIT} IPv4 prefixes: it has 1 and this adds {LIMIT} more, so nothing was changed"
+        )),
+        "{err}"
+    );
+    assert_eq!(listed("deny "), 1);
+
+    // Exactly what fits (a repeat of a listed prefix takes no room).
+    let mut fits = hosts(0, LIMIT - 1);
+    fits.push("203.0.113.0/24".into());
+    let fits = sources("deny", &fits);
+    let args: Vec<&str> = fits.iter().map(String::as_str).collect();
+    ctl_ok(&args);
+    assert_eq!(listed("deny "), LIMIT as usize);
+    let err = ctl_fails(&["sources", "deny", "--pin-dir", &pin_dir, "192.0.2.1"]);
+    assert!(err.contains("it has 65536 and this adds 1 more"), "{err}");
+
+    // The allow list and IPv6 have room of their own.
+    ctl_ok(&[
+        "sources",
+        "allow",
+        "--pin-dir",
+        &pin_dir,
+        "10.0.0.0/8",
+        "fd00::/8",
+    ]);
+    assert_eq!(listed("allow "), 2);
+    assert!(agent.stop().success(), "{}", agent.log());
 }
