@@ -107,9 +107,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ),
     };
 
-    let pin_dir = args.pin.pin_dir.clone();
+    let pin_dir = control::resolve_pin_dir(&args.pin.pin_dir)
+        .with_context(|| format!("preparing pin directory {}", args.pin.pin_dir.display()))?;
     let _lock = control::claim(&pin_dir)
-        .with_context(|| format!("preparing pin directory {}", pin_dir.display()))?;
+        .with_context(|| format!("preparing pin directory {}", args.pin.pin_dir.display()))?;
     let _pins = PinGuard(pin_dir.clone());
 
     let mut ebpf = loader::load(args.ring_bytes)?;

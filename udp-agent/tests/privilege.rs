@@ -3,9 +3,13 @@
 //! grants — captures datagrams; with any one of the three missing it stops
 //! with an error naming it; and the maps it pins are its own (0600).
 //!
-//! The control plane as a careless operator meets it (agents run as root
-//! there, on a world-writable bpffs as /sys/fs/bpf often is): a source list
-//! past its capacity is refused whole.
+//! The pin directory, as a hostile user or a careless operator meets it
+//! (agents run as root there, on a world-writable bpffs as /sys/fs/bpf
+//! often is): every spelling of a running agent's pin directory is that
+//! agent, refused for a second one and found by `ports list`; a pin
+//! directory (or a parent) that another user owns or may write is refused
+//! before anything in it is touched; and a source list past its capacity
+//! is refused whole.
 //!
 //! Why each capability (measured on this kernel with the agent's own
 //! pre-flight check disabled):
@@ -850,6 +854,174 @@ fn ctl_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts a root agent on `pin_dir` with `extra` and waits for it to
+/// exit, which it must do with an error; its log.
+fn refused(lab: &Lab, pin_dir: &Path, extra: &[&str]) -> String {
+    let mut agent = Agent::start_as_root(lab, pin_dir, extra);
+    let status = agent.wait_exit(START_TIMEOUT);
+    let log = agent.log();
+    assert!(
+        !status.success(),
+        "an agent started on {}: {log}",
+        pin_dir.display()
+    );
+    println!("--pin-dir {}: {}", pin_dir.display(), log.trim());
+    log
+}
+
+/// One running agent; a second one on any other spelling of its pin
+/// directory is refused without touching its pins, and `ports list` with
+/// any spelling finds it. Its lock file is gone once it exits.
+#[test]
+fn every_spelling_of_the_pin_directory_is_one_instance() {
+    if !can_run("every_spelling_of_the_pin_directory_is_one_instance") {
+        return;
+    }
+    let lab = Lab::new(Bpffs::Open);
+    let mut first = Agent::start_as_root(&lab, &lab.pin_dir, &["--port", "5514"]);
+    first.wait_attached(&lab);
+    let pid = first.child.id();
+
+    // A symbolic link to the pin directory inside bpffs, and one to bpffs
+    // from outside it.
+    let link_in = lab.bpffs.join("pins-link");
+    std::os::unix::fs::symlink(&lab.pin_dir, &link_in).expect("symlink in bpffs");
+    let link_out = lab.root.join("bpf-link");
+    std::os::unix::fs::symlink(&lab.bpffs, &link_out).expect("symlink to bpffs");
+    let owned = lab.pin_dir.parent().unwrap().display().to_string();
+    let spellings = [
+        format!("{owned}//pins"),
+        format!("{owned}/./pins"),
+        format!("{owned}/pins/"),
+        format!("{owned}/../udp-agent/pins"),
+        link_in.display().to_string(),
+        format!("{}/udp-agent/pins", link_out.display()),
+    ];
+    for spelling in &spellings {
+        let log = refused(&lab, Path::new(spelling), &["--port", "5515"]);
+        assert!(
+            log.contains(&format!("another udp-agent (pid {pid}) is running")),
+            "--pin-dir {spelling}: {log}"
+        );
+        for dir in [spelling.as_str(), &lab.pin_dir.to_string_lossy()] {
+            let listed = ctl_ok(&["ports", "list", "--pin-dir", dir]);
+            assert!(
+                listed.lines().any(|l| l.starts_with("5514 ")),
+                "`ports list --pin-dir {dir}` after a second agent on {spelling}: {listed}"
+            );
+        }
+    }
+    println!(
+        "refused a second agent on {} spellings: {spellings:?}",
+        spellings.len()
+    );
+
+    // The first one still captures.
+    let payload = b"still here".to_vec();
+    lab.send((lab.host4, 5514).into(), std::slice::from_ref(&payload));
+    let deadline = Instant::now() + TIMEOUT;
+    while !first.payloads().iter().any(|(p, _)| *p == payload) {
+        assert!(Instant::now() < deadline, "no event; log:\n{}", first.log());
+        thread::sleep(Duration::from_millis(20));
+        lab.send((lab.host4, 5514).into(), std::slice::from_ref(&payload));
+    }
+
+    let status = first.stop();
+    assert!(status.success(), "exit {status}; log:\n{}", first.log());
+    assert!(!lab.pin_dir.exists(), "pins left behind");
+    assert!(
+        !lab.lock_file.exists(),
+        "lock file {} left behind",
+        lab.lock_file.display()
+    );
+}
+
+/// Pin directories, or parents inside bpffs, that someone else owns or
+/// may write are refused before anything in them is touched: on a
+/// world-writable bpffs any user can create the directory an agent will
+/// use, and later swap its pins.
+#[test]
+fn a_pin_directory_others_control_is_refused() {
+    if !can_run("a_pin_directory_others_control_is_refused") {
+        return;
+    }
+    let lab = Lab::new(Bpffs::Open);
+    let bpffs = &lab.bpffs;
+    let make = |path: &Path, uid: u32, mode: u32| {
+        fs::create_dir(path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        chown(path, uid);
+        chmod(path, mode);
+    };
+
+    // Created first by another user.
+    let theirs = bpffs.join("theirs");
+    make(&theirs, OTHER_UID, 0o755);
+    let log = refused(&lab, &theirs, &["--port", "5514"]);
+    assert!(!lab.has_xdp(), "attached: {log}");
+    assert!(
+        log.contains(&format!(
+            "{} is owned by uid {OTHER_UID}, not by the agent's user (uid 0)",
+            theirs.display()
+        )),
+        "{log}"
+    );
+    let meta = fs::metadata(&theirs).unwrap();
+    assert_eq!(meta.uid(), OTHER_UID);
+    assert_eq!(fs::read_dir(&theirs).unwrap().count(), 0, "pinned into it");
+
+    // The same through a symbolic link (which anyone may create there).
+    let link = bpffs.join("link");
+    std::os::unix::fs::symlink(&theirs, &link).unwrap();
+    let log = refused(&lab, &link, &["--port", "5514"]);
+    assert!(!lab.has_xdp(), "attached: {log}");
+    assert!(log.contains("is owned by uid 65533"), "{log}");
+
+    // Root's, but anyone may write in it.
+    let open = bpffs.join("open");
+    make(&open, 0, 0o777);
+    let log = refused(&lab, &open, &["--port", "5514"]);
+    assert!(!lab.has_xdp(), "attached: {log}");
+    assert!(
+        log.contains("is writable by group or others (mode 0777)"),
+        "{log}"
+    );
+
+    // A parent another user owns.
+    let under_theirs = bpffs.join("evil");
+    make(&under_theirs, OTHER_UID, 0o755);
+    let log = refused(&lab, &under_theirs.join("pins"), &["--port", "5514"]);
+    assert!(!lab.has_xdp(), "attached: {log}");
+    assert!(
+        log.contains(&format!(
+            "{} (a parent) is owned by uid {OTHER_UID}",
+            under_theirs.display()
+        )),
+        "{log}"
+    );
+    assert!(
+        !under_theirs.join("pins").exists(),
+        "made a directory in theirs"
+    );
+    // A parent anyone may write, without the sticky bit.
+    let shared = bpffs.join("shared");
+    make(&shared, 0, 0o777);
+    let log = refused(&lab, &shared.join("pins"), &["--port", "5514"]);
+    assert!(!lab.has_xdp(), "attached: {log}");
+    assert!(log.contains("without the sticky bit (mode 0777)"), "{log}");
+    assert!(
+        !shared.join("pins").exists(),
+        "made a directory in a shared one"
+    );
+
+    // Its own directory under root-owned parents, and the sticky
+    // world-writable bpffs root, is fine.
+    let mut agent = Agent::start_as_root(&lab, &lab.pin_dir, &["--port", "5514"]);
+    agent.wait_attached(&lab);
+    let mode = fs::metadata(&lab.pin_dir).unwrap().mode() & 0o7777;
+    assert_eq!(mode & 0o077, 0, "pin directory made with mode {mode:04o}");
+    assert!(agent.stop().success(), "{}", agent.log());
 }
 
 /// `sources deny` (and `allow`) past the list's capacity changes nothing
