@@ -387,6 +387,20 @@ impl Drop for Lab {
         }
         let _ = fs::remove_dir_all(&self.root);
         let _ = fs::remove_file(&self.lock_file);
+        // Lock files of other pin directories in the lab, left by an agent
+        // that was killed (or that failed before removing its own).
+        let prefix = lock_path(&self.root);
+        let prefix = prefix.file_name().unwrap().to_string_lossy();
+        // `_run_udp_agent_priv_<pid>_<slot>_`: the separator keeps slot 1
+        // from matching slot 10.
+        let prefix = format!("{}_", prefix.trim_end_matches(".lock"));
+        if let Ok(entries) = fs::read_dir(LOCK_DIR) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
     }
 }
 
