@@ -18,11 +18,10 @@
 //! A key that is not a flag of `run` is an error naming it: a typo must not
 //! silently fall back to a default (say, an unlimited rate).
 //!
-//! Memory. A file's lists are condensed before clap sees them: repeated
-//! values are dropped and `port` becomes merged ranges (every port listed
-//! one by one is `1-65535`), so clap holds one argument per distinct value
-//! (per range, for ports) rather than per line. A file larger than
-//! [`MAX_FILE_BYTES`] is refused before it is parsed.
+//! Memory. A file larger than [`MAX_FILE_BYTES`] is refused before it is
+//! parsed. Its lists are condensed before clap sees them: repeated values
+//! are dropped, `port` becomes merged ranges (every port listed one by one
+//! is `1-65535`), and a list goes to clap as one argument.
 
 use std::{
     collections::HashSet,
@@ -43,12 +42,13 @@ use crate::{
 /// The `run` argument that names the file (not a key of the file).
 const CONFIG_ID: &str = "config";
 
-/// Largest config file read. Settings take a few hundred bytes; every port
-/// listed one by one takes 0.5 MB, and full allow and deny lists (65,536
-/// IPv4 and 65,536 IPv6 prefixes each) about 8 MB. Parsing costs some
-/// 7 bytes of memory per byte of file in the worst case (a file of short,
-/// distinct list values), so this bounds start-up memory too.
-pub const MAX_FILE_BYTES: u64 = 16 << 20;
+/// Largest config file read. Settings take a few hundred bytes, and every
+/// port listed one by one about 0.5 MB. The TOML parser holds some 160
+/// bytes per array element at its peak (measured: a 9.4 MB file of 1.2 M
+/// ports took 195 MB), and a file of one-digit elements has one every two
+/// bytes: this bounds that to about 80 MB. Source lists longer than fit
+/// are loaded with `udp-agent sources allow|deny` once the agent runs.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -59,7 +59,7 @@ pub enum ConfigError {
         source: io::Error,
     },
     #[error(
-        "config file {path} is larger than {limit} bytes: it holds settings, not data; list port ranges (`6000-6010`) rather than every port, and load very long source lists with `udp-agent sources allow|deny` once the agent runs"
+        "config file {path} is larger than {limit} bytes: it holds settings, not data; list port ranges (`6000-6010`) rather than every port, and load long source lists with `udp-agent sources allow|deny` once the agent runs"
     )]
     TooLarge { path: PathBuf, limit: u64 },
     #[error("config file {path} is not valid TOML: {message}")]
@@ -159,6 +159,8 @@ struct Key {
     list: bool,
     /// A switch: takes no value.
     switch: bool,
+    /// Splits one value into several at this character.
+    delimiter: Option<char>,
 }
 
 /// The keys a config file may use: every long flag of `run` but --config.
@@ -179,6 +181,7 @@ fn keys() -> Vec<Key> {
                 id: a.get_id().as_str().to_owned(),
                 list: matches!(a.get_action(), ArgAction::Append),
                 switch: !a.get_action().takes_values(),
+                delimiter: a.get_value_delimiter(),
             })
         })
         .collect()
@@ -226,6 +229,23 @@ fn args_from_file(path: &Path, run: &ArgMatches) -> Result<Vec<OsString>, Config
         } else {
             values
         };
+        // A list as one `--flag=a,b,c` where the flag splits at commas:
+        // clap keeps a few hundred bytes per occurrence, so a long list is
+        // one occurrence rather than thousands.
+        let joinable = key.delimiter == Some(',')
+            && values.len() > 1
+            && values
+                .iter()
+                .all(|v| v.as_deref().is_some_and(|v| !v.contains(',')));
+        if joinable {
+            let joined: Vec<&str> = values.iter().filter_map(Option::as_deref).collect();
+            out.push(OsString::from(format!(
+                "--{}={}",
+                key.long,
+                joined.join(",")
+            )));
+            continue;
+        }
         for v in values {
             out.push(match v {
                 None => OsString::from(format!("--{}", key.long)),

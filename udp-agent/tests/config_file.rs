@@ -178,6 +178,17 @@ fn bad_values_name_the_key_and_the_file() {
 }
 
 #[test]
+fn numbers_are_read_as_toml_writes_them() {
+    let f = file("iface = [\"eth0\"]\nrate = 1_000\nburst = 0x7d0\nmax-events-per-hour = 5e5\n");
+    let a = run_args(&f, &[]).unwrap();
+    assert_eq!((a.port_limit.rate, a.port_limit.burst), (1000, 2000));
+    assert_eq!(a.eventbridge.max_events_per_hour, 500_000);
+    let f = file("rate = 1\nrate = 2\n");
+    let err = error(&f, &[]);
+    assert!(err.contains("not valid TOML"), "{err}");
+}
+
+#[test]
 fn snaplen_zero_is_refused() {
     // Every event would carry an empty `Payload` marked `Truncated`.
     let f = file("iface = [\"eth0\"]\nsnaplen = 0\n");
@@ -195,13 +206,12 @@ fn snaplen_zero_is_refused() {
     assert_eq!(run_args(&f, &["--snaplen", "1"]).unwrap().snaplen, 1);
 }
 
-/// A file listing every port one by one, many times over (9.4 MB of them
-/// took 569 MB to start): the ports reach the agent as merged ranges, and
-/// repeated list values once.
+/// A file listing every port one by one, and some twice: the ports reach
+/// the agent as merged ranges, and repeated list values once.
 #[test]
 fn long_lists_are_condensed() {
-    let ports: Vec<String> = (0..300_000u32)
-        .map(|i| format!("\"{}\"", 1 + i % 65_535))
+    let ports: Vec<String> = (0..100_000u32)
+        .map(|i| format!("{}", 1 + i % 65_535))
         .collect();
     let f = file(&format!(
         "iface = [\"eth0\"]\nport = [{}, \"7-9\"]\nallow = [\"198.18.0.0/15\", \"fd00::/8\", \"198.18.0.0/15\"]\n",
