@@ -210,9 +210,8 @@ async fn instance_role_credentials_near_expiry() {
     let fetches = imds.role_fetches() - fetches_before;
     let signed = imds.signed_with();
     println!(
-        "{} PutEvents requests in {elapsed:?} with credentials 150 s from expiry: {fetches} IMDS credential fetches ({:.1}/s)",
+        "{} PutEvents requests in {elapsed:?} with credentials 150 s from expiry: {fetches} IMDS credential fetches",
         signed.len(),
-        fetches as f64 / elapsed.as_secs_f64()
     );
     assert!(signed.len() as u64 >= BURST, "{} requests", signed.len());
     assert!(
