@@ -548,6 +548,22 @@ impl Agent {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits for the `capturing` log line, which the agent writes once it
+    /// is attached and just before it handles SIGTERM (an agent stopped
+    /// earlier dies of the signal rather than shutting down).
+    fn wait_capturing(&mut self, lab: &Lab) {
+        self.wait_attached(lab);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self.log().contains("capturing") {
+            assert!(
+                Instant::now() < deadline,
+                "no `capturing` line within {START_TIMEOUT:?}; its log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until the program is attached; panics if the agent exits or
     /// the time runs out.
     fn wait_attached(&mut self, lab: &Lab) {
@@ -895,7 +911,7 @@ fn every_spelling_of_the_pin_directory_is_one_instance() {
     }
     let lab = Lab::new(Bpffs::Open);
     let mut first = Agent::start_as_root(&lab, &lab.pin_dir, &["--port", "5514"]);
-    first.wait_attached(&lab);
+    first.wait_capturing(&lab);
     let pid = first.child.id();
 
     // A symbolic link to the pin directory inside bpffs, and one to bpffs
@@ -969,11 +985,17 @@ fn a_pin_directory_others_control_is_refused() {
         chmod(path, mode);
     };
 
+    // Refused before attaching, too.
+    let refused_here = |pin_dir: &Path| {
+        let log = refused(&lab, pin_dir, &["--port", "5514"]);
+        assert!(!lab.has_xdp(), "attached: {log}");
+        log
+    };
+
     // Created first by another user.
     let theirs = bpffs.join("theirs");
     make(&theirs, OTHER_UID, 0o755);
-    let log = refused(&lab, &theirs, &["--port", "5514"]);
-    assert!(!lab.has_xdp(), "attached: {log}");
+    let log = refused_here(&theirs);
     assert!(
         log.contains(&format!(
             "{} is owned by uid {OTHER_UID}, not by the agent's user (uid 0)",
@@ -988,15 +1010,13 @@ fn a_pin_directory_others_control_is_refused() {
     // The same through a symbolic link (which anyone may create there).
     let link = bpffs.join("link");
     std::os::unix::fs::symlink(&theirs, &link).unwrap();
-    let log = refused(&lab, &link, &["--port", "5514"]);
-    assert!(!lab.has_xdp(), "attached: {log}");
+    let log = refused_here(&link);
     assert!(log.contains("is owned by uid 65533"), "{log}");
 
     // Root's, but anyone may write in it.
     let open = bpffs.join("open");
     make(&open, 0, 0o777);
-    let log = refused(&lab, &open, &["--port", "5514"]);
-    assert!(!lab.has_xdp(), "attached: {log}");
+    let log = refused_here(&open);
     assert!(
         log.contains("is writable by group or others (mode 0777)"),
         "{log}"
@@ -1005,8 +1025,7 @@ fn a_pin_directory_others_control_is_refused() {
     // A parent another user owns.
     let under_theirs = bpffs.join("evil");
     make(&under_theirs, OTHER_UID, 0o755);
-    let log = refused(&lab, &under_theirs.join("pins"), &["--port", "5514"]);
-    assert!(!lab.has_xdp(), "attached: {log}");
+    let log = refused_here(&under_theirs.join("pins"));
     assert!(
         log.contains(&format!(
             "{} (a parent) is owned by uid {OTHER_UID}",
@@ -1021,8 +1040,7 @@ fn a_pin_directory_others_control_is_refused() {
     // A parent anyone may write, without the sticky bit.
     let shared = bpffs.join("shared");
     make(&shared, 0, 0o777);
-    let log = refused(&lab, &shared.join("pins"), &["--port", "5514"]);
-    assert!(!lab.has_xdp(), "attached: {log}");
+    let log = refused_here(&shared.join("pins"));
     assert!(log.contains("without the sticky bit (mode 0777)"), "{log}");
     assert!(
         !shared.join("pins").exists(),
@@ -1032,10 +1050,10 @@ fn a_pin_directory_others_control_is_refused() {
     // Its own directory under root-owned parents, and the sticky
     // world-writable bpffs root, is fine.
     let mut agent = Agent::start_as_root(&lab, &lab.pin_dir, &["--port", "5514"]);
-    agent.wait_attached(&lab);
+    agent.wait_capturing(&lab);
     let mode = fs::metadata(&lab.pin_dir).unwrap().mode() & 0o7777;
     assert_eq!(mode & 0o077, 0, "pin directory made with mode {mode:04o}");
-    assert!(agent.stop().success(), "{}", agent.log());
+    // Dropping the agent kills it; the lab removes what it leaves.
 }
 
 /// `sources deny` (and `allow`) past the list's capacity changes nothing
@@ -1053,7 +1071,7 @@ fn a_source_list_past_capacity_is_refused_whole() {
         &lab.pin_dir,
         &["--port", "5514", "--deny", "203.0.113.0/24"],
     );
-    agent.wait_attached(&lab);
+    agent.wait_capturing(&lab);
     let hosts = |first: u32, n: u32| -> Vec<String> {
         (first..first + n)
             .map(|i| Ipv4Addr::from(0x0a00_0000 + i).to_string())
