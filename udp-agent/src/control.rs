@@ -958,6 +958,7 @@ impl Control {
         self.prefixes(trie, name, |a, len| Ipv6Net::new(a.into(), len))
     }
 
+    /// The keys of one list's trie, each made a prefix by `net`.
     fn prefixes<const N: usize, T: Ord, E>(
         &self,
         trie: &LpmTrie<MapData, [u8; N], u8>,
