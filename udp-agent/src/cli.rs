@@ -104,11 +104,12 @@ pub struct RunArgs {
     #[arg(long, env = "UDP_AGENT_XDP_MODE", value_enum, default_value = "auto")]
     pub xdp_mode: ModeArg,
 
-    /// Most payload bytes captured per datagram; longer payloads are
-    /// captured cut to this length and marked `"Truncated": true`. At most
-    /// 9216 (a whole EC2 jumbo frame's payload is 8973).
+    /// Most payload bytes captured per datagram, 1 to 9216 (a whole EC2
+    /// jumbo frame's payload is 8973); longer payloads are captured cut to
+    /// this length and marked `"Truncated": true`. 0 is refused: every
+    /// event would carry an empty `Payload`.
     #[arg(long, env = "UDP_AGENT_SNAPLEN", default_value_t = MAX_CAPTURE,
-          value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_CAPTURE)))]
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CAPTURE)))]
     pub snaplen: u32,
 
     #[command(flatten)]

@@ -3,7 +3,7 @@
 //! pinned maps. Everything is validated before the first map write, so a bad
 //! value changes nothing.
 
-use std::{net::IpAddr, path::Path};
+use std::{collections::BTreeSet, net::IpAddr, path::Path};
 
 use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand};
@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use crate::{
     cli::PinDirArg,
-    control::{Action, Control, Limits, PortSettings, parse_net, validate_rate},
+    control::{Action, Control, Limits, PortSettings, check_room, parse_net, validate_rate},
     ports::PortRange,
 };
 
@@ -97,6 +97,8 @@ impl FirewallArgs {
 /// Checked start-up settings, ready to write.
 #[derive(Debug)]
 pub struct Startup {
+    /// Sorted, without overlaps: at most 32,768 ranges however many ports
+    /// were listed.
     ports: Vec<PortRange>,
     settings: PortSettings,
     limits: Limits,
@@ -110,12 +112,24 @@ pub fn startup(
     port_args: &PortLimitArgs,
     fw: &FirewallArgs,
 ) -> Result<Startup> {
+    let allow = parse_nets(&fw.allow)?;
+    let deny = parse_nets(&fw.deny)?;
+    // The maps start empty: each list must fit whole.
+    for (nets, allow) in [(&allow, true), (&deny, false)] {
+        let distinct: BTreeSet<IpNet> = nets.iter().map(IpNet::trunc).collect();
+        let v4 = distinct
+            .iter()
+            .filter(|n| matches!(n, IpNet::V4(_)))
+            .count();
+        check_room(allow, "IPv4", 0, v4)?;
+        check_room(allow, "IPv6", 0, distinct.len() - v4)?;
+    }
     Ok(Startup {
-        ports: ports.to_vec(),
+        ports: merge(ports),
         settings: port_args.settings()?,
         limits: fw.limits()?,
-        allow: parse_nets(&fw.allow)?,
-        deny: parse_nets(&fw.deny)?,
+        allow,
+        deny,
     })
 }
 
@@ -123,17 +137,52 @@ impl Startup {
     /// Writes ports, limits and lists into a freshly loaded program's maps.
     pub fn apply(&self, control: &mut Control) -> Result<()> {
         control.set_limits(&self.limits)?;
-        for net in &self.allow {
-            control.add_source(*net, true)?;
-        }
-        for net in &self.deny {
-            control.add_source(*net, false)?;
-        }
+        control.add_sources(&self.allow, true)?;
+        control.add_sources(&self.deny, false)?;
         for range in &self.ports {
             control.add_ports(*range, self.settings)?;
         }
         Ok(())
     }
+
+    /// The start-up ports for a log line: ranges, and only the first
+    /// [`LOGGED_RANGES`] of them, so that a long list cannot make a
+    /// megabyte-long line.
+    pub fn ports_summary(&self) -> String {
+        let mut text: Vec<String> = self
+            .ports
+            .iter()
+            .take(LOGGED_RANGES)
+            .map(ToString::to_string)
+            .collect();
+        if self.ports.len() > LOGGED_RANGES {
+            let ports: usize = self.ports.iter().map(PortRange::len).sum();
+            text.push(format!(
+                "… ({} ranges, {ports} ports in all: see `udp-agent ports list`)",
+                self.ports.len()
+            ));
+        }
+        text.join(",")
+    }
+}
+
+/// Most port ranges the start-up log line names.
+pub const LOGGED_RANGES: usize = 32;
+
+/// `ranges` sorted, with overlapping and adjacent ones merged.
+fn merge(ranges: &[PortRange]) -> Vec<PortRange> {
+    let mut sorted = ranges.to_vec();
+    sorted.sort_unstable();
+    let mut out: Vec<PortRange> = Vec::with_capacity(sorted.len().min(1024));
+    for r in sorted {
+        match out.last_mut() {
+            Some(last) if u32::from(r.first) <= u32::from(last.last) + 1 => {
+                last.last = last.last.max(r.last);
+            }
+            _ => out.push(r),
+        }
+    }
+    out
 }
 
 fn parse_nets(nets: &[String]) -> Result<Vec<IpNet>> {
@@ -274,6 +323,9 @@ pub fn ports(args: &PortsArgs) -> Result<()> {
     Ok(())
 }
 
+/// Most prefixes `sources allow`/`deny` name one per line.
+const LOGGED_NETS: usize = 32;
+
 /// `udp-agent sources …`
 pub fn sources(args: &SourcesArgs) -> Result<()> {
     let pin_dir = &args.pin.pin_dir;
@@ -282,9 +334,15 @@ pub fn sources(args: &SourcesArgs) -> Result<()> {
             let allow = matches!(args.action, SourcesAction::Allow { .. });
             let nets = parse_nets(nets)?;
             let mut control = Control::open(pin_dir)?;
-            for net in nets {
-                control.add_source(net, allow)?;
-                eprintln!("{} {net}", if allow { "allowed" } else { "denied" });
+            let added = control.add_sources(&nets, allow)?;
+            let verb = if allow { "allowed" } else { "denied" };
+            let distinct: BTreeSet<IpNet> = nets.iter().map(IpNet::trunc).collect();
+            if distinct.len() <= LOGGED_NETS {
+                for net in &distinct {
+                    eprintln!("{verb} {net}");
+                }
+            } else {
+                eprintln!("{verb} {} prefixes, {added} of them new", distinct.len());
             }
         }
         SourcesAction::Remove { nets } => {
@@ -476,5 +534,63 @@ mod tests {
         let err = startup(&ports, &ok, &bad_global).unwrap_err().to_string();
         assert!(err.contains("global-burst"), "{err}");
         assert!(startup(&ports, &ok, &FirewallArgs::default()).is_ok());
+    }
+
+    /// A list longer than its map holds is refused whole, before anything
+    /// is loaded; repeats and host bits do not count twice.
+    #[test]
+    fn startup_refuses_lists_that_do_not_fit() {
+        let ports = ["514".parse().unwrap()];
+        let hosts = |n: u32| -> Vec<String> {
+            (0..n)
+                .map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string())
+                .collect()
+        };
+        let limit = udp_ebpf_common::MAX_PREFIXES;
+        let fw = FirewallArgs {
+            deny: hosts(limit + 1),
+            ..FirewallArgs::default()
+        };
+        let err = startup(&ports, &PortLimitArgs::default(), &fw)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("deny list holds at most {limit} IPv4 prefixes")),
+            "{err}"
+        );
+        let mut full = hosts(limit);
+        full.extend(["10.0.0.0/32".into(), "10.0.0.1/32".into()]);
+        full.push("fd00::1".into());
+        let fw = FirewallArgs {
+            allow: full,
+            ..FirewallArgs::default()
+        };
+        assert!(startup(&ports, &PortLimitArgs::default(), &fw).is_ok());
+    }
+
+    #[test]
+    fn start_up_ports_are_merged_and_logged_as_ranges() {
+        let ports: Vec<PortRange> = ["9", "1-3", "5", "4", "2", "100-200", "150-250", "251"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let s = startup(&ports, &PortLimitArgs::default(), &FirewallArgs::default()).unwrap();
+        assert_eq!(s.ports_summary(), "1-5,9,100-251");
+        let every_other: Vec<PortRange> = (1..=1000u16).map(|p| PortRange::single(p * 2)).collect();
+        let s = startup(
+            &every_other,
+            &PortLimitArgs::default(),
+            &FirewallArgs::default(),
+        )
+        .unwrap();
+        let summary = s.ports_summary();
+        assert!(
+            summary.starts_with("2,4,6,")
+                && summary
+                    .ends_with("(1000 ranges, 1000 ports in all: see `udp-agent ports list`)"),
+            "{summary}"
+        );
+        let named = summary.split(',').take_while(|r| !r.starts_with('…'));
+        assert_eq!(named.count(), LOGGED_RANGES);
     }
 }

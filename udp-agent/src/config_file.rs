@@ -17,20 +17,38 @@
 //!
 //! A key that is not a flag of `run` is an error naming it: a typo must not
 //! silently fall back to a default (say, an unlimited rate).
+//!
+//! Memory. A file larger than [`MAX_FILE_BYTES`] is refused before it is
+//! parsed. Its lists are condensed before clap sees them: repeated values
+//! are dropped, `port` becomes merged ranges (every port listed one by one
+//! is `1-65535`), and a list goes to clap as one argument.
 
 use std::{
+    collections::HashSet,
     ffi::OsString,
-    fmt, io,
+    fmt,
+    io::{self, Read},
     path::{Path, PathBuf},
 };
 
 use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, parser::ValueSource};
 use thiserror::Error;
 
-use crate::cli::Cli;
+use crate::{
+    cli::Cli,
+    ports::{PortRange, compact},
+};
 
 /// The `run` argument that names the file (not a key of the file).
 const CONFIG_ID: &str = "config";
+
+/// Largest config file read. Settings take a few hundred bytes, and every
+/// port listed one by one about 0.5 MB. The TOML parser holds some 160
+/// bytes per array element at its peak (measured: a 9.4 MB file of 1.2 M
+/// ports took 195 MB), and a file of one-digit elements has one every two
+/// bytes: this bounds that to about 80 MB. Source lists longer than fit
+/// are loaded with `udp-agent sources allow|deny` once the agent runs.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -40,6 +58,10 @@ pub enum ConfigError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "config file {path} is larger than {limit} bytes: it holds settings, not data; list port ranges (`6000-6010`) rather than every port, and load long source lists with `udp-agent sources allow|deny` once the agent runs"
+    )]
+    TooLarge { path: PathBuf, limit: u64 },
     #[error("config file {path} is not valid TOML: {message}")]
     Toml { path: PathBuf, message: String },
     #[error("unknown key `{key}` in {path}{hint} (known keys: {known})")]
@@ -137,6 +159,8 @@ struct Key {
     list: bool,
     /// A switch: takes no value.
     switch: bool,
+    /// Splits one value into several at this character.
+    delimiter: Option<char>,
 }
 
 /// The keys a config file may use: every long flag of `run` but --config.
@@ -157,6 +181,7 @@ fn keys() -> Vec<Key> {
                 id: a.get_id().as_str().to_owned(),
                 list: matches!(a.get_action(), ArgAction::Append),
                 switch: !a.get_action().takes_values(),
+                delimiter: a.get_value_delimiter(),
             })
         })
         .collect()
@@ -172,10 +197,7 @@ pub fn known_keys() -> Vec<String> {
 /// Reads `path` and turns the keys that the command line and environment
 /// left unset into `--flag=value` arguments.
 fn args_from_file(path: &Path, run: &ArgMatches) -> Result<Vec<OsString>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = read_bounded(path)?;
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ConfigError::Toml {
@@ -202,6 +224,28 @@ fn args_from_file(path: &Path, run: &ArgMatches) -> Result<Vec<OsString>, Config
         if from_outside {
             continue;
         }
+        let values = if key.list {
+            condense(key, values)
+        } else {
+            values
+        };
+        // A list as one `--flag=a,b,c` where the flag splits at commas:
+        // clap keeps a few hundred bytes per occurrence, so a long list is
+        // one occurrence rather than thousands.
+        let joinable = key.delimiter == Some(',')
+            && values.len() > 1
+            && values
+                .iter()
+                .all(|v| v.as_deref().is_some_and(|v| !v.contains(',')));
+        if joinable {
+            let joined: Vec<&str> = values.iter().filter_map(Option::as_deref).collect();
+            out.push(OsString::from(format!(
+                "--{}={}",
+                key.long,
+                joined.join(",")
+            )));
+            continue;
+        }
         for v in values {
             out.push(match v {
                 None => OsString::from(format!("--{}", key.long)),
@@ -211,6 +255,61 @@ fn args_from_file(path: &Path, run: &ArgMatches) -> Result<Vec<OsString>, Config
     }
     Ok(out)
 }
+
+/// The file's text, refusing more than [`MAX_FILE_BYTES`] (checked on what
+/// is read, too: a pipe or a special file has no size).
+fn read_bounded(path: &Path) -> Result<String, ConfigError> {
+    let read_err = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let too_large = || ConfigError::TooLarge {
+        path: path.to_path_buf(),
+        limit: MAX_FILE_BYTES,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    if file.metadata().map_err(read_err)?.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read_err)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    Ok(text)
+}
+
+/// A list's values without repeats, in first-seen order; `port`'s as
+/// merged ranges. A value that is not a port is left for clap to report.
+fn condense(key: &Key, values: Vec<Option<String>>) -> Vec<Option<String>> {
+    if key.long == PORT_KEY {
+        let ranges: Result<Vec<PortRange>, _> = values
+            .iter()
+            .map(|v| v.as_deref().unwrap_or_default().parse::<PortRange>())
+            .collect();
+        if let Ok(ranges) = ranges {
+            let mut enabled = vec![false; 1 << 16];
+            for port in ranges.iter().flat_map(PortRange::iter) {
+                enabled[usize::from(port)] = true;
+            }
+            let ports = (1..=u16::MAX).filter(|p| enabled[usize::from(*p)]);
+            return compact(ports).iter().map(|r| Some(r.to_string())).collect();
+        }
+    }
+    let mut seen = HashSet::with_capacity(values.len());
+    let first: Vec<bool> = values.iter().map(|v| seen.insert(v)).collect();
+    drop(seen);
+    values
+        .into_iter()
+        .zip(first)
+        .filter_map(|(v, first)| first.then_some(v))
+        .collect()
+}
+
+/// The file key of `--port`.
+const PORT_KEY: &str = "port";
 
 /// The flag's values for one file value: `Some(text)` per value, `None` for
 /// a switch that is on.

@@ -9,12 +9,28 @@
 //! An instance lock (`flock` on a file under `/run/udp-agent`) tells a live
 //! agent from pins left behind by one that was killed: pins under a pin
 //! directory nobody holds the lock for are stale and are removed at start.
+//! The lock is named after the pin directory as the kernel resolves it, so
+//! every spelling of one directory (`//`, `/./`, a trailing `/`, symbolic
+//! links) is one instance.
+//!
+//! Whoever can write to the pin directory can replace a pin with a map or
+//! directory of their own, and `udp-agent ports`/`sources` would then
+//! configure that instead. `/sys/fs/bpf` is often world-writable (sticky,
+//! mode 1777), so any user can create the default pin directory before the
+//! agent first starts: the agent refuses a pin directory that is not its
+//! user's or that others may write, and a parent inside bpffs that is
+//! neither root's nor its user's or that others may write without the
+//! sticky bit.
 
 use std::{
-    fs::{self, File, OpenOptions},
+    collections::BTreeSet,
+    fs::{self, DirBuilder, File, OpenOptions},
     io::{self, Read, Write},
-    os::fd::AsRawFd,
-    path::{Path, PathBuf},
+    os::{
+        fd::{AsRawFd, FromRawFd},
+        unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt},
+    },
+    path::{Component, Path, PathBuf},
 };
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -26,8 +42,8 @@ use aya::maps::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use thiserror::Error;
 use udp_ebpf_common::{
-    CONFIG_ALLOWLIST, CONFIG_DENYLIST, CONFIG_REJECT_DROP, Config, Limit, PORT_COUNT, PortRule,
-    PortState, SourceKey, SourceState, counter,
+    CONFIG_ALLOWLIST, CONFIG_DENYLIST, CONFIG_REJECT_DROP, Config, Limit, MAX_PREFIXES, PORT_COUNT,
+    PortRule, PortState, SourceKey, SourceState, counter,
 };
 
 use crate::ports::{PortRange, compact};
@@ -87,6 +103,24 @@ pub enum ControlError {
         "{0} is not on a BPF filesystem and mounting one there failed: {1} (mount it with `mount -t bpf bpf /sys/fs/bpf`)"
     )]
     NotBpfFs(PathBuf, io::Error),
+    #[error("--pin-dir {0} must be an absolute path under a bpffs mount")]
+    NotAbsolute(PathBuf),
+    #[error("{path} {why}: whoever can write there can swap the agent's pins for their own. {fix}")]
+    Unsafe {
+        path: PathBuf,
+        why: String,
+        fix: &'static str,
+    },
+    #[error(
+        "the {list} list holds at most {limit} {family} prefixes: it has {present} and this adds {adding} more, so nothing was changed (merge neighbouring prefixes into shorter ones, or remove some with `udp-agent sources remove`)"
+    )]
+    ListFull {
+        list: &'static str,
+        family: &'static str,
+        limit: u32,
+        present: usize,
+        adding: usize,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ControlError + '_ {
@@ -146,16 +180,39 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), ControlError> {
     Ok(())
 }
 
-/// Held for the life of a running agent.
+/// Held for the life of a running agent. Dropping it removes the lock file
+/// (while the lock is still held, so no one can take a lock on a file that
+/// is going away: see [`lock`]).
 #[derive(Debug)]
 pub struct InstanceLock {
-    _file: File,
+    file: File,
     path: PathBuf,
 }
 
 impl InstanceLock {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        // Only our own file: an operator may have removed it, and another
+        // agent made a new one, meanwhile. An unprivileged agent cannot
+        // remove a file in a lock directory root made for it; systemd
+        // removes its RuntimeDirectory= when the service stops.
+        if same_file(&self.file, &self.path) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Whether `path` (not followed if a symbolic link) is the file `file` has
+/// open.
+fn same_file(file: &File, path: &Path) -> bool {
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -173,7 +230,8 @@ pub fn lock_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(LOCK_DIR))
 }
 
-/// The lock file's name for a pin directory.
+/// The lock file's name for a pin directory (resolved by
+/// [`resolve_pin_dir`]).
 pub fn lock_name(pin_dir: &Path) -> String {
     let name: String = pin_dir
         .to_string_lossy()
@@ -183,37 +241,238 @@ pub fn lock_name(pin_dir: &Path) -> String {
     format!("{name}.lock")
 }
 
-/// Takes the instance lock for `pin_dir`, then removes stale pins and
-/// creates the directory afresh.
+/// `pin_dir` as the kernel resolves it: repeated and trailing `/`, `.`,
+/// `..` and symbolic links resolved, so that every spelling of a directory
+/// gives the same path (and the same instance lock). A directory that does
+/// not exist yet is its deepest existing ancestor, resolved, followed by
+/// the missing components as given.
+pub fn resolve_pin_dir(pin_dir: &Path) -> Result<PathBuf, ControlError> {
+    if !pin_dir.is_absolute() {
+        return Err(ControlError::NotAbsolute(pin_dir.to_path_buf()));
+    }
+    let components: Vec<Component> = pin_dir.components().collect();
+    for existing in (1..=components.len()).rev() {
+        let prefix: PathBuf = components[..existing].iter().collect();
+        match fs::canonicalize(&prefix) {
+            Ok(mut resolved) => {
+                for c in &components[existing..] {
+                    match c {
+                        Component::Normal(name) => resolved.push(name),
+                        // `missing/..` cannot be resolved: the kernel would
+                        // refuse it too.
+                        _ => return Err(io_err(pin_dir)(io::ErrorKind::NotFound.into())),
+                    }
+                }
+                return Ok(resolved);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(&prefix)(e)),
+        }
+    }
+    Err(io_err(pin_dir)(io::ErrorKind::NotFound.into()))
+}
+
+/// Takes the instance lock for `pin_dir`, makes sure the directory is the
+/// agent's own (see the module documentation), then removes stale pins.
+/// The pins go in [`resolve_pin_dir`]`(pin_dir)`.
 pub fn claim(pin_dir: &Path) -> Result<InstanceLock, ControlError> {
+    let pin_dir = &resolve_pin_dir(pin_dir)?;
     ensure_bpffs(pin_dir)?;
+    let lock = lock(pin_dir)?;
+    // The directory itself is kept from run to run: it may have been
+    // prepared by root for an unprivileged agent, as the systemd unit does.
+    check_ownership(pin_dir)?;
+    // Pins left by an agent that was killed: nobody holds the lock, so they
+    // are stale.
+    clear_pins(pin_dir)?;
+    Ok(lock)
+}
+
+/// `flock`s the lock file of `pin_dir` and writes our pid into it.
+fn lock(pin_dir: &Path) -> Result<InstanceLock, ControlError> {
     let lock_dir = lock_dir();
     fs::create_dir_all(&lock_dir).map_err(io_err(&lock_dir))?;
     let path = lock_dir.join(lock_name(pin_dir));
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io_err(&path))?;
-    // SAFETY: valid fd owned by `file`.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let mut pid = String::new();
-        let _ = file.read_to_string(&mut pid);
-        return Err(ControlError::AlreadyRunning {
-            dir: pin_dir.to_path_buf(),
-            pid: pid.trim().to_string(),
-        });
+    // An agent removes its lock file as it exits, still holding the lock.
+    // A lock then taken on the removed file excludes no one, so it counts
+    // only if the file is still the one at `path`; otherwise try again with
+    // the file now there. Each retry means another agent exited meanwhile.
+    for _ in 0..16 {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        // SAFETY: valid fd owned by `file`.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(ControlError::AlreadyRunning {
+                dir: pin_dir.to_path_buf(),
+                pid: pid.trim().to_string(),
+            });
+        }
+        if !same_file(&file, &path) {
+            continue;
+        }
+        file.set_len(0).map_err(io_err(&path))?;
+        write!(file, "{}", std::process::id()).map_err(io_err(&path))?;
+        return Ok(InstanceLock { file, path });
     }
-    file.set_len(0).map_err(io_err(&path))?;
-    write!(file, "{}", std::process::id()).map_err(io_err(&path))?;
-    // Pins left by an agent that was killed: nobody holds the lock, so they
-    // are stale. The directory itself is kept (it may have been prepared by
-    // root for an unprivileged agent, as the systemd unit does).
-    clear_pins(pin_dir)?;
-    fs::create_dir_all(pin_dir).map_err(io_err(pin_dir))?;
-    Ok(InstanceLock { _file: file, path })
+    Err(io_err(&path)(io::Error::other(
+        "the lock file was replaced 16 times while taking it; are agents being restarted in a loop?",
+    )))
+}
+
+/// Refuses `pin_dir` unless it is a directory owned by the agent's
+/// effective user that group and others cannot write, and every parent
+/// inside its bpffs is owned by root or that user and not writable by
+/// group or others (the sticky bit aside, which keeps others from renaming
+/// or removing what is not theirs). A pin directory that does not exist
+/// yet is created (0700) once the parents it goes in have passed.
+///
+/// Each directory is opened once, without following a symbolic link, and
+/// checked through that descriptor (`fstat`); its parents are reached
+/// through `..` of it. What is checked is what the path named when it was
+/// opened, and the path must still name it at the end; from then on no
+/// other user can change which directory the path names.
+fn check_ownership(pin_dir: &Path) -> Result<(), ControlError> {
+    let existing = pin_dir
+        .ancestors()
+        .find(|a| fs::symlink_metadata(a).is_ok())
+        .unwrap_or(Path::new("/"));
+    if existing != pin_dir {
+        let dir = open_dir(existing)?;
+        let meta = dir.metadata().map_err(io_err(existing))?;
+        check_parent(existing, &meta)?;
+        check_parents(existing, dir, meta)?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(pin_dir)
+            .map_err(io_err(pin_dir))?;
+    }
+    let dir = open_dir(pin_dir)?;
+    let meta = dir.metadata().map_err(io_err(pin_dir))?;
+    let checked = (meta.dev(), meta.ino());
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid {
+        return Err(unsafe_dir(
+            pin_dir,
+            format!(
+                "is owned by uid {}, not by the agent's user (uid {euid})",
+                meta.uid()
+            ),
+            "Remove it (the agent creates it), or chown it to the agent's user, or pick another --pin-dir.",
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(
+            pin_dir,
+            format!(
+                "is writable by group or others (mode {:04o})",
+                meta.mode() & 0o7777
+            ),
+            "Make it 0700 (chmod go-w), or pick another --pin-dir.",
+        ));
+    }
+    check_parents(pin_dir, dir, meta)?;
+    let now = fs::symlink_metadata(pin_dir).map_err(io_err(pin_dir))?;
+    if (now.dev(), now.ino()) != checked {
+        return Err(unsafe_dir(
+            pin_dir,
+            "was replaced while it was being checked".into(),
+            "Find out who else writes there, then start again.",
+        ));
+    }
+    Ok(())
+}
+
+fn unsafe_dir(path: &Path, why: String, fix: &'static str) -> ControlError {
+    ControlError::Unsafe {
+        path: path.to_path_buf(),
+        why,
+        fix,
+    }
+}
+
+/// `path` opened for `fstat` only: O_PATH needs search permission on the
+/// way, as pinning does (an unprivileged agent may traverse a parent it
+/// cannot list), and no symbolic link is followed at the end.
+fn open_dir(path: &Path) -> Result<File, ControlError> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOTDIR | libc::ELOOP) => unsafe_dir(
+                path,
+                "is not a directory (a symbolic link made after the agent resolved it?)".into(),
+                "Remove it, or pick another --pin-dir.",
+            ),
+            _ => io_err(path)(e),
+        })
+}
+
+/// The rule for a directory above the pin directory.
+fn check_parent(path: &Path, meta: &fs::Metadata) -> Result<(), ControlError> {
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Err(unsafe_dir(
+            path,
+            format!(
+                "(a parent) is owned by uid {}, neither root nor the agent's user (uid {euid})",
+                meta.uid()
+            ),
+            "Use a pin directory whose parents inside bpffs belong to root or the agent's user.",
+        ));
+    }
+    let sticky = meta.mode() & libc::S_ISVTX != 0;
+    if meta.mode() & 0o022 != 0 && !sticky {
+        return Err(unsafe_dir(
+            path,
+            format!(
+                "(a parent) is writable by group or others without the sticky bit (mode {:04o})",
+                meta.mode() & 0o7777
+            ),
+            "chmod go-w (or +t) that directory, or pick another --pin-dir.",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the directories above `dir` (opened at `path`, `meta` its
+/// status) up to the root of its bpffs: `..` of a mount's root is on
+/// another filesystem (or, at `/`, is itself).
+fn check_parents(path: &Path, dir: File, meta: fs::Metadata) -> Result<(), ControlError> {
+    let (mut child, mut child_meta) = (dir, meta);
+    let mut names = path.ancestors().skip(1);
+    loop {
+        let name = names.next().unwrap_or(Path::new("/"));
+        // SAFETY: a valid descriptor and a NUL-terminated name.
+        let fd = unsafe {
+            libc::openat(
+                child.as_raw_fd(),
+                c"..".as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io_err(name)(io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let parent = unsafe { File::from_raw_fd(fd) };
+        let meta = parent.metadata().map_err(io_err(name))?;
+        if meta.dev() != child_meta.dev() || meta.ino() == child_meta.ino() {
+            return Ok(());
+        }
+        check_parent(name, &meta)?;
+        (child, child_meta) = (parent, meta);
+    }
 }
 
 /// Removes every pin in `pin_dir`, keeping the directory.
@@ -607,17 +866,46 @@ impl Control {
 
     /// Adds a prefix to the allow (`allow = true`) or deny list.
     pub fn add_source(&mut self, net: IpNet, allow: bool) -> Result<(), ControlError> {
-        let net = net.trunc();
-        let name = list_name(&net, allow);
-        let err = self.map_err("updating", name);
-        match (net, allow) {
-            (IpNet::V4(n), true) => self.allow_v4.insert(&key4(&n), 1, 0),
-            (IpNet::V4(n), false) => self.deny_v4.insert(&key4(&n), 1, 0),
-            (IpNet::V6(n), true) => self.allow_v6.insert(&key6(&n), 1, 0),
-            (IpNet::V6(n), false) => self.deny_v6.insert(&key6(&n), 1, 0),
+        self.add_sources(&[net], allow).map(drop)
+    }
+
+    /// Adds prefixes to the allow (`allow = true`) or deny list, all or
+    /// none: the room left in each list ([`MAX_PREFIXES`] per address
+    /// family) is checked before the first write, and if a write still
+    /// fails (another process filled the list meanwhile), what this call
+    /// added is removed again. Returns how many prefixes were not on the
+    /// list before.
+    pub fn add_sources(&mut self, nets: &[IpNet], allow: bool) -> Result<usize, ControlError> {
+        let nets: BTreeSet<IpNet> = nets.iter().map(IpNet::trunc).collect();
+        let (present4, present6) = (self.list4(allow)?, self.list6(allow)?);
+        let new: Vec<IpNet> = nets
+            .into_iter()
+            .filter(|n| match n {
+                IpNet::V4(n) => !present4.contains(n),
+                IpNet::V6(n) => !present6.contains(n),
+            })
+            .collect();
+        let new4 = new.iter().filter(|n| matches!(n, IpNet::V4(_))).count();
+        check_room(allow, "IPv4", present4.len(), new4)?;
+        check_room(allow, "IPv6", present6.len(), new.len() - new4)?;
+        for (i, net) in new.iter().enumerate() {
+            let name = list_name(net, allow);
+            let result = match (net, allow) {
+                (IpNet::V4(n), true) => self.allow_v4.insert(&key4(n), 1, 0),
+                (IpNet::V4(n), false) => self.deny_v4.insert(&key4(n), 1, 0),
+                (IpNet::V6(n), true) => self.allow_v6.insert(&key6(n), 1, 0),
+                (IpNet::V6(n), false) => self.deny_v6.insert(&key6(n), 1, 0),
+            };
+            if let Err(e) = result {
+                let err = self.map_err("updating", name)(e);
+                for added in &new[..i] {
+                    let _ = self.remove_source(*added, allow);
+                }
+                return Err(err);
+            }
         }
-        .map_err(err)?;
-        self.sync_list_flags()
+        self.sync_list_flags()?;
+        Ok(new.len())
     }
 
     /// Removes a prefix from a list; `Ok(false)` if it was not there.
@@ -641,34 +929,50 @@ impl Control {
 
     /// The allow and deny lists.
     pub fn sources(&self) -> Result<(Vec<IpNet>, Vec<IpNet>), ControlError> {
-        let list4 = |t: &LpmTrie<MapData, [u8; 4], u8>, name| -> Result<Vec<IpNet>, ControlError> {
-            let mut out = Vec::new();
-            for k in t.keys() {
-                let k = k.map_err(self.map_err("reading", name))?;
-                let net = Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8)
-                    .expect("kernel keeps valid prefixes");
-                out.push(IpNet::V4(net));
-            }
+        let list = |allow| -> Result<Vec<IpNet>, ControlError> {
+            let mut out: Vec<IpNet> = self.list4(allow)?.into_iter().map(IpNet::V4).collect();
+            out.extend(self.list6(allow)?.into_iter().map(IpNet::V6));
+            out.sort();
             Ok(out)
         };
-        let list6 =
-            |t: &LpmTrie<MapData, [u8; 16], u8>, name| -> Result<Vec<IpNet>, ControlError> {
-                let mut out = Vec::new();
-                for k in t.keys() {
-                    let k = k.map_err(self.map_err("reading", name))?;
-                    let net = Ipv6Net::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8)
-                        .expect("kernel keeps valid prefixes");
-                    out.push(IpNet::V6(net));
-                }
-                Ok(out)
-            };
-        let mut allow = list4(&self.allow_v4, ALLOW_V4_PIN)?;
-        allow.extend(list6(&self.allow_v6, ALLOW_V6_PIN)?);
-        let mut deny = list4(&self.deny_v4, DENY_V4_PIN)?;
-        deny.extend(list6(&self.deny_v6, DENY_V6_PIN)?);
-        allow.sort();
-        deny.sort();
-        Ok((allow, deny))
+        Ok((list(true)?, list(false)?))
+    }
+
+    /// The prefixes of the IPv4 allow (`allow = true`) or deny list.
+    fn list4(&self, allow: bool) -> Result<BTreeSet<Ipv4Net>, ControlError> {
+        let (trie, name) = if allow {
+            (&self.allow_v4, ALLOW_V4_PIN)
+        } else {
+            (&self.deny_v4, DENY_V4_PIN)
+        };
+        self.prefixes(trie, name, |a, len| Ipv4Net::new(a.into(), len))
+    }
+
+    /// The prefixes of the IPv6 allow (`allow = true`) or deny list.
+    fn list6(&self, allow: bool) -> Result<BTreeSet<Ipv6Net>, ControlError> {
+        let (trie, name) = if allow {
+            (&self.allow_v6, ALLOW_V6_PIN)
+        } else {
+            (&self.deny_v6, DENY_V6_PIN)
+        };
+        self.prefixes(trie, name, |a, len| Ipv6Net::new(a.into(), len))
+    }
+
+    /// The keys of one list's trie, each made a prefix by `net`.
+    fn prefixes<const N: usize, T: Ord, E>(
+        &self,
+        trie: &LpmTrie<MapData, [u8; N], u8>,
+        name: &str,
+        net: impl Fn([u8; N], u8) -> Result<T, E>,
+    ) -> Result<BTreeSet<T>, ControlError> {
+        trie.keys()
+            .map(|k| {
+                let k = k.map_err(self.map_err("reading", name))?;
+                Ok(net(k.data(), k.prefix_len() as u8)
+                    .ok()
+                    .expect("kernel keeps valid prefixes"))
+            })
+            .collect()
     }
 
     /// An empty allow list means everyone, an empty deny list no one: the
@@ -772,6 +1076,26 @@ fn key_not_found(e: &aya::maps::MapError) -> bool {
         aya::maps::MapError::SyscallError(s) => s.io_error.kind() == io::ErrorKind::NotFound,
         _ => false,
     }
+}
+
+/// Refuses `adding` more prefixes to a list of `present` that would then
+/// not fit in its map.
+pub fn check_room(
+    allow: bool,
+    family: &'static str,
+    present: usize,
+    adding: usize,
+) -> Result<(), ControlError> {
+    if adding > 0 && present + adding > MAX_PREFIXES as usize {
+        return Err(ControlError::ListFull {
+            list: if allow { "allow" } else { "deny" },
+            family,
+            limit: MAX_PREFIXES,
+            present,
+            adding,
+        });
+    }
+    Ok(())
 }
 
 fn list_name(net: &IpNet, allow: bool) -> &'static str {

@@ -117,9 +117,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ),
     };
 
-    let pin_dir = args.pin.pin_dir.clone();
+    let pin_dir = control::resolve_pin_dir(&args.pin.pin_dir)
+        .with_context(|| format!("preparing pin directory {}", args.pin.pin_dir.display()))?;
     let _lock = control::claim(&pin_dir)
-        .with_context(|| format!("preparing pin directory {}", pin_dir.display()))?;
+        .with_context(|| format!("preparing pin directory {}", args.pin.pin_dir.display()))?;
     let _pins = PinGuard(pin_dir.clone());
 
     let mut ebpf = loader::load(args.ring_bytes)?;
@@ -160,9 +161,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
             stop_rx.clone(),
         ))
     });
-    let ports: Vec<String> = args.ports.iter().map(ToString::to_string).collect();
     info!(
-        ports = ports.join(","),
+        ports = firewall.ports_summary(),
         ifaces = watcher.attached().join(","),
         pin_dir = %pin_dir.display(),
         sink = ?selected,

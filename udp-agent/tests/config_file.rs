@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::{io::Write, path::PathBuf, process::Output};
+use std::{io::Write, path::PathBuf, process::Output, time::Duration};
 
 use support::{Agent, VethNs, agent_command, pin_dir, privileged};
 use tempfile::NamedTempFile;
@@ -177,6 +177,81 @@ fn bad_values_name_the_key_and_the_file() {
     assert!(err.contains(&missing.display().to_string()), "{err}");
 }
 
+#[test]
+fn numbers_are_read_as_toml_writes_them() {
+    let f = file("iface = [\"eth0\"]\nrate = 1_000\nburst = 0x7d0\nmax-events-per-hour = 5e5\n");
+    let a = run_args(&f, &[]).unwrap();
+    assert_eq!((a.port_limit.rate, a.port_limit.burst), (1000, 2000));
+    assert_eq!(a.eventbridge.max_events_per_hour, 500_000);
+    let f = file("rate = 1\nrate = 2\n");
+    let err = error(&f, &[]);
+    assert!(err.contains("not valid TOML"), "{err}");
+}
+
+#[test]
+fn snaplen_zero_is_refused() {
+    // Every event would carry an empty `Payload` marked `Truncated`.
+    let f = file("iface = [\"eth0\"]\nsnaplen = 0\n");
+    let err = error(&f, &[]);
+    assert!(
+        err.contains("--snaplen") && err.contains("1..=9216"),
+        "{err}"
+    );
+    let f = file("iface = [\"eth0\"]\n");
+    let err = error(&f, &["--snaplen", "0"]);
+    assert!(
+        err.contains("--snaplen") && err.contains("1..=9216"),
+        "{err}"
+    );
+    assert_eq!(run_args(&f, &["--snaplen", "1"]).unwrap().snaplen, 1);
+}
+
+/// A file listing every port one by one, and some twice: the ports reach
+/// the agent as merged ranges, and repeated list values once.
+#[test]
+fn long_lists_are_condensed() {
+    let ports: Vec<String> = (0..100_000u32)
+        .map(|i| format!("{}", 1 + i % 65_535))
+        .collect();
+    let f = file(&format!(
+        "iface = [\"eth0\"]\nport = [{}, \"7-9\"]\nallow = [\"198.18.0.0/15\", \"fd00::/8\", \"198.18.0.0/15\"]\n",
+        ports.join(",")
+    ));
+    let a = run_args(&f, &[]).unwrap();
+    let ranges: Vec<String> = a.ports.iter().map(ToString::to_string).collect();
+    assert_eq!(ranges, ["1-65535"]);
+    assert_eq!(a.firewall.allow, ["198.18.0.0/15", "fd00::/8"]);
+
+    // Gaps stay gaps; a bad port is still reported as clap reports it.
+    let f = file("iface = [\"eth0\"]\nport = [\"9\", \"1-3\", \"5\", \"4\", \"2\"]\n");
+    let ranges: Vec<String> = run_args(&f, &[])
+        .unwrap()
+        .ports
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(ranges, ["1-5", "9"]);
+    let f = file("iface = [\"eth0\"]\nport = [\"514\", \"70000\"]\n");
+    let err = error(&f, &[]);
+    assert!(err.contains("--port") && err.contains("70000"), "{err}");
+}
+
+#[test]
+fn an_oversized_file_is_refused_before_it_is_parsed() {
+    let limit = udp_agent::config_file::MAX_FILE_BYTES as usize;
+    // Valid TOML: a comment line repeated past the limit.
+    let line = "# padding padding padding padding padding padding padding padding\n";
+    let mut text = "iface = [\"eth0\"]\n".to_owned();
+    text.push_str(&line.repeat(limit / line.len() + 1));
+    let f = file(&text);
+    let err = error(&f, &[]);
+    assert!(
+        err.contains(&format!("larger than {limit} bytes")) && err.contains("port ranges"),
+        "{err}"
+    );
+    assert!(err.contains(&f.path().display().to_string()), "{err}");
+}
+
 /// Runs `udp-agent run --config FILE <extra>` with `env`; it must fail.
 fn run_binary(f: &NamedTempFile, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let pins = pin_dir("config-file");
@@ -279,6 +354,38 @@ fn an_agent_runs_from_a_config_file() {
     assert_eq!(evs[0].detail_type, "FromFlag");
     assert_eq!(evs[0].payload, b"firs", "snaplen 4 from the file");
     assert!(evs[0].truncated);
+    let stopped = agent.terminate();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}
+
+/// The start-up line names port ranges, and at most 32 of them: a config
+/// listing every port once made it 7 MB long.
+#[test]
+fn the_start_up_line_names_port_ranges() {
+    let test = "config-ranges";
+    if !privileged(test) {
+        return;
+    }
+    let ns = VethNs::new(test);
+    let pins = pin_dir(test);
+    // 5160 and 1,000 ports two apart: 1,001 ranges.
+    let mut ports: Vec<String> = (0..1000)
+        .map(|i| format!("\"{}\"", 20_000 + 2 * i))
+        .collect();
+    ports.push("\"5160\"".into());
+    let f = file(&format!("port = [{}]\n", ports.join(",")));
+    let path = f.path().to_str().unwrap();
+    let mut agent = Agent::run(&ns.host_if, &pins, &["--config", path]);
+    let line = agent
+        .stderr_line("capturing", Duration::from_secs(1))
+        .expect("a capturing line");
+    println!("{} bytes: {line}", line.len());
+    assert!(line.len() < 1024, "{} bytes: {line}", line.len());
+    assert!(
+        line.contains("ports=\"5160,20000,20002,") && line.contains("1001 ranges, 1001 ports"),
+        "{line}"
+    );
+    assert_eq!(support::ports_list(&pins).len(), 1001);
     let stopped = agent.terminate();
     assert!(stopped.status.success(), "{}", stopped.stderr);
 }

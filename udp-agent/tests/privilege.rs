@@ -3,6 +3,14 @@
 //! grants — captures datagrams; with any one of the three missing it stops
 //! with an error naming it; and the maps it pins are its own (0600).
 //!
+//! The pin directory, as a hostile user or a careless operator meets it
+//! (agents run as root there, on a world-writable bpffs as /sys/fs/bpf
+//! often is): every spelling of a running agent's pin directory is that
+//! agent, refused for a second one and found by `ports list`; a pin
+//! directory (or a parent) that another user owns or may write is refused
+//! before anything in it is touched; and a source list past its capacity
+//! is refused whole.
+//!
 //! Why each capability (measured on this kernel with the agent's own
 //! pre-flight check disabled):
 //! * CAP_BPF: without it, creating the first map fails (EPERM).
@@ -170,6 +178,11 @@ enum Bpffs {
     AsTheUnit,
     /// systemd's mount, untouched: mode 0700, nothing for the agent's user.
     SystemdDefault,
+    /// For an agent run as root: the root world-writable and sticky (mode
+    /// 1777, as a plain `mount -t bpf` leaves it), a directory root owns
+    /// (0755) for the pin directory. No lock file is made: root makes its
+    /// own.
+    Open,
 }
 
 /// Everything one test sets up; removed on drop.
@@ -216,7 +229,9 @@ impl Lab {
         // From here on, Drop cleans up whatever was made.
         lab.make_network();
         lab.make_bpffs(bpffs_prep);
-        lab.make_lock_file();
+        if bpffs_prep != Bpffs::Open {
+            lab.make_lock_file();
+        }
         lab
     }
 
@@ -283,7 +298,13 @@ impl Lab {
     fn make_bpffs(&self, prep: Bpffs) {
         fs::create_dir_all(&self.bpffs).expect("create lab dir");
         chmod(&self.root, 0o755);
-        // As systemd mounts /sys/fs/bpf (mount-setup.c: "mode=0700").
+        // As systemd mounts /sys/fs/bpf (mount-setup.c: "mode=0700"), or
+        // as a plain mount does.
+        let mode = if prep == Bpffs::Open {
+            c"mode=1777"
+        } else {
+            c"mode=0700"
+        };
         let src = c"bpf";
         let target = CString::new(self.bpffs.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: NUL-terminated strings; data is a constant option string.
@@ -293,7 +314,7 @@ impl Lab {
                 target.as_ptr(),
                 src.as_ptr(),
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                c"mode=0700".as_ptr().cast(),
+                mode.as_ptr().cast(),
             )
         };
         assert_eq!(
@@ -305,7 +326,7 @@ impl Lab {
         );
         let owned = self.pin_dir.parent().unwrap();
         fs::create_dir(owned).expect("create the agent's bpffs directory");
-        chmod(owned, 0o700);
+        chmod(owned, if prep == Bpffs::Open { 0o755 } else { 0o700 });
         if prep == Bpffs::AsTheUnit {
             // ExecStartPre=+/usr/bin/chmod o+x /sys/fs/bpf
             let mode = fs::metadata(&self.bpffs).unwrap().permissions().mode();
@@ -366,6 +387,20 @@ impl Drop for Lab {
         }
         let _ = fs::remove_dir_all(&self.root);
         let _ = fs::remove_file(&self.lock_file);
+        // Lock files of other pin directories in the lab, left by an agent
+        // that was killed (or that failed before removing its own).
+        let prefix = lock_path(&self.root);
+        let prefix = prefix.file_name().unwrap().to_string_lossy();
+        // `_run_udp_agent_priv_<pid>_<slot>_`: the separator keeps slot 1
+        // from matching slot 10.
+        let prefix = format!("{}_", prefix.trim_end_matches(".lock"));
+        if let Ok(entries) = fs::read_dir(LOCK_DIR) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
     }
 }
 
@@ -407,6 +442,22 @@ fn as_user(uid: u32, caps: &[&str], args: &[&str]) -> Command {
     cmd
 }
 
+/// `udp-agent args…` as root, with a clean environment.
+fn as_root(args: &[&str]) -> Command {
+    let mut cmd = Command::new(AGENT);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `udp-agent args…` as root to completion.
+fn ctl_as_root(args: &[&str]) -> std::process::Output {
+    as_root(args).output().expect("run udp-agent")
+}
+
 /// A running agent; killed on drop.
 struct Agent {
     child: Child,
@@ -417,7 +468,9 @@ struct Agent {
 
 impl Agent {
     fn start(lab: &Lab, caps: &[&str], port: u16) -> Self {
-        let mut child = as_user(
+        let pin_dir = lab.pin_dir.to_string_lossy().into_owned();
+        let port = port.to_string();
+        Self::spawn(as_user(
             AGENT_UID,
             caps,
             &[
@@ -425,17 +478,40 @@ impl Agent {
                 "--iface",
                 &lab.host_if,
                 "--port",
-                &port.to_string(),
+                &port,
                 "--pin-dir",
-                &lab.pin_dir.to_string_lossy(),
+                &pin_dir,
                 "--sink",
                 "stdout",
             ],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn setpriv");
+        ))
+    }
+
+    /// The agent as root (all capabilities), with `--pin-dir pin_dir` and
+    /// `extra` arguments.
+    fn start_as_root(lab: &Lab, pin_dir: &Path, extra: &[&str]) -> Self {
+        Self::spawn(as_root(
+            &[
+                "run",
+                "--iface",
+                &lab.host_if,
+                "--pin-dir",
+                &pin_dir.to_string_lossy(),
+                "--sink",
+                "stdout",
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
+        ))
+    }
+
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the agent");
         let events = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::new(Mutex::new(String::new()));
         let stdout = child.stdout.take().unwrap();
@@ -470,6 +546,22 @@ impl Agent {
 
     fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for the `capturing` log line, which the agent writes once it
+    /// is attached and just before it handles SIGTERM (an agent stopped
+    /// earlier dies of the signal rather than shutting down).
+    fn wait_capturing(&mut self, lab: &Lab) {
+        self.wait_attached(lab);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self.log().contains("capturing") {
+            assert!(
+                Instant::now() < deadline,
+                "no `capturing` line within {START_TIMEOUT:?}; its log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits until the program is attached; panics if the agent exits or
@@ -764,4 +856,270 @@ fn refused_on_an_unprepared_bpffs() {
         "the error does not say which path it could not use and why: {log}"
     );
     assert!(!lab.has_xdp(), "XDP attached although pinning failed");
+}
+
+// ---------------------------------------------------------------------------
+// The pin directory and the source lists, with agents run as root
+// ---------------------------------------------------------------------------
+
+/// `udp-agent args…` as root must fail; its stderr.
+fn ctl_fails(args: &[&str]) -> String {
+    let out = ctl_as_root(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "`udp-agent {}` succeeded: {err}",
+        args.join(" ")
+    );
+    err
+}
+
+/// `udp-agent args…` as root must succeed; its stdout.
+fn ctl_ok(args: &[&str]) -> String {
+    let out = ctl_as_root(args);
+    assert!(
+        out.status.success(),
+        "`udp-agent {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts a root agent on `pin_dir` with `extra` and waits for it to
+/// exit, which it must do with an error; its log.
+fn refused(lab: &Lab, pin_dir: &Path, extra: &[&str]) -> String {
+    let mut agent = Agent::start_as_root(lab, pin_dir, extra);
+    let status = agent.wait_exit(START_TIMEOUT);
+    let log = agent.log();
+    assert!(
+        !status.success(),
+        "an agent started on {}: {log}",
+        pin_dir.display()
+    );
+    println!("--pin-dir {}: {}", pin_dir.display(), log.trim());
+    log
+}
+
+/// One running agent; a second one on any other spelling of its pin
+/// directory is refused without touching its pins, and `ports list` with
+/// any spelling finds it. Its lock file is gone once it exits.
+#[test]
+fn every_spelling_of_the_pin_directory_is_one_instance() {
+    if !can_run("every_spelling_of_the_pin_directory_is_one_instance") {
+        return;
+    }
+    let lab = Lab::new(Bpffs::Open);
+    let mut first = Agent::start_as_root(&lab, &lab.pin_dir, &["--port", "5514"]);
+    first.wait_capturing(&lab);
+    let pid = first.child.id();
+
+    // A symbolic link to the pin directory inside bpffs, and one to bpffs
+    // from outside it.
+    let link_in = lab.bpffs.join("pins-link");
+    std::os::unix::fs::symlink(&lab.pin_dir, &link_in).expect("symlink in bpffs");
+    let link_out = lab.root.join("bpf-link");
+    std::os::unix::fs::symlink(&lab.bpffs, &link_out).expect("symlink to bpffs");
+    let owned = lab.pin_dir.parent().unwrap().display().to_string();
+    let spellings = [
+        format!("{owned}//pins"),
+        format!("{owned}/./pins"),
+        format!("{owned}/pins/"),
+        format!("{owned}/../udp-agent/pins"),
+        link_in.display().to_string(),
+        format!("{}/udp-agent/pins", link_out.display()),
+    ];
+    for spelling in &spellings {
+        let log = refused(&lab, Path::new(spelling), &["--port", "5515"]);
+        assert!(
+            log.contains(&format!("another udp-agent (pid {pid}) is running")),
+            "--pin-dir {spelling}: {log}"
+        );
+        for dir in [spelling.as_str(), &lab.pin_dir.to_string_lossy()] {
+            let listed = ctl_ok(&["ports", "list", "--pin-dir", dir]);
+            assert!(
+                listed.lines().any(|l| l.starts_with("5514 ")),
+                "`ports list --pin-dir {dir}` after a second agent on {spelling}: {listed}"
+            );
+        }
+    }
+    println!(
+        "refused a second agent on {} spellings: {spellings:?}",
+        spellings.len()
+    );
+
+    // The first one still captures.
+    let payload = b"still here".to_vec();
+    lab.send((lab.host4, 5514).into(), std::slice::from_ref(&payload));
+    let deadline = Instant::now() + TIMEOUT;
+    while !first.payloads().iter().any(|(p, _)| *p == payload) {
+        assert!(Instant::now() < deadline, "no event; log:\n{}", first.log());
+        thread::sleep(Duration::from_millis(20));
+        lab.send((lab.host4, 5514).into(), std::slice::from_ref(&payload));
+    }
+
+    let status = first.stop();
+    assert!(status.success(), "exit {status}; log:\n{}", first.log());
+    assert!(!lab.pin_dir.exists(), "pins left behind");
+    assert!(
+        !lab.lock_file.exists(),
+        "lock file {} left behind",
+        lab.lock_file.display()
+    );
+}
+
+/// Pin directories, or parents inside bpffs, that someone else owns or
+/// may write are refused before anything in them is touched: on a
+/// world-writable bpffs any user can create the directory an agent will
+/// use, and later swap its pins.
+#[test]
+fn a_pin_directory_others_control_is_refused() {
+    if !can_run("a_pin_directory_others_control_is_refused") {
+        return;
+    }
+    let lab = Lab::new(Bpffs::Open);
+    let bpffs = &lab.bpffs;
+    let make = |path: &Path, uid: u32, mode: u32| {
+        fs::create_dir(path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        chown(path, uid);
+        chmod(path, mode);
+    };
+
+    // Refused before attaching, too.
+    let refused_here = |pin_dir: &Path| {
+        let log = refused(&lab, pin_dir, &["--port", "5514"]);
+        assert!(!lab.has_xdp(), "attached: {log}");
+        log
+    };
+
+    // Created first by another user.
+    let theirs = bpffs.join("theirs");
+    make(&theirs, OTHER_UID, 0o755);
+    let log = refused_here(&theirs);
+    assert!(
+        log.contains(&format!(
+            "{} is owned by uid {OTHER_UID}, not by the agent's user (uid 0)",
+            theirs.display()
+        )),
+        "{log}"
+    );
+    let meta = fs::metadata(&theirs).unwrap();
+    assert_eq!(meta.uid(), OTHER_UID);
+    assert_eq!(fs::read_dir(&theirs).unwrap().count(), 0, "pinned into it");
+
+    // The same through a symbolic link (which anyone may create there).
+    let link = bpffs.join("link");
+    std::os::unix::fs::symlink(&theirs, &link).unwrap();
+    let log = refused_here(&link);
+    assert!(log.contains("is owned by uid 65533"), "{log}");
+
+    // Root's, but anyone may write in it.
+    let open = bpffs.join("open");
+    make(&open, 0, 0o777);
+    let log = refused_here(&open);
+    assert!(
+        log.contains("is writable by group or others (mode 0777)"),
+        "{log}"
+    );
+
+    // A parent another user owns.
+    let under_theirs = bpffs.join("evil");
+    make(&under_theirs, OTHER_UID, 0o755);
+    let log = refused_here(&under_theirs.join("pins"));
+    assert!(
+        log.contains(&format!(
+            "{} (a parent) is owned by uid {OTHER_UID}",
+            under_theirs.display()
+        )),
+        "{log}"
+    );
+    assert!(
+        !under_theirs.join("pins").exists(),
+        "made a directory in theirs"
+    );
+    // A parent anyone may write, without the sticky bit.
+    let shared = bpffs.join("shared");
+    make(&shared, 0, 0o777);
+    let log = refused_here(&shared.join("pins"));
+    assert!(log.contains("without the sticky bit (mode 0777)"), "{log}");
+    assert!(
+        !shared.join("pins").exists(),
+        "made a directory in a shared one"
+    );
+
+    // Its own directory under root-owned parents, and the sticky
+    // world-writable bpffs root, is fine.
+    let mut agent = Agent::start_as_root(&lab, &lab.pin_dir, &["--port", "5514"]);
+    agent.wait_capturing(&lab);
+    let mode = fs::metadata(&lab.pin_dir).unwrap().mode() & 0o7777;
+    assert_eq!(mode & 0o077, 0, "pin directory made with mode {mode:04o}");
+    // Dropping the agent kills it; the lab removes what it leaves.
+}
+
+/// `sources deny` (and `allow`) past the list's capacity changes nothing
+/// and says what the limit is; up to it, everything is applied.
+#[test]
+fn a_source_list_past_capacity_is_refused_whole() {
+    if !can_run("a_source_list_past_capacity_is_refused_whole") {
+        return;
+    }
+    const LIMIT: u32 = 65_536;
+    let lab = Lab::new(Bpffs::Open);
+    let pin_dir = lab.pin_dir.to_string_lossy().into_owned();
+    let mut agent = Agent::start_as_root(
+        &lab,
+        &lab.pin_dir,
+        &["--port", "5514", "--deny", "203.0.113.0/24"],
+    );
+    agent.wait_capturing(&lab);
+    let hosts = |first: u32, n: u32| -> Vec<String> {
+        (first..first + n)
+            .map(|i| Ipv4Addr::from(0x0a00_0000 + i).to_string())
+            .collect()
+    };
+    let sources = |verb: &str, nets: &[String]| -> Vec<String> {
+        let mut args = vec!["sources", verb, "--pin-dir", &pin_dir];
+        args.extend(nets.iter().map(String::as_str));
+        args.into_iter().map(str::to_owned).collect()
+    };
+    let listed = |kind: &str| -> usize {
+        ctl_ok(&["sources", "list", "--pin-dir", &pin_dir])
+            .lines()
+            .filter(|l| l.starts_with(kind))
+            .count()
+    };
+
+    // One more than fits: nothing is added.
+    let too_many = sources("deny", &hosts(0, LIMIT));
+    let args: Vec<&str> = too_many.iter().map(String::as_str).collect();
+    let err = ctl_fails(&args);
+    assert!(
+        err.contains(&format!(
+            "the deny list holds at most {LIMIT} IPv4 prefixes: it has 1 and this adds {LIMIT} more, so nothing was changed"
+        )),
+        "{err}"
+    );
+    assert_eq!(listed("deny "), 1);
+
+    // Exactly what fits (a repeat of a listed prefix takes no room).
+    let mut fits = hosts(0, LIMIT - 1);
+    fits.push("203.0.113.0/24".into());
+    let fits = sources("deny", &fits);
+    let args: Vec<&str> = fits.iter().map(String::as_str).collect();
+    ctl_ok(&args);
+    assert_eq!(listed("deny "), LIMIT as usize);
+    let err = ctl_fails(&["sources", "deny", "--pin-dir", &pin_dir, "192.0.2.1"]);
+    assert!(err.contains("it has 65536 and this adds 1 more"), "{err}");
+
+    // The allow list and IPv6 have room of their own.
+    ctl_ok(&[
+        "sources",
+        "allow",
+        "--pin-dir",
+        &pin_dir,
+        "10.0.0.0/8",
+        "fd00::/8",
+    ]);
+    assert_eq!(listed("allow "), 2);
+    assert!(agent.stop().success(), "{}", agent.log());
 }

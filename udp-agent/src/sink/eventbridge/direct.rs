@@ -16,8 +16,9 @@
 //!   resolved (Region, partition, FIPS/dual-stack settings or
 //!   --endpoint-url) is recorded by an interceptor and used from then on;
 //! - credentials: the provider chain of the client's configuration, cached
-//!   here until five minutes before they expire (instance-role credentials
-//!   rotate hourly);
+//!   here and refreshed in the background from five minutes before they
+//!   expire (instance-role credentials rotate hourly), see
+//!   [`CredentialCache`];
 //! - errors: failures are [`SdkError`]s of the same kinds the SDK would
 //!   raise (dispatch failure, timeout, service error with its code, response
 //!   error), so [`super::retry`] classifies both paths with one function.
@@ -63,7 +64,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use super::{config::Connection, service::EntryResult};
+use super::{config::Connection, retry::Backoff, service::EntryResult};
 use crate::encode::{Entry, push_json_bytes};
 
 type PutEventsResult = Result<Vec<EntryResult>, SdkError<PutEventsError, HttpResponse>>;
@@ -72,9 +73,19 @@ type PutEventsResult = Result<Vec<EntryResult>, SdkError<PutEventsError, HttpRes
 const SERVICE: &str = "events";
 const TARGET: &str = "AWSEvents.PutEvents";
 const JSON_1_1: &str = "application/x-amz-json-1.1";
-/// Credentials are refreshed this long before they expire (the SDK's own
-/// identity cache uses the same margin).
+/// Credentials are refreshed, in the background, from this long before
+/// they expire: EC2 makes new instance-role credentials available at least
+/// five minutes before the old ones expire.
 const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
+/// Waits between refresh attempts that brought nothing newer (or failed):
+/// the n-th waits between half and all of `min(cap, base * 2^n)`.
+const REFRESH_BACKOFF: Backoff = Backoff {
+    base: Duration::from_secs(2),
+    cap: Duration::from_secs(60),
+};
+/// Longest a refresh attempt may take (IMDS has shorter timeouts and
+/// retries of its own).
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle pooled connections are closed after this long: well under the idle
 /// timeouts of AWS's load balancers (60 s and more), so a reused connection
 /// is rarely one the server is closing.
@@ -599,54 +610,183 @@ impl Intercept for RecordEndpoint {
     }
 }
 
-/// The credentials of a provider chain, reused until shortly before they
-/// expire.
+/// The credentials of a provider chain, shared by every request.
+///
+/// Requests never wait for the provider while the current credentials are
+/// valid: from [`REFRESH_BEFORE`] their expiry on, one background task asks
+/// the provider for newer ones, and an answer that brings nothing newer (on
+/// EC2, IMDS keeps serving the old role credentials for a while) or an
+/// error is tried again after a capped, jittered backoff
+/// ([`REFRESH_BACKOFF`]), never later than the expiry. Asking once per
+/// request instead could make hundreds of IMDS calls a second, and IMDS
+/// throttles per instance. Requests wait only when there are no valid
+/// credentials at all (before the first answer, or once they have expired),
+/// and then for the one attempt in progress.
 struct CredentialCache {
+    inner: Arc<CacheInner>,
+}
+
+struct CacheInner {
     provider: SharedCredentialsProvider,
     current: RwLock<Option<Credentials>>,
-    refresh: tokio::sync::Mutex<()>,
+    refresh: Mutex<Refresh>,
+    /// Counts finished refresh attempts: requests without valid credentials
+    /// wait for the next one.
+    attempts: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Refresh {
+    running: bool,
+    /// Attempts in a row that brought no credentials valid beyond
+    /// [`REFRESH_BEFORE`].
+    misses: u32,
+    /// No new attempt before this.
+    not_before: Option<tokio::time::Instant>,
+    /// Why the last attempt failed, if it did.
+    last_error: Option<String>,
 }
 
 impl CredentialCache {
     fn new(provider: SharedCredentialsProvider) -> Self {
         Self {
-            provider,
-            current: RwLock::new(None),
-            refresh: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    fn fresh(&self, margin: Duration) -> Option<Credentials> {
-        let current = self.current.read().expect("credentials lock");
-        let c = current.as_ref()?;
-        match c.expiry() {
-            Some(expiry) if expiry <= SystemTime::now() + margin => None,
-            _ => Some(c.clone()),
+            inner: Arc::new(CacheInner {
+                provider,
+                current: RwLock::new(None),
+                refresh: Mutex::new(Refresh::default()),
+                attempts: tokio::sync::watch::Sender::new(0),
+            }),
         }
     }
 
     async fn get(&self) -> Result<Credentials, BoxError> {
-        if let Some(c) = self.fresh(REFRESH_BEFORE) {
-            return Ok(c);
-        }
-        let _one_refresh = self.refresh.lock().await;
-        if let Some(c) = self.fresh(REFRESH_BEFORE) {
-            return Ok(c);
-        }
-        match self.provider.provide_credentials().await {
-            Ok(c) => {
-                *self.current.write().expect("credentials lock") = Some(c.clone());
-                Ok(c)
-            }
-            // Not expired yet: keep using them, try again next request.
-            Err(e) => match self.fresh(Duration::ZERO) {
-                Some(c) => {
-                    warn!(error = %e, "EventBridge: could not refresh credentials; using the current ones until they expire");
-                    Ok(c)
+        if let Some(c) = self.inner.current() {
+            match c.expiry() {
+                None => return Ok(c),
+                Some(expiry) if expiry > SystemTime::now() + REFRESH_BEFORE => return Ok(c),
+                Some(expiry) if expiry > SystemTime::now() => {
+                    self.start_refresh();
+                    return Ok(c);
                 }
-                None => Err(e.into()),
-            },
+                Some(_) => {}
+            }
         }
+        // No valid credentials: wait for the attempt in progress (or one
+        // started now), unless the backoff says not yet.
+        let mut attempts = self.inner.attempts.subscribe();
+        if self.start_refresh() {
+            let _ = tokio::time::timeout(REFRESH_TIMEOUT, attempts.changed()).await;
+        }
+        match self.inner.current() {
+            Some(c) if c.expiry().is_none_or(|e| e > SystemTime::now()) => Ok(c),
+            _ => {
+                let r = self.inner.refresh.lock().expect("refresh lock");
+                let why = r.last_error.as_deref().unwrap_or("they have expired");
+                Err(format!("no valid credentials: {why}").into())
+            }
+        }
+    }
+
+    /// Starts a background refresh unless one is running or the backoff
+    /// holds it back; returns whether one is running now.
+    fn start_refresh(&self) -> bool {
+        let mut r = self.inner.refresh.lock().expect("refresh lock");
+        if r.running {
+            return true;
+        }
+        if r.not_before
+            .is_some_and(|t| tokio::time::Instant::now() < t)
+        {
+            return false;
+        }
+        r.running = true;
+        drop(r);
+        let inner = self.inner.clone();
+        tokio::spawn(async move { inner.refresh().await });
+        true
+    }
+}
+
+impl CacheInner {
+    fn current(&self) -> Option<Credentials> {
+        self.current.read().expect("credentials lock").clone()
+    }
+
+    /// One attempt: asks the provider, keeps what it answers, and sets when
+    /// the next attempt may start.
+    async fn refresh(&self) {
+        let answer = tokio::time::timeout(REFRESH_TIMEOUT, self.provider.provide_credentials())
+            .await
+            .map_err(|_| {
+                format!(
+                    "the credential provider gave no answer in {}",
+                    humantime::format_duration(REFRESH_TIMEOUT)
+                )
+            })
+            .and_then(|r| r.map_err(|e| crate::loader::error_chain(&e)));
+        let now = SystemTime::now();
+        let mut r = self.refresh.lock().expect("refresh lock");
+        r.running = false;
+        let renewed = match answer {
+            Ok(c) => {
+                let mut current = self.current.write().expect("credentials lock");
+                let new = current.as_ref().is_none_or(|old| {
+                    old.access_key_id() != c.access_key_id() || old.expiry() != c.expiry()
+                });
+                if new {
+                    let expires = c
+                        .expiry()
+                        .and_then(|e| DateTime::from(e).fmt(Format::DateTime).ok());
+                    info!(
+                        expires = expires.as_deref().unwrap_or("never"),
+                        "EventBridge: credentials for direct requests"
+                    );
+                }
+                let renewed = c.expiry().is_none_or(|e| e > now + REFRESH_BEFORE);
+                *current = Some(c);
+                r.last_error = None;
+                renewed
+            }
+            Err(e) => {
+                r.last_error = Some(e);
+                false
+            }
+        };
+        if renewed {
+            r.misses = 0;
+            r.not_before = None;
+        } else {
+            let ceiling = REFRESH_BACKOFF.ceiling(r.misses);
+            // Equal jitter: at least half the ceiling, so attempts stay
+            // spaced out, and spread so that hosts started together do not
+            // ask in step.
+            let mut wait = ceiling / 2 + ceiling.mul_f64(fastrand::f64() / 2.0);
+            r.misses = r.misses.saturating_add(1);
+            // Not past the expiry of what is in use, so that new
+            // credentials are picked up in time if they have appeared.
+            if let Some(left) = self
+                .current()
+                .and_then(|c| c.expiry())
+                .and_then(|e| e.duration_since(now).ok())
+                .filter(|left| !left.is_zero())
+            {
+                wait = wait.min(left);
+            }
+            r.not_before = Some(tokio::time::Instant::now() + wait);
+            match &r.last_error {
+                Some(e) => warn!(
+                    error = %e,
+                    retry_in = %humantime::format_duration(wait),
+                    "EventBridge: could not refresh credentials; the current ones are used until they expire"
+                ),
+                None => debug!(
+                    retry_in = %humantime::format_duration(wait),
+                    "EventBridge: the provider still has the credentials in use, which expire soon"
+                ),
+            }
+        }
+        drop(r);
+        self.attempts.send_modify(|n| *n += 1);
     }
 }
 
@@ -888,6 +1028,140 @@ mod tests {
         assert_eq!(s.err().code(), Some("InternalFailure"));
         let err = read_response(200, &headers, Bytes::from_static(b"<html>")).unwrap_err();
         assert!(matches!(err, SdkError::ResponseError(_)), "{err:?}");
+    }
+
+    /// A provider that answers what the test puts in `answer`, counting
+    /// the calls.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        calls: std::sync::atomic::AtomicUsize,
+        answer: Mutex<Option<Credentials>>,
+    }
+
+    #[derive(Debug)]
+    struct ScriptedProvider(Arc<Scripted>);
+
+    impl ProvideCredentials for ScriptedProvider {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            self.0
+                .calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let answer = self.0.answer.lock().unwrap().clone().ok_or_else(|| {
+                aws_credential_types::provider::error::CredentialsError::provider_error(
+                    "scripted failure",
+                )
+            });
+            aws_credential_types::provider::future::ProvideCredentials::ready(answer)
+        }
+    }
+
+    fn expiring(key: &str, in_secs: i64) -> Credentials {
+        let now = SystemTime::now();
+        let expiry = if in_secs >= 0 {
+            now + Duration::from_secs(in_secs as u64)
+        } else {
+            now - Duration::from_secs(in_secs.unsigned_abs())
+        };
+        Credentials::new(key, "secret", Some("token".into()), Some(expiry), "test")
+    }
+
+    fn scripted(answer: Option<Credentials>) -> (Arc<Scripted>, CredentialCache) {
+        let script = Arc::new(Scripted::default());
+        *script.answer.lock().unwrap() = answer;
+        let cache = CredentialCache::new(SharedCredentialsProvider::new(ScriptedProvider(
+            script.clone(),
+        )));
+        (script, cache)
+    }
+
+    fn calls(s: &Scripted) -> usize {
+        s.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Lets spawned refresh tasks run (time is paused: sleeping 1 ms
+    /// completes once every task is idle).
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    /// Credentials inside the refresh window that the provider keeps
+    /// serving (IMDS before it rotates them): requests go on signing with
+    /// them, and the provider is asked on a backoff, not per request.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn credentials_near_expiry_are_refreshed_in_the_background_with_backoff() {
+        let (script, cache) = scripted(Some(expiring("AKIDOLD", 240)));
+        // Five simulated minutes of 1,000 requests a second.
+        for _second in 0..300 {
+            for _ in 0..1000 {
+                let c = cache.get().await.unwrap();
+                assert_eq!(c.access_key_id(), "AKIDOLD");
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
+            settle().await;
+        }
+        // Backoff 2 s doubling to 60 s, at least half of each wait: the
+        // first answer, then at most 2, 4, 8, 16, 32, 60, 60, 60, 60 s
+        // apart in the worst case (and no later than the expiry).
+        let n = calls(&script);
+        println!("{n} provider calls in 300 simulated seconds of 1,000 requests/s");
+        assert!((6..=16).contains(&n), "{n} provider calls in 300 s");
+
+        // New credentials appear: the next attempt (within 60 s) takes them.
+        *script.answer.lock().unwrap() = Some(expiring("AKIDNEW", 3600));
+        let mut seconds = 0;
+        while cache.get().await.unwrap().access_key_id() != "AKIDNEW" {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            settle().await;
+            seconds += 1;
+            assert!(seconds <= 61, "new credentials unused after {seconds} s");
+        }
+        // Valid beyond the window: no more calls.
+        let n = calls(&script);
+        for _ in 0..600 {
+            cache.get().await.unwrap();
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        settle().await;
+        assert_eq!(calls(&script), n);
+    }
+
+    /// Requests with no valid credentials wait for one attempt; while the
+    /// provider fails, they fail fast between attempts rather than each
+    /// asking again.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn without_valid_credentials_requests_share_one_attempt() {
+        let (script, cache) = scripted(None);
+        let err = cache.get().await.unwrap_err().to_string();
+        assert!(err.contains("scripted failure"), "{err}");
+        for _ in 0..100 {
+            assert!(cache.get().await.is_err());
+        }
+        assert_eq!(calls(&script), 1);
+        // Expired credentials are no better.
+        *script.answer.lock().unwrap() = Some(expiring("AKIDGONE", -1));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let err = cache.get().await.unwrap_err().to_string();
+        assert!(err.contains("expired"), "{err}");
+        assert_eq!(calls(&script), 2);
+        // Once the provider answers, the next attempt serves everyone.
+        *script.answer.lock().unwrap() = Some(expiring("AKIDOK", 3600));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        let cache = Arc::new(cache);
+        let waiting: Vec<_> = (0..32)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get().await.map_err(|e| e.to_string()) })
+            })
+            .collect();
+        for w in waiting {
+            assert_eq!(w.await.unwrap().unwrap().access_key_id(), "AKIDOK");
+        }
+        assert_eq!(calls(&script), 3);
     }
 
     #[test]
