@@ -8,6 +8,9 @@ pub const MAX_ENTRIES: usize = 10;
 /// PutEvents requests are at most 256 KB, counting entries as
 /// [`Entry::aws_size`] does.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+/// Where a Region accepts events of up to 1 MB, requests may be as large
+/// (`--max-entry-bytes`).
+pub const MAX_LARGE_REQUEST_BYTES: usize = 1024 * 1024;
 
 /// Accumulates entries; hands out a batch when the next entry would not fit.
 #[derive(Debug)]
@@ -31,7 +34,7 @@ impl Batcher {
             entries: Vec::with_capacity(max_entries),
             bytes: 0,
             max_entries,
-            max_bytes: max_bytes.min(MAX_REQUEST_BYTES),
+            max_bytes: max_bytes.min(MAX_LARGE_REQUEST_BYTES),
         }
     }
 

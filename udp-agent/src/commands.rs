@@ -9,6 +9,8 @@ use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use ipnet::IpNet;
 
+use udp_ebpf_common::{Encoding, Format};
+
 use crate::{
     cli::PinDirArg,
     control::{Action, Control, Limits, PortSettings, parse_net, validate_rate},
@@ -33,12 +35,71 @@ pub struct PortLimitArgs {
     pub action: Action,
 }
 
+/// `--format`: how a port's payloads appear in its events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatArg {
+    /// `Payload`: standard base64 of the bytes (the article's event).
+    #[default]
+    Base64,
+    /// `Text`: the payload as a string when it is UTF-8 (exact, trailing
+    /// newline kept); other payloads fall back to `Payload`.
+    Text,
+    /// `Hex`: lowercase hex digits.
+    Hex,
+    /// `Json`: the payload as a JSON value when it is JSON; other payloads
+    /// fall back to `Payload`.
+    Json,
+    /// `Syslog`: facility, severity, timestamp, hostname, app name… parsed
+    /// from RFC 5424 and RFC 3164 messages (what does not parse is the
+    /// `Message`), with the bytes kept in `Text` (or `Payload`).
+    Syslog,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Base64 => Format::Base64,
+            FormatArg::Text => Format::Text,
+            FormatArg::Hex => Format::Hex,
+            FormatArg::Json => Format::Json,
+            FormatArg::Syslog => Format::Syslog,
+        }
+    }
+}
+
+/// Payload format and packing of ports (for `run --port` and `ports add`).
+#[derive(Clone, Debug, Default, Args)]
+pub struct PortEncodingArgs {
+    /// How each datagram's payload appears in its event (every event names
+    /// it in `Format`): `base64` (`Payload`), `text` (`Text`), `hex`
+    /// (`Hex`), `json` (`Json`) or `syslog` (`Syslog` fields plus `Text`).
+    /// A payload that does not fit its format is sent as base64 `Payload`.
+    #[arg(long, env = "UDP_AGENT_FORMAT", value_enum, default_value = "base64")]
+    pub format: FormatArg,
+    /// Gather these ports' datagrams into packed events (one per port and
+    /// interface, `Count` and `Packets: [...]`, each packet with its
+    /// `Source`, `Time` and payload), up to --pack-max-bytes or
+    /// --pack-linger-ms: far fewer billed events and PutEvents requests.
+    #[arg(long, env = "UDP_AGENT_PACK")]
+    pub pack: bool,
+}
+
+impl PortEncodingArgs {
+    pub fn encoding(&self) -> Encoding {
+        Encoding {
+            format: self.format.into(),
+            pack: self.pack,
+        }
+    }
+}
+
 impl PortLimitArgs {
-    pub fn settings(&self) -> Result<PortSettings> {
+    pub fn settings(&self, encoding: &PortEncodingArgs) -> Result<PortSettings> {
         let s = PortSettings {
             rate: self.rate,
             burst: self.burst,
             action: self.action,
+            encoding: encoding.encoding(),
         };
         s.validate().map_err(|e| anyhow!(e))?;
         Ok(s)
@@ -108,11 +169,12 @@ pub struct Startup {
 pub fn startup(
     ports: &[PortRange],
     port_args: &PortLimitArgs,
+    encoding: &PortEncodingArgs,
     fw: &FirewallArgs,
 ) -> Result<Startup> {
     Ok(Startup {
         ports: ports.to_vec(),
-        settings: port_args.settings()?,
+        settings: port_args.settings(encoding)?,
         limits: fw.limits()?,
         allow: parse_nets(&fw.allow)?,
         deny: parse_nets(&fw.deny)?,
@@ -152,21 +214,24 @@ pub struct PortsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PortsAction {
-    /// Start capturing these ports (`N` or `N-M`), or change their limit
-    /// and action.
+    /// Start capturing these ports (`N` or `N-M`), or change their limit,
+    /// action, format and packing (what is not given is set to its
+    /// default).
     Add {
         #[arg(required = true, value_delimiter = ',')]
         ports: Vec<PortRange>,
         #[command(flatten)]
         limit: PortLimitArgs,
+        #[command(flatten)]
+        encoding: PortEncodingArgs,
     },
     /// Stop capturing these ports (`N` or `N-M`).
     Remove {
         #[arg(required = true, value_delimiter = ',')]
         ports: Vec<PortRange>,
     },
-    /// Print the captured ports with their limit and action, one port or
-    /// range per line.
+    /// Print the captured ports with their limit, action, format and
+    /// packing, one port or range per line.
     List,
 }
 
@@ -249,8 +314,12 @@ pub struct StatsArgs {
 pub fn ports(args: &PortsArgs) -> Result<()> {
     let pin_dir = &args.pin.pin_dir;
     match &args.action {
-        PortsAction::Add { ports, limit } => {
-            let settings = limit.settings()?;
+        PortsAction::Add {
+            ports,
+            limit,
+            encoding,
+        } => {
+            let settings = limit.settings(encoding)?;
             let mut control = Control::open(pin_dir)?;
             for r in ports {
                 control.add_ports(*r, settings)?;
@@ -455,17 +524,18 @@ mod tests {
     fn startup_refuses_bad_values_before_touching_anything() {
         let ports = ["514".parse().unwrap()];
         let ok = PortLimitArgs::default();
+        let enc = PortEncodingArgs::default();
         let fw = FirewallArgs {
             deny: vec!["198.18.0.0/33".into()],
             ..FirewallArgs::default()
         };
-        let err = startup(&ports, &ok, &fw).unwrap_err().to_string();
+        let err = startup(&ports, &ok, &enc, &fw).unwrap_err().to_string();
         assert!(err.contains("198.18.0.0/33"), "{err}");
         let bad_port = PortLimitArgs {
             burst: 10,
             ..PortLimitArgs::default()
         };
-        let err = startup(&ports, &bad_port, &FirewallArgs::default())
+        let err = startup(&ports, &bad_port, &enc, &FirewallArgs::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("without a rate"), "{err}");
@@ -473,8 +543,10 @@ mod tests {
             global_burst: 5,
             ..FirewallArgs::default()
         };
-        let err = startup(&ports, &ok, &bad_global).unwrap_err().to_string();
+        let err = startup(&ports, &ok, &enc, &bad_global)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("global-burst"), "{err}");
-        assert!(startup(&ports, &ok, &FirewallArgs::default()).is_ok());
+        assert!(startup(&ports, &ok, &enc, &FirewallArgs::default()).is_ok());
     }
 }

@@ -79,6 +79,11 @@ impl Handoff {
         }
     }
 
+    /// Batches of up to `bytes` (`--max-entry-bytes`; 256 KB unless set).
+    pub fn set_max_request_bytes(&mut self, bytes: usize) {
+        self.batcher = Batcher::new(MAX_ENTRIES, bytes);
+    }
+
     /// Encodes one packet into the current batch; a batch that fills goes
     /// to the queue (or, if the queue is full, is counted and dropped).
     pub fn push(&mut self, packet: &PacketView<'_>) {
@@ -92,11 +97,27 @@ impl Handoff {
         }
     }
 
-    /// Encodes `packet` into the current batch. Returns the batches it
+    /// Encodes `packet` into the current batch (or, for a port that packs,
+    /// into its pack, which joins the batch when it is complete). Returns
+    /// the batches it completed.
+    fn add(&mut self, packet: &PacketView<'_>) -> [Option<Vec<Entry>>; 2] {
+        let entry = self.encoder.push(packet);
+        if packet.encoding.pack {
+            self.stats.packed.fetch_add(1, Relaxed);
+            if entry.is_some() {
+                self.stats.packs.fetch_add(1, Relaxed);
+            }
+        }
+        match entry {
+            Some(entry) => self.add_entry(entry),
+            None => [None, None],
+        }
+    }
+
+    /// Adds an entry to the current batch. Returns the batches it
     /// completed: the previous one if the entry did not fit its bytes, and
     /// the current one if the entry filled its count.
-    fn add(&mut self, packet: &PacketView<'_>) -> [Option<Vec<Entry>>; 2] {
-        let entry = self.encoder.encode_view(packet);
+    fn add_entry(&mut self, entry: Entry) -> [Option<Vec<Entry>>; 2] {
         let completed = match self.batcher.push(entry) {
             Ok(batch) => batch,
             Err(_) => {
@@ -115,13 +136,25 @@ impl Handoff {
         [completed, full]
     }
 
-    /// When the waiting partial batch is due, if there is one.
+    /// When the waiting partial batch, or the oldest pack, is due, if one
+    /// is waiting.
     pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
+        let pack = self.encoder.pack_deadline().map(Instant::from_std);
+        match (self.deadline, pack) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Sends the partial batch now (its linger time is up).
+    /// At [`deadline`](Self::deadline): packs that are due join the batch,
+    /// and the partial batch is sent now.
     pub fn flush(&mut self) {
+        while let Some(entry) = self.encoder.pop_due_pack(std::time::Instant::now()) {
+            self.stats.packs.fetch_add(1, Relaxed);
+            for batch in self.add_entry(entry).into_iter().flatten() {
+                self.offer(batch);
+            }
+        }
         self.deadline = None;
         if let Some(batch) = self.batcher.take() {
             self.offer(batch);
@@ -172,6 +205,12 @@ impl Handoff {
     /// Sends the partial batch, waiting for room in the queue: for
     /// shutdown, once nothing new can be captured.
     pub async fn finish(&mut self) {
+        while let Some(entry) = self.encoder.pop_pack() {
+            self.stats.packs.fetch_add(1, Relaxed);
+            for batch in self.add_entry(entry).into_iter().flatten() {
+                self.send_waiting(batch).await;
+            }
+        }
         self.deadline = None;
         if let Some(batch) = self.batcher.take() {
             self.send_waiting(batch).await;
@@ -211,6 +250,7 @@ mod tests {
             dst_port: 514,
             wire_len: 8,
             payload: format!("packet{i:02}").into_bytes(),
+            encoding: Default::default(),
         }
     }
 

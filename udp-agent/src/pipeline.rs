@@ -72,7 +72,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
             loader::ifindex(iface)?;
         }
     }
-    let firewall = commands::startup(&args.ports, &args.port_limit, &args.firewall)?;
+    let firewall = commands::startup(
+        &args.ports,
+        &args.port_limit,
+        &args.port_encoding,
+        &args.firewall,
+    )?;
     commands::check_pin_dir(&args.pin.pin_dir)?;
     if args.ports.is_empty() {
         warn!("no --port given: nothing is captured until `udp-agent ports add` enables one");
@@ -125,6 +130,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
 
     let mut encoder = Encoder::new(&args.source, &args.detail_type, event_bus, WallClock::now());
+    encoder.set_packing(args.pack_settings());
     let (batch_tx, batch_rx) =
         mpsc::channel::<Vec<Entry>>(handoff::queue_batches(args.queue_capacity));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -159,12 +165,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
         "capturing"
     );
 
-    let handoff = Handoff::new(
+    let mut handoff = Handoff::new(
         encoder,
         batch_tx,
         Duration::from_millis(args.batch_linger_ms),
         stats.clone(),
     );
+    handoff.set_max_request_bytes(args.max_entry_bytes as usize);
     let capture = tokio::spawn(capture::run(ring, handoff, stats.clone(), stop_rx.clone()));
     let mut sink: JoinHandle<Result<()>> = match eventbridge {
         None => {
