@@ -350,6 +350,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn packs_go_out_at_their_linger_and_at_shutdown() {
+        use udp_ebpf_common::{Encoding, Format};
+        let (mut out, mut rx, stats) = handoff(4);
+        out.encoder.set_packing(crate::encode::pack::PackSettings {
+            max_bytes: 64 * 1024,
+            linger: Duration::from_millis(30),
+        });
+        let packed = |i, port| {
+            let mut p = packet(i);
+            p.dst_port = port;
+            p.encoding = Encoding {
+                format: Format::Text,
+                pack: true,
+            };
+            p
+        };
+        for i in 0..25 {
+            out.push(&packed(i, 514).view());
+        }
+        assert!(rx.try_recv().is_err(), "the pack waits");
+        let due = out.deadline().expect("a pack is due later");
+        tokio::time::sleep_until(due).await;
+        out.flush();
+        let batch = rx.try_recv().unwrap();
+        assert_eq!(batch.len(), 1);
+        assert!(batch[0].detail.json().contains("\"Count\":25}"));
+        // Shutdown sends the packs that still wait.
+        out.push(&packed(0, 515).view());
+        out.push(&packed(1, 515).view());
+        out.finish().await;
+        let batch = rx.try_recv().unwrap();
+        assert!(batch[0].detail.json().contains("\"Count\":2}"));
+        assert_eq!(
+            (stats.packed.load(Relaxed), stats.packs.load(Relaxed)),
+            (27, 2)
+        );
+        assert_eq!(stats.batched.load(Relaxed), 2);
+    }
+
+    #[tokio::test]
     async fn at_shutdown_nothing_is_dropped_for_want_of_room() {
         let (mut out, mut rx, stats) = handoff(1);
         let reader = tokio::spawn(async move {

@@ -645,3 +645,243 @@ mod hand_written_json {
         assert_eq!(line, ser);
     }
 }
+
+#[cfg(test)]
+mod formats {
+    use super::{tests::encoder, *};
+    use serde_json::{Value, json};
+    use udp_ebpf_common::{Encoding, Format};
+
+    fn packet(format: Format, payload: &[u8]) -> Packet {
+        Packet {
+            timestamp_ns: 5_000_000,
+            ifindex: 3,
+            src: "198.18.0.2".parse().unwrap(),
+            dst: "198.18.0.1".parse().unwrap(),
+            src_port: 40000,
+            dst_port: 514,
+            wire_len: payload.len() as u32,
+            payload: payload.to_vec(),
+            encoding: Encoding {
+                format,
+                pack: false,
+            },
+        }
+    }
+
+    /// The Detail of `payload` on a port in `format`, parsed; checks that
+    /// the size kept beside it is the JSON text's.
+    fn detail(format: Format, payload: &[u8]) -> Value {
+        let d = encoder().encode(&packet(format, payload)).detail;
+        let json = d.json();
+        assert_eq!(d.len(), json.len(), "size of {json}");
+        assert_eq!(Detail::from_json(&json), d, "escaping of {json}");
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
+    }
+
+    /// The members a format adds or changes, besides those every event has.
+    fn body(d: &Value) -> Value {
+        let mut d = d.clone();
+        for k in [
+            "Destination",
+            "Source",
+            "Length",
+            "Truncated",
+            "Interface",
+            "IpVersion",
+        ] {
+            assert!(d.get(k).is_some(), "{k} missing from {d}");
+            d.as_object_mut().unwrap().remove(k);
+        }
+        d
+    }
+
+    #[test]
+    fn text_is_exact_and_falls_back_when_not_utf8() {
+        let t = "caf\u{e9} \"q\" \\ tab\t nul\0 😀\n";
+        assert_eq!(
+            body(&detail(Format::Text, t.as_bytes())),
+            json!({"Text": t, "Format": "text"})
+        );
+        assert_eq!(
+            body(&detail(Format::Text, b"")),
+            json!({"Text": "", "Format": "text"})
+        );
+        assert_eq!(
+            body(&detail(Format::Text, b"caf\xe9")),
+            json!({"Payload": "Y2Fm6Q==", "Format": "base64"})
+        );
+    }
+
+    #[test]
+    fn hex_is_lowercase() {
+        assert_eq!(
+            body(&detail(Format::Hex, &[0, 0xab, 0xff, b'A'])),
+            json!({"Hex": "00abff41", "Format": "hex"})
+        );
+        let all: Vec<u8> = (0..=255).collect();
+        let hex = detail(Format::Hex, &all)["Hex"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(hex, hex::encode(&all));
+    }
+
+    #[test]
+    fn json_is_the_value_sent_and_falls_back_when_not_json() {
+        for (payload, value) in [
+            (
+                r#"{"level":"error","n":1,"a":[true,null,"x\"y"]}"#,
+                json!({"level":"error","n":1,"a":[true,null,"x\"y"]}),
+            ),
+            ("[1,2,3]\n", json!([1, 2, 3])),
+            ("42", json!(42)),
+            ("\"just a string\"", json!("just a string")),
+            ("  {\"tab\":\"\\t\"}  ", json!({"tab": "\t"})),
+        ] {
+            assert_eq!(
+                body(&detail(Format::Json, payload.as_bytes())),
+                json!({"Json": value, "Format": "json"}),
+                "{payload}"
+            );
+        }
+        // Numbers keep every digit: the text goes in as sent.
+        let big = detail(Format::Json, b"{\"id\":123456789012345678901234567890}");
+        let d = encoder()
+            .encode(&packet(
+                Format::Json,
+                b"{\"id\":123456789012345678901234567890}",
+            ))
+            .detail
+            .json();
+        assert!(
+            d.contains("\"Json\":{\"id\":123456789012345678901234567890}"),
+            "{d}"
+        );
+        assert!(big["Json"]["id"].is_number());
+        for not_json in [
+            &b""[..],
+            b"{",
+            b"{\"a\":1} x",
+            b"nul",
+            b"\xff",
+            b"{\"a\":\"\x01\"}",
+        ] {
+            let d = body(&detail(Format::Json, not_json));
+            assert_eq!(d["Format"], "base64", "{not_json:?}");
+            assert!(d.get("Json").is_none() && d.get("Payload").is_some());
+        }
+    }
+
+    #[test]
+    fn syslog_fields_beside_the_text() {
+        let line = "<165>1 2026-11-27T23:42:18.123+01:00 router1 rpd 1234 BGP_STATE [junos@2636 peer=\"192.0.2.1\" peer=\"192.0.2.2\"][junos@2636 state=\"Idle\"][timeQuality] peer down\n";
+        assert_eq!(
+            body(&detail(Format::Syslog, line.as_bytes())),
+            json!({
+                "Syslog": {
+                    "Facility": 20,
+                    "Severity": 5,
+                    "Timestamp": "2026-11-27T23:42:18.123+01:00",
+                    "Time": "2026-11-27T22:42:18.123Z",
+                    "Hostname": "router1",
+                    "AppName": "rpd",
+                    "ProcId": "1234",
+                    "MsgId": "BGP_STATE",
+                    "StructuredData": {
+                        "junos@2636": {"peer": ["192.0.2.1", "192.0.2.2"], "state": "Idle"},
+                        "timeQuality": {},
+                    },
+                    "Message": "peer down",
+                },
+                "Text": line,
+                "Format": "syslog",
+            })
+        );
+        // RFC 3164: no year (the capture's, 2026) and no zone (no `Z`).
+        assert_eq!(
+            body(&detail(
+                Format::Syslog,
+                b"<13>Nov 27 23:42:18 web01 app[7]: disk full"
+            )),
+            json!({
+                "Syslog": {
+                    "Facility": 1,
+                    "Severity": 5,
+                    "Timestamp": "Nov 27 23:42:18",
+                    "Time": "2026-11-27T23:42:18",
+                    "Hostname": "web01",
+                    "AppName": "app",
+                    "ProcId": "7",
+                    "Message": "disk full",
+                },
+                "Text": "<13>Nov 27 23:42:18 web01 app[7]: disk full",
+                "Format": "syslog",
+            })
+        );
+        // Neither RFC: the message and the priority; not UTF-8: the
+        // fields lossily, the bytes in `Payload`.
+        assert_eq!(
+            body(&detail(
+                Format::Syslog,
+                b"<189>date=2026-11-27 level=\"notice\" caf\xe9"
+            )),
+            json!({
+                "Syslog": {"Facility": 23, "Severity": 5, "Message": "date=2026-11-27 level=\"notice\" caf\u{fffd}"},
+                "Payload": "PDE4OT5kYXRlPTIwMjYtMTEtMjcgbGV2ZWw9Im5vdGljZSIgY2Fm6Q==",
+                "Format": "syslog",
+            })
+        );
+        assert_eq!(
+            body(&detail(Format::Syslog, b"")),
+            json!({"Syslog": {"Message": ""}, "Text": "", "Format": "syslog"})
+        );
+    }
+
+    /// Every format, over payloads that stress the escaping: the Detail
+    /// parses, its kept size is its JSON text's, and the payload can be
+    /// had back from it byte for byte.
+    #[test]
+    fn every_format_keeps_every_byte_and_its_size() {
+        let mut payloads: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            (0..=255).collect(),
+            b"\"\\\n\r\t\x01\x1f\x7f".repeat(50),
+            "é€😀 <13>Nov 27 23:42:18 h a: m".as_bytes().to_vec(),
+            br#"{"k":"v\"\\\n","n":[1,2]}"#.to_vec(),
+        ];
+        payloads.push(vec![0x01; 9216]);
+        payloads.push(b"<13>1 - - - - [a x=\"\\\"\"] \x01".to_vec());
+        for format in Format::ALL {
+            for payload in &payloads {
+                let d = detail(format, payload);
+                let back: Vec<u8> = if let Some(t) = d.get("Text") {
+                    t.as_str().unwrap().as_bytes().to_vec()
+                } else if let Some(h) = d.get("Hex") {
+                    hex::decode(h.as_str().unwrap()).unwrap()
+                } else if let Some(j) = d.get("Json") {
+                    assert_eq!(*j, serde_json::from_slice::<Value>(payload).unwrap());
+                    payload.clone()
+                } else {
+                    STANDARD.decode(d["Payload"].as_str().unwrap()).unwrap()
+                };
+                assert_eq!(&back, payload, "{format:?}");
+            }
+        }
+    }
+
+    /// The largest Detail one datagram can make is far below an entry's
+    /// 256 KB (what packing relies on when a pack of one is oversized).
+    #[test]
+    fn the_largest_detail_fits_an_entry() {
+        let worst = b"<13>1 - - - - - "
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(1u8, 9200));
+        let worst: Vec<u8> = worst.collect();
+        for format in Format::ALL {
+            let e = encoder().encode(&packet(format, &worst));
+            assert!(e.aws_size() < 128 * 1024, "{format:?}: {}", e.aws_size());
+        }
+    }
+}

@@ -242,3 +242,198 @@ fn write_packet(w: &mut DetailWriter, p: &PacketView<'_>, time: SystemTime, comm
     write_format(w, held);
     lit!(w, "}");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use base64::{Engine as _, engine::general_purpose::STANDARD};
+    use serde_json::Value;
+    use udp_ebpf_common::{Encoding, Format};
+
+    use super::*;
+    use crate::{
+        clock::WallClock,
+        encode::{Encoder, Entry},
+        record::Packet,
+    };
+
+    fn encoder(max_bytes: usize) -> Encoder {
+        let mut e = Encoder::new("udp.raw", "UdpPacket", "default", WallClock::now());
+        e.name_interface(3, "veth0");
+        e.set_packing(PackSettings {
+            max_bytes,
+            linger: Duration::from_secs(3600),
+        });
+        e
+    }
+
+    fn packet(i: u32, dst_port: u16, format: Format, len: usize) -> Packet {
+        let mut payload = format!("<13>Nov 27 23:42:18 web01 app: line {i} ").into_bytes();
+        payload.resize(len.max(payload.len()), b'x');
+        Packet {
+            timestamp_ns: 1_000_000 + u64::from(i),
+            ifindex: 3,
+            src: "198.18.0.2".parse().unwrap(),
+            dst: "198.18.0.1".parse().unwrap(),
+            src_port: 10_000 + i as u16,
+            dst_port,
+            wire_len: payload.len() as u32,
+            payload,
+            encoding: Encoding { format, pack: true },
+        }
+    }
+
+    fn parse(e: &Entry) -> Value {
+        let json = e.detail.json();
+        assert_eq!(e.detail.len(), json.len());
+        serde_json::from_str(&json).unwrap_or_else(|err| panic!("{err}: {json}"))
+    }
+
+    /// The payload of one element of `Packets`.
+    fn payload(p: &Value) -> Vec<u8> {
+        match p.get("Text") {
+            Some(t) => t.as_str().unwrap().as_bytes().to_vec(),
+            None => STANDARD.decode(p["Payload"].as_str().unwrap()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn packs_fill_to_the_limit_and_keep_every_datagram_in_order() {
+        const MAX: usize = 8 * 1024;
+        let mut e = encoder(MAX);
+        let sent: Vec<Packet> = (0..500).map(|i| packet(i, 514, Format::Text, 90)).collect();
+        let mut entries: Vec<Entry> = sent.iter().filter_map(|p| e.push(&p.view())).collect();
+        let full = entries.len();
+        assert!(
+            full >= 5,
+            "500 × ~250 bytes make several 8 KB packs: {full}"
+        );
+        entries.extend(e.pop_pack());
+        assert!(e.pop_pack().is_none() && e.pack_deadline().is_none());
+        let mut got = Vec::new();
+        for (k, entry) in entries.iter().enumerate() {
+            assert!(entry.aws_size() <= MAX, "pack {k}: {}", entry.aws_size());
+            let d = parse(entry);
+            assert_eq!(d["Destination"]["Port"], 514);
+            assert_eq!(d["Destination"]["Address"], "198.18.0.1");
+            assert_eq!(d["Interface"], "veth0");
+            assert_eq!(d["Format"], "text");
+            let packets = d["Packets"].as_array().unwrap();
+            assert_eq!(d["Count"].as_u64().unwrap() as usize, packets.len());
+            if k < full {
+                // Full: the next datagram (~250 bytes) did not fit.
+                assert!(entry.aws_size() + 400 > MAX, "pack {k} left room");
+            }
+            let first = &sent[got.len()];
+            assert_eq!(entry.capture_ns, first.timestamp_ns, "pack {k}'s time");
+            for p in packets {
+                let i = got.len();
+                assert_eq!(p["Source"]["Port"], 10_000 + i);
+                assert_eq!(p["Source"]["Address"], "198.18.0.2");
+                assert_eq!(p["Length"], sent[i].payload.len());
+                assert_eq!(p["Truncated"], false);
+                assert_eq!(p["Format"], "text");
+                assert!(p["Time"].as_str().unwrap().ends_with('Z'));
+                got.push(payload(p));
+            }
+        }
+        let want: Vec<Vec<u8>> = sent.iter().map(|p| p.payload.clone()).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn destinations_and_formats_pack_apart_and_fallbacks_say_so() {
+        let mut e = encoder(64 * 1024);
+        let mut a = packet(0, 514, Format::Syslog, 0);
+        let b = packet(1, 515, Format::Syslog, 0);
+        let c = packet(2, 514, Format::Hex, 0);
+        let mut d = packet(3, 514, Format::Syslog, 0);
+        d.payload = b"<13>bin \xff".to_vec();
+        for p in [&a, &b, &c, &d] {
+            assert!(e.push(&p.view()).is_none());
+        }
+        a.dst = "fd00::1".parse().unwrap();
+        a.src = "fd00::2".parse().unwrap();
+        assert!(e.push(&a.view()).is_none());
+        let packs: Vec<Value> = std::iter::from_fn(|| e.pop_pack())
+            .map(|x| parse(&x))
+            .collect();
+        let mut summary: Vec<(String, u64, String, u64, u64)> = packs
+            .iter()
+            .map(|p| {
+                (
+                    p["Destination"]["Address"].as_str().unwrap().to_owned(),
+                    p["Destination"]["Port"].as_u64().unwrap(),
+                    p["Format"].as_str().unwrap().to_owned(),
+                    p["Count"].as_u64().unwrap(),
+                    p["IpVersion"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        summary.sort();
+        let s = |a: &str, port, f: &str, n, v| (a.to_owned(), port, f.to_owned(), n, v);
+        assert_eq!(
+            summary,
+            [
+                s("198.18.0.1", 514, "hex", 1, 4),
+                s("198.18.0.1", 514, "syslog", 2, 4),
+                s("198.18.0.1", 515, "syslog", 1, 4),
+                s("fd00::1", 514, "syslog", 1, 6),
+            ]
+        );
+        let syslog = &packs.iter().find(|p| p["Count"] == 2).unwrap()["Packets"];
+        assert_eq!(syslog[0]["Syslog"]["AppName"], "app");
+        assert_eq!(syslog[0]["Format"], "syslog");
+        // Not UTF-8: still syslog, its bytes in Payload.
+        assert_eq!(syslog[1]["Syslog"]["Message"], "bin \u{fffd}");
+        assert_eq!(payload(&syslog[1]), b"<13>bin \xff");
+    }
+
+    #[test]
+    fn a_pack_is_due_after_its_linger() {
+        let mut e = encoder(64 * 1024);
+        e.set_packing(PackSettings {
+            max_bytes: 64 * 1024,
+            linger: Duration::from_millis(50),
+        });
+        let before = Instant::now();
+        assert!(e.push(&packet(0, 514, Format::Base64, 10).view()).is_none());
+        assert!(e.push(&packet(1, 514, Format::Base64, 10).view()).is_none());
+        let due = e.pack_deadline().expect("a pack waits");
+        assert!(due >= before + Duration::from_millis(50));
+        assert!(e.pop_due_pack(before).is_none(), "not due yet");
+        let entry = e.pop_due_pack(due).expect("due");
+        assert_eq!(parse(&entry)["Count"], 2);
+        assert!(e.pack_deadline().is_none());
+    }
+
+    #[test]
+    fn too_many_open_packs_send_the_oldest() {
+        // 16 MiB over 1 MiB packs: 16 open at most.
+        let mut e = encoder(1 << 20);
+        let mut out = Vec::new();
+        for port in 1000..1020 {
+            out.extend(e.push(&packet(u32::from(port), port, Format::Base64, 10).view()));
+        }
+        assert_eq!(out.len(), 4);
+        let ports: Vec<u64> = out
+            .iter()
+            .map(|x| parse(x)["Destination"]["Port"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ports, [1000, 1001, 1002, 1003]);
+        assert_eq!(std::iter::from_fn(|| e.pop_pack()).count(), 16);
+    }
+
+    #[test]
+    fn unpacked_ports_are_untouched() {
+        let mut e = encoder(64 * 1024);
+        let mut p = packet(0, 514, Format::Base64, 10);
+        p.encoding.pack = false;
+        let entry = e.push(&p.view()).expect("an entry of its own");
+        let d = parse(&entry);
+        assert!(d.get("Packets").is_none());
+        assert_eq!(d["Payload"], STANDARD.encode(&p.payload));
+        assert!(e.pack_deadline().is_none());
+    }
+}

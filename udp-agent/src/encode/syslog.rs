@@ -233,19 +233,21 @@ fn header_3164(rest: &[u8]) -> Option<(Option<&[u8]>, &[u8], Stamp<'_>, &[u8])> 
         let d = rest.iter().take_while(|c| c.is_ascii_digit()).count();
         (d > 0).then(|| rest[d..].strip_prefix(b": ")).flatten()
     };
-    for start in [Some(rest), after_seq].into_iter().flatten() {
-        if let Some((ts, stamp, after)) = stamp_3164(start) {
-            return Some((None, ts, stamp, after));
-        }
-        let (host, tail) = word(start);
-        if let Some(host) = host.strip_suffix(b":").filter(|h| !h.is_empty())
-            && let Some(tail) = tail.strip_prefix(b" ")
-            && let Some((ts, stamp, after)) = stamp_3164(tail)
-        {
-            return Some((Some(host), ts, stamp, after));
-        }
+    if let Some((ts, stamp, after)) = stamp_3164(rest) {
+        return Some((None, ts, stamp, after));
     }
-    None
+    if let Some(r) = after_seq
+        && let Some((ts, stamp, after)) = stamp_3164(r)
+    {
+        return Some((None, ts, stamp, after));
+    }
+    // "host: " and the stamp, after the sequence number or without one.
+    after_seq.into_iter().chain([rest]).find_map(|start| {
+        let (host, tail) = word(start);
+        let host = host.strip_suffix(b":").filter(|h| !h.is_empty())?;
+        let (ts, stamp, after) = stamp_3164(tail.strip_prefix(b" ")?)?;
+        Some((Some(host), ts, stamp, after))
+    })
 }
 
 /// A BSD stamp (`Mmm dd [yyyy] hh:mm:ss[.fff] [ZONE]`, maybe after `*` or
@@ -628,4 +630,463 @@ pub fn civil_from_days(days: i64) -> (i64, u8, u8) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
     let year = yoe + era * 400 + i64::from(month <= 2);
     (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stamp's parts: year, month, day, hour, minute, second, fraction,
+    /// offset.
+    type Parts<'a> = (Option<u16>, u8, u8, u8, u8, u8, &'a str, Option<i16>);
+
+    /// What a test expects of a parse: `None` for a field that must be
+    /// absent.
+    #[derive(Default)]
+    struct Want<'a> {
+        pri: Option<u8>,
+        timestamp: Option<&'a str>,
+        stamp: Option<Parts<'a>>,
+        hostname: Option<&'a str>,
+        app_name: Option<&'a str>,
+        proc_id: Option<&'a str>,
+        msg_id: Option<&'a str>,
+        sd: Option<&'a str>,
+        message: &'a str,
+    }
+
+    fn check(line: &[u8], want: Want<'_>) {
+        let m = parse(line);
+        let s = |o: Option<&[u8]>| o.map(|b| String::from_utf8_lossy(b).into_owned());
+        let w = |o: Option<&str>| o.map(str::to_owned);
+        let ctx = String::from_utf8_lossy(line);
+        assert_eq!(m.pri, want.pri, "pri of {ctx}");
+        assert_eq!(s(m.timestamp), w(want.timestamp), "timestamp of {ctx}");
+        let stamp = m.stamp.map(|t| {
+            (
+                t.year,
+                t.month,
+                t.day,
+                t.hour,
+                t.minute,
+                t.second,
+                String::from_utf8_lossy(t.fraction).into_owned(),
+                t.offset_minutes,
+            )
+        });
+        let want_stamp = want
+            .stamp
+            .map(|(y, mo, d, h, mi, s, f, o)| (y, mo, d, h, mi, s, f.to_owned(), o));
+        assert_eq!(stamp, want_stamp, "stamp of {ctx}");
+        assert_eq!(s(m.hostname), w(want.hostname), "hostname of {ctx}");
+        assert_eq!(s(m.app_name), w(want.app_name), "app name of {ctx}");
+        assert_eq!(s(m.proc_id), w(want.proc_id), "proc id of {ctx}");
+        assert_eq!(s(m.msg_id), w(want.msg_id), "msg id of {ctx}");
+        assert_eq!(s(m.structured_data), w(want.sd), "structured data of {ctx}");
+        assert_eq!(
+            String::from_utf8_lossy(m.message),
+            want.message,
+            "message of {ctx}"
+        );
+    }
+
+    #[test]
+    fn rfc5424_examples() {
+        // RFC 5424 6.5, example 1 (with its BOM).
+        check(
+            b"<34>1 2003-10-11T22:14:15.003Z mymachine.example.com su - ID47 - \xEF\xBB\xBF'su root' failed for lonvick on /dev/pts/8",
+            Want {
+                pri: Some(34),
+                timestamp: Some("2003-10-11T22:14:15.003Z"),
+                stamp: Some((Some(2003), 10, 11, 22, 14, 15, "003", Some(0))),
+                hostname: Some("mymachine.example.com"),
+                app_name: Some("su"),
+                msg_id: Some("ID47"),
+                message: "'su root' failed for lonvick on /dev/pts/8",
+                ..Want::default()
+            },
+        );
+        // Example 2: microseconds, an offset, no MSGID.
+        check(
+            b"<165>1 2003-08-24T05:14:15.000003-07:00 192.0.2.1 myproc 8710 - - %% It's time to make the do-nuts.",
+            Want {
+                pri: Some(165),
+                timestamp: Some("2003-08-24T05:14:15.000003-07:00"),
+                stamp: Some((Some(2003), 8, 24, 5, 14, 15, "000003", Some(-420))),
+                hostname: Some("192.0.2.1"),
+                app_name: Some("myproc"),
+                proc_id: Some("8710"),
+                message: "%% It's time to make the do-nuts.",
+                ..Want::default()
+            },
+        );
+        // Examples 3 and 4: structured data, then none or no message.
+        let sd = r#"[exampleSDID@32473 iut="3" eventSource="Application" eventID="1011"]"#;
+        check(
+            format!("<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 {sd} \u{feff}An application event log entry...").as_bytes(),
+            Want {
+                pri: Some(165),
+                timestamp: Some("2003-10-11T22:14:15.003Z"),
+                stamp: Some((Some(2003), 10, 11, 22, 14, 15, "003", Some(0))),
+                hostname: Some("mymachine.example.com"),
+                app_name: Some("evntslog"),
+                msg_id: Some("ID47"),
+                sd: Some(sd),
+                message: "An application event log entry...",
+                ..Want::default()
+            },
+        );
+        let two = format!("{sd}[examplePriority@32473 class=\"high\"]");
+        check(
+            format!("<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 {two}")
+                .as_bytes(),
+            Want {
+                pri: Some(165),
+                timestamp: Some("2003-10-11T22:14:15.003Z"),
+                stamp: Some((Some(2003), 10, 11, 22, 14, 15, "003", Some(0))),
+                hostname: Some("mymachine.example.com"),
+                app_name: Some("evntslog"),
+                msg_id: Some("ID47"),
+                sd: Some(&two),
+                message: "",
+                ..Want::default()
+            },
+        );
+    }
+
+    #[test]
+    fn rfc3164_examples() {
+        // RFC 3164 5.4, examples 1 and 2.
+        check(
+            b"<34>Oct 11 22:14:15 mymachine su: 'su root' failed for lonvick on /dev/pts/8",
+            Want {
+                pri: Some(34),
+                timestamp: Some("Oct 11 22:14:15"),
+                stamp: Some((None, 10, 11, 22, 14, 15, "", None)),
+                hostname: Some("mymachine"),
+                app_name: Some("su"),
+                message: "'su root' failed for lonvick on /dev/pts/8",
+                ..Want::default()
+            },
+        );
+        check(
+            b"<13>Feb  5 17:32:18 10.0.0.99 Use the BFG!",
+            Want {
+                pri: Some(13),
+                timestamp: Some("Feb  5 17:32:18"),
+                stamp: Some((None, 2, 5, 17, 32, 18, "", None)),
+                hostname: Some("10.0.0.99"),
+                message: "Use the BFG!",
+                ..Want::default()
+            },
+        );
+        // Example 4: a relay's prefix before a stamp we cannot read; the
+        // priority stays.
+        check(
+            b"<0>1990 Oct 22 10:52:01 TZ-6 scapegoat.dmz.example.org 10.1.2.3 sched[0]: That's All Folks!",
+            Want {
+                pri: Some(0),
+                message: "1990 Oct 22 10:52:01 TZ-6 scapegoat.dmz.example.org 10.1.2.3 sched[0]: That's All Folks!",
+                ..Want::default()
+            },
+        );
+    }
+
+    #[test]
+    fn what_util_linux_logger_sends() {
+        check(
+            b"<131>1 2026-12-05T12:04:19.674241+00:00 vm myapp - - [timeQuality tzKnown=\"1\" isSynced=\"0\"] disk full on /var",
+            Want {
+                pri: Some(131),
+                timestamp: Some("2026-12-05T12:04:19.674241+00:00"),
+                stamp: Some((Some(2026), 12, 5, 12, 4, 19, "674241", Some(0))),
+                hostname: Some("vm"),
+                app_name: Some("myapp"),
+                sd: Some("[timeQuality tzKnown=\"1\" isSynced=\"0\"]"),
+                message: "disk full on /var",
+                ..Want::default()
+            },
+        );
+        check(
+            b"<13>Dec  5 12:04:19 vm myapp: hello 3164",
+            Want {
+                pri: Some(13),
+                timestamp: Some("Dec  5 12:04:19"),
+                stamp: Some((None, 12, 5, 12, 4, 19, "", None)),
+                hostname: Some("vm"),
+                app_name: Some("myapp"),
+                message: "hello 3164",
+                ..Want::default()
+            },
+        );
+    }
+
+    #[test]
+    fn cisco_juniper_fortinet() {
+        // Cisco IOS: sequence number, `*` (clock not in sync), msec, colon.
+        check(
+            b"<189>52: *Mar  1 18:46:11.123: %SYS-5-CONFIG_I: Configured from console by vty0 (10.0.0.1)",
+            Want {
+                pri: Some(189),
+                timestamp: Some("*Mar  1 18:46:11.123"),
+                stamp: Some((None, 3, 1, 18, 46, 11, "123", None)),
+                message: "%SYS-5-CONFIG_I: Configured from console by vty0 (10.0.0.1)",
+                ..Want::default()
+            },
+        );
+        // Cisco IOS with its hostname first and a zone.
+        check(
+            b"<187>1043: router1: Nov 27 23:42:18 UTC: %LINK-3-UPDOWN: Interface GigabitEthernet0/1, changed state to up\n",
+            Want {
+                pri: Some(187),
+                timestamp: Some("Nov 27 23:42:18 UTC"),
+                stamp: Some((None, 11, 27, 23, 42, 18, "", Some(0))),
+                hostname: Some("router1"),
+                message: "%LINK-3-UPDOWN: Interface GigabitEthernet0/1, changed state to up",
+                ..Want::default()
+            },
+        );
+        // Cisco ASA: a year, a device id and " : ".
+        check(
+            b"<166>Nov 27 2026 23:42:18 asa01 : %ASA-6-302013: Built outbound TCP connection 123 for outside:198.51.100.7/443",
+            Want {
+                pri: Some(166),
+                timestamp: Some("Nov 27 2026 23:42:18"),
+                stamp: Some((Some(2026), 11, 27, 23, 42, 18, "", None)),
+                hostname: Some("asa01"),
+                message: "%ASA-6-302013: Built outbound TCP connection 123 for outside:198.51.100.7/443",
+                ..Want::default()
+            },
+        );
+        // Cisco ASA without a device id: the message id is no hostname.
+        check(
+            b"<163>Nov 27 2026 23:42:18: %ASA-3-710003: TCP access denied by ACL",
+            Want {
+                pri: Some(163),
+                timestamp: Some("Nov 27 2026 23:42:18"),
+                stamp: Some((Some(2026), 11, 27, 23, 42, 18, "", None)),
+                message: "%ASA-3-710003: TCP access denied by ACL",
+                ..Want::default()
+            },
+        );
+        // Juniper, BSD style.
+        check(
+            b"<28>Nov 27 23:42:18 router1 mgd[1234]: UI_COMMIT: User 'admin' requested 'commit' operation",
+            Want {
+                pri: Some(28),
+                timestamp: Some("Nov 27 23:42:18"),
+                stamp: Some((None, 11, 27, 23, 42, 18, "", None)),
+                hostname: Some("router1"),
+                app_name: Some("mgd"),
+                proc_id: Some("1234"),
+                message: "UI_COMMIT: User 'admin' requested 'commit' operation",
+                ..Want::default()
+            },
+        );
+        // Juniper, structured (RFC 5424).
+        let sd = r#"[junos@2636.1.1.1.2.40 peer-name="192.0.2.1" old-state="Established" new-state="Idle"]"#;
+        check(
+            format!("<165>1 2026-11-27T23:42:18.123+01:00 router1 rpd 1234 BGP_NEIGHBOR_STATE_CHANGED {sd} BGP peer 192.0.2.1 changed state").as_bytes(),
+            Want {
+                pri: Some(165),
+                timestamp: Some("2026-11-27T23:42:18.123+01:00"),
+                stamp: Some((Some(2026), 11, 27, 23, 42, 18, "123", Some(60))),
+                hostname: Some("router1"),
+                app_name: Some("rpd"),
+                proc_id: Some("1234"),
+                msg_id: Some("BGP_NEIGHBOR_STATE_CHANGED"),
+                sd: Some(sd),
+                message: "BGP peer 192.0.2.1 changed state",
+            },
+        );
+        // Fortinet: key=value after the priority, no header.
+        let forti = r#"date=2026-11-27 time=23:42:18 devname="FG100E" devid="FG100E3G16000000" logid="0000000013" type="traffic" subtype="forward" level="notice" srcip=10.0.0.5 dstip=198.51.100.7 action="accept""#;
+        check(
+            format!("<189>{forti}").as_bytes(),
+            Want {
+                pri: Some(189),
+                message: forti,
+                ..Want::default()
+            },
+        );
+        // rsyslog's forwarding format: an RFC 3339 stamp in a BSD header.
+        check(
+            b"<13>2026-11-27T23:42:18.123456+00:00 web01 app[5]: hi",
+            Want {
+                pri: Some(13),
+                timestamp: Some("2026-11-27T23:42:18.123456+00:00"),
+                stamp: Some((Some(2026), 11, 27, 23, 42, 18, "123456", Some(0))),
+                hostname: Some("web01"),
+                app_name: Some("app"),
+                proc_id: Some("5"),
+                message: "hi",
+                ..Want::default()
+            },
+        );
+    }
+
+    #[test]
+    fn no_priority_empty_broken_and_long() {
+        check(
+            b"Nov 27 23:42:18 web01 app: no priority\n",
+            Want {
+                message: "Nov 27 23:42:18 web01 app: no priority",
+                ..Want::default()
+            },
+        );
+        check(b"", Want::default());
+        check(
+            b"<13>",
+            Want {
+                pri: Some(13),
+                ..Want::default()
+            },
+        );
+        // Out of range, or not a priority at all: part of the message.
+        for line in ["<192>x", "<1234>x", "<>x", "<13x", "<-1>x"] {
+            check(
+                line.as_bytes(),
+                Want {
+                    message: line,
+                    ..Want::default()
+                },
+            );
+        }
+        // An RFC 5424 header cut short, or with broken structured data.
+        for rest in [
+            "1 ",
+            "1 - host",
+            "1 - host app - - [bad",
+            "1 - h a - - [x y=\"1] m",
+        ] {
+            check(
+                format!("<13>{rest}").as_bytes(),
+                Want {
+                    pri: Some(13),
+                    message: rest,
+                    ..Want::default()
+                },
+            );
+        }
+        // Dates that do not exist are no stamp.
+        check(
+            b"<13>Feb 30 12:00:00 host app: x",
+            Want {
+                pri: Some(13),
+                message: "Feb 30 12:00:00 host app: x",
+                ..Want::default()
+            },
+        );
+        // Not UTF-8: the fields are the bytes, the message too.
+        let m = parse(b"<13>Nov 27 23:42:18 web01 app: caf\xe9 \xff\r\n\0");
+        assert_eq!(m.message, b"caf\xe9 \xff");
+        assert_eq!(m.app_name, Some(&b"app"[..]));
+        // A very long line: all of it is the message.
+        let mut long = b"<13>Nov 27 23:42:18 web01 app: ".to_vec();
+        long.extend(std::iter::repeat_n(b'x', 9000));
+        assert_eq!(parse(&long).message.len(), 9000);
+        assert_eq!(parse(&long).hostname, Some(&b"web01"[..]));
+    }
+
+    #[test]
+    fn rfc5424_nil_fields_are_absent() {
+        check(
+            b"<14>1 - - - - - - just a message",
+            Want {
+                pri: Some(14),
+                message: "just a message",
+                ..Want::default()
+            },
+        );
+        // A stamp that is not RFC 3339 is kept as sent, without a reading.
+        check(
+            b"<14>1 yesterday host app 1 m - x",
+            Want {
+                pri: Some(14),
+                timestamp: Some("yesterday"),
+                hostname: Some("host"),
+                app_name: Some("app"),
+                proc_id: Some("1"),
+                msg_id: Some("m"),
+                message: "x",
+                ..Want::default()
+            },
+        );
+    }
+
+    #[test]
+    fn structured_data_params_and_escapes() {
+        let sd = br#"[a@1 x="1" x="2\"q\]" y="\\n"][a@1 z="3"][b@2]"#;
+        assert_eq!(sd_len(sd), Some(sd.len()));
+        let params = sd_params(sd);
+        let pairs: Vec<(String, Option<(String, String)>)> = params
+            .iter()
+            .map(|p| {
+                let t = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                (t(p.id), p.param.map(|(n, v)| (t(n), t(&sd_unescape(v)))))
+            })
+            .collect();
+        let want = |id: &str, p: Option<(&str, &str)>| {
+            (id.to_owned(), p.map(|(n, v)| (n.to_owned(), v.to_owned())))
+        };
+        assert_eq!(
+            pairs,
+            [
+                want("a@1", Some(("x", "1"))),
+                want("a@1", Some(("x", "2\"q]"))),
+                want("a@1", Some(("y", "\\n"))),
+                want("a@1", Some(("z", "3"))),
+                want("b@2", None),
+            ]
+        );
+        for bad in [
+            &b"[]"[..],
+            b"[a",
+            b"[a x=1]",
+            b"[a x=\"1]",
+            b"[a  x=\"1\"]",
+            b"x",
+        ] {
+            assert_eq!(sd_len(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn year_of_a_stamp_without_one() {
+        let stamp = |month| Stamp {
+            year: None,
+            month,
+            day: 1,
+            hour: 0,
+            minute: 0,
+            second: 0,
+            fraction: b"",
+            offset_minutes: None,
+        };
+        // December's line read in January is last year's, and the other way.
+        assert_eq!(stamp(12).resolve_year(2027, 1), 2026);
+        assert_eq!(stamp(1).resolve_year(2026, 12), 2027);
+        assert_eq!(stamp(7).resolve_year(2026, 1), 2026);
+        let mut with = stamp(12);
+        with.year = Some(2020);
+        assert_eq!(with.resolve_year(2027, 1), 2020);
+    }
+
+    #[test]
+    fn calendar_arithmetic_matches_humantime() {
+        use std::time::{Duration, UNIX_EPOCH};
+        // Every day from 1970 to 2100, and leap years' edges.
+        for days in 0..47_500i64 {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+            let t = UNIX_EPOCH + Duration::from_secs(days as u64 * 86_400);
+            let text = humantime::format_rfc3339_seconds(t).to_string();
+            assert_eq!(text[..10], format!("{y:04}-{m:02}-{d:02}"), "day {days}");
+        }
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(
+            days_from_civil(2000, 2, 29) + 1,
+            days_from_civil(2000, 3, 1)
+        );
+    }
 }
