@@ -1,12 +1,11 @@
 //! JSON string escaping, once (a JSON string) or twice (a JSON string
 //! inside a JSON string: how a `Detail` keeps its string values).
 //!
-//! These run over every byte of every Detail both sinks send, and over
-//! every `Text` and `Syslog` field the encoder writes, so they copy sixteen
-//! bytes at a time whether or not they hold a byte to escape, and keep only
-//! the part before that byte: a run without escapes costs one load, one
-//! compare and one store per sixteen bytes, and an escape no call into
-//! memcpy.
+//! These run over every `Text`, `Json` and `Syslog` field the encoder
+//! writes, so they test sixteen bytes at a time: a run without escapes
+//! costs one load, one compare and one store per sixteen bytes, and a
+//! chunk with escapes (JSON text has a quote every few bytes) writes all of
+//! them in one pass over its bit mask, with one check for room.
 
 /// What follows the backslash for each byte a JSON string must escape
 /// (`u`: `\\u00XX`), 0 for the bytes written as they are: control
@@ -27,25 +26,6 @@ static ESCAPE: [u8; 256] = {
     t[b'\\' as usize] = b'\\';
     t
 };
-
-/// Bytes of `w` (little-endian) that need escaping get their high bit set
-/// in the result. Above a true hit a byte may be flagged falsely (a borrow),
-/// but the lowest flagged byte is always a true hit, which is all the
-/// caller uses.
-#[inline]
-#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
-fn escape_mask(w: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // A byte below 0x20 (bytes from 0x80 up are excluded by `!w`).
-    let control = w.wrapping_sub(ONES * 0x20) & !w;
-    // A zero byte after xor: `"` or `\`.
-    let q = w ^ (ONES * u64::from(b'"'));
-    let quote = q.wrapping_sub(ONES) & !q;
-    let b = w ^ (ONES * u64::from(b'\\'));
-    let backslash = b.wrapping_sub(ONES) & !b;
-    (control | quote | backslash) & HIGH
-}
 
 /// Appends `s` as a JSON string literal (quotes included), escaping as
 /// RFC 8259 requires, byte for byte what serde_json writes.
@@ -85,7 +65,6 @@ pub fn push_escaped_twice(out: &mut String, s: &str) -> usize {
 /// Appends `bytes` (UTF-8) escaped once, or with `TWICE` twice; returns
 /// the bytes the second escaping added (0 with one escaping).
 fn escape_into<const TWICE: bool>(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     // Most bytes one input byte becomes: `\u00XX`, or escaped again
     // `\\u00XX`.
     let widest: usize = if TWICE { 7 } else { 6 };
@@ -93,46 +72,65 @@ fn escape_into<const TWICE: bool>(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
     let mut added = 0;
     // Invariant: at least `n - i + 17` bytes of spare capacity (the rest
     // unescaped, a chunk's overshoot, a closing quote the caller adds). A
-    // chunk keeps it (it consumes as many bytes as it keeps); an escape
-    // restores it.
+    // chunk without escapes keeps it (it consumes as many bytes as it
+    // keeps); one with escapes, or an escape in the tail, first makes room
+    // for the most they can write.
     out.reserve(n + 17);
     let mut i = 0;
-    // The buffer's pointer and length live in registers in the loop.
+    // The buffer's pointer and length live in registers in the loops.
     let mut dst = out.as_mut_ptr();
     let mut len = out.len();
-    loop {
-        while i + 16 <= n {
-            // SAFETY: `i + 16 <= n`: sixteen bytes of `bytes` at `i`.
-            let chunk: &[u8; 16] = unsafe { &*bytes.as_ptr().add(i).cast::<[u8; 16]>() };
-            let k = first_escape16(chunk);
-            // SAFETY: the invariant leaves room for sixteen bytes at `len`;
-            // only the `k` before the first escape are kept.
+    while i + 16 <= n {
+        // SAFETY: `i + 16 <= n`: sixteen bytes of `bytes` at `i`.
+        let chunk: &[u8; 16] = unsafe { &*bytes.as_ptr().add(i).cast::<[u8; 16]>() };
+        let mut m = escapes16(chunk);
+        if m == 0 {
+            // SAFETY: the invariant leaves room for sixteen bytes at `len`.
             unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), dst.add(len), 16) };
-            // A branch, not `i += k`: the next load then waits for no
-            // compare (the loop would be latency-bound).
-            if k == 16 {
-                len += 16;
-                i += 16;
-                continue;
+            len += 16;
+            i += 16;
+            continue;
+        }
+        // Every escape of the chunk in one pass (JSON text is dense with
+        // quotes): room for all sixteen bytes at their widest.
+        let room = n - i + 17 + 16 * (widest - 1);
+        if out.capacity() - len < room {
+            // SAFETY: `len` bytes are initialised (all written above).
+            unsafe { out.set_len(len) };
+            out.reserve(room);
+            dst = out.as_mut_ptr();
+        }
+        let mut start = 0;
+        while m != 0 {
+            let j = m.trailing_zeros() as usize;
+            // SAFETY: within the room made above; `start..j` is inside
+            // the chunk.
+            unsafe {
+                std::ptr::copy_nonoverlapping(chunk.as_ptr().add(start), dst.add(len), j - start);
             }
-            len += k;
-            i += k;
-            break;
+            len += j - start;
+            // SAFETY: as above.
+            (len, added) = unsafe { write_escape::<TWICE>(dst, len, added, chunk[j]) };
+            start = j + 1;
+            m &= m - 1;
         }
-        // Fewer than sixteen bytes left, or `bytes[i]` needs escaping.
-        while i < n && ESCAPE[usize::from(bytes[i])] == 0 {
-            // SAFETY: within the invariant's room.
-            unsafe { *dst.add(len) = bytes[i] };
-            len += 1;
-            i += 1;
+        // SAFETY: as above.
+        unsafe {
+            std::ptr::copy_nonoverlapping(chunk.as_ptr().add(start), dst.add(len), 16 - start);
         }
-        if i == n {
-            break;
-        }
+        len += 16 - start;
+        i += 16;
+    }
+    // Fewer than sixteen bytes left.
+    while i < n {
         let b = bytes[i];
         i += 1;
-        // An escape writes up to `widest` bytes for the one it consumes:
-        // keep the invariant's room for the rest after it.
+        if ESCAPE[usize::from(b)] == 0 {
+            // SAFETY: within the invariant's room.
+            unsafe { *dst.add(len) = b };
+            len += 1;
+            continue;
+        }
         let room = n - i + 17 + widest;
         if out.capacity() - len < room {
             // SAFETY: `len` bytes are initialised (all written above).
@@ -140,45 +138,64 @@ fn escape_into<const TWICE: bool>(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
             out.reserve(room);
             dst = out.as_mut_ptr();
         }
-        let e = ESCAPE[usize::from(b)];
         // SAFETY: room for `widest` bytes at `len` (checked above).
-        unsafe {
-            *dst.add(len) = b'\\';
-            len += 1;
-            if TWICE {
-                // The backslash of the first escaping, escaped; then what
-                // follows it, itself escaped if it is `"` or `\`.
-                *dst.add(len) = b'\\';
-                len += 1;
-                if e == b'"' || e == b'\\' {
-                    *dst.add(len) = b'\\';
-                    len += 1;
-                    added += 2;
-                } else {
-                    added += 1;
-                }
-            }
-            if e == b'u' {
-                *dst.add(len) = b'u';
-                *dst.add(len + 1) = b'0';
-                *dst.add(len + 2) = b'0';
-                *dst.add(len + 3) = HEX[usize::from(b >> 4)];
-                *dst.add(len + 4) = HEX[usize::from(b & 0xF)];
-                len += 5;
-            } else {
-                *dst.add(len) = e;
-                len += 1;
-            }
-        }
+        (len, added) = unsafe { write_escape::<TWICE>(dst, len, added, b) };
     }
-    // SAFETY: as above.
+    // SAFETY: `len` bytes are initialised.
     unsafe { out.set_len(len) };
     added
 }
 
-/// The index in `chunk` of the first byte that needs escaping, or 16.
+/// Writes the escape of `b` (a byte `ESCAPE` flags) at `dst + len`:
+/// `\"`, `\n`, `\u001f`…, or with `TWICE` that escaped again. Returns
+/// the new length and `added` plus what the second escaping added.
+///
+/// # Safety
+/// `dst + len` has room for 7 bytes (6 without `TWICE`).
 #[inline(always)]
-fn first_escape16(chunk: &[u8; 16]) -> usize {
+unsafe fn write_escape<const TWICE: bool>(
+    dst: *mut u8,
+    mut len: usize,
+    mut added: usize,
+    b: u8,
+) -> (usize, usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let e = ESCAPE[usize::from(b)];
+    // SAFETY: the caller's room.
+    unsafe {
+        *dst.add(len) = b'\\';
+        len += 1;
+        if TWICE {
+            // The backslash of the first escaping, escaped; then what
+            // follows it, itself escaped if it is `"` or `\`.
+            *dst.add(len) = b'\\';
+            len += 1;
+            if e == b'"' || e == b'\\' {
+                *dst.add(len) = b'\\';
+                len += 1;
+                added += 2;
+            } else {
+                added += 1;
+            }
+        }
+        if e == b'u' {
+            *dst.add(len) = b'u';
+            *dst.add(len + 1) = b'0';
+            *dst.add(len + 2) = b'0';
+            *dst.add(len + 3) = HEX[usize::from(b >> 4)];
+            *dst.add(len + 4) = HEX[usize::from(b & 0xF)];
+            len += 5;
+        } else {
+            *dst.add(len) = e;
+            len += 1;
+        }
+    }
+    (len, added)
+}
+
+/// Bit `j` set for each byte `chunk[j]` that needs escaping.
+#[inline(always)]
+fn escapes16(chunk: &[u8; 16]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{
@@ -187,29 +204,22 @@ fn first_escape16(chunk: &[u8; 16]) -> usize {
         };
         // SAFETY: SSE2 is always there on x86-64; the load reads the 16
         // bytes of `chunk`.
-        let m = unsafe {
+        unsafe {
             let x = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
             // Unsigned x <= 0x1F: a control byte.
             let control = _mm_cmpeq_epi8(_mm_max_epu8(x, _mm_set1_epi8(0x1F)), _mm_set1_epi8(0x1F));
             let quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'"' as i8));
             let backslash = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\\' as i8));
             _mm_movemask_epi8(_mm_or_si128(control, _mm_or_si128(quote, backslash))) as u32
-        };
-        // Bit 16 stops the count at 16 when nothing is flagged.
-        (m | 1 << 16).trailing_zeros() as usize
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let (lo, hi) = chunk.split_at(8);
-        let lo = escape_mask(u64::from_le_bytes(lo.try_into().expect("8 bytes")));
-        if lo != 0 {
-            return (lo.trailing_zeros() / 8) as usize;
+        let mut m = 0;
+        for (j, &b) in chunk.iter().enumerate() {
+            m |= u32::from(ESCAPE[usize::from(b)] != 0) << j;
         }
-        let hi = escape_mask(u64::from_le_bytes(hi.try_into().expect("8 bytes")));
-        if hi != 0 {
-            return 8 + (hi.trailing_zeros() / 8) as usize;
-        }
-        16
+        m
     }
 }
 

@@ -90,7 +90,10 @@ impl DetailWriter {
     /// field): invalid sequences become U+FFFD (the bytes are kept in
     /// `Text`/`Payload` beside it).
     pub fn string_lossy(&mut self, b: &[u8]) {
-        self.string(&String::from_utf8_lossy(b));
+        match std::str::from_utf8(b) {
+            Ok(s) => self.string(s),
+            Err(_) => self.string(&String::from_utf8_lossy(b)),
+        }
     }
 
     /// JSON text written as it is (already a JSON value), escaped once.
@@ -134,7 +137,7 @@ pub fn write_payload(
         }
         Format::Hex => {
             lit!(w, r#",\"Hex\":\""#);
-            push_hex(&mut w.text, payload);
+            faster_hex::hex_append(payload, &mut w.text);
             lit!(w, r#"\""#);
             return Format::Hex;
         }
@@ -192,26 +195,6 @@ fn as_json(payload: &[u8]) -> Option<&str> {
     Some(text)
 }
 
-/// Lowercase hex of `bytes`, two digits per byte from a 512-byte table.
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    static PAIRS: [[u8; 2]; 256] = {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut t = [[0u8; 2]; 256];
-        let mut i = 0;
-        while i < 256 {
-            t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
-            i += 1;
-        }
-        t
-    };
-    // SAFETY: only ASCII digits and letters are appended.
-    let v = unsafe { out.as_mut_vec() };
-    v.reserve(bytes.len() * 2);
-    for &b in bytes {
-        v.extend_from_slice(&PAIRS[usize::from(b)]);
-    }
-}
-
 /// The `Syslog` object. Absent fields are left out (a rule's `exists`
 /// tells them apart); `Message` is always there.
 fn write_syslog(w: &mut DetailWriter, m: &syslog::Message<'_>, received: SystemTime) {
@@ -262,8 +245,22 @@ fn write_syslog(w: &mut DetailWriter, m: &syslog::Message<'_>, received: SystemT
 /// repeated in a message is merged, so the object has no duplicate keys.
 fn write_structured_data(w: &mut DetailWriter, sd: &[u8]) {
     let mut params = syslog::sd_params(sd);
-    // Grouped by SD-ID, then name; a stable sort keeps values in order.
-    params.sort_by(|a, b| (a.id, a.param.map(|p| p.0)).cmp(&(b.id, b.param.map(|p| p.0))));
+    // Written in groups of one SD-ID, then one name. Usually they come so
+    // (each SD-ID once, each name once in it), checked pairwise for a
+    // few; otherwise a stable sort groups them, keeping values in order.
+    fn name<'a>(p: &syslog::SdParam<'a>) -> Option<&'a [u8]> {
+        p.param.map(|p| p.0)
+    }
+    let grouped = params.len() <= 16
+        && (1..params.len()).all(|i| {
+            (0..i).all(|k| {
+                params[k].id != params[i].id
+                    || (params[i - 1].id == params[i].id && name(&params[k]) != name(&params[i]))
+            })
+        });
+    if !grouped {
+        params.sort_by(|a, b| (a.id, name(a)).cmp(&(b.id, name(b))));
+    }
     lit!(w, r#"{"#);
     let mut i = 0;
     while i < params.len() {
@@ -313,11 +310,16 @@ fn write_structured_data(w: &mut DetailWriter, sd: &[u8]) {
 /// sender's local time (no offset) when it did not; the fraction as sent.
 /// A stamp without a year gets the one closest to `received`.
 fn push_iso8601(out: &mut String, s: &Stamp<'_>, received: SystemTime) {
-    let secs = received
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let (ry, rm, _) = syslog::civil_from_days(secs.div_euclid(86_400));
-    let year = s.resolve_year(ry, rm);
+    let year = match s.year {
+        Some(y) => i64::from(y),
+        None => {
+            let secs = received
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let (ry, rm, _) = syslog::civil_from_days(secs.div_euclid(86_400));
+            s.resolve_year(ry, rm)
+        }
+    };
     let (mut y, mut mo, mut d, mut h, mut mi) = (year, s.month, s.day, s.hour, s.minute);
     if let Some(offset) = s.offset_minutes {
         let minutes = (syslog::days_from_civil(year, s.month, s.day) * 24 + i64::from(s.hour)) * 60

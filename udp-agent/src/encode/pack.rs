@@ -184,7 +184,11 @@ impl Packs {
 
     /// A pack for `key` with `p` as its first datagram (not yet written).
     fn start(&self, key: Key, p: &PacketView<'_>, time: SystemTime, interface: &Member) -> Pack {
-        let mut w = DetailWriter::with_capacity(1024);
+        // Room for a full pack's escaped text up front: growing by doubling
+        // would copy it several times over, and fault in fresh pages each
+        // time, for every pack.
+        let mut w =
+            DetailWriter::with_capacity(self.settings.max_bytes + self.settings.max_bytes / 4);
         lit!(w, r#"{\"Destination\":{\"Address\":\""#);
         write_endpoint(&mut w, &p.dst, p.dst_port);
         w.lit(&interface.escaped, interface.added);
@@ -209,9 +213,11 @@ impl Packs {
         lit!(pack.w, r#"],\"Count\":"#);
         pack.w.plain(itoa::Buffer::new().format(pack.count));
         lit!(pack.w, "}");
-        // Packs grow by doubling; what waits in the queue should not hold
-        // the spare half.
-        pack.w.text.shrink_to_fit();
+        // A pack sent at its linger may be small: what waits in the queue
+        // should not hold a full pack's room.
+        if pack.w.text.len() < pack.w.text.capacity() / 2 {
+            pack.w.text.shrink_to_fit();
+        }
         Done {
             detail: pack.w.finish(),
             time: pack.time,

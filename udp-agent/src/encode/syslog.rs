@@ -18,7 +18,8 @@
 //! check this parser against it on the lines both read.
 //!
 //! What is recognised:
-//! - `<PRI>` (0-191) at the start; without one, no facility or severity.
+//! - `<PRI>` (0-191) at the start; without one, no facility or severity
+//!   (an RFC 3164 header is still read).
 //! - RFC 5424: `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD [MSG]`,
 //!   `-` for an absent field, structured data `[id name="value" …]…` with
 //!   `\"`, `\\` and `\]` escapes, a leading BOM dropped from the message.
@@ -101,12 +102,13 @@ impl Stamp<'_> {
 /// Reads a syslog message. Never fails: see the module's comment.
 pub fn parse(payload: &[u8]) -> Message<'_> {
     let Some((pri, rest)) = priority(payload) else {
-        return Message {
+        // A BSD header without its priority (what a relay may forward).
+        return rfc3164(None, payload).unwrap_or(Message {
             message: trim_end(payload),
             ..Message::default()
-        };
+        });
     };
-    if let Some(m) = rfc5424(pri, rest).or_else(|| rfc3164(pri, rest)) {
+    if let Some(m) = rfc5424(pri, rest).or_else(|| rfc3164(Some(pri), rest)) {
         return m;
     }
     Message {
@@ -186,10 +188,10 @@ fn nil(field: &[u8]) -> Option<&[u8]> {
     (field != b"-").then_some(field)
 }
 
-fn rfc3164(pri: u8, rest: &[u8]) -> Option<Message<'_>> {
+fn rfc3164(pri: Option<u8>, rest: &[u8]) -> Option<Message<'_>> {
     let (hostname, timestamp, stamp, after) = header_3164(rest)?;
     let mut m = Message {
-        pri: Some(pri),
+        pri,
         timestamp: Some(timestamp),
         stamp: Some(stamp),
         hostname,
@@ -930,7 +932,18 @@ mod tests {
         check(
             b"Nov 27 23:42:18 web01 app: no priority\n",
             Want {
-                message: "Nov 27 23:42:18 web01 app: no priority",
+                timestamp: Some("Nov 27 23:42:18"),
+                stamp: Some((None, 11, 27, 23, 42, 18, "", None)),
+                hostname: Some("web01"),
+                app_name: Some("app"),
+                message: "no priority",
+                ..Want::default()
+            },
+        );
+        check(
+            b"no header at all",
+            Want {
+                message: "no header at all",
                 ..Want::default()
             },
         );
