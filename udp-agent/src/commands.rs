@@ -35,35 +35,38 @@ pub struct PortLimitArgs {
     pub action: Action,
 }
 
-/// `--format`: how a port's payloads appear in its events.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum FormatArg {
-    /// `Payload`: standard base64 of the bytes (the article's event).
-    #[default]
-    Base64,
-    /// `Text`: the payload as a string when it is UTF-8 (exact, trailing
-    /// newline kept); other payloads fall back to `Payload`.
-    Text,
-    /// `Hex`: lowercase hex digits.
-    Hex,
-    /// `Json`: the payload as a JSON value when it is JSON; other payloads
-    /// fall back to `Payload`.
-    Json,
-    /// `Syslog`: facility, severity, timestamp, hostname, app name… parsed
-    /// from RFC 5424 and RFC 3164 messages (what does not parse is the
-    /// `Message`), with the bytes kept in `Text` (or `Payload`).
-    Syslog,
-}
+/// `--format`: how a port's payloads appear in its events; the values are
+/// [`Format`]'s names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FormatArg(pub Format);
 
-impl From<FormatArg> for Format {
-    fn from(f: FormatArg) -> Format {
-        match f {
-            FormatArg::Base64 => Format::Base64,
-            FormatArg::Text => Format::Text,
-            FormatArg::Hex => Format::Hex,
-            FormatArg::Json => Format::Json,
-            FormatArg::Syslog => Format::Syslog,
-        }
+impl clap::ValueEnum for FormatArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        const ALL: [FormatArg; 5] = [
+            FormatArg(Format::ALL[0]),
+            FormatArg(Format::ALL[1]),
+            FormatArg(Format::ALL[2]),
+            FormatArg(Format::ALL[3]),
+            FormatArg(Format::ALL[4]),
+        ];
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let help = match self.0 {
+            Format::Base64 => "`Payload`: standard base64 of the bytes (the article's event)",
+            Format::Text => {
+                "`Text`: the payload as a string when it is UTF-8 (exact, trailing newline kept); other payloads fall back to `Payload`"
+            }
+            Format::Hex => "`Hex`: lowercase hex digits",
+            Format::Json => {
+                "`Json`: the payload as a JSON value when it is JSON; other payloads fall back to `Payload`"
+            }
+            Format::Syslog => {
+                "`Syslog`: facility, severity, timestamp, hostname, app name… parsed from RFC 5424 and RFC 3164 messages (what does not parse is the `Message`), with the bytes kept in `Text` (or `Payload`)"
+            }
+        };
+        Some(clap::builder::PossibleValue::new(self.0.name()).help(help))
     }
 }
 
@@ -87,7 +90,7 @@ pub struct PortEncodingArgs {
 impl PortEncodingArgs {
     pub fn encoding(&self) -> Encoding {
         Encoding {
-            format: self.format.into(),
+            format: self.format.0,
             pack: self.pack,
         }
     }

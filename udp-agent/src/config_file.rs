@@ -289,6 +289,10 @@ mod tests {
             "wait-for-iface",
             "max-events-per-hour",
             "dead-letter",
+            "format",
+            "pack",
+            "pack-max-bytes",
+            "max-entry-bytes",
         ] {
             assert!(keys.iter().any(|x| x == k), "`{k}` missing from {keys:?}");
         }
@@ -302,5 +306,6 @@ mod tests {
         assert!(key("iface").list && key("port").list && key("allow").list);
         assert!(!key("rate").list && !key("rate").switch);
         assert!(key("wait-for-iface").switch);
+        assert!(key("pack").switch && !key("format").list);
     }
 }

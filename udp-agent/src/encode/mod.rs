@@ -448,7 +448,7 @@ mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
 
-    fn packet() -> Packet {
+    pub(super) fn packet() -> Packet {
         Packet {
             timestamp_ns: 5_000_000,
             ifindex: 3,
@@ -653,20 +653,14 @@ mod formats {
     use udp_ebpf_common::{Encoding, Format};
 
     fn packet(format: Format, payload: &[u8]) -> Packet {
-        Packet {
-            timestamp_ns: 5_000_000,
-            ifindex: 3,
-            src: "198.18.0.2".parse().unwrap(),
-            dst: "198.18.0.1".parse().unwrap(),
-            src_port: 40000,
-            dst_port: 514,
-            wire_len: payload.len() as u32,
-            payload: payload.to_vec(),
-            encoding: Encoding {
-                format,
-                pack: false,
-            },
-        }
+        let mut p = super::tests::packet();
+        p.wire_len = payload.len() as u32;
+        p.payload = payload.to_vec();
+        p.encoding = Encoding {
+            format,
+            pack: false,
+        };
+        p
     }
 
     /// The Detail of `payload` on a port in `format`, parsed; checks that
@@ -867,6 +861,37 @@ mod formats {
                 };
                 assert_eq!(&back, payload, "{format:?}");
             }
+        }
+    }
+
+    /// Every prefix of awkward lines, and random bytes, make a Detail that
+    /// parses, with its size right (the parser never panics on a cut).
+    #[test]
+    fn any_prefix_or_noise_makes_a_valid_syslog_detail() {
+        let lines: [&[u8]; 5] = [
+            br#"<165>1 2026-11-27T23:42:18.123+01:00 r rpd 1 M [a@1 x="1\"\]" x="2"][b y=""] m"#,
+            b"<189>52: router1: *Mar  1 18:46:11.123 UTC: %SYS-5-CONFIG_I: x",
+            b"<166>Nov 27 2026 23:42:18 asa01 : %ASA-6-302013: Built",
+            b"<13>2026-11-27T23:42:18.1+00:00 web01 app[5]: hi\r\n\0",
+            b"Nov  2 03:04:05 h t[1]: \xef\xbb\xbf\xff\x01",
+        ];
+        for line in lines {
+            for end in 0..=line.len() {
+                detail(Format::Syslog, &line[..end]);
+            }
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..300 {
+            let bytes: Vec<u8> = (0..64)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    // Mostly the characters syslog headers are made of.
+                    b"<>0123456789 :[]=\"-TZ.*NovMar\\\xff"[(seed % 31) as usize]
+                })
+                .collect();
+            detail(Format::Syslog, &bytes);
         }
     }
 
