@@ -348,6 +348,30 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    /// At every limit, to the byte: no pack with two or more datagrams
+    /// is larger than the limit, as AWS counts an entry (its Time, Source
+    /// and DetailType too, and the closing `],"Count":N}`).
+    #[test]
+    fn no_pack_exceeds_the_limit_by_a_byte() {
+        for max in 1500..1700 {
+            let mut e = encoder(max);
+            let mut entries: Vec<Entry> = (0..40)
+                .filter_map(|i| {
+                    e.push(&packet(i, 514, Format::Text, 40 + (i as usize * 7) % 90).view())
+                })
+                .collect();
+            entries.extend(e.pop_pack());
+            for entry in &entries {
+                let count = parse(entry)["Count"].as_u64().unwrap();
+                assert!(
+                    count == 1 || entry.aws_size() <= max,
+                    "limit {max}: a pack of {count} is {} bytes",
+                    entry.aws_size()
+                );
+            }
+        }
+    }
+
     #[test]
     fn destinations_and_formats_pack_apart_and_fallbacks_say_so() {
         let mut e = encoder(64 * 1024);
