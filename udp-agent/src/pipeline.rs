@@ -5,7 +5,10 @@
 //! answers Prometheus ([`crate::metrics`]).
 //!
 //! Accounting: every captured packet ends in one counter. Packets:
-//! `decoded = queue_drops + oversize + batched`; entries `batched` end as
+//! `decoded = queue_drops + oversize + batched` (with packing, packed
+//! packets are counted once more as `packed`, their entries as `packs`:
+//! `decoded - packed + packs = queue_drops + oversize + batched`, once
+//! the packs waiting at shutdown are sent); entries `batched` end as
 //! `emitted` or `sink_failed`, or, with the EventBridge sink, as its
 //! `cost_guard_skipped` (see [`crate::sink::eventbridge::stats`]).
 
