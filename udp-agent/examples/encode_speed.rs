@@ -15,6 +15,7 @@ fn main() {
         dst_port: 514,
         wire_len: size as u32,
         payload: vec![7u8; size],
+        encoding: Default::default(),
     };
     let mut e = Encoder::new("udp.raw", "UdpPacket", "default", WallClock::now());
     e.name_interface(1, "eth0");

@@ -8,16 +8,23 @@ use udp_ebpf_common::{DEFAULT_RING_BYTES, MAX_CAPTURE};
 
 pub use crate::commands::{LimitsArgs, PortsArgs, SourcesArgs, StatsArgs};
 use crate::{
-    commands::{FirewallArgs, PortLimitArgs},
+    commands::{FirewallArgs, PortEncodingArgs, PortLimitArgs},
     control::DEFAULT_PIN_DIR,
-    encode::{DEFAULT_DETAIL_TYPE, DEFAULT_SOURCE},
+    encode::{
+        DEFAULT_DETAIL_TYPE, DEFAULT_SOURCE,
+        pack::{DEFAULT_PACK_LINGER_MS, DEFAULT_PACK_MAX_BYTES, PackSettings},
+    },
     loader::ModeArg,
     logging::LogArgs,
     ports::PortRange,
     sink::{
         SinkKind,
-        eventbridge::config::{
-            DEFAULT_MAX_EVENTS_PER_HOUR, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_PUT_EVENTS_PER_SECOND,
+        eventbridge::{
+            MAX_LARGE_REQUEST_BYTES, MAX_REQUEST_BYTES,
+            config::{
+                DEFAULT_MAX_EVENTS_PER_HOUR, DEFAULT_MAX_IN_FLIGHT,
+                DEFAULT_MAX_PUT_EVENTS_PER_SECOND,
+            },
         },
     },
     spool::{self, FsyncPolicy, FullPolicy},
@@ -156,6 +163,31 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub port_limit: PortLimitArgs,
+
+    #[command(flatten)]
+    pub port_encoding: PortEncodingArgs,
+
+    /// Most bytes of a packed event, as EventBridge counts an entry's size:
+    /// a pack that the next datagram would take past it is sent, and the
+    /// datagram starts the next. The default, 65536, is one billed event
+    /// (each started 64 KB of an event is billed as one). At most
+    /// --max-entry-bytes.
+    #[arg(long, env = "UDP_AGENT_PACK_MAX_BYTES", default_value_t = DEFAULT_PACK_MAX_BYTES,
+          value_parser = clap::value_parser!(u32).range(1024..=MAX_LARGE_REQUEST_BYTES as i64))]
+    pub pack_max_bytes: u32,
+
+    /// Longest a packed event waits for more datagrams after its first.
+    #[arg(long, env = "UDP_AGENT_PACK_LINGER_MS", default_value_t = DEFAULT_PACK_LINGER_MS,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub pack_linger_ms: u64,
+
+    /// Largest entry, and PutEvents request, the agent makes (as AWS counts
+    /// their size): 262144 (256 KB, the PutEvents limit), or up to 1048576
+    /// (1 MB) in Regions that accept events that large.
+    #[arg(long, env = "UDP_AGENT_MAX_ENTRY_BYTES", default_value_t = MAX_REQUEST_BYTES as u32,
+          value_parser = clap::value_parser!(u32)
+              .range(MAX_REQUEST_BYTES as i64..=MAX_LARGE_REQUEST_BYTES as i64))]
+    pub max_entry_bytes: u32,
 
     #[command(flatten)]
     pub firewall: FirewallArgs,
@@ -401,6 +433,12 @@ impl RunArgs {
         if self.source.is_empty() || self.source.chars().count() > 256 {
             return Err("--source must be 1 to 256 characters (an AWS limit)".into());
         }
+        if self.pack_max_bytes > self.max_entry_bytes {
+            return Err(format!(
+                "--pack-max-bytes {} is more than --max-entry-bytes {}: lower it, or raise --max-entry-bytes where the Region accepts larger events",
+                self.pack_max_bytes, self.max_entry_bytes
+            ));
+        }
         if let Some(bus) = &self.event_bus
             && (bus.is_empty() || bus.chars().count() > 1600)
         {
@@ -420,6 +458,16 @@ impl RunArgs {
             return Err("--spool-max-age must be more than 0".into());
         }
         Ok(())
+    }
+}
+
+impl RunArgs {
+    /// How packing ports' packs are bounded.
+    pub fn pack_settings(&self) -> PackSettings {
+        PackSettings {
+            max_bytes: self.pack_max_bytes as usize,
+            linger: Duration::from_millis(self.pack_linger_ms),
+        }
     }
 }
 

@@ -9,6 +9,8 @@ use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use ipnet::IpNet;
 
+use udp_ebpf_common::{Encoding, Format};
+
 use crate::{
     cli::PinDirArg,
     control::{Action, Control, Limits, PortSettings, check_room, parse_net, validate_rate},
@@ -33,12 +35,74 @@ pub struct PortLimitArgs {
     pub action: Action,
 }
 
+/// `--format`: how a port's payloads appear in its events; the values are
+/// [`Format`]'s names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FormatArg(pub Format);
+
+impl clap::ValueEnum for FormatArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        const ALL: [FormatArg; 5] = [
+            FormatArg(Format::ALL[0]),
+            FormatArg(Format::ALL[1]),
+            FormatArg(Format::ALL[2]),
+            FormatArg(Format::ALL[3]),
+            FormatArg(Format::ALL[4]),
+        ];
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let help = match self.0 {
+            Format::Base64 => "`Payload`: standard base64 of the bytes (the article's event)",
+            Format::Text => {
+                "`Text`: the payload as a string when it is UTF-8 (exact, trailing newline kept); other payloads fall back to `Payload`"
+            }
+            Format::Hex => "`Hex`: lowercase hex digits",
+            Format::Json => {
+                "`Json`: the payload as a JSON value when it is JSON; other payloads fall back to `Payload`"
+            }
+            Format::Syslog => {
+                "`Syslog`: facility, severity, timestamp, hostname, app name… parsed from RFC 5424 and RFC 3164 messages (what does not parse is the `Message`), with the bytes kept in `Text` (or `Payload`)"
+            }
+        };
+        Some(clap::builder::PossibleValue::new(self.0.name()).help(help))
+    }
+}
+
+/// Payload format and packing of ports (for `run --port` and `ports add`).
+#[derive(Clone, Debug, Default, Args)]
+pub struct PortEncodingArgs {
+    /// How each datagram's payload appears in its event (every event names
+    /// it in `Format`): `base64` (`Payload`), `text` (`Text`), `hex`
+    /// (`Hex`), `json` (`Json`) or `syslog` (`Syslog` fields plus `Text`).
+    /// A payload that does not fit its format is sent as base64 `Payload`.
+    #[arg(long, env = "UDP_AGENT_FORMAT", value_enum, default_value = "base64")]
+    pub format: FormatArg,
+    /// Gather these ports' datagrams into packed events (one per port and
+    /// interface, `Count` and `Packets: [...]`, each packet with its
+    /// `Source`, `Time` and payload), up to --pack-max-bytes or
+    /// --pack-linger-ms: far fewer billed events and PutEvents requests.
+    #[arg(long, env = "UDP_AGENT_PACK")]
+    pub pack: bool,
+}
+
+impl PortEncodingArgs {
+    pub fn encoding(&self) -> Encoding {
+        Encoding {
+            format: self.format.0,
+            pack: self.pack,
+        }
+    }
+}
+
 impl PortLimitArgs {
-    pub fn settings(&self) -> Result<PortSettings> {
+    pub fn settings(&self, encoding: &PortEncodingArgs) -> Result<PortSettings> {
         let s = PortSettings {
             rate: self.rate,
             burst: self.burst,
             action: self.action,
+            encoding: encoding.encoding(),
         };
         s.validate().map_err(|e| anyhow!(e))?;
         Ok(s)
@@ -110,6 +174,7 @@ pub struct Startup {
 pub fn startup(
     ports: &[PortRange],
     port_args: &PortLimitArgs,
+    encoding: &PortEncodingArgs,
     fw: &FirewallArgs,
 ) -> Result<Startup> {
     let allow = parse_nets(&fw.allow)?;
@@ -126,7 +191,7 @@ pub fn startup(
     }
     Ok(Startup {
         ports: merge(ports),
-        settings: port_args.settings()?,
+        settings: port_args.settings(encoding)?,
         limits: fw.limits()?,
         allow,
         deny,
@@ -201,21 +266,24 @@ pub struct PortsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PortsAction {
-    /// Start capturing these ports (`N` or `N-M`), or change their limit
-    /// and action.
+    /// Start capturing these ports (`N` or `N-M`), or change their limit,
+    /// action, format and packing (what is not given is set to its
+    /// default).
     Add {
         #[arg(required = true, value_delimiter = ',')]
         ports: Vec<PortRange>,
         #[command(flatten)]
         limit: PortLimitArgs,
+        #[command(flatten)]
+        encoding: PortEncodingArgs,
     },
     /// Stop capturing these ports (`N` or `N-M`).
     Remove {
         #[arg(required = true, value_delimiter = ',')]
         ports: Vec<PortRange>,
     },
-    /// Print the captured ports with their limit and action, one port or
-    /// range per line.
+    /// Print the captured ports with their limit, action, format and
+    /// packing, one port or range per line.
     List,
 }
 
@@ -298,8 +366,12 @@ pub struct StatsArgs {
 pub fn ports(args: &PortsArgs) -> Result<()> {
     let pin_dir = &args.pin.pin_dir;
     match &args.action {
-        PortsAction::Add { ports, limit } => {
-            let settings = limit.settings()?;
+        PortsAction::Add {
+            ports,
+            limit,
+            encoding,
+        } => {
+            let settings = limit.settings(encoding)?;
             let mut control = Control::open(pin_dir)?;
             for r in ports {
                 control.add_ports(*r, settings)?;
@@ -513,17 +585,18 @@ mod tests {
     fn startup_refuses_bad_values_before_touching_anything() {
         let ports = ["514".parse().unwrap()];
         let ok = PortLimitArgs::default();
+        let enc = PortEncodingArgs::default();
         let fw = FirewallArgs {
             deny: vec!["198.18.0.0/33".into()],
             ..FirewallArgs::default()
         };
-        let err = startup(&ports, &ok, &fw).unwrap_err().to_string();
+        let err = startup(&ports, &ok, &enc, &fw).unwrap_err().to_string();
         assert!(err.contains("198.18.0.0/33"), "{err}");
         let bad_port = PortLimitArgs {
             burst: 10,
             ..PortLimitArgs::default()
         };
-        let err = startup(&ports, &bad_port, &FirewallArgs::default())
+        let err = startup(&ports, &bad_port, &enc, &FirewallArgs::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("without a rate"), "{err}");
@@ -531,9 +604,11 @@ mod tests {
             global_burst: 5,
             ..FirewallArgs::default()
         };
-        let err = startup(&ports, &ok, &bad_global).unwrap_err().to_string();
+        let err = startup(&ports, &ok, &enc, &bad_global)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("global-burst"), "{err}");
-        assert!(startup(&ports, &ok, &FirewallArgs::default()).is_ok());
+        assert!(startup(&ports, &ok, &enc, &FirewallArgs::default()).is_ok());
     }
 
     /// A list longer than its map holds is refused whole, before anything
@@ -551,9 +626,14 @@ mod tests {
             deny: hosts(limit + 1),
             ..FirewallArgs::default()
         };
-        let err = startup(&ports, &PortLimitArgs::default(), &fw)
-            .unwrap_err()
-            .to_string();
+        let err = startup(
+            &ports,
+            &PortLimitArgs::default(),
+            &PortEncodingArgs::default(),
+            &fw,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains(&format!("deny list holds at most {limit} IPv4 prefixes")),
             "{err}"
@@ -565,7 +645,15 @@ mod tests {
             allow: full,
             ..FirewallArgs::default()
         };
-        assert!(startup(&ports, &PortLimitArgs::default(), &fw).is_ok());
+        assert!(
+            startup(
+                &ports,
+                &PortLimitArgs::default(),
+                &PortEncodingArgs::default(),
+                &fw
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -574,12 +662,19 @@ mod tests {
             .iter()
             .map(|p| p.parse().unwrap())
             .collect();
-        let s = startup(&ports, &PortLimitArgs::default(), &FirewallArgs::default()).unwrap();
+        let s = startup(
+            &ports,
+            &PortLimitArgs::default(),
+            &PortEncodingArgs::default(),
+            &FirewallArgs::default(),
+        )
+        .unwrap();
         assert_eq!(s.ports_summary(), "1-5,9,100-251");
         let every_other: Vec<PortRange> = (1..=1000u16).map(|p| PortRange::single(p * 2)).collect();
         let s = startup(
             &every_other,
             &PortLimitArgs::default(),
+            &PortEncodingArgs::default(),
             &FirewallArgs::default(),
         )
         .unwrap();

@@ -388,6 +388,10 @@ mod tests {
             "wait-for-iface",
             "max-events-per-hour",
             "dead-letter",
+            "format",
+            "pack",
+            "pack-max-bytes",
+            "max-entry-bytes",
         ] {
             assert!(keys.iter().any(|x| x == k), "`{k}` missing from {keys:?}");
         }
@@ -401,5 +405,6 @@ mod tests {
         assert!(key("iface").list && key("port").list && key("allow").list);
         assert!(!key("rate").list && !key("rate").switch);
         assert!(key("wait-for-iface").switch);
+        assert!(key("pack").switch && !key("format").list);
     }
 }

@@ -42,8 +42,8 @@ use aya::maps::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use thiserror::Error;
 use udp_ebpf_common::{
-    CONFIG_ALLOWLIST, CONFIG_DENYLIST, CONFIG_REJECT_DROP, Config, Limit, MAX_PREFIXES, PORT_COUNT,
-    PortRule, PortState, SourceKey, SourceState, counter,
+    CONFIG_ALLOWLIST, CONFIG_DENYLIST, CONFIG_REJECT_DROP, Config, Encoding, Limit, MAX_PREFIXES,
+    PORT_COUNT, PortRule, PortState, SourceKey, SourceState, counter,
 };
 
 use crate::ports::{PortRange, compact};
@@ -566,6 +566,8 @@ pub struct PortSettings {
     pub burst: u64,
     /// What happens to a captured packet.
     pub action: Action,
+    /// How its datagrams become events (format, packing).
+    pub encoding: Encoding,
 }
 
 impl PortSettings {
@@ -581,7 +583,7 @@ impl PortSettings {
         }
         PortRule {
             flags,
-            _reserved: 0,
+            encoding: self.encoding.word(),
             limit: Limit::per_second(self.rate, self.burst),
         }
     }
@@ -595,6 +597,7 @@ impl PortSettings {
             } else {
                 Action::Pass
             },
+            encoding: rule.encoding(),
         }
     }
 }
@@ -602,14 +605,19 @@ impl PortSettings {
 impl std::fmt::Display for PortSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.rate == 0 {
-            write!(f, "rate=unlimited action={}", self.action)
+            write!(f, "rate=unlimited action={}", self.action)?;
         } else {
             write!(
                 f,
                 "rate={}/s burst={} action={}",
                 self.rate, self.burst, self.action
-            )
+            )?;
         }
+        write!(f, " format={}", self.encoding.format.name())?;
+        if self.encoding.pack {
+            f.write_str(" pack")?;
+        }
+        Ok(())
     }
 }
 
@@ -1169,13 +1177,23 @@ mod tests {
             rate: 1000,
             burst: 2000,
             action: Action::Drop,
+            encoding: Encoding {
+                format: udp_ebpf_common::Format::Syslog,
+                pack: true,
+            },
         };
         let rule = s.rule();
         assert!(rule.is_enabled() && rule.drops());
         assert_eq!(PortSettings::from_rule(&rule), s);
-        assert_eq!(s.to_string(), "rate=1000/s burst=2000 action=drop");
+        assert_eq!(
+            s.to_string(),
+            "rate=1000/s burst=2000 action=drop format=syslog pack"
+        );
         let unlimited = PortSettings::default();
-        assert_eq!(unlimited.to_string(), "rate=unlimited action=pass");
+        assert_eq!(
+            unlimited.to_string(),
+            "rate=unlimited action=pass format=base64"
+        );
         assert!(!unlimited.rule().limit.is_limited());
     }
 }

@@ -96,11 +96,27 @@ impl Handoff {
         }
     }
 
-    /// Encodes `packet` into the current batch. Returns the batches it
+    /// Encodes `packet` into the current batch (or, for a port that packs,
+    /// into its pack, which joins the batch when it is complete). Returns
+    /// the batches it completed.
+    fn add(&mut self, packet: &PacketView<'_>) -> [Option<Vec<Entry>>; 2] {
+        let entry = self.encoder.push(packet);
+        if packet.encoding.pack {
+            self.stats.packed.fetch_add(1, Relaxed);
+            if entry.is_some() {
+                self.stats.packs.fetch_add(1, Relaxed);
+            }
+        }
+        match entry {
+            Some(entry) => self.add_entry(entry),
+            None => [None, None],
+        }
+    }
+
+    /// Adds an entry to the current batch. Returns the batches it
     /// completed: the previous one if the entry did not fit its bytes, and
     /// the current one if the entry filled its count.
-    fn add(&mut self, packet: &PacketView<'_>) -> [Option<Vec<Entry>>; 2] {
-        let entry = self.encoder.encode_view(packet);
+    fn add_entry(&mut self, entry: Entry) -> [Option<Vec<Entry>>; 2] {
         let completed = match self.batcher.push(entry) {
             Ok(batch) => batch,
             Err(_) => {
@@ -119,13 +135,25 @@ impl Handoff {
         [completed, full]
     }
 
-    /// When the waiting partial batch is due, if there is one.
+    /// When the waiting partial batch, or the oldest pack, is due, if one
+    /// is waiting.
     pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
+        let pack = self.encoder.pack_deadline().map(Instant::from_std);
+        match (self.deadline, pack) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Sends the partial batch now (its linger time is up).
+    /// At [`deadline`](Self::deadline): packs that are due join the batch,
+    /// and the partial batch is sent now.
     pub fn flush(&mut self) {
+        while let Some(entry) = self.encoder.pop_due_pack(std::time::Instant::now()) {
+            self.stats.packs.fetch_add(1, Relaxed);
+            for batch in self.add_entry(entry).into_iter().flatten() {
+                self.offer(batch);
+            }
+        }
         self.deadline = None;
         if let Some(batch) = self.batcher.take() {
             self.offer(batch);
@@ -176,6 +204,12 @@ impl Handoff {
     /// Sends the partial batch, waiting for room in the queue: for
     /// shutdown, once nothing new can be captured.
     pub async fn finish(&mut self) {
+        while let Some(entry) = self.encoder.pop_pack() {
+            self.stats.packs.fetch_add(1, Relaxed);
+            for batch in self.add_entry(entry).into_iter().flatten() {
+                self.send_waiting(batch).await;
+            }
+        }
         self.deadline = None;
         if let Some(batch) = self.batcher.take() {
             self.send_waiting(batch).await;
@@ -227,6 +261,7 @@ mod tests {
             dst_port: 514,
             wire_len: 8,
             payload: format!("packet{i:02}").into_bytes(),
+            encoding: Default::default(),
         }
     }
 
@@ -329,6 +364,46 @@ mod tests {
         }
         assert!(out.is_closed());
         assert_eq!(stats.sink_failed.load(Relaxed), 10);
+    }
+
+    #[tokio::test]
+    async fn packs_go_out_at_their_linger_and_at_shutdown() {
+        use udp_ebpf_common::{Encoding, Format};
+        let (mut out, mut rx, stats) = handoff(4);
+        out.encoder.set_packing(crate::encode::pack::PackSettings {
+            max_bytes: 64 * 1024,
+            linger: Duration::from_millis(30),
+        });
+        let packed = |i, port| {
+            let mut p = packet(i);
+            p.dst_port = port;
+            p.encoding = Encoding {
+                format: Format::Text,
+                pack: true,
+            };
+            p
+        };
+        for i in 0..25 {
+            out.push(&packed(i, 514).view());
+        }
+        assert!(rx.try_recv().is_err(), "the pack waits");
+        let due = out.deadline().expect("a pack is due later");
+        tokio::time::sleep_until(due).await;
+        out.flush();
+        let batch = rx.try_recv().unwrap();
+        assert_eq!(batch.len(), 1);
+        assert!(batch[0].detail.json().contains("\"Count\":25}"));
+        // Shutdown sends the packs that still wait.
+        out.push(&packed(0, 515).view());
+        out.push(&packed(1, 515).view());
+        out.finish().await;
+        let batch = rx.try_recv().unwrap();
+        assert!(batch[0].detail.json().contains("\"Count\":2}"));
+        assert_eq!(
+            (stats.packed.load(Relaxed), stats.packs.load(Relaxed)),
+            (27, 2)
+        );
+        assert_eq!(stats.batched.load(Relaxed), 2);
     }
 
     #[tokio::test]

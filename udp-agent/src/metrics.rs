@@ -201,6 +201,8 @@ fn pipeline_help(name: &str) -> &'static str {
             "Packets dropped because the sink's queue was full (raise --queue-capacity or sink throughput)"
         }
         "oversize" => "Entries larger than a PutEvents request, dropped",
+        "packed" => "Packets that went into packed entries (ports with --pack)",
+        "packs" => "Packed entries made (entries = decoded - packed + packs)",
         "batched" => "Entries handed to the sink",
         "emitted" => "Entries the sink wrote (stdout) or EventBridge accepted",
         "sink_failed" => "Entries the sink could not deliver",

@@ -9,10 +9,13 @@
 //! it, and its stats go to the metrics and the exit report.
 //!
 //! Accounting: every captured packet ends in one counter. Packets:
-//! `decoded = queue_drops + oversize + batched`. Entries `batched` go to the
-//! spool, which writes them (`spool_written_entries`) or drops and counts
-//! them (`spool_dropped_entries`); without a spool they go to the sink.
-//! Entries the sink takes in end as `emitted` or `sink_failed`, or, with the
+//! `decoded = queue_drops + oversize + batched` (with packing, packed
+//! packets are counted once more as `packed`, their entries as `packs`:
+//! `decoded - packed + packs = queue_drops + oversize + batched`, once the
+//! packs waiting at shutdown are sent). Entries `batched` go to the spool,
+//! which writes them (`spool_written_entries`) or drops and counts them
+//! (`spool_dropped_entries`); without a spool they go to the sink. Entries
+//! the sink takes in end as `emitted` or `sink_failed`, or, with the
 //! EventBridge sink, as its `cost_guard_skipped` or `left_spooled` (see
 //! [`crate::sink::eventbridge::stats`]).
 
@@ -83,7 +86,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
             loader::ifindex(iface)?;
         }
     }
-    let firewall = commands::startup(&args.ports, &args.port_limit, &args.firewall)?;
+    let firewall = commands::startup(
+        &args.ports,
+        &args.port_limit,
+        &args.port_encoding,
+        &args.firewall,
+    )?;
     commands::check_pin_dir(&args.pin.pin_dir)?;
     if args.ports.is_empty() {
         warn!("no --port given: nothing is captured until `udp-agent ports add` enables one");
@@ -136,6 +144,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
 
     let mut encoder = Encoder::new(&args.source, &args.detail_type, event_bus, WallClock::now());
+    encoder.set_packing(args.pack_settings());
     let (batch_tx, batch_rx) =
         mpsc::channel::<Vec<Entry>>(handoff::queue_batches(args.queue_capacity, limits));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -263,7 +272,7 @@ fn deliver(
             let result = rt.block_on(async move {
                 let (tx, rx) = mpsc::channel::<Delivery>(DELIVERY_QUEUE);
                 let feed = match spool {
-                    Some(spool) => tokio::spawn(spool.serve(batches, tx, stop.clone())),
+                    Some(spool) => tokio::spawn(spool.serve(batches, tx)),
                     None => tokio::spawn(pass_through(batches, tx)),
                 };
                 let result = sink.run(rx, stop).await;

@@ -10,7 +10,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use thiserror::Error;
-use udp_ebpf_common::{IP_V4, IP_V6, RECORD_COARSE_TIME, RECORD_HEADER_LEN, RecordHeader};
+use udp_ebpf_common::{
+    Encoding, IP_V4, IP_V6, RECORD_COARSE_TIME, RECORD_HEADER_LEN, RecordHeader,
+};
 
 /// A captured datagram, owned, as the agent's later stages see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +29,8 @@ pub struct Packet {
     pub wire_len: u32,
     /// Captured payload bytes (`payload.len() <= wire_len`).
     pub payload: Vec<u8>,
+    /// Its port's format and packing, as the port's rule said at capture.
+    pub encoding: Encoding,
 }
 
 impl Packet {
@@ -51,6 +55,7 @@ impl Packet {
             wire_len: self.wire_len,
             payload: &self.payload,
             coarse_time: false,
+            encoding: self.encoding,
         }
     }
 }
@@ -74,6 +79,8 @@ pub struct PacketView<'a> {
     /// `timestamp_ns` is still the kernel's coarse stamp (the last tick
     /// before the capture, `RECORD_COARSE_TIME`): see [`Self::narrow_time`].
     pub coarse_time: bool,
+    /// Its port's format and packing, as the port's rule said at capture.
+    pub encoding: Encoding,
 }
 
 impl PacketView<'_> {
@@ -111,6 +118,7 @@ impl PacketView<'_> {
             dst_port: self.dst_port,
             wire_len: self.wire_len,
             payload: self.payload.to_vec(),
+            encoding: self.encoding,
         }
     }
 }
@@ -177,6 +185,7 @@ pub fn decode_view(bytes: &[u8]) -> Result<PacketView<'_>, DecodeError> {
         wire_len: h.wire_len,
         payload,
         coarse_time: h.flags & RECORD_COARSE_TIME != 0,
+        encoding: Encoding::from_word(h.encoding),
     })
 }
 
@@ -208,7 +217,8 @@ mod tests {
         0x02, 0x02,                                     // dst_port = 514
         0x04,                                           // ip_version = 4
         0x00,                                           // flags
-        0x00, 0x00, 0x00, 0x00, 0x00, 0x00,             // padding
+        0x00, 0x00,                                     // padding
+        0x04, 0x01, 0x00, 0x00,                         // encoding = syslog, packed
         198, 18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // src_addr
         198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // dst_addr
         b'a', b'b', b'c',                               // payload
@@ -226,6 +236,13 @@ mod tests {
         assert_eq!(p.payload, b"abc");
         assert!(p.truncated());
         assert_eq!(p.ip_version(), 4);
+        assert_eq!(
+            p.encoding,
+            Encoding {
+                format: udp_ebpf_common::Format::Syslog,
+                pack: true
+            }
+        );
         assert_eq!(decode_view(&FIXTURE).unwrap(), p.view());
     }
 

@@ -17,6 +17,11 @@ pub struct PipelineStats {
     pub queue_drops: AtomicU64,
     /// Entries too large for any PutEvents request.
     pub oversize: AtomicU64,
+    /// Packets that went into packs (ports with --pack): each pack is one
+    /// entry, so entries = decoded - packed + packs.
+    pub packed: AtomicU64,
+    /// Packs made (entries of one or more packed packets).
+    pub packs: AtomicU64,
     /// Entries handed to the sink.
     pub batched: AtomicU64,
     /// Entries the sink wrote or delivered.
@@ -34,6 +39,8 @@ impl PipelineStats {
             ("decode_errors", self.decode_errors.load(Relaxed)),
             ("queue_drops", self.queue_drops.load(Relaxed)),
             ("oversize", self.oversize.load(Relaxed)),
+            ("packed", self.packed.load(Relaxed)),
+            ("packs", self.packs.load(Relaxed)),
             ("batched", self.batched.load(Relaxed)),
             ("emitted", self.emitted.load(Relaxed)),
             ("sink_failed", self.sink_failed.load(Relaxed)),

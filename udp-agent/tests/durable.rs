@@ -481,6 +481,16 @@ fn a_full_disk_stops_intake_counted_and_resumes_when_space_returns() {
         assert!(Instant::now() < deadline, "{:?}", ep.fake.stats());
         thread::sleep(Duration::from_millis(100));
     }
+    // Delivered and acknowledged: the spool has its space back.
+    scrape_until(
+        addr,
+        Duration::from_secs(30),
+        "every batch acknowledged",
+        |s| {
+            s.count("udp_agent_spool_acked_batches_total")
+                == s.count("udp_agent_spool_written_batches_total")
+        },
+    );
     let after = payloads(TEST, 4000, 200);
     ns.send_udp(false, SRC, PORT, &after);
     let got = ep.wait_all(&after, Duration::from_secs(30), &agent);

@@ -82,6 +82,7 @@ fn packet(i: usize) -> Packet {
         dst_port: 514,
         wire_len: payload.len() as u32,
         payload,
+        encoding: Default::default(),
     }
 }
 

@@ -215,6 +215,26 @@ fn ipv4_datagram_is_captured_with_every_field() {
 }
 
 #[test]
+fn every_record_carries_its_port_rules_encoding() {
+    use udp_ebpf_common::{Encoding, Format};
+    let mut k = kernel_or_skip!();
+    for format in Format::ALL {
+        for pack in [false, true] {
+            let encoding = Encoding { format, pack };
+            k.set_port(PortSettings {
+                encoding,
+                ..PortSettings::default()
+            });
+            k.run(&v4(b"hello").build());
+            let packets = k.packets();
+            assert_eq!(packets.len(), 1, "{encoding:?}");
+            assert_eq!(packets[0].encoding, encoding);
+            assert_eq!(packets[0].payload, b"hello");
+        }
+    }
+}
+
+#[test]
 fn a_small_datagram_takes_a_small_ring_record() {
     let mut k = kernel_or_skip!();
     k.run(&v4(b"hello").build());
@@ -798,6 +818,7 @@ fn port_rate_limit_allows_the_burst_then_counts() {
         rate: 1,
         burst: 10,
         action: Action::Pass,
+        ..PortSettings::default()
     });
     let frame = from([198, 18, 0, 2]);
     for _ in 0..100 {
@@ -868,6 +889,7 @@ fn records_carry_the_coarse_clock_unless_a_limit_needs_the_precise_one() {
         rate: 1000,
         burst: 10,
         action: Action::Pass,
+        ..PortSettings::default()
     });
     precise(&mut k, "port rate");
     k.set_port(PortSettings::default());

@@ -421,6 +421,7 @@ async fn eventbridge_series_follow_the_sink() {
                 dst_port: 514,
                 wire_len: payload.len() as u32,
                 payload,
+                encoding: Default::default(),
             })
             .await
             .unwrap();

@@ -39,7 +39,8 @@ use std::{
 
 use serde_json::{Value, json};
 use support::{
-    Agent, Event, Expected, VethNs, assert_event, pattern, pin_dir, privileged, wait_counter,
+    Agent, Event, Expected, VethNs, assert_event, ctl_ok, pattern, payload_of, pin_dir, privileged,
+    wait_counter,
 };
 
 /// The venv interpreter with moto and boto3 (set by `cargo xtask test`).
@@ -59,6 +60,20 @@ const RULE_RANGE: &str = "udp-game-6000-6009";
 const REGION: &str = "us-east-1";
 const KEY_ID: &str = "testing";
 const SECRET: &str = "testing";
+
+/// The agent's AWS environment: dummy credentials and Region, no instance
+/// metadata, no profile files.
+const AGENT_ENV: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", KEY_ID),
+    ("AWS_SECRET_ACCESS_KEY", SECRET),
+    ("AWS_REGION", REGION),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    ("AWS_CONFIG_FILE", "/nonexistent/udp-agent-test/config"),
+    (
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "/nonexistent/udp-agent-test/credentials",
+    ),
+];
 
 /// How long moto may take to start answering HTTP.
 const MOTO_START: Duration = Duration::from_secs(30);
@@ -499,17 +514,7 @@ fn article_rule_and_numeric_range_deliver_into_sqs_byte_for_byte() {
             "--batch-linger-ms",
             "20",
         ],
-        &[
-            ("AWS_ACCESS_KEY_ID", KEY_ID),
-            ("AWS_SECRET_ACCESS_KEY", SECRET),
-            ("AWS_REGION", REGION),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-            ("AWS_CONFIG_FILE", "/nonexistent/udp-agent-test/config"),
-            (
-                "AWS_SHARED_CREDENTIALS_FILE",
-                "/nonexistent/udp-agent-test/credentials",
-            ),
-        ],
+        AGENT_ENV,
     );
     lap("agent capturing");
 
@@ -614,6 +619,226 @@ fn article_rule_and_numeric_range_deliver_into_sqs_byte_for_byte() {
             (0, n as u64),
             "{rule}'s queue right after reading it"
         );
+    }
+    lap("done");
+}
+
+// ---------------------------------------------------------------------------
+// Formats and packing
+// ---------------------------------------------------------------------------
+
+/// Rules on what formats expose: a syslog severity, a text prefix, and the
+/// article's port rule on a packed port.
+const RULE_SEVERE: &str = "udp-syslog-severe";
+const RULE_ALERT: &str = "udp-text-alert";
+
+/// The `detail` of an SQS message body.
+fn detail_of(body: &str) -> Value {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(v["source"], "udp.raw", "{body}");
+    v["detail"].clone()
+}
+
+#[test]
+fn syslog_severity_and_text_prefix_rules_and_packed_events_route_into_sqs() {
+    const TEST: &str = "moto-formats";
+    const PACKED: usize = 300;
+    let Some(python) = std::env::var_os(PYTHON_ENV).map(PathBuf::from) else {
+        println!("SKIPPED: {PYTHON_ENV} not set (run through cargo xtask test)");
+        return;
+    };
+    if !privileged(TEST) {
+        return;
+    }
+    let t0 = Instant::now();
+    let lap = |what: &str| println!("[{:>6.2}s] {what}", t0.elapsed().as_secs_f64());
+    let moto = Moto::start(&python);
+    let rules = json!({
+        RULE_SEVERE: {"detail": {"Syslog": {"Severity": [{"numeric": ["<=", 3]}]}}},
+        RULE_ALERT: {"detail": {"Text": [{"prefix": "ALERT "}]}},
+        RULE_514: {"source": ["udp.raw"], "detail": {"Destination": {"Port": [514]}}},
+    });
+    let setup = moto.client(&["setup", BUS, &rules.to_string()]);
+    let queue = |rule: &str| {
+        setup["rules"][rule]["queue_url"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (q_severe, q_alert, q_514) = (queue(RULE_SEVERE), queue(RULE_ALERT), queue(RULE_514));
+    lap("bus, queues and rules created");
+
+    let ns = VethNs::new(TEST);
+    let pins = pin_dir(TEST);
+    let url = moto.url();
+    let mut agent = Agent::run_with_env(
+        &ns.host_if,
+        &pins,
+        &[
+            "--port",
+            "5514",
+            "--format",
+            "syslog",
+            "--event-bus",
+            BUS,
+            "--endpoint-url",
+            &url,
+            "--pack-linger-ms",
+            "200",
+        ],
+        AGENT_ENV,
+    );
+    ctl_ok(&pins, &["ports", "add", "5515", "--format", "text"]);
+    ctl_ok(&pins, &["ports", "add", "514", "--pack"]);
+    ns.send_udp(false, WARM_SPORT, WARM_DPORT, &[b"warm-up".to_vec()]);
+    wait_counter(&pins, "port_disabled", 1);
+    lap("agent capturing");
+
+    // Syslog: every severity once (facility 1), one line that follows
+    // neither RFC but has a priority (severity 2), one without a priority.
+    let mut syslog: Vec<Vec<u8>> = (0..8)
+        .map(|sev| {
+            format!(
+                "<{}>Nov 27 23:42:18 web01 app[{sev}]: severity {sev}",
+                8 + sev
+            )
+            .into_bytes()
+        })
+        .collect();
+    syslog.push(b"<10>%ASA-2-106001: Inbound TCP connection denied".to_vec());
+    syslog.push(b"no priority at all".to_vec());
+    ns.send_udp(false, 43001, 5514, &syslog);
+    let texts = [
+        &b"ALERT disk full"[..],
+        b"INFO all good",
+        b"ALERT\n",
+        b"ALERT \xff",
+    ];
+    let texts: Vec<Vec<u8>> = texts.iter().map(|t| t.to_vec()).collect();
+    ns.send_udp(false, 43002, 5515, &texts);
+    let packed: Vec<(u16, Vec<u8>)> = (0..PACKED)
+        .map(|i| (43100 + (i % 5) as u16, pattern(40 + i % 200, i as u32)))
+        .collect();
+    for sport in 43100..43105 {
+        let mine: Vec<Vec<u8>> = packed
+            .iter()
+            .filter(|(s, _)| *s == sport)
+            .map(|(_, p)| p.clone())
+            .collect();
+        ns.send_udp(false, sport, 514, &mine);
+    }
+    let total = (syslog.len() + texts.len() + PACKED) as u64;
+    wait_counter(&pins, "captured", total);
+    lap(&format!("{total} datagrams sent and captured"));
+
+    // Stopping sends the packs that wait, and delivers everything.
+    let stopped = agent.terminate();
+    assert!(
+        stopped.status.success(),
+        "agent exit: {}; stderr:\n{}",
+        stopped.status,
+        stopped.stderr
+    );
+    let pipeline = stopped.counters("pipeline counters:");
+    let eb = stopped.counters("sink counters:");
+    let packs = pipeline["packs"];
+    assert_eq!(pipeline["packed"], PACKED as u64, "{pipeline:?}");
+    assert_eq!(
+        eb.get("delivered"),
+        Some(&(total - PACKED as u64 + packs)),
+        "{eb:?}"
+    );
+    assert_eq!(eb.get("failed"), Some(&0), "{eb:?}");
+    lap(&format!("agent stopped: {packs} packs; {eb:?}"));
+
+    let read = receive(
+        &moto,
+        SQS_TIMEOUT_S,
+        &[
+            (q_severe.as_str(), 5),
+            (q_alert.as_str(), 1),
+            (q_514.as_str(), packs as usize),
+        ],
+    );
+    lap("queues read");
+
+    // Exactly the severe messages: severities 0-3 and the ASA line.
+    let severe = &read[&q_severe];
+    let mut got: Vec<(u64, String)> = severe
+        .bodies
+        .iter()
+        .map(|b| {
+            let d = detail_of(b);
+            assert_eq!(d["Format"], "syslog", "{b}");
+            (
+                d["Syslog"]["Severity"].as_u64().unwrap(),
+                d["Syslog"]["Message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    got.sort();
+    let want: Vec<(u64, String)> = vec![
+        (0, "severity 0".into()),
+        (1, "severity 1".into()),
+        (2, "%ASA-2-106001: Inbound TCP connection denied".into()),
+        (2, "severity 2".into()),
+        (3, "severity 3".into()),
+    ];
+    assert_eq!(got, want, "the severe queue");
+
+    // The text prefix: one message, its text intact.
+    let alert = &read[&q_alert];
+    assert_eq!(alert.bodies.len(), 1, "{:?}", alert.bodies);
+    let d = detail_of(&alert.bodies[0]);
+    assert_eq!(
+        (d["Text"].as_str(), d["Format"].as_str()),
+        (Some("ALERT disk full"), Some("text"))
+    );
+
+    // The article's rule on the packed port: every datagram, intact, and
+    // the counts add up.
+    let q = &read[&q_514];
+    assert_eq!(q.bodies.len() as u64, packs, "packs in the 514 queue");
+    let mut count = 0;
+    let mut got: Vec<(u16, Vec<u8>)> = Vec::new();
+    for body in &q.bodies {
+        let d = detail_of(body);
+        assert_eq!(d["Destination"]["Port"], 514, "{body}");
+        assert_eq!(d["Format"], "base64");
+        let elements = d["Packets"].as_array().expect("Packets");
+        assert_eq!(d["Count"].as_u64(), Some(elements.len() as u64));
+        count += elements.len();
+        for p in elements {
+            let payload = payload_of(p).unwrap();
+            assert_eq!(p["Length"], payload.len());
+            assert_eq!(p["Truncated"], false);
+            got.push((p["Source"]["Port"].as_u64().unwrap() as u16, payload));
+        }
+    }
+    assert_eq!(count, PACKED, "Count over the packs");
+    got.sort();
+    let mut want = packed.clone();
+    want.sort();
+    assert_eq!(got, want, "every packed datagram, intact, once");
+
+    // Nothing else reached any queue.
+    let after = receive(
+        &moto,
+        0,
+        &[
+            (q_severe.as_str(), 0),
+            (q_alert.as_str(), 0),
+            (q_514.as_str(), 0),
+        ],
+    );
+    for (url, n) in [(&q_severe, 5), (&q_alert, 1), (&q_514, packs)] {
+        let q = &after[url.as_str()];
+        assert!(
+            q.bodies.is_empty() && q.visible == 0,
+            "{url} holds more: {:?}",
+            q.bodies
+        );
+        assert_eq!(q.in_flight, n, "messages ever delivered into {url}");
     }
     lap("done");
 }

@@ -114,6 +114,95 @@ pub const PORT_ENABLED: u32 = 1;
 /// only receiver) instead of passing it to the host's stack.
 pub const PORT_DROP: u32 = 2;
 
+/// How the agent turns a datagram's payload into event fields: the
+/// representation `Detail` carries (`Payload`, `Text`, `Hex`, `Json`,
+/// `Syslog`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// `Payload`: standard base64 (the article's contract).
+    #[default]
+    Base64,
+    /// `Text`: the payload as a string when it is UTF-8.
+    Text,
+    /// `Hex`: lowercase hex digits.
+    Hex,
+    /// `Json`: the payload as a JSON value when it is JSON.
+    Json,
+    /// `Syslog`: fields parsed from an RFC 5424 or RFC 3164 message.
+    Syslog,
+}
+
+impl Format {
+    pub const ALL: [Format; 5] = [
+        Format::Base64,
+        Format::Text,
+        Format::Hex,
+        Format::Json,
+        Format::Syslog,
+    ];
+
+    /// The format's code in an encoding word.
+    pub const fn code(self) -> u32 {
+        match self {
+            Format::Base64 => 0,
+            Format::Text => 1,
+            Format::Hex => 2,
+            Format::Json => 3,
+            Format::Syslog => 4,
+        }
+    }
+
+    /// The format of a code; an unknown code (a newer agent's, or a bit
+    /// pattern nobody wrote) is `Base64`, which every payload fits.
+    pub const fn from_code(code: u32) -> Format {
+        match code {
+            1 => Format::Text,
+            2 => Format::Hex,
+            3 => Format::Json,
+            4 => Format::Syslog,
+            _ => Format::Base64,
+        }
+    }
+
+    /// The name users write (`--format`) and events carry (`Format`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Format::Base64 => "base64",
+            Format::Text => "text",
+            Format::Hex => "hex",
+            Format::Json => "json",
+            Format::Syslog => "syslog",
+        }
+    }
+}
+
+/// A port's encoding: its payload format, and whether its datagrams are
+/// packed several to an event. Kept in the port's rule and in every ring
+/// record as one u32 ([`Encoding::word`]): bits 0-7 the format's code,
+/// bit 8 packing, the rest zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Encoding {
+    pub format: Format,
+    pub pack: bool,
+}
+
+/// [`Encoding::word`] bits.
+pub const ENCODING_FORMAT_MASK: u32 = 0xFF;
+pub const ENCODING_PACK: u32 = 1 << 8;
+
+impl Encoding {
+    pub const fn word(self) -> u32 {
+        self.format.code() | if self.pack { ENCODING_PACK } else { 0 }
+    }
+
+    pub const fn from_word(word: u32) -> Encoding {
+        Encoding {
+            format: Format::from_code(word & ENCODING_FORMAT_MASK),
+            pack: word & ENCODING_PACK != 0,
+        }
+    }
+}
+
 /// `XDP_PASS` / `XDP_DROP`, as the program returns them.
 pub const ACTION_PASS: u32 = 2;
 pub const ACTION_DROP: u32 = 1;
@@ -191,8 +280,10 @@ impl Limit {
 pub struct PortRule {
     /// `PORT_ENABLED`, `PORT_DROP`.
     pub flags: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
+    /// How the agent encodes this port's datagrams ([`Encoding::word`]).
+    /// The kernel never reads it: it copies it into each record's header,
+    /// so the agent knows a packet's encoding without a map lookup.
+    pub encoding: u32,
     /// Rate limit of this port.
     pub limit: Limit,
 }
@@ -201,9 +292,16 @@ impl PortRule {
     pub const fn enabled() -> Self {
         Self {
             flags: PORT_ENABLED,
-            _reserved: 0,
+            encoding: 0,
             limit: Limit::NONE,
         }
+    }
+
+    /// The encoding the agent applies to this port's datagrams: the same
+    /// answer the ring record's header gives, for capture paths that have
+    /// no such header (they look the rule up instead).
+    pub const fn encoding(&self) -> Encoding {
+        Encoding::from_word(self.encoding)
     }
 
     pub const fn is_enabled(&self) -> bool {
@@ -309,7 +407,7 @@ pub const IP_V6: u8 = 6;
 /// 24  u8  ip_version     4 or 6
 /// 25  u8  flags          RECORD_COARSE_TIME
 /// 26  u16 _pad1
-/// 28  u32 _pad2
+/// 28  u32 encoding       the port rule's `encoding`, copied ([`Encoding`])
 /// 32  [u8;16] src_addr   IPv4 in the first 4 bytes, rest zero
 /// 48  [u8;16] dst_addr
 /// ```
@@ -325,7 +423,7 @@ pub struct RecordHeader {
     pub ip_version: u8,
     pub flags: u8,
     pub _pad1: u16,
-    pub _pad2: u32,
+    pub encoding: u32,
     pub src_addr: [u8; 16],
     pub dst_addr: [u8; 16],
 }
@@ -500,6 +598,43 @@ mod record_class_tests {
             );
         }
         assert!(RECORD_CLASSES.contains(&1536));
+    }
+}
+
+#[cfg(test)]
+mod encoding_tests {
+    use super::{Encoding, Format, PortRule};
+
+    #[test]
+    fn every_encoding_round_trips_through_its_word() {
+        for format in Format::ALL {
+            for pack in [false, true] {
+                let e = Encoding { format, pack };
+                assert_eq!(Encoding::from_word(e.word()), e);
+                let rule = PortRule {
+                    encoding: e.word(),
+                    ..PortRule::enabled()
+                };
+                assert_eq!(rule.encoding(), e);
+            }
+        }
+        // The word of a rule nobody set an encoding on: base64, unpacked.
+        assert_eq!(PortRule::enabled().encoding(), Encoding::default());
+        assert_eq!(Encoding::default().word(), 0);
+    }
+
+    #[test]
+    fn unknown_codes_fall_back_to_base64() {
+        assert_eq!(Encoding::from_word(0xFF).format, Format::Base64);
+        assert_eq!(
+            Encoding::from_word(0x1FE),
+            Encoding {
+                format: Format::Base64,
+                pack: true
+            }
+        );
+        // Bits above the pack flag are ignored.
+        assert_eq!(Encoding::from_word(0xFFFF_0001).format, Format::Text);
     }
 }
 

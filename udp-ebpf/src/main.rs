@@ -282,7 +282,16 @@ fn capture(ctx: &XdpContext) -> u32 {
         return reject;
     }
 
-    if !write_record(ctx, &meta, &src_addr, &dst_addr, &cfg, now, stamp) {
+    if !write_record(
+        ctx,
+        &meta,
+        &src_addr,
+        &dst_addr,
+        &cfg,
+        now,
+        stamp,
+        rule.encoding,
+    ) {
         // Not captured (ring full): the host still gets the packet.
         return xdp_action::XDP_PASS;
     }
@@ -305,6 +314,7 @@ fn capture(ctx: &XdpContext) -> u32 {
 /// the smallest size class that holds it (`RECORD_CLASSES`). False if
 /// nothing was written.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn write_record(
     ctx: &XdpContext,
     meta: &UdpMeta,
@@ -313,6 +323,7 @@ fn write_record(
     cfg: &Config,
     now: u64,
     flags: u8,
+    encoding: u32,
 ) -> bool {
     let snaplen = cfg.snaplen;
     let mut cap_len = meta.payload_len;
@@ -333,7 +344,8 @@ fn write_record(
         ip_version: meta.ip_version,
         flags,
         _pad1: 0,
-        _pad2: 0,
+        // The agent's business: copied, never read here.
+        encoding,
         src_addr: *src_addr,
         dst_addr: *dst_addr,
     };

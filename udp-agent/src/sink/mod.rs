@@ -8,8 +8,8 @@
 //! (delivered, or given up and dead-lettered). In front of a sink that
 //! talks to a network ([`Sink::durable`]), the spool ([`crate::spool`])
 //! holds each batch on disk until that acknowledgement; a batch whose
-//! `Ack` is dropped without `done` stays there and is sent again by the
-//! next run. A new sink is one new module implementing [`Sink`], plus its
+//! `Ack` is dropped without `done` is released back to it, stays there, and
+//! is sent again by the next run. A new sink is one new module implementing [`Sink`], plus its
 //! line in [`build`].
 //!
 //! How `--sink` and `--event-bus` combine ([`select`]) is decided in one
@@ -91,12 +91,23 @@ pub struct Held {
     pub entries: u32,
 }
 
+/// What a sink says of a spooled batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Every entry has its outcome: the spool forgets the batch.
+    Done(Held),
+    /// The sink lets go of it unfinished (shutdown): it stays spooled, and
+    /// the next run sends it.
+    Released(Held),
+}
+
 /// A sink's acknowledgement of one batch. Durable when the batch is held
 /// in the spool: then `done` lets the spool forget it, and dropping the
-/// `Ack` without `done` leaves it there for the next run. In memory (no
-/// spool) there is nothing to release.
+/// `Ack` without `done` releases it, unfinished, back to the spool (it
+/// stays there for the next run). In memory (no spool) there is nothing to
+/// release.
 #[derive(Debug)]
-pub struct Ack(Option<(Held, mpsc::UnboundedSender<Held>)>);
+pub struct Ack(Option<(Held, mpsc::UnboundedSender<Settled>)>);
 
 impl Ack {
     /// A batch that lives only in memory.
@@ -104,8 +115,8 @@ impl Ack {
         Ack(None)
     }
 
-    /// A batch held in the spool, released by sending `held` on `tx`.
-    pub fn spooled(held: Held, tx: mpsc::UnboundedSender<Held>) -> Ack {
+    /// A batch held in the spool, settled by a message on `tx`.
+    pub fn spooled(held: Held, tx: mpsc::UnboundedSender<Settled>) -> Ack {
         Ack(Some((held, tx)))
     }
 
@@ -116,10 +127,18 @@ impl Ack {
     }
 
     /// Every entry of the batch has its outcome.
-    pub fn done(self) {
-        if let Some((held, tx)) = self.0 {
+    pub fn done(mut self) {
+        if let Some((held, tx)) = self.0.take() {
             // A spool that is gone has nothing left to release.
-            let _ = tx.send(held);
+            let _ = tx.send(Settled::Done(held));
+        }
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if let Some((held, tx)) = self.0.take() {
+            let _ = tx.send(Settled::Released(held));
         }
     }
 }
@@ -184,6 +203,7 @@ pub async fn build(
         Selected::Stdout => Box::new(stdout::StdoutSink::new(
             pipeline,
             args.eventbridge.drain_timeout,
+            args.max_entry_bytes as usize,
         )),
         Selected::EventBridge => {
             let settings = eventbridge::Settings::from_args(args);
@@ -248,9 +268,11 @@ mod tests {
         let ack = Ack::spooled(held, tx.clone());
         assert!(ack.is_durable());
         ack.done();
-        assert_eq!(rx.try_recv().unwrap(), held);
-        // Dropped without `done`: nothing is released.
+        assert_eq!(rx.try_recv().unwrap(), Settled::Done(held));
+        assert!(rx.try_recv().is_err(), "once");
+        // Dropped without `done`: released, unfinished.
         drop(Ack::spooled(held, tx));
+        assert_eq!(rx.try_recv().unwrap(), Settled::Released(held));
         assert!(rx.try_recv().is_err());
         assert!(!Ack::in_memory().is_durable());
         Ack::in_memory().done();

@@ -40,6 +40,7 @@ pub struct StdoutSink {
     pipeline: Arc<PipelineStats>,
     stats: Arc<StdoutStats>,
     drain_timeout: Duration,
+    limits: Limits,
 }
 
 /// Entries the stdout sink could not write before the drain timeout ran
@@ -79,18 +80,28 @@ impl SinkStats for StdoutStats {
 }
 
 impl StdoutSink {
-    pub fn new(pipeline: Arc<PipelineStats>, drain_timeout: Duration) -> Self {
+    /// `max_batch_bytes`: the EventBridge sink's (`--max-entry-bytes`), so
+    /// that a dry run batches as the real thing would.
+    pub fn new(
+        pipeline: Arc<PipelineStats>,
+        drain_timeout: Duration,
+        max_batch_bytes: usize,
+    ) -> Self {
         Self {
             pipeline,
             stats: Arc::default(),
             drain_timeout,
+            limits: Limits {
+                max_batch_bytes,
+                ..LIMITS
+            },
         }
     }
 }
 
 impl Sink for StdoutSink {
     fn limits(&self) -> Limits {
-        LIMITS
+        self.limits
     }
 
     fn durable(&self) -> bool {
@@ -115,6 +126,7 @@ impl Sink for StdoutSink {
             pipeline,
             stats,
             drain_timeout,
+            ..
         } = *self;
         Box::pin(async move {
             let (done_tx, mut done_rx) = oneshot::channel();

@@ -46,12 +46,12 @@ use std::{
 };
 
 use thiserror::Error;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::{
     encode::Entry,
-    sink::{Ack, Delivery},
+    sink::{Ack, Delivery, Settled},
     stats::{Sample, doubled},
 };
 
@@ -345,43 +345,49 @@ impl Spool {
         self.stats.clone()
     }
 
-    /// Spools what `input` brings and feeds `output`, until `input` has
-    /// closed after `shutdown`; then closes `output` and collects the sink's
-    /// last acknowledgements. Its file I/O blocks (writes to the page cache,
-    /// and with `--spool-fsync always` the syncs), so it runs on the
-    /// delivery thread beside the sink, whose acknowledgements then reach
-    /// it without waking another thread.
+    /// Spools what `input` brings and feeds `output`, oldest first. Once
+    /// `input` has closed (the capture side is done: shutdown), it keeps
+    /// feeding until the sink stops taking (it closes `output`) or nothing
+    /// is left, waits for what is handed out to be settled, and closes the
+    /// store. Its file I/O blocks (writes to the page cache, and with
+    /// `--spool-fsync always` the syncs), so it runs on the delivery thread
+    /// beside the sink, whose acknowledgements then reach it without
+    /// waking another thread.
     pub async fn serve(
         mut self,
         mut input: mpsc::Receiver<Vec<Entry>>,
         output: mpsc::Sender<Delivery>,
-        mut shutdown: watch::Receiver<bool>,
     ) {
         let store = &mut self.store;
         let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+        let settle = |store: &mut Store, s: Settled| match s {
+            Settled::Done(held) => store.ack(held),
+            Settled::Released(held) => store.release(held),
+        };
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut input_open = true;
-        let mut stop = *shutdown.borrow();
         let mut batches = Vec::with_capacity(APPEND_MANY);
-        while input_open || !stop {
-            let feed = !stop && store.has_next();
+        loop {
+            let sink_gone = output.is_closed();
+            if !input_open && store.outstanding() == 0 && (sink_gone || !store.has_next()) {
+                break;
+            }
+            let feed = !sink_gone && store.has_next();
             tokio::select! {
                 biased;
-                Some(held) = ack_rx.recv() => {
-                    store.ack(held);
-                    while let Ok(held) = ack_rx.try_recv() {
-                        store.ack(held);
+                Some(s) = ack_rx.recv() => {
+                    settle(store, s);
+                    while let Ok(s) = ack_rx.try_recv() {
+                        settle(store, s);
                     }
                     store.flush_acks();
                 }
                 permit = output.reserve(), if feed => {
-                    let Ok(permit) = permit else {
-                        // The sink is gone: nothing more to hand out.
-                        stop = true;
-                        continue;
-                    };
-                    if let Some((held, entries)) = store.next_batch() {
+                    // An error: the sink closed its input; the loop sees it.
+                    if let Ok(permit) = permit
+                        && let Some((held, entries)) = store.next_batch()
+                    {
                         permit.send(Delivery { entries, ack: Ack::spooled(held, ack_tx.clone()) });
                     }
                 }
@@ -405,18 +411,14 @@ impl Spool {
                     }
                     store.update_gauges();
                 }
-                changed = shutdown.changed(), if !stop => {
-                    stop = changed.is_err() || *shutdown.borrow();
-                }
             }
         }
-        // Everything the handoff sent is written. The sink finishes what it
-        // holds (or leaves it spooled) once its input closes; its last
-        // acknowledgements still count.
+        // The sink's input ends here; deliveries it still holds are settled
+        // (done or released) as it finishes.
         drop(output);
         drop(ack_tx);
-        while let Some(held) = ack_rx.recv().await {
-            store.ack(held);
+        while let Some(s) = ack_rx.recv().await {
+            settle(store, s);
         }
         store.close();
     }

@@ -794,6 +794,17 @@ impl Store {
         }
     }
 
+    /// The sink let go of a batch unfinished: it stays spooled, for the
+    /// next run.
+    pub fn release(&mut self, held: Held) {
+        self.outstanding.remove(&held);
+    }
+
+    /// Batches handed to the sink and not yet settled.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
     /// The sink is done with a batch. Its index goes to the segment's ack
     /// file at the next [`Store::flush_acks`].
     pub fn ack(&mut self, held: Held) {
@@ -1327,6 +1338,111 @@ mod tests {
                 }
                 _ => {}
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod full_disk {
+    use super::*;
+    use crate::encode::Detail;
+
+    fn batch(tag: u64) -> Vec<Entry> {
+        (0..10)
+            .map(|k| Entry {
+                source: Arc::from("udp.raw"),
+                detail_type: Arc::from("UdpPacket"),
+                event_bus_name: Arc::from("default"),
+                detail: Detail::from_json(&format!(
+                    "{{\"tag\":{tag},\"k\":{k},\"pad\":\"{}\"}}",
+                    "y".repeat(200)
+                )),
+                time: SystemTime::now(),
+                capture_ns: 1,
+            })
+            .collect()
+    }
+
+    /// A tmpfs mounted for one test, unmounted when dropped.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    /// A disk that fills up: writes fail and are counted, the segment keeps
+    /// only whole records, and once what it holds is acknowledged its space
+    /// comes back and writing goes on.
+    #[test]
+    fn writing_resumes_once_delivered_batches_free_the_disk() {
+        for fsync in [
+            FsyncPolicy::Never,
+            FsyncPolicy::Interval(Duration::from_millis(1)),
+            FsyncPolicy::Always,
+        ] {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                println!("SKIPPED: needs root to mount a tmpfs");
+                return;
+            }
+            let fs = Tmpfs(tempfile::tempdir().unwrap());
+            assert!(
+                std::process::Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+                    .arg(fs.0.path())
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            let cfg = Config {
+                dir: fs.0.path().join("spool"),
+                max_bytes: 1 << 30,
+                full: FullPolicy::DropNewest,
+                fsync,
+                segment_bytes: Config::segment_bytes_for(1 << 30),
+            };
+            let stats = Arc::new(SpoolStats::default());
+            let mut store = Store::open(cfg.clone(), stats.clone()).unwrap();
+            let mut tag = 0;
+            while !stats.failing.load(Relaxed) {
+                store.append(batch(tag)).unwrap();
+                store.flush();
+                tag += 1;
+                assert!(tag < 10_000);
+            }
+            let written = stats.written_batches.load(Relaxed);
+            assert!(written > 0);
+            // Everything written is delivered and acknowledged.
+            let mut n = 0;
+            while let Some((held, _)) = store.next_batch() {
+                store.ack(held);
+                n += 1;
+            }
+            store.flush_acks();
+            assert_eq!(n, written, "{fsync:?}");
+            if let Some(files) = store.due_sync(Instant::now() + Duration::from_secs(1)) {
+                sync_files(files, &stats);
+            }
+            // The next batches are written again.
+            for _ in 0..5 {
+                store.append(batch(tag)).unwrap();
+                store.flush();
+                tag += 1;
+            }
+            assert!(!stats.failing.load(Relaxed), "{fsync:?}: still failing");
+            let back: Vec<u64> = std::iter::from_fn(|| store.next_batch())
+                .map(|(h, _)| u64::from(h.entries))
+                .collect();
+            assert_eq!(back.len(), 5, "{fsync:?}");
+            drop(store);
+            // Nothing damaged.
+            let stats = Arc::new(SpoolStats::default());
+            let _ = Store::open(cfg, stats.clone()).unwrap();
+            assert_eq!(stats.torn_records.load(Relaxed), 0, "{fsync:?}");
         }
     }
 }

@@ -620,6 +620,11 @@ pub struct Event {
     pub truncated: bool,
     pub interface: String,
     pub ip_version: u64,
+    /// `Format`: the representation the event holds.
+    pub format: String,
+    /// The whole `Detail`, parsed (a packed event's `Packets` are here;
+    /// its per-datagram fields above are empty).
+    pub detail: Value,
     /// The line as printed.
     pub line: String,
 }
@@ -647,6 +652,36 @@ fn u64_field(v: &Value, path: &[&str]) -> Result<u64, String> {
         .ok_or_else(|| format!("`{}` is not a non-negative JSON number", path.join(".")))
 }
 
+/// The payload bytes an event (or one element of a packed event's
+/// `Packets`) carries, from whichever representation it holds: `Payload`
+/// (base64), `Text`, `Hex`, or `Json` (its value, written out again).
+pub fn payload_of(d: &Value) -> Result<Vec<u8>, String> {
+    if let Some(p) = d.get("Payload") {
+        let b64 = p.as_str().ok_or("`Payload` is not a string")?;
+        return STANDARD
+            .decode(b64)
+            .map_err(|e| format!("Payload is not standard base64: {e}"));
+    }
+    if let Some(t) = d.get("Text") {
+        let t = t.as_str().ok_or("`Text` is not a string")?;
+        return Ok(t.as_bytes().to_vec());
+    }
+    if let Some(h) = d.get("Hex") {
+        let h = h.as_str().ok_or("`Hex` is not a string")?;
+        if h.len() % 2 != 0 || h.bytes().any(|c| !matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(format!("`Hex` {h:?} is not lowercase hex"));
+        }
+        return (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).map_err(|e| e.to_string()))
+            .collect();
+    }
+    if let Some(j) = d.get("Json") {
+        return Ok(j.to_string().into_bytes());
+    }
+    Err("no `Payload`, `Text`, `Hex` or `Json`".into())
+}
+
 fn port_field(v: &Value, path: &[&str]) -> Result<u16, String> {
     let n = u64_field(v, path)?;
     u16::try_from(n).map_err(|_| format!("`{}` = {n} is not a port", path.join(".")))
@@ -660,29 +695,37 @@ impl Event {
         let detail_text = str_field(&top, &["Detail"]).map_err(err)?;
         let d: Value = serde_json::from_str(&detail_text)
             .map_err(|e| err(format!("Detail is not JSON: {e}")))?;
-        let payload_b64 = str_field(&d, &["Payload"]).map_err(err)?;
-        let payload = STANDARD
-            .decode(&payload_b64)
-            .map_err(|e| err(format!("Payload is not standard base64: {e}")))?;
-        Ok(Event {
+        let packed = d.get("Packets").is_some();
+        let mut ev = Event {
             source: str_field(&top, &["Source"]).map_err(err)?,
             detail_type: str_field(&top, &["DetailType"]).map_err(err)?,
             time: str_field(&top, &["Time"]).map_err(err)?,
             event_bus_name: str_field(&top, &["EventBusName"]).map_err(err)?,
             dst_addr: str_field(&d, &["Destination", "Address"]).map_err(err)?,
             dst_port: port_field(&d, &["Destination", "Port"]).map_err(err)?,
-            src_addr: str_field(&d, &["Source", "Address"]).map_err(err)?,
-            src_port: port_field(&d, &["Source", "Port"]).map_err(err)?,
-            payload,
-            length: u64_field(&d, &["Length"]).map_err(err)?,
-            truncated: field(&d, &["Truncated"])
-                .map_err(err)?
-                .as_bool()
-                .ok_or_else(|| err("`Truncated` is not a boolean".into()))?,
+            src_addr: String::new(),
+            src_port: 0,
+            payload: Vec::new(),
+            length: 0,
+            truncated: false,
             interface: str_field(&d, &["Interface"]).map_err(err)?,
             ip_version: u64_field(&d, &["IpVersion"]).map_err(err)?,
+            format: str_field(&d, &["Format"]).map_err(err)?,
+            detail: Value::Null,
             line: line.to_string(),
-        })
+        };
+        if !packed {
+            ev.src_addr = str_field(&d, &["Source", "Address"]).map_err(err)?;
+            ev.src_port = port_field(&d, &["Source", "Port"]).map_err(err)?;
+            ev.payload = payload_of(&d).map_err(err)?;
+            ev.length = u64_field(&d, &["Length"]).map_err(err)?;
+            ev.truncated = field(&d, &["Truncated"])
+                .map_err(err)?
+                .as_bool()
+                .ok_or_else(|| err("`Truncated` is not a boolean".into()))?;
+        }
+        ev.detail = d;
+        Ok(ev)
     }
 
     /// The payload as text, lossily (for messages and markers).

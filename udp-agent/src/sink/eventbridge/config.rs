@@ -63,6 +63,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub dead_letter: Option<PathBuf>,
     pub dead_letter_max_bytes: u64,
+    /// Bytes per request (`--max-entry-bytes`).
+    pub max_request_bytes: usize,
 }
 
 impl Default for Settings {
@@ -82,6 +84,7 @@ impl Default for Settings {
             drain_timeout: Duration::from_secs(10),
             dead_letter: None,
             dead_letter_max_bytes: dead_letter::DEFAULT_MAX_BYTES,
+            max_request_bytes: super::MAX_REQUEST_BYTES,
         }
     }
 }
@@ -128,6 +131,7 @@ impl Settings {
             drain_timeout: a.drain_timeout,
             dead_letter: a.dead_letter.clone(),
             dead_letter_max_bytes: a.dead_letter_max_bytes,
+            max_request_bytes: args.max_entry_bytes as usize,
         }
     }
 

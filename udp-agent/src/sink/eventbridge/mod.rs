@@ -30,13 +30,16 @@
 //! throttling, the rate limit), the dispatcher stops taking batches and
 //! they wait on disk, in the spool.
 //!
-//! Shutdown. When the shutdown signal fires, spooled batches are left to
-//! the next run: the sink takes no new ones, a task waiting to resend gives
-//! up its batch at once, and a request on the wire gets until
-//! --drain-timeout to be answered (its acknowledgement saves a duplicate
-//! next time). Batches held only in memory (no spool) are delivered until
-//! the drain timeout and then abandoned: counted `undelivered`, logged, and
-//! dead-lettered with `ErrorCode` `DrainTimeout`. Every entry taken in ends
+//! Shutdown. When the shutdown signal fires, spooled batches go on being
+//! delivered for up to --drain-timeout as long as they get through. At the
+//! first one that does not (or at once, if the endpoint was failing
+//! already), the rest are left to the next run: the sink takes no more, a
+//! task waiting to resend lets its batch go back to the spool, and a
+//! request on the wire gets until the drain timeout to be answered (its
+//! acknowledgement saves a duplicate next time). Batches held only in
+//! memory (no spool) are delivered until the drain timeout and then
+//! abandoned: counted `undelivered`, logged, and dead-lettered with
+//! `ErrorCode` `DrainTimeout`. Every entry taken in ends
 //! in exactly one of `delivered`, `failed`, `cost_guard_skipped`,
 //! `undelivered` or `left_spooled` (see [`stats`]).
 //!
@@ -91,12 +94,19 @@ use crate::{
     stats::{PipelineStats, doubled},
 };
 
-/// PutEvents takes at most 10 entries (quota "PutEvents entries per
-/// request") and 256 KB per request, counting entries as
+/// PutEvents requests are at most 256 KB, counting entries as
 /// [`Entry::aws_size`] does.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+/// Where a Region accepts events of up to 1 MB, requests may be as large
+/// (`--max-entry-bytes`).
+pub const MAX_LARGE_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// PutEvents takes at most 10 entries (quota "PutEvents entries per
+/// request") and [`MAX_REQUEST_BYTES`] per request, unless
+/// `--max-entry-bytes` raises the request size.
 pub const LIMITS: Limits = Limits {
     max_entries: 10,
-    max_batch_bytes: 256 * 1024,
+    max_batch_bytes: MAX_REQUEST_BYTES,
 };
 
 /// How often the cost guard says that it is skipping events.
@@ -171,7 +181,10 @@ impl EventBridgeSink {
 
 impl Sink for EventBridgeSink {
     fn limits(&self) -> Limits {
-        LIMITS
+        Limits {
+            max_batch_bytes: self.settings.max_request_bytes,
+            ..LIMITS
+        }
     }
 
     fn durable(&self) -> bool {
@@ -215,6 +228,9 @@ struct Shared {
     /// (up to 10 s) runs out.
     failing: std::sync::atomic::AtomicBool,
     recovered: tokio::sync::Notify,
+    /// A spooled batch could not be finished during shutdown: the sink
+    /// takes no more, and the spool keeps the rest for the next run.
+    drain_stalled: std::sync::atomic::AtomicBool,
 }
 
 /// Signals from the dispatcher to its request tasks.
@@ -305,6 +321,7 @@ async fn run_here(
         pipeline: pipeline.clone(),
         failing: Default::default(),
         recovered: Default::default(),
+        drain_stalled: Default::default(),
     });
     info!(
         max_in_flight = settings.max_in_flight,
@@ -337,12 +354,26 @@ async fn run_here(
 
     // Shutdown asked for (a dropped sender counts as asking).
     let mut stop = *shutdown.borrow();
+    // The input carries spooled batches.
+    let mut spooled_input = false;
+    // Taking no more spooled batches (shutdown, and they do not get through).
+    let mut input_closed = false;
     let timed_out = loop {
         if stop && !stopping {
             stopping = true;
             deadline.get_or_insert_with(|| Instant::now() + drain);
             let _ = wind_tx.send(true);
-            // A spooled batch waiting for a slot stays in the spool.
+        }
+        // While shutting down, spooled batches are still delivered as long
+        // as they get through; at the first that does not (or if the
+        // endpoint was failing already), the rest stay in the spool.
+        if stopping
+            && spooled_input
+            && !input_closed
+            && (shared.failing.load(Relaxed) || shared.drain_stalled.load(Relaxed))
+        {
+            rx.close();
+            input_closed = true;
             if pending.as_ref().is_some_and(|d| d.ack.is_durable()) {
                 shared.leave_spooled(pending.take().expect("checked"));
             }
@@ -377,7 +408,8 @@ async fn run_here(
                 }
                 Some(Delivery { entries, ack }) => {
                     stats.received.fetch_add(entries.len() as u64, Relaxed);
-                    if stopping && ack.is_durable() {
+                    spooled_input |= ack.is_durable();
+                    if input_closed && ack.is_durable() {
                         shared.leave_spooled(Delivery { entries, ack });
                         continue;
                     }
@@ -678,8 +710,9 @@ async fn deliver(
         }
         entries = retry.into_iter().map(|f| f.entry).collect();
         // A spooled batch waits in the spool rather than here once the sink
-        // is shutting down.
+        // is shutting down; and the sink takes no more.
         if durable && *signals.winding_down.borrow() {
+            shared.drain_stalled.store(true, Relaxed);
             return shared.stop(held, entries, ack);
         }
         let backoff = shared.backoff.delay(retries, &mut rng);
@@ -694,6 +727,7 @@ async fn deliver(
             }
         };
         if unless(&mut signals.cancelled, pause).await != Some(true) {
+            shared.drain_stalled.store(true, Relaxed);
             return shared.stop(held, entries, ack);
         }
         retries += 1;

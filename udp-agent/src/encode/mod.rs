@@ -2,6 +2,15 @@
 //!
 //! `Detail` keys are PascalCase as in the article and are a contract: users'
 //! rules match on them, so keys are only ever added, never renamed.
+//!
+//! [`format`] writes the payload in its port's format, [`syslog`] parses
+//! for the `syslog` one, [`pack`] gathers a packing port's datagrams into
+//! one entry, and [`escape`] escapes what goes into a Detail.
+
+mod escape;
+mod format;
+pub mod pack;
+pub mod syslog;
 
 use std::{ffi::CStr, net::IpAddr, sync::Arc, time::SystemTime};
 
@@ -10,6 +19,11 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 #[cfg(test)]
 use serde::Serialize;
 
+pub use self::escape::{push_json_bytes, push_json_str};
+use self::{
+    format::{DetailWriter, lit, write_format, write_payload},
+    pack::{PackSettings, Packs},
+};
 use crate::{
     clock::WallClock,
     record::{Packet, PacketView},
@@ -143,175 +157,9 @@ impl Entry {
     }
 }
 
-/// What follows the backslash for each byte a JSON string must escape
-/// (`u`: `\\u00XX`), 0 for the bytes written as they are: control
-/// characters, `"` and `\\`, escaped as serde_json escapes them.
-static ESCAPE: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = b'u';
-        i += 1;
-    }
-    t[0x08] = b'b';
-    t[0x09] = b't';
-    t[0x0A] = b'n';
-    t[0x0C] = b'f';
-    t[0x0D] = b'r';
-    t[b'"' as usize] = b'"';
-    t[b'\\' as usize] = b'\\';
-    t
-};
-
-/// Bytes of `w` (little-endian) that need escaping get their high bit set
-/// in the result. Above a true hit a byte may be flagged falsely (a borrow),
-/// but the lowest flagged byte is always a true hit, which is all the
-/// caller uses.
-#[inline]
-#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
-fn escape_mask(w: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // A byte below 0x20 (bytes from 0x80 up are excluded by `!w`).
-    let control = w.wrapping_sub(ONES * 0x20) & !w;
-    // A zero byte after xor: `"` or `\`.
-    let q = w ^ (ONES * u64::from(b'"'));
-    let quote = q.wrapping_sub(ONES) & !q;
-    let b = w ^ (ONES * u64::from(b'\\'));
-    let backslash = b.wrapping_sub(ONES) & !b;
-    (control | quote | backslash) & HIGH
-}
-
-/// Appends `s` as a JSON string literal (quotes included), escaping as
-/// RFC 8259 requires, byte for byte what serde_json writes.
-pub fn push_json_str(out: &mut String, s: &str) {
-    // SAFETY: `push_json_bytes` appends `s`'s UTF-8 sequences whole (it
-    // only ever splits `s` before an ASCII byte) and ASCII escapes, so
-    // `out` stays UTF-8.
-    push_json_bytes(unsafe { out.as_mut_vec() }, s);
-}
-
-/// [`push_json_str`] for a byte buffer. Runs over every byte of every
-/// Detail both sinks send (the stdout line, the PutEvents request body):
-/// sixteen bytes are copied to `out` at a time, whether or not they hold
-/// a byte to escape, and only the part before that byte is kept, so a run
-/// without escapes costs one load, one compare and one store per sixteen
-/// bytes, and an escape no call into memcpy.
-pub fn push_json_bytes(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = s.as_bytes();
-    let n = bytes.len();
-    // Invariant: at least `n - i + 17` bytes of spare capacity (the rest
-    // unescaped, a chunk's overshoot, the closing quote). A chunk keeps it
-    // (it consumes as many bytes as it keeps); an escape restores it.
-    out.reserve(n + 18);
-    out.push(b'"');
-    let mut i = 0;
-    // The buffer's pointer and length live in registers in the loop.
-    let mut dst = out.as_mut_ptr();
-    let mut len = out.len();
-    loop {
-        while i + 16 <= n {
-            // SAFETY: `i + 16 <= n`: sixteen bytes of `bytes` at `i`.
-            let chunk: &[u8; 16] = unsafe { &*bytes.as_ptr().add(i).cast::<[u8; 16]>() };
-            let k = first_escape16(chunk);
-            // SAFETY: the invariant leaves room for sixteen bytes at `len`;
-            // only the `k` before the first escape are kept.
-            unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), dst.add(len), 16) };
-            // A branch, not `i += k`: the next load then waits for no
-            // compare (the loop would be latency-bound).
-            if k == 16 {
-                len += 16;
-                i += 16;
-                continue;
-            }
-            len += k;
-            i += k;
-            break;
-        }
-        // Fewer than sixteen bytes left, or `bytes[i]` needs escaping.
-        while i < n && ESCAPE[usize::from(bytes[i])] == 0 {
-            // SAFETY: within the invariant's room.
-            unsafe { *dst.add(len) = bytes[i] };
-            len += 1;
-            i += 1;
-        }
-        if i == n {
-            break;
-        }
-        let b = bytes[i];
-        i += 1;
-        // An escape writes up to six bytes for the one it consumes: keep
-        // the invariant's room for the rest after it.
-        let room = n - i + 17 + 6;
-        if out.capacity() - len < room {
-            // SAFETY: `len` bytes are initialised (all written above).
-            unsafe { out.set_len(len) };
-            out.reserve(room);
-            dst = out.as_mut_ptr();
-        }
-        let e = ESCAPE[usize::from(b)];
-        // SAFETY: room for six bytes at `len` (checked above).
-        unsafe {
-            *dst.add(len) = b'\\';
-            if e == b'u' {
-                *dst.add(len + 1) = b'u';
-                *dst.add(len + 2) = b'0';
-                *dst.add(len + 3) = b'0';
-                *dst.add(len + 4) = HEX[usize::from(b >> 4)];
-                *dst.add(len + 5) = HEX[usize::from(b & 0xF)];
-                len += 6;
-            } else {
-                *dst.add(len + 1) = e;
-                len += 2;
-            }
-        }
-    }
-    // SAFETY: as above.
-    unsafe { out.set_len(len) };
-    out.push(b'"');
-}
-
-/// The index in `chunk` of the first byte that needs escaping, or 16.
-#[inline(always)]
-fn first_escape16(chunk: &[u8; 16]) -> usize {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{
-            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8,
-            _mm_or_si128, _mm_set1_epi8,
-        };
-        // SAFETY: SSE2 is always there on x86-64; the load reads the 16
-        // bytes of `chunk`.
-        let m = unsafe {
-            let x = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
-            // Unsigned x <= 0x1F: a control byte.
-            let control = _mm_cmpeq_epi8(_mm_max_epu8(x, _mm_set1_epi8(0x1F)), _mm_set1_epi8(0x1F));
-            let quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'"' as i8));
-            let backslash = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\\' as i8));
-            _mm_movemask_epi8(_mm_or_si128(control, _mm_or_si128(quote, backslash))) as u32
-        };
-        // Bit 16 stops the count at 16 when nothing is flagged.
-        (m | 1 << 16).trailing_zeros() as usize
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let (lo, hi) = chunk.split_at(8);
-        let lo = escape_mask(u64::from_le_bytes(lo.try_into().expect("8 bytes")));
-        if lo != 0 {
-            return (lo.trailing_zeros() / 8) as usize;
-        }
-        let hi = escape_mask(u64::from_le_bytes(hi.try_into().expect("8 bytes")));
-        if hi != 0 {
-            return 8 + (hi.trailing_zeros() / 8) as usize;
-        }
-        16
-    }
-}
-
 /// Appends `t` as RFC 3339 UTC with milliseconds (`2026-11-27T23:33:17.000Z`),
 /// formatting the date and time of day once per second.
-fn push_rfc3339_millis(out: &mut String, t: SystemTime) {
+pub(crate) fn push_rfc3339_millis(out: &mut String, t: SystemTime) {
     use std::{cell::RefCell, fmt::Write as _, time::UNIX_EPOCH};
     thread_local! {
         static CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
@@ -354,9 +202,11 @@ struct SerdeDetail<'a> {
     truncated: bool,
     interface: &'a str,
     ip_version: u8,
+    format: &'a str,
 }
 
-/// Turns packets into entries.
+/// Turns packets into entries: one per datagram, or, for a port that
+/// packs, one per pack ([`pack`]).
 pub struct Encoder {
     source: Arc<str>,
     detail_type: Arc<str>,
@@ -366,6 +216,8 @@ pub struct Encoder {
     /// once rather than per packet. A host has few interfaces: a list
     /// searched from the front beats hashing the index for every packet.
     interfaces: Vec<(u32, Member)>,
+    /// Packs in the making.
+    packs: Packs,
 }
 
 impl Encoder {
@@ -376,7 +228,14 @@ impl Encoder {
             event_bus_name: event_bus_name.into(),
             clock,
             interfaces: Vec::new(),
+            packs: Packs::new(PackSettings::default()),
         }
+    }
+
+    /// How packing ports' packs are bounded (`--pack-max-bytes`,
+    /// `--pack-linger-ms`).
+    pub fn set_packing(&mut self, settings: PackSettings) {
+        self.packs = Packs::new(settings);
     }
 
     /// Names an interface up front (the agent knows the ones it attached to).
@@ -392,40 +251,85 @@ impl Encoder {
         self.clock = clock;
     }
 
+    /// One entry for `p`, in its port's format, packing or not.
     pub fn encode(&mut self, p: &Packet) -> Entry {
         self.encode_view(&p.view())
     }
 
     /// Encodes a packet borrowed from the ring (no copy of the payload
-    /// before it is base64-encoded).
+    /// before it is encoded) into an entry of its own, whether or not its
+    /// port packs.
     pub fn encode_view(&mut self, p: &PacketView<'_>) -> Entry {
         debug_assert!(
             !p.coarse_time,
             "a coarse stamp is narrowed (PacketView::narrow_time) before it is encoded"
         );
-        let at = match self.interfaces.iter().position(|(i, _)| *i == p.ifindex) {
+        let time = self.clock.to_system_time(p.timestamp_ns);
+        let at = self.interface(p.ifindex);
+        let detail = detail_json(p, &self.interfaces[at].1, time);
+        self.entry(detail, time, p.timestamp_ns)
+    }
+
+    /// The encode stage as the capture loop sees it: a packet in, zero or
+    /// one entries out. A packet of a port that packs goes into its pack,
+    /// and what comes out, if anything, is a pack that is complete; any
+    /// other packet comes out as its own entry. Packs that wait are due at
+    /// [`pack_deadline`](Self::pack_deadline).
+    pub fn push(&mut self, p: &PacketView<'_>) -> Option<Entry> {
+        if !p.encoding.pack {
+            return Some(self.encode_view(p));
+        }
+        let time = self.clock.to_system_time(p.timestamp_ns);
+        let at = self.interface(p.ifindex);
+        let overhead = TIME_SIZE + self.source.len() + self.detail_type.len();
+        let done = self.packs.push(p, time, &self.interfaces[at].1, overhead)?;
+        Some(self.entry(done.detail, done.time, done.capture_ns))
+    }
+
+    /// When the oldest pack must go out, if one is waiting.
+    pub fn pack_deadline(&self) -> Option<std::time::Instant> {
+        self.packs.deadline()
+    }
+
+    /// A pack that is due at `now`, if there is one.
+    pub fn pop_due_pack(&mut self, now: std::time::Instant) -> Option<Entry> {
+        let done = self.packs.pop(Some(now))?;
+        Some(self.entry(done.detail, done.time, done.capture_ns))
+    }
+
+    /// Any waiting pack, due or not (at shutdown).
+    pub fn pop_pack(&mut self) -> Option<Entry> {
+        let done = self.packs.pop(None)?;
+        Some(self.entry(done.detail, done.time, done.capture_ns))
+    }
+
+    /// The index of `ifindex`'s interface member, named on first sight.
+    fn interface(&mut self, ifindex: u32) -> usize {
+        match self.interfaces.iter().position(|(i, _)| *i == ifindex) {
             Some(at) => at,
             None => {
-                let name = interface_name(p.ifindex);
-                self.interfaces.push((p.ifindex, interface_member(&name)));
+                let name = interface_name(ifindex);
+                self.interfaces.push((ifindex, interface_member(&name)));
                 self.interfaces.len() - 1
             }
-        };
-        let interface = &self.interfaces[at].1;
+        }
+    }
+
+    fn entry(&self, detail: Detail, time: SystemTime, capture_ns: u64) -> Entry {
         Entry {
             source: self.source.clone(),
             detail_type: self.detail_type.clone(),
             event_bus_name: self.event_bus_name.clone(),
-            detail: detail_json(p, interface),
-            time: self.clock.to_system_time(p.timestamp_ns),
-            capture_ns: p.timestamp_ns,
+            detail,
+            time,
+            capture_ns,
         }
     }
 }
 
 /// The Detail's `,"Interface":"<name>"` member, escaped as a Detail is
 /// kept, with the bytes escaping added to it.
-struct Member {
+pub(crate) struct Member {
     escaped: Box<str>,
     added: usize,
 }
@@ -442,55 +346,60 @@ fn interface_member(name: &str) -> Member {
     }
 }
 
-/// Quotes in the Detail that [`detail_json`] writes, outside the interface
-/// member: ten keys and three string values. Each is written as `\"`, one
-/// byte more than the JSON has (the tests check the lengths against the
-/// unescaped text).
-const DETAIL_QUOTES: usize = 26;
-
-/// The `Detail` for `p`, written by hand into one allocation, escaped as
-/// [`Detail`] keeps it (this runs once per packet; `fmt` machinery would
-/// cost more than the rest put together). Unescaped, the same text as
-/// serialising `SerdeDetail` with serde, which the tests check (escaped
-/// text and length both). Addresses, numbers and base64 need no escaping.
-fn detail_json(p: &PacketView<'_>, interface: &Member) -> Detail {
-    let mut d =
-        String::with_capacity(200 + interface.escaped.len() + p.payload.len().div_ceil(3) * 4);
-    let mut num = itoa::Buffer::new();
-    d.push_str(r#"{\"Destination\":{\"Address\":\""#);
-    push_ip(&mut d, &p.dst);
-    d.push_str(r#"\",\"Port\":"#);
-    d.push_str(num.format(p.dst_port));
-    d.push_str(r#"},\"Source\":{\"Address\":\""#);
-    push_ip(&mut d, &p.src);
-    d.push_str(r#"\",\"Port\":"#);
-    d.push_str(num.format(p.src_port));
-    d.push_str(r#"},\"Payload\":\""#);
-    push_base64(&mut d, p.payload);
-    d.push_str(r#"\",\"Length\":"#);
-    d.push_str(num.format(p.wire_len));
-    d.push_str(if p.truncated() {
-        r#",\"Truncated\":true"#
-    } else {
-        r#",\"Truncated\":false"#
-    });
-    d.push_str(&interface.escaped);
-    d.push_str(if p.ip_version() == 4 {
-        r#",\"IpVersion\":4}"#
-    } else {
-        r#",\"IpVersion\":6}"#
-    });
-    Detail {
-        json_len: d.len() - DETAIL_QUOTES - interface.added,
-        escaped: d,
+/// Room to reserve for the payload's part of a Detail in `format`: enough
+/// for the common case, so the Detail is written into one allocation.
+fn payload_room(format: udp_ebpf_common::Format, len: usize) -> usize {
+    use udp_ebpf_common::Format::*;
+    match format {
+        Base64 => len.div_ceil(3) * 4,
+        Text | Json => len + len / 8 + 16,
+        Hex => len * 2,
+        // The parsed fields beside the text, and the message twice.
+        Syslog => len * 2 + len / 4 + 200,
     }
 }
 
-/// Appends standard base64 (with padding) of `bytes`: SIMD where the CPU
-/// has it (`base64-simd` picks AVX2/SSSE3/NEON at run time), several times
-/// faster than a scalar encoder on the long payloads.
-fn push_base64(out: &mut String, bytes: &[u8]) {
-    base64_simd::STANDARD.encode_append(bytes, out);
+/// The rest of an endpoint object after its `{"Address":"`: the address,
+/// `","Port":N}`.
+fn write_endpoint(w: &mut DetailWriter, ip: &IpAddr, port: u16) {
+    push_ip(&mut w.text, ip);
+    lit!(w, r#"\",\"Port\":"#);
+    w.plain(itoa::Buffer::new().format(port));
+    lit!(w, "}");
+}
+
+/// The `Detail` for `p`, written by hand into one allocation, escaped as
+/// [`Detail`] keeps it (this runs once per packet; `fmt` machinery would
+/// cost more than the rest put together). For a base64 port, unescaped,
+/// the same text as serialising `SerdeDetail` with serde, which the tests
+/// check (escaped text and length both). `time` is the capture's wall
+/// clock time.
+fn detail_json(p: &PacketView<'_>, interface: &Member, time: SystemTime) -> Detail {
+    let mut w = DetailWriter::with_capacity(
+        200 + interface.escaped.len() + payload_room(p.encoding.format, p.payload.len()),
+    );
+    let mut num = itoa::Buffer::new();
+    lit!(w, r#"{\"Destination\":{\"Address\":\""#);
+    write_endpoint(&mut w, &p.dst, p.dst_port);
+    lit!(w, r#",\"Source\":{\"Address\":\""#);
+    write_endpoint(&mut w, &p.src, p.src_port);
+    let held = write_payload(&mut w, p.encoding.format, p.payload, time);
+    lit!(w, r#",\"Length\":"#);
+    w.plain(num.format(p.wire_len));
+    if p.truncated() {
+        lit!(w, r#",\"Truncated\":true"#);
+    } else {
+        lit!(w, r#",\"Truncated\":false"#);
+    }
+    w.lit(&interface.escaped, interface.added);
+    if p.ip_version() == 4 {
+        lit!(w, r#",\"IpVersion\":4"#);
+    } else {
+        lit!(w, r#",\"IpVersion\":6"#);
+    }
+    write_format(&mut w, held);
+    lit!(w, "}");
+    w.finish()
 }
 
 /// An address as `Display` writes it; IPv4 without the formatter.
@@ -545,7 +454,7 @@ mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
 
-    fn packet() -> Packet {
+    pub(super) fn packet() -> Packet {
         Packet {
             timestamp_ns: 5_000_000,
             ifindex: 3,
@@ -555,10 +464,11 @@ mod tests {
             dst_port: 514,
             wire_len: 5,
             payload: b"hello".to_vec(),
+            encoding: Default::default(),
         }
     }
 
-    fn encoder() -> Encoder {
+    pub(super) fn encoder() -> Encoder {
         // 2026-11-27T23:33:17Z minus the 5 ms timestamp below.
         let clock = WallClock::with_offset_ns(1_795_822_397_000_000_000 - 5_000_000);
         let mut e = Encoder::new(
@@ -576,7 +486,7 @@ mod tests {
         let entry = encoder().encode(&packet());
         assert_eq!(
             entry.to_json_line(),
-            r#"{"Source":"udp.raw","DetailType":"UdpPacket","Detail":"{\"Destination\":{\"Address\":\"198.18.0.1\",\"Port\":514},\"Source\":{\"Address\":\"198.18.0.2\",\"Port\":40000},\"Payload\":\"aGVsbG8=\",\"Length\":5,\"Truncated\":false,\"Interface\":\"veth0\",\"IpVersion\":4}","Time":"2026-11-27T23:33:17.000Z","EventBusName":"default"}"#
+            r#"{"Source":"udp.raw","DetailType":"UdpPacket","Detail":"{\"Destination\":{\"Address\":\"198.18.0.1\",\"Port\":514},\"Source\":{\"Address\":\"198.18.0.2\",\"Port\":40000},\"Payload\":\"aGVsbG8=\",\"Length\":5,\"Truncated\":false,\"Interface\":\"veth0\",\"IpVersion\":4,\"Format\":\"base64\"}","Time":"2026-11-27T23:33:17.000Z","EventBusName":"default"}"#
         );
         assert_eq!(entry.time, UNIX_EPOCH + Duration::from_secs(1_795_822_397));
     }
@@ -591,7 +501,7 @@ mod tests {
         let entry = encoder().encode(&p);
         assert_eq!(
             entry.detail.json(),
-            r#"{"Destination":{"Address":"fd00::1","Port":514},"Source":{"Address":"fd00::2","Port":40000},"Payload":"AP8B","Length":9,"Truncated":true,"Interface":"veth0","IpVersion":6}"#
+            r#"{"Destination":{"Address":"fd00::1","Port":514},"Source":{"Address":"fd00::2","Port":40000},"Payload":"AP8B","Length":9,"Truncated":true,"Interface":"veth0","IpVersion":6,"Format":"base64"}"#
         );
     }
 
@@ -637,6 +547,7 @@ mod tests {
 #[cfg(test)]
 mod hand_written_json {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn serde_detail(p: &Packet, interface: &str) -> String {
         serde_json::to_string(&SerdeDetail {
@@ -653,6 +564,7 @@ mod hand_written_json {
             truncated: p.truncated(),
             interface,
             ip_version: p.ip_version(),
+            format: "base64",
         })
         .unwrap()
     }
@@ -668,9 +580,10 @@ mod hand_written_json {
             dst_port: 65535,
             wire_len: 70000,
             payload: (0..=255).collect(),
+            encoding: Default::default(),
         };
         for iface in ["eth0", "we\"ird\\name", "tab\there", "\u{1}ctl", "ünï"] {
-            let d = detail_json(&p.view(), &interface_member(iface));
+            let d = detail_json(&p.view(), &interface_member(iface), UNIX_EPOCH);
             assert_eq!(d, Detail::from_json(&serde_detail(&p, iface)), "{iface:?}");
             assert_eq!(d.json(), serde_detail(&p, iface), "{iface:?}");
         }
@@ -685,7 +598,7 @@ mod hand_written_json {
             for wire_len in [256, 257] {
                 p.wire_len = wire_len;
                 assert_eq!(
-                    detail_json(&p.view(), &interface_member("lo")),
+                    detail_json(&p.view(), &interface_member("lo"), UNIX_EPOCH),
                     Detail::from_json(&serde_detail(&p, "lo")),
                     "{src} {dst} {wire_len}"
                 );
@@ -693,81 +606,9 @@ mod hand_written_json {
         }
         p.payload.clear();
         assert_eq!(
-            detail_json(&p.view(), &interface_member("lo")),
+            detail_json(&p.view(), &interface_member("lo"), UNIX_EPOCH),
             Detail::from_json(&serde_detail(&p, "lo"))
         );
-    }
-
-    /// Long strings mixing plain runs, every kind of escape and multi-byte
-    /// characters, into buffers of every fill level (the spare-capacity
-    /// checks and the reserves as escapes grow the output).
-    #[test]
-    fn escaping_matches_serde_for_long_mixed_strings() {
-        let pieces = [
-            "a",
-            "bcdefghijklmnopq",
-            "\"",
-            "\\",
-            "\n",
-            "\u{1}",
-            "\u{1f}",
-            "é",
-            "€",
-            "😀",
-            "\u{7f}",
-            "\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t",
-        ];
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        for round in 0..400 {
-            let mut s = String::new();
-            let target = round * 3 % 700;
-            while s.len() < target {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                s.push_str(pieces[(seed % pieces.len() as u64) as usize]);
-            }
-            let mut out = String::with_capacity(round % 37);
-            out.push_str(&"p".repeat(round % 37));
-            let prefix = out.clone();
-            push_json_str(&mut out, &s);
-            assert_eq!(
-                out,
-                format!("{prefix}{}", serde_json::to_string(&s).unwrap())
-            );
-        }
-    }
-
-    /// Every ASCII character and some non-ASCII ones, at every offset
-    /// within and across the sixteen-byte chunks the escaper tests, alone
-    /// and next to another escape.
-    #[test]
-    fn escaping_matches_serde_at_every_offset() {
-        let specials: Vec<String> = (0u8..0x80)
-            .map(|b| (b as char).to_string())
-            .chain(["é", "€", "😀", "\u{7f}", "\u{80}", "\u{a0}"].map(String::from))
-            .collect();
-        for special in &specials {
-            for at in 0..20 {
-                for len in [at, at + 1, at + 9, 24, 41] {
-                    let mut s = "x".repeat(at);
-                    s.push_str(special);
-                    if len > at {
-                        s.push('"');
-                    }
-                    while s.len() < len {
-                        s.push('a');
-                    }
-                    let mut out = String::from("prefix");
-                    push_json_str(&mut out, &s);
-                    assert_eq!(
-                        out,
-                        format!("prefix{}", serde_json::to_string(&s).unwrap()),
-                        "{s:?}"
-                    );
-                }
-            }
-        }
     }
 
     #[test]
@@ -808,5 +649,270 @@ mod hand_written_json {
         }
         ser.push('}');
         assert_eq!(line, ser);
+    }
+}
+
+#[cfg(test)]
+mod formats {
+    use super::{tests::encoder, *};
+    use serde_json::{Value, json};
+    use udp_ebpf_common::{Encoding, Format};
+
+    fn packet(format: Format, payload: &[u8]) -> Packet {
+        let mut p = super::tests::packet();
+        p.wire_len = payload.len() as u32;
+        p.payload = payload.to_vec();
+        p.encoding = Encoding {
+            format,
+            pack: false,
+        };
+        p
+    }
+
+    /// The Detail of `payload` on a port in `format`, parsed; checks that
+    /// the size kept beside it is the JSON text's.
+    fn detail(format: Format, payload: &[u8]) -> Value {
+        let d = encoder().encode(&packet(format, payload)).detail;
+        let json = d.json();
+        assert_eq!(d.len(), json.len(), "size of {json}");
+        assert_eq!(Detail::from_json(&json), d, "escaping of {json}");
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
+    }
+
+    /// The members a format adds or changes, besides those every event has.
+    fn body(d: &Value) -> Value {
+        let mut d = d.clone();
+        for k in [
+            "Destination",
+            "Source",
+            "Length",
+            "Truncated",
+            "Interface",
+            "IpVersion",
+        ] {
+            assert!(d.get(k).is_some(), "{k} missing from {d}");
+            d.as_object_mut().unwrap().remove(k);
+        }
+        d
+    }
+
+    #[test]
+    fn text_is_exact_and_falls_back_when_not_utf8() {
+        let t = "caf\u{e9} \"q\" \\ tab\t nul\0 😀\n";
+        assert_eq!(
+            body(&detail(Format::Text, t.as_bytes())),
+            json!({"Text": t, "Format": "text"})
+        );
+        assert_eq!(
+            body(&detail(Format::Text, b"")),
+            json!({"Text": "", "Format": "text"})
+        );
+        assert_eq!(
+            body(&detail(Format::Text, b"caf\xe9")),
+            json!({"Payload": "Y2Fm6Q==", "Format": "base64"})
+        );
+    }
+
+    #[test]
+    fn hex_is_lowercase() {
+        assert_eq!(
+            body(&detail(Format::Hex, &[0, 0xab, 0xff, b'A'])),
+            json!({"Hex": "00abff41", "Format": "hex"})
+        );
+        let all: Vec<u8> = (0..=255).collect();
+        let hex = detail(Format::Hex, &all)["Hex"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(hex, hex::encode(&all));
+    }
+
+    #[test]
+    fn json_is_the_value_sent_and_falls_back_when_not_json() {
+        for (payload, value) in [
+            (
+                r#"{"level":"error","n":1,"a":[true,null,"x\"y"]}"#,
+                json!({"level":"error","n":1,"a":[true,null,"x\"y"]}),
+            ),
+            ("[1,2,3]\n", json!([1, 2, 3])),
+            ("42", json!(42)),
+            ("\"just a string\"", json!("just a string")),
+            ("  {\"tab\":\"\\t\"}  ", json!({"tab": "\t"})),
+        ] {
+            assert_eq!(
+                body(&detail(Format::Json, payload.as_bytes())),
+                json!({"Json": value, "Format": "json"}),
+                "{payload}"
+            );
+        }
+        // Numbers keep every digit: the text goes in as sent.
+        let big = detail(Format::Json, b"{\"id\":123456789012345678901234567890}");
+        let d = encoder()
+            .encode(&packet(
+                Format::Json,
+                b"{\"id\":123456789012345678901234567890}",
+            ))
+            .detail
+            .json();
+        assert!(
+            d.contains("\"Json\":{\"id\":123456789012345678901234567890}"),
+            "{d}"
+        );
+        assert!(big["Json"]["id"].is_number());
+        for not_json in [
+            &b""[..],
+            b"{",
+            b"{\"a\":1} x",
+            b"nul",
+            b"\xff",
+            b"{\"a\":\"\x01\"}",
+        ] {
+            let d = body(&detail(Format::Json, not_json));
+            assert_eq!(d["Format"], "base64", "{not_json:?}");
+            assert!(d.get("Json").is_none() && d.get("Payload").is_some());
+        }
+    }
+
+    #[test]
+    fn syslog_fields_beside_the_text() {
+        let line = "<165>1 2026-11-27T23:42:18.123+01:00 router1 rpd 1234 BGP_STATE [junos@2636 peer=\"192.0.2.1\" peer=\"192.0.2.2\"][junos@2636 state=\"Idle\"][timeQuality] peer down\n";
+        assert_eq!(
+            body(&detail(Format::Syslog, line.as_bytes())),
+            json!({
+                "Syslog": {
+                    "Facility": 20,
+                    "Severity": 5,
+                    "Timestamp": "2026-11-27T23:42:18.123+01:00",
+                    "Time": "2026-11-27T22:42:18.123Z",
+                    "Hostname": "router1",
+                    "AppName": "rpd",
+                    "ProcId": "1234",
+                    "MsgId": "BGP_STATE",
+                    "StructuredData": {
+                        "junos@2636": {"peer": ["192.0.2.1", "192.0.2.2"], "state": "Idle"},
+                        "timeQuality": {},
+                    },
+                    "Message": "peer down",
+                },
+                "Text": line,
+                "Format": "syslog",
+            })
+        );
+        // RFC 3164: no year (the capture's, 2026) and no zone (no `Z`).
+        assert_eq!(
+            body(&detail(
+                Format::Syslog,
+                b"<13>Nov 27 23:42:18 web01 app[7]: disk full"
+            )),
+            json!({
+                "Syslog": {
+                    "Facility": 1,
+                    "Severity": 5,
+                    "Timestamp": "Nov 27 23:42:18",
+                    "Time": "2026-11-27T23:42:18",
+                    "Hostname": "web01",
+                    "AppName": "app",
+                    "ProcId": "7",
+                    "Message": "disk full",
+                },
+                "Text": "<13>Nov 27 23:42:18 web01 app[7]: disk full",
+                "Format": "syslog",
+            })
+        );
+        // Neither RFC: the message and the priority; not UTF-8: the
+        // fields lossily, the bytes in `Payload`.
+        assert_eq!(
+            body(&detail(
+                Format::Syslog,
+                b"<189>date=2026-11-27 level=\"notice\" caf\xe9"
+            )),
+            json!({
+                "Syslog": {"Facility": 23, "Severity": 5, "Message": "date=2026-11-27 level=\"notice\" caf\u{fffd}"},
+                "Payload": "PDE4OT5kYXRlPTIwMjYtMTEtMjcgbGV2ZWw9Im5vdGljZSIgY2Fm6Q==",
+                "Format": "syslog",
+            })
+        );
+        assert_eq!(
+            body(&detail(Format::Syslog, b"")),
+            json!({"Syslog": {"Message": ""}, "Text": "", "Format": "syslog"})
+        );
+    }
+
+    /// Every format, over payloads that stress the escaping: the Detail
+    /// parses, its kept size is its JSON text's, and the payload can be
+    /// had back from it byte for byte.
+    #[test]
+    fn every_format_keeps_every_byte_and_its_size() {
+        let mut payloads: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            (0..=255).collect(),
+            b"\"\\\n\r\t\x01\x1f\x7f".repeat(50),
+            "é€😀 <13>Nov 27 23:42:18 h a: m".as_bytes().to_vec(),
+            br#"{"k":"v\"\\\n","n":[1,2]}"#.to_vec(),
+        ];
+        payloads.push(vec![0x01; 9216]);
+        payloads.push(b"<13>1 - - - - [a x=\"\\\"\"] \x01".to_vec());
+        for format in Format::ALL {
+            for payload in &payloads {
+                let d = detail(format, payload);
+                let back: Vec<u8> = if let Some(t) = d.get("Text") {
+                    t.as_str().unwrap().as_bytes().to_vec()
+                } else if let Some(h) = d.get("Hex") {
+                    hex::decode(h.as_str().unwrap()).unwrap()
+                } else if let Some(j) = d.get("Json") {
+                    assert_eq!(*j, serde_json::from_slice::<Value>(payload).unwrap());
+                    payload.clone()
+                } else {
+                    STANDARD.decode(d["Payload"].as_str().unwrap()).unwrap()
+                };
+                assert_eq!(&back, payload, "{format:?}");
+            }
+        }
+    }
+
+    /// Every prefix of awkward lines, and random bytes, make a Detail that
+    /// parses, with its size right (the parser never panics on a cut).
+    #[test]
+    fn any_prefix_or_noise_makes_a_valid_syslog_detail() {
+        let lines: [&[u8]; 5] = [
+            br#"<165>1 2026-11-27T23:42:18.123+01:00 r rpd 1 M [a@1 x="1\"\]" x="2"][b y=""] m"#,
+            b"<189>52: router1: *Mar  1 18:46:11.123 UTC: %SYS-5-CONFIG_I: x",
+            b"<166>Nov 27 2026 23:42:18 asa01 : %ASA-6-302013: Built",
+            b"<13>2026-11-27T23:42:18.1+00:00 web01 app[5]: hi\r\n\0",
+            b"Nov  2 03:04:05 h t[1]: \xef\xbb\xbf\xff\x01",
+        ];
+        for line in lines {
+            for end in 0..=line.len() {
+                detail(Format::Syslog, &line[..end]);
+            }
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..300 {
+            let bytes: Vec<u8> = (0..64)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    // Mostly the characters syslog headers are made of.
+                    b"<>0123456789 :[]=\"-TZ.*NovMar\\\xff"[(seed % 31) as usize]
+                })
+                .collect();
+            detail(Format::Syslog, &bytes);
+        }
+    }
+
+    /// The largest Detail one datagram can make is far below an entry's
+    /// 256 KB (what packing relies on when a pack of one is oversized).
+    #[test]
+    fn the_largest_detail_fits_an_entry() {
+        let worst = b"<13>1 - - - - - "
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(1u8, 9200));
+        let worst: Vec<u8> = worst.collect();
+        for format in Format::ALL {
+            let e = encoder().encode(&packet(format, &worst));
+            assert!(e.aws_size() < 128 * 1024, "{format:?}: {}", e.aws_size());
+        }
     }
 }

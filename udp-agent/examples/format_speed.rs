@@ -1,0 +1,190 @@
+//! The agent's CPU per event for each payload format, against base64 of
+//! the same payload measured in the same run.
+//!
+//! For each payload (a 180-byte RFC 3164 syslog line, an RFC 5424 line
+//! with structured data, a ~200-byte JSON document, 200 random bytes) and
+//! each format that applies, it encodes the datagram into its entry and
+//! writes the entry's stdout line (what the stdout sink does; the
+//! EventBridge sink copies the same escaped Detail into its request body),
+//! and reads this thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`). Rounds
+//! interleave the formats, so a busy machine slows them alike; each row is
+//! the median over `ROUNDS` (default 15) rounds of `N` (default 20,000)
+//! events. `packed` is the cost per datagram of gathering them into packs
+//! of 64 KB (the pack's own line counted once per pack).
+//!
+//! ```text
+//! cargo run --release -p udp-agent --example format_speed
+//! ```
+
+use std::time::Duration;
+
+use udp_agent::{
+    clock::WallClock,
+    encode::{Encoder, pack::PackSettings},
+    record::Packet,
+};
+use udp_ebpf_common::{Encoding, Format};
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn packet(payload: &[u8], format: Format, pack: bool) -> Packet {
+    Packet {
+        timestamp_ns: 1,
+        ifindex: 1,
+        src: "198.18.0.2".parse().unwrap(),
+        dst: "198.18.0.1".parse().unwrap(),
+        src_port: 40000,
+        dst_port: 514,
+        wire_len: payload.len() as u32,
+        payload: payload.to_vec(),
+        encoding: Encoding { format, pack },
+    }
+}
+
+/// CPU ns per event of encoding `n` copies of `p` and writing their lines.
+fn measure(e: &mut Encoder, p: &Packet, n: usize, line: &mut String) -> f64 {
+    let view = p.view();
+    let start = thread_cpu_ns();
+    for _ in 0..n {
+        if let Some(entry) = e.push(&view) {
+            line.clear();
+            entry.write_json_line(line);
+        }
+    }
+    while let Some(entry) = e.pop_pack() {
+        line.clear();
+        entry.write_json_line(line);
+    }
+    (thread_cpu_ns() - start) as f64 / n as f64
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let n = env("N", 20_000);
+    let rounds = env("ROUNDS", 15);
+    let syslog3164 = b"<134>Nov 27 23:42:18 web01 nginx[2211]: 198.51.100.7 - - [27/Nov/2026:23:42:18 +0000] \"GET /api/v1/orders?id=8812 HTTP/1.1\" 200 5123 \"-\" \"Mozilla/5.0 (X11; Linux x86_64)\" rt=0.012\n".to_vec();
+    let syslog5424 = br#"<165>1 2026-11-27T23:42:18.123+01:00 router1 rpd 1234 BGP_STATE [junos@2636.1.1.1.2.40 peer-name="192.0.2.1" old-state="Established" new-state="Idle"] BGP peer 192.0.2.1 changed state"#.to_vec();
+    let json = br#"{"ts":"2026-11-27T23:42:18.123Z","level":"error","service":"checkout","msg":"payment declined","order":8812,"amount":129.95,"tags":["card","retry"],"trace":"4bf92f3577b34da6a3ce929d0e0e4736"}"#.to_vec();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let binary: Vec<u8> = (0..200)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    let cases: Vec<(&str, &[u8], Format, bool)> = vec![
+        ("syslog 3164", &syslog3164, Format::Base64, false),
+        ("syslog 3164", &syslog3164, Format::Text, false),
+        ("syslog 3164", &syslog3164, Format::Hex, false),
+        ("syslog 3164", &syslog3164, Format::Syslog, false),
+        ("syslog 3164", &syslog3164, Format::Base64, true),
+        ("syslog 3164", &syslog3164, Format::Syslog, true),
+        ("syslog 5424", &syslog5424, Format::Base64, false),
+        ("syslog 5424", &syslog5424, Format::Syslog, false),
+        ("json", &json, Format::Base64, false),
+        ("json", &json, Format::Json, false),
+        ("binary", &binary, Format::Base64, false),
+        ("binary", &binary, Format::Hex, false),
+    ];
+    let mut encoder = Encoder::new("udp.raw", "UdpPacket", "default", WallClock::now());
+    encoder.name_interface(1, "eth0");
+    encoder.set_packing(PackSettings {
+        max_bytes: 64 * 1024,
+        linger: Duration::from_secs(3600),
+    });
+    let packets: Vec<Packet> = cases
+        .iter()
+        .map(|(_, p, f, pack)| packet(p, *f, *pack))
+        .collect();
+    // `CASE=i` runs only row i (for a profiler).
+    if let Some(i) = std::env::var("CASE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let mut line = String::new();
+        let ns = measure(&mut encoder, &packets[i], n * rounds, &mut line);
+        println!("{} {:?}: {ns:.0} ns/event", cases[i].0, cases[i].2);
+        return;
+    }
+    let mut line = String::with_capacity(128 * 1024);
+    let mut samples = vec![Vec::new(); cases.len()];
+    for _ in 0..rounds {
+        for (i, p) in packets.iter().enumerate() {
+            samples[i].push(measure(&mut encoder, p, n, &mut line));
+        }
+    }
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    println!("CPU: {cpu}; {rounds} rounds of {n} events, medians");
+    println!(
+        "| payload | bytes | format | ns CPU/datagram | × base64 | entry bytes/datagram | datagrams/entry |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
+    for (i, (name, payload, format, pack)) in cases.iter().enumerate() {
+        let base = cases
+            .iter()
+            .position(|(n, _, f, p)| n == name && *f == Format::Base64 && !p)
+            .unwrap();
+        // Entry bytes per datagram, as AWS counts them, and datagrams per
+        // entry.
+        let mut e = Encoder::new("udp.raw", "UdpPacket", "default", WallClock::now());
+        e.name_interface(1, "eth0");
+        e.set_packing(PackSettings {
+            max_bytes: 64 * 1024,
+            linger: Duration::from_secs(3600),
+        });
+        let view = packets[i].view();
+        let (mut bytes, mut events) = (0usize, 0usize);
+        const SIZED: usize = 100_000;
+        for _ in 0..SIZED {
+            if let Some(entry) = e.push(&view) {
+                bytes += entry.aws_size();
+                events += 1;
+            }
+        }
+        while let Some(entry) = e.pop_pack() {
+            bytes += entry.aws_size();
+            events += 1;
+        }
+        let label = if *pack {
+            format!("{} packed", format.name())
+        } else {
+            format.name().to_owned()
+        };
+        println!(
+            "| {name} | {} | {label} | {:.0} | {:.2} | {:.0} | {:.1} |",
+            payload.len(),
+            medians[i],
+            medians[i] / medians[base],
+            bytes as f64 / SIZED as f64,
+            SIZED as f64 / events as f64
+        );
+    }
+}

@@ -1,0 +1,330 @@
+//! JSON string escaping, once (a JSON string) or twice (a JSON string
+//! inside a JSON string: how a `Detail` keeps its string values).
+//!
+//! These run over every `Text`, `Json` and `Syslog` field the encoder
+//! writes, so they test sixteen bytes at a time: a run without escapes
+//! costs one load, one compare and one store per sixteen bytes, and a
+//! chunk with escapes (JSON text has a quote every few bytes) writes all of
+//! them in one pass over its bit mask, with one check for room.
+
+/// What follows the backslash for each byte a JSON string must escape
+/// (`u`: `\\u00XX`), 0 for the bytes written as they are: control
+/// characters, `"` and `\\`, escaped as serde_json escapes them.
+static ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = b'u';
+        i += 1;
+    }
+    t[0x08] = b'b';
+    t[0x09] = b't';
+    t[0x0A] = b'n';
+    t[0x0C] = b'f';
+    t[0x0D] = b'r';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
+/// Appends `s` as a JSON string literal (quotes included), escaping as
+/// RFC 8259 requires, byte for byte what serde_json writes.
+pub fn push_json_str(out: &mut String, s: &str) {
+    // SAFETY: `escape_into` appends `s`'s UTF-8 sequences whole (it only
+    // ever splits `s` before an ASCII byte) and ASCII escapes, so `out`
+    // stays UTF-8.
+    let out = unsafe { out.as_mut_vec() };
+    out.push(b'"');
+    escape_into::<false>(out, s.as_bytes());
+    out.push(b'"');
+}
+
+/// [`push_json_str`] for a byte buffer.
+pub fn push_json_bytes(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    escape_into::<false>(out, s.as_bytes());
+    out.push(b'"');
+}
+
+/// Appends `s` escaped as the inside of a JSON string (no quotes).
+pub fn push_escaped(out: &mut String, s: &str) {
+    // SAFETY: as in `push_json_str`.
+    escape_into::<false>(unsafe { out.as_mut_vec() }, s.as_bytes());
+}
+
+/// Appends `s` escaped as the inside of a JSON string, and that escaped
+/// again: the inside of a JSON string value as it appears in a Detail kept
+/// escaped (`a"b` → `a\\\"b`). Returns how many bytes the second escaping
+/// added, i.e. how much longer the text is than the once-escaped text AWS
+/// counts.
+pub fn push_escaped_twice(out: &mut String, s: &str) -> usize {
+    // SAFETY: as in `push_json_str`.
+    escape_into::<true>(unsafe { out.as_mut_vec() }, s.as_bytes())
+}
+
+/// Appends `bytes` (UTF-8) escaped once, or with `TWICE` twice; returns
+/// the bytes the second escaping added (0 with one escaping).
+fn escape_into<const TWICE: bool>(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
+    // Most bytes one input byte becomes: `\u00XX`, or escaped again
+    // `\\u00XX`.
+    let widest: usize = if TWICE { 7 } else { 6 };
+    let n = bytes.len();
+    let mut added = 0;
+    // Invariant: at least `n - i + 17` bytes of spare capacity (the rest
+    // unescaped, a chunk's overshoot, a closing quote the caller adds). A
+    // chunk without escapes keeps it (it consumes as many bytes as it
+    // keeps); one with escapes, or an escape in the tail, first makes room
+    // for the most they can write.
+    out.reserve(n + 17);
+    let mut i = 0;
+    // The buffer's pointer and length live in registers in the loops.
+    let mut dst = out.as_mut_ptr();
+    let mut len = out.len();
+    while i + 16 <= n {
+        // SAFETY: `i + 16 <= n`: sixteen bytes of `bytes` at `i`.
+        let chunk: &[u8; 16] = unsafe { &*bytes.as_ptr().add(i).cast::<[u8; 16]>() };
+        let mut m = escapes16(chunk);
+        if m == 0 {
+            // SAFETY: the invariant leaves room for sixteen bytes at `len`.
+            unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), dst.add(len), 16) };
+            len += 16;
+            i += 16;
+            continue;
+        }
+        // Every escape of the chunk in one pass (JSON text is dense with
+        // quotes): room for all sixteen bytes at their widest.
+        let room = n - i + 17 + 16 * (widest - 1);
+        if out.capacity() - len < room {
+            // SAFETY: `len` bytes are initialised (all written above).
+            unsafe { out.set_len(len) };
+            out.reserve(room);
+            dst = out.as_mut_ptr();
+        }
+        let mut start = 0;
+        while m != 0 {
+            let j = m.trailing_zeros() as usize;
+            // SAFETY: within the room made above; `start..j` is inside
+            // the chunk.
+            unsafe {
+                std::ptr::copy_nonoverlapping(chunk.as_ptr().add(start), dst.add(len), j - start);
+            }
+            len += j - start;
+            // SAFETY: as above.
+            (len, added) = unsafe { write_escape::<TWICE>(dst, len, added, chunk[j]) };
+            start = j + 1;
+            m &= m - 1;
+        }
+        // SAFETY: as above.
+        unsafe {
+            std::ptr::copy_nonoverlapping(chunk.as_ptr().add(start), dst.add(len), 16 - start);
+        }
+        len += 16 - start;
+        i += 16;
+    }
+    // Fewer than sixteen bytes left.
+    while i < n {
+        let b = bytes[i];
+        i += 1;
+        if ESCAPE[usize::from(b)] == 0 {
+            // SAFETY: within the invariant's room.
+            unsafe { *dst.add(len) = b };
+            len += 1;
+            continue;
+        }
+        let room = n - i + 17 + widest;
+        if out.capacity() - len < room {
+            // SAFETY: `len` bytes are initialised (all written above).
+            unsafe { out.set_len(len) };
+            out.reserve(room);
+            dst = out.as_mut_ptr();
+        }
+        // SAFETY: room for `widest` bytes at `len` (checked above).
+        (len, added) = unsafe { write_escape::<TWICE>(dst, len, added, b) };
+    }
+    // SAFETY: `len` bytes are initialised.
+    unsafe { out.set_len(len) };
+    added
+}
+
+/// Writes the escape of `b` (a byte `ESCAPE` flags) at `dst + len`:
+/// `\"`, `\n`, `\u001f`…, or with `TWICE` that escaped again. Returns
+/// the new length and `added` plus what the second escaping added.
+///
+/// # Safety
+/// `dst + len` has room for 7 bytes (6 without `TWICE`).
+#[inline(always)]
+unsafe fn write_escape<const TWICE: bool>(
+    dst: *mut u8,
+    mut len: usize,
+    mut added: usize,
+    b: u8,
+) -> (usize, usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let e = ESCAPE[usize::from(b)];
+    // SAFETY: the caller's room.
+    unsafe {
+        *dst.add(len) = b'\\';
+        len += 1;
+        if TWICE {
+            // The backslash of the first escaping, escaped; then what
+            // follows it, itself escaped if it is `"` or `\`.
+            *dst.add(len) = b'\\';
+            len += 1;
+            if e == b'"' || e == b'\\' {
+                *dst.add(len) = b'\\';
+                len += 1;
+                added += 2;
+            } else {
+                added += 1;
+            }
+        }
+        if e == b'u' {
+            *dst.add(len) = b'u';
+            *dst.add(len + 1) = b'0';
+            *dst.add(len + 2) = b'0';
+            *dst.add(len + 3) = HEX[usize::from(b >> 4)];
+            *dst.add(len + 4) = HEX[usize::from(b & 0xF)];
+            len += 5;
+        } else {
+            *dst.add(len) = e;
+            len += 1;
+        }
+    }
+    (len, added)
+}
+
+/// Bit `j` set for each byte `chunk[j]` that needs escaping.
+#[inline(always)]
+fn escapes16(chunk: &[u8; 16]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8,
+            _mm_or_si128, _mm_set1_epi8,
+        };
+        // SAFETY: SSE2 is always there on x86-64; the load reads the 16
+        // bytes of `chunk`.
+        unsafe {
+            let x = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
+            // Unsigned x <= 0x1F: a control byte.
+            let control = _mm_cmpeq_epi8(_mm_max_epu8(x, _mm_set1_epi8(0x1F)), _mm_set1_epi8(0x1F));
+            let quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'"' as i8));
+            let backslash = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\\' as i8));
+            _mm_movemask_epi8(_mm_or_si128(control, _mm_or_si128(quote, backslash))) as u32
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let mut m = 0;
+        for (j, &b) in chunk.iter().enumerate() {
+            m |= u32::from(ESCAPE[usize::from(b)] != 0) << j;
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Long strings mixing plain runs, every kind of escape and multi-byte
+    /// characters, into buffers of every fill level (the spare-capacity
+    /// checks and the reserves as escapes grow the output).
+    #[test]
+    fn escaping_matches_serde_for_long_mixed_strings() {
+        let pieces = [
+            "a",
+            "bcdefghijklmnopq",
+            "\"",
+            "\\",
+            "\n",
+            "\u{1}",
+            "\u{1f}",
+            "é",
+            "€",
+            "😀",
+            "\u{7f}",
+            "\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..400 {
+            let mut s = String::new();
+            let target = round * 3 % 700;
+            while s.len() < target {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                s.push_str(pieces[(seed % pieces.len() as u64) as usize]);
+            }
+            let mut out = String::with_capacity(round % 37);
+            out.push_str(&"p".repeat(round % 37));
+            let prefix = out.clone();
+            push_json_str(&mut out, &s);
+            assert_eq!(
+                out,
+                format!("{prefix}{}", serde_json::to_string(&s).unwrap())
+            );
+        }
+    }
+
+    /// Every ASCII character and some non-ASCII ones, at every offset
+    /// within and across the sixteen-byte chunks the escaper tests, alone
+    /// and next to another escape.
+    #[test]
+    fn escaping_matches_serde_at_every_offset() {
+        let specials: Vec<String> = (0u8..0x80)
+            .map(|b| (b as char).to_string())
+            .chain(["é", "€", "😀", "\u{7f}", "\u{80}", "\u{a0}"].map(String::from))
+            .collect();
+        for special in &specials {
+            for at in 0..20 {
+                for len in [at, at + 1, at + 9, 24, 41] {
+                    let mut s = "x".repeat(at);
+                    s.push_str(special);
+                    if len > at {
+                        s.push('"');
+                    }
+                    while s.len() < len {
+                        s.push('a');
+                    }
+                    let mut out = String::from("prefix");
+                    push_json_str(&mut out, &s);
+                    assert_eq!(
+                        out,
+                        format!("prefix{}", serde_json::to_string(&s).unwrap()),
+                        "{s:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Escaping twice is escaping once, then escaping that text again,
+    /// and the count it returns is the difference in length.
+    #[test]
+    fn escaping_twice_is_serde_applied_twice() {
+        let mut samples: Vec<String> = (0u8..0x80).map(|b| (b as char).to_string()).collect();
+        samples.extend(
+            [
+                "",
+                "plain text that is longer than sixteen bytes",
+                "<13>Nov 27 23:42:18 web01 app: \"quoted\" C:\\dir\n",
+                "tab\there\r\n\u{0}\u{1f}\u{7f}é€😀",
+                "\"\\\n\u{1}".repeat(40).as_str(),
+            ]
+            .map(String::from),
+        );
+        for s in &samples {
+            let once = serde_json::to_string(s).unwrap();
+            let twice = serde_json::to_string(&once).unwrap();
+            let mut out = String::from("x");
+            let added = push_escaped_twice(&mut out, s);
+            // Between the outer quotes, without the inner ones (`\"`).
+            assert_eq!(out[1..], twice[3..twice.len() - 3], "{s:?}");
+            assert_eq!(added, (twice.len() - 2) - once.len() - 2, "{s:?}");
+            let mut single = String::new();
+            push_escaped(&mut single, s);
+            assert_eq!(single, once[1..once.len() - 1], "{s:?}");
+        }
+    }
+}
