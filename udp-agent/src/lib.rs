@@ -3,7 +3,8 @@
 //!
 //! One module per pipeline stage, in the order a packet meets them:
 //! [`loader`] (load and attach the XDP object) ▸ [`capture`] (drain the ring
-//! buffer) ▸ [`record`] (decode a ring record) ▸ [`encode`] (the PutEvents
+//! buffer) and [`afxdp`] (read consumed ports from AF_XDP sockets) ▸
+//! [`record`] (decode a ring record or a redirected frame) ▸ [`encode`] (the PutEvents
 //! entry) ▸ [`batch`] (AWS request limits) ▸ [`sink`] (stdout, EventBridge).
 //! [`control`] owns the pinned maps that `udp-agent ports`/`stats` change and
 //! read; [`hotplug`] keeps the program attached to interfaces that come and
@@ -11,6 +12,7 @@
 //! stages together for `udp-agent run`, configured by [`cli`] (and
 //! [`config_file`]) and logging through [`logging`].
 
+pub mod afxdp;
 pub mod batch;
 pub mod capture;
 pub mod cli;

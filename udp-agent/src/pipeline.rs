@@ -24,9 +24,10 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 use tracing::{info, warn};
-use udp_ebpf_common::Config;
+use udp_ebpf_common::{CONFIG_AFXDP, Config};
 
 use crate::{
+    afxdp::{self, CapturePath},
     capture,
     cli::RunArgs,
     clock::WallClock,
@@ -116,6 +117,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut control = Control::take_and_pin(&mut ebpf, &pin_dir)?;
     control.set_config(Config {
         snaplen: args.snaplen,
+        flags: if args.capture_path == CapturePath::Ringbuf {
+            0
+        } else {
+            CONFIG_AFXDP
+        },
         ..Config::default()
     })?;
     firewall.apply(&mut control)?;
@@ -124,7 +130,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
         _ => bail!("the eBPF object has no EVENTS ring buffer"),
     };
 
-    let mut encoder = Encoder::new(&args.source, &args.detail_type, event_bus, WallClock::now());
+    // The AF_XDP sockets' own capture loop, fed the sockets of each
+    // interface as the watcher attaches to it.
+    let (xsk_tx, xsk_rx) = mpsc::unbounded_channel();
+    let mut sockets = match args.capture_path {
+        CapturePath::Ringbuf => None,
+        path => Some(afxdp::Sockets::new(
+            &mut ebpf,
+            path,
+            args.xsk_frames,
+            xsk_tx,
+        )?),
+    };
+    let new_encoder = || Encoder::new(&args.source, &args.detail_type, event_bus, WallClock::now());
+    let mut encoder = new_encoder();
+    let mut xsk_encoder = new_encoder();
     let (batch_tx, batch_rx) =
         mpsc::channel::<Vec<Entry>>(handoff::queue_batches(args.queue_capacity));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -134,6 +154,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut watcher = Watcher::new(&args.ifaces, args.xdp_mode, interfaces.clone());
     for (ifindex, name) in watcher.start(&mut ebpf, args.wait_for_iface)? {
         encoder.name_interface(ifindex, &name);
+        xsk_encoder.name_interface(ifindex, &name);
+    }
+    if let Some(s) = &mut sockets {
+        s.sync(&interfaces.snapshot());
     }
     let control = Arc::new(Mutex::new(control));
     let metrics_server = metrics_listener.map(|listener| {
@@ -161,11 +185,20 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let handoff = Handoff::new(
         encoder,
-        batch_tx,
+        batch_tx.clone(),
         Duration::from_millis(args.batch_linger_ms),
         stats.clone(),
     );
     let capture = tokio::spawn(capture::run(ring, handoff, stats.clone(), stop_rx.clone()));
+    let xsk_capture = sockets.is_some().then(|| {
+        let handoff = Handoff::new(
+            xsk_encoder,
+            batch_tx,
+            Duration::from_millis(args.batch_linger_ms),
+            stats.clone(),
+        );
+        tokio::spawn(afxdp::run(xsk_rx, handoff, stats.clone(), stop_rx.clone()))
+    });
     let mut sink: JoinHandle<Result<()>> = match eventbridge {
         None => {
             let stats = stats.clone();
@@ -203,7 +236,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 sink_result = Some(r);
                 break;
             }
-            _ = interface_poll.tick() => watcher.poll(&mut ebpf),
+            _ = interface_poll.tick() => {
+                watcher.poll(&mut ebpf);
+                if let Some(s) = &mut sockets {
+                    s.sync(&interfaces.snapshot());
+                }
+            }
         }
     }
 
@@ -214,6 +252,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .await
         .context("capture task")?
         .context("draining the ring buffer")?;
+    let xsk_totals = match xsk_capture {
+        Some(task) => Some(
+            task.await
+                .context("AF_XDP capture task")?
+                .context("reading the AF_XDP sockets")?,
+        ),
+        None => None,
+    };
     let sink_result = match sink_result {
         Some(r) => r,
         None => sink.await,
@@ -227,6 +273,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         &stats,
         eventbridge_stats.as_deref(),
     );
+    if let Some(t) = xsk_totals {
+        info!("af_xdp counters: {}", t.line());
+        for socket in &t.sockets {
+            info!("af_xdp socket: {socket}");
+        }
+    }
     sink_result.context("sink task")??;
     Ok(())
 }
