@@ -144,9 +144,12 @@ impl Sockets {
 
     /// Brings the sockets in line with the interfaces attached now: opens
     /// those of a newly attached interface, closes those of one that went
-    /// away (or came back under a new index). Never fails: an interface
-    /// whose sockets cannot be opened keeps the ring path, with a warning.
-    pub fn sync(&mut self, interfaces: &[IfaceState]) {
+    /// away (or came back under a new index). An interface whose sockets
+    /// cannot be opened keeps the ring path, with a warning; with
+    /// `--capture-path afxdp` the first such error is returned too (at
+    /// start-up the agent then refuses to run).
+    pub fn sync(&mut self, interfaces: &[IfaceState]) -> Result<()> {
+        let mut first_error = None;
         let gone: Vec<String> = self
             .open
             .iter()
@@ -173,7 +176,12 @@ impl Sockets {
                     error = %format!("{e:#}"),
                     "AF_XDP sockets not opened; consumed ports on this interface take the ring buffer"
                 );
+                first_error.get_or_insert(e);
             }
+        }
+        match first_error {
+            Some(e) if self.path == CapturePath::Afxdp => Err(e),
+            _ => Ok(()),
         }
     }
 
@@ -199,6 +207,22 @@ impl Sockets {
             (Attached::Driver, CapturePath::Auto) if !AUTO_TAKES_COPY_MODE => Bind::ZeroCopy,
             (Attached::Driver, _) => Bind::Any,
         };
+        // `auto` asks first with a socket of the smallest UMEM, so that an
+        // interface without zero-copy (veth, every generic attachment)
+        // costs no 8 MiB of locked memory, however briefly.
+        if self.path == CapturePath::Auto && bind == Bind::ZeroCopy {
+            let probe = xsk::Config { frames: 64, bind };
+            if let Err(e) = Socket::open(ifindex, 0, probe) {
+                info!(
+                    iface = name,
+                    error = %e,
+                    "capture path auto: consumed ports take the ring buffer on this interface \
+                     (no zero-copy AF_XDP socket: in copy mode the ring measured cheaper; \
+                     --capture-path afxdp insists on AF_XDP)"
+                );
+                return Ok(());
+            }
+        }
         let mut sockets = Vec::with_capacity(used as usize);
         for queue in 0..used {
             let config = xsk::Config {
@@ -207,16 +231,6 @@ impl Sockets {
             };
             match Socket::open(ifindex, queue, config) {
                 Ok(s) => sockets.push(s),
-                Err(e) if self.path == CapturePath::Auto => {
-                    info!(
-                        iface = name,
-                        error = %e,
-                        "capture path auto: consumed ports take the ring buffer on this interface \
-                         (no zero-copy AF_XDP socket: in copy mode the ring measured cheaper; \
-                         --capture-path afxdp insists on AF_XDP)"
-                    );
-                    return Ok(());
-                }
                 Err(e) => {
                     return Err(anyhow!(e)).with_context(|| {
                         format!(

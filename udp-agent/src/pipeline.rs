@@ -156,8 +156,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
         encoder.name_interface(ifindex, &name);
         xsk_encoder.name_interface(ifindex, &name);
     }
-    if let Some(s) = &mut sockets {
-        s.sync(&interfaces.snapshot());
+    if let Some(s) = &mut sockets
+        && let Err(e) = s.sync(&interfaces.snapshot())
+    {
+        watcher.detach_all(&mut ebpf);
+        return Err(e.context(
+            "--capture-path afxdp: AF_XDP sockets could not be opened (use --capture-path auto or ringbuf to run without them)",
+        ));
     }
     let control = Arc::new(Mutex::new(control));
     let metrics_server = metrics_listener.map(|listener| {
@@ -239,7 +244,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
             _ = interface_poll.tick() => {
                 watcher.poll(&mut ebpf);
                 if let Some(s) = &mut sockets {
-                    s.sync(&interfaces.snapshot());
+                    // Failures are logged; the interface keeps the ring.
+                    let _ = s.sync(&interfaces.snapshot());
                 }
             }
         }

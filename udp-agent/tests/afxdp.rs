@@ -10,7 +10,12 @@
 
 mod support;
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
+    time::Duration,
+};
 
 use support::{
     Agent, Event, Expected, VethNs, assert_event, counters_line, ctl_ok, pattern, pin_dir,
@@ -147,23 +152,40 @@ fn switching_a_port_between_pass_and_drop_moves_it_between_paths_without_loss() 
         .stderr_line("AF_XDP sockets bound", Duration::from_secs(5))
         .unwrap_or_else(|| panic!("no sockets:\n{}", agent.stderr_text()));
     ns.warm_up(&agent, false, WARM, PORT);
-    const N: usize = 4000;
+    // One bounded stream (at most N datagrams) while the port's action
+    // flips four times; each flip waits until some of the stream has gone
+    // out under the action before it, so both paths carry traffic whatever
+    // the scheduler does.
+    const N: usize = 20_000;
     const SPORT: u16 = 41200;
     let payloads: Vec<Vec<u8>> = (0..N).map(|i| format!("seq {i:05}").into_bytes()).collect();
-    // One bounded stream while the port's action flips four times.
+    let sent = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
     std::thread::scope(|s| {
-        let sender = s.spawn(|| {
-            for chunk in payloads.chunks(100) {
+        s.spawn(|| {
+            for chunk in payloads.chunks(50) {
+                if done.load(Relaxed) {
+                    break;
+                }
                 ns.send_udp(false, SPORT, PORT, chunk);
-                std::thread::sleep(Duration::from_millis(2));
+                sent.fetch_add(chunk.len(), Relaxed);
+                std::thread::sleep(Duration::from_millis(1));
             }
         });
         for action in ["drop", "pass", "drop", "pass"] {
-            std::thread::sleep(Duration::from_millis(15));
+            let at = sent.load(Relaxed);
+            while sent.load(Relaxed) < (at + 200).min(N) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             ctl_ok(&pins, &["ports", "add", &port, "--action", action]);
         }
-        sender.join().unwrap();
+        let at = sent.load(Relaxed);
+        while sent.load(Relaxed) < (at + 200).min(N) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        done.store(true, Relaxed);
     });
+    let n = sent.load(Relaxed);
     let stopped = agent.terminate();
     assert!(stopped.status.success(), "exit: {}", stopped.status);
     let mut got: Vec<String> = from(&stopped.events, SPORT)
@@ -171,11 +193,11 @@ fn switching_a_port_between_pass_and_drop_moves_it_between_paths_without_loss() 
         .map(|e| e.text())
         .collect();
     got.sort();
-    let want: Vec<String> = (0..N).map(|i| format!("seq {i:05}")).collect();
+    let want: Vec<String> = (0..n).map(|i| format!("seq {i:05}")).collect();
     if got != want {
         let missing = want.iter().filter(|w| !got.contains(w)).count();
         panic!(
-            "{} events for {N} datagrams ({missing} missing); stderr:\n{}",
+            "{} events for {n} datagrams ({missing} missing); stderr:\n{}",
             got.len(),
             stopped.stderr
         );
