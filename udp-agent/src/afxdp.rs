@@ -381,8 +381,47 @@ impl Totals {
     }
 }
 
-/// Reads up to `budget` packets from `r`, handing each on; returns how
-/// many. `descs` and `scratch` are reused buffers.
+/// Reads one batch of descriptors from `r`: every whole packet in it is
+/// decoded and passed to `push`, then its frames go back to the kernel.
+/// Returns how many packets, and whether the batch was full (more may be
+/// waiting); `None` if there was no whole packet to read. `descs` and
+/// `scratch` are reused buffers.
+fn read_batch(
+    r: &mut Reader,
+    stats: &PipelineStats,
+    read: (u64, u64),
+    descs: &mut Vec<Desc>,
+    scratch: &mut Vec<u8>,
+    mut push: impl FnMut(&record::PacketView<'_>),
+) -> Option<(usize, bool)> {
+    if r.socket.peek(descs, BATCH) == 0 {
+        return None;
+    }
+    let (mut used, mut packets) = (0, 0);
+    while let Some(n) = xsk::packet_len(&descs[used..]) {
+        let frame = xsk::packet(&r.socket, &descs[used..used + n], scratch);
+        decoded(
+            stats,
+            record::decode_frame(frame, r.socket.ifindex),
+            read,
+            &mut push,
+        );
+        used += n;
+        packets += 1;
+    }
+    if used == 0 {
+        // A packet longer than a whole batch of descriptors cannot come (a
+        // frame spans at most 9,216 / 1,792 + 1 chunks): the kernel has not
+        // finished publishing it. Next pass.
+        return None;
+    }
+    r.received += packets as u64;
+    r.socket.release(used);
+    Some((packets, used == BATCH as usize))
+}
+
+/// Reads up to about `budget` packets from `r`, handing each on; returns
+/// how many.
 fn drain_socket(
     r: &mut Reader,
     out: &mut Handoff,
@@ -394,32 +433,14 @@ fn drain_socket(
 ) -> usize {
     let mut packets = 0;
     while packets < budget {
-        if r.socket.peek(descs, BATCH) == 0 {
-            break;
-        }
-        let (mut used, mut batch) = (0, 0);
-        while let Some(n) = xsk::packet_len(&descs[used..]) {
-            let frame = xsk::packet(&r.socket, &descs[used..used + n], scratch);
-            decoded(
-                stats,
-                record::decode_frame(frame, r.socket.ifindex),
-                read,
-                |p| out.push(p),
-            );
-            used += n;
-            batch += 1;
-        }
-        if used == 0 {
-            // A packet longer than a whole batch of descriptors cannot
-            // come (a frame spans at most 9,216 / 1,792 + 1 chunks): the
-            // kernel has not finished publishing it. Next pass.
-            break;
-        }
-        packets += batch;
-        r.received += batch as u64;
-        r.socket.release(used);
-        if used < descs.len() {
-            break;
+        match read_batch(r, stats, read, descs, scratch, |p| out.push(p)) {
+            Some((n, full)) => {
+                packets += n;
+                if !full {
+                    break;
+                }
+            }
+            None => break,
         }
     }
     packets
@@ -555,27 +576,13 @@ async fn final_drain(
             // Owned copies: the frames go back to the kernel before the
             // awaits below.
             let mut packets: Vec<Packet> = Vec::new();
-            let read = now();
-            if r.socket.peek(descs, BATCH) == 0 {
-                break;
-            }
-            let mut used = 0;
-            while let Some(n) = xsk::packet_len(&descs[used..]) {
-                let frame = xsk::packet(&r.socket, &descs[used..used + n], scratch);
-                decoded(
-                    stats,
-                    record::decode_frame(frame, r.socket.ifindex),
-                    read,
-                    |p| packets.push(p.to_packet()),
-                );
-                used += n;
-            }
-            r.received += packets.len() as u64;
-            r.socket.release(used);
+            let batch = read_batch(r, stats, now(), descs, scratch, |p| {
+                packets.push(p.to_packet())
+            });
             for p in &packets {
                 out.push_waiting(&p.view()).await;
             }
-            if used == 0 {
+            if batch.is_none() {
                 break;
             }
         }
