@@ -202,15 +202,24 @@ impl Sockets {
             .ok_or_else(|| anyhow!("AF_XDP sockets on {XSK_MAX_IFACES} interfaces already"))?;
         // Generic XDP hands sockets copies; a natively attached program may
         // redirect to zero-copy sockets where the driver has them.
-        let bind = match (mode, self.path) {
-            (Attached::Skb, _) => Bind::Copy,
-            (Attached::Driver, CapturePath::Auto) if !AUTO_TAKES_COPY_MODE => Bind::ZeroCopy,
-            (Attached::Driver, _) => Bind::Any,
+        let bind = match (self.path, mode) {
+            (CapturePath::Auto, Attached::Skb) if !AUTO_TAKES_COPY_MODE => {
+                info!(
+                    iface = name,
+                    "capture path auto: consumed ports take the ring buffer on this interface \
+                     (generic XDP gives AF_XDP sockets copies only, and in copy mode the ring \
+                     measured cheaper; --capture-path afxdp insists on AF_XDP)"
+                );
+                return Ok(());
+            }
+            (CapturePath::Auto, Attached::Driver) if !AUTO_TAKES_COPY_MODE => Bind::ZeroCopy,
+            (_, Attached::Skb) => Bind::Copy,
+            (_, Attached::Driver) => Bind::Any,
         };
         // `auto` asks first with a socket of the smallest UMEM, so that an
-        // interface without zero-copy (veth, every generic attachment)
-        // costs no 8 MiB of locked memory, however briefly.
-        if self.path == CapturePath::Auto && bind == Bind::ZeroCopy {
+        // interface without zero-copy (veth, say) costs no 8 MiB of locked
+        // memory, however briefly.
+        if bind == Bind::ZeroCopy {
             let probe = xsk::Config { frames: 64, bind };
             if let Err(e) = Socket::open(ifindex, 0, probe) {
                 info!(
