@@ -392,22 +392,18 @@ impl Socket {
                 Ok(())
             }
         };
-        // Multi-buffer first. A zero-copy driver without multi-buffer
-        // refuses it (EOPNOTSUPP): then copy mode with it, unless zero-copy
-        // is insisted on. A kernel before 6.6 refuses the flag (EINVAL):
-        // then without it.
+        // Multi-buffer asked for. A zero-copy driver without it binds in
+        // copy mode instead (the kernel falls back by itself unless
+        // zero-copy is insisted on, which then fails). A kernel before 6.6
+        // refuses the unknown flag before it sets anything up (EINVAL),
+        // so the same socket binds again without it.
         let mut multi_buffer = true;
         if let Err(e) = bind(mode | XDP_USE_SG) {
-            match e.raw_os_error() {
-                Some(libc::EOPNOTSUPP) if config.bind == Bind::Any => {
-                    bind(XDP_COPY | XDP_USE_SG)?;
-                }
-                Some(libc::EINVAL) => {
-                    multi_buffer = false;
-                    bind(mode)?;
-                }
-                _ => return Err(e),
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
             }
+            multi_buffer = false;
+            bind(mode)?;
         }
         let (options, _) = getsockopt::<u32>(fd.as_fd(), XDP_OPTIONS)?;
         Ok(Socket {
