@@ -106,6 +106,10 @@ pub struct Sockets {
     ifaces: HashMap<MapData, u32, u32>,
     /// Interface name → (ifindex, its first slot in `XSKS`, queues).
     open: BTreeMap<String, (u32, u32, u32)>,
+    /// Interface name → the ifindex it had when its sockets were not
+    /// opened (`auto` chose the ring, or opening failed): not tried again
+    /// until the interface comes back under another index.
+    declined: BTreeMap<String, u32>,
     to_loop: mpsc::UnboundedSender<Command>,
 }
 
@@ -138,6 +142,7 @@ impl Sockets {
             xsks: XskMap::try_from(xsks)?,
             ifaces: HashMap::try_from(ifaces)?,
             open: BTreeMap::new(),
+            declined: BTreeMap::new(),
             to_loop,
         })
     }
@@ -167,10 +172,15 @@ impl Sockets {
             let (Some(ifindex), Some(mode)) = (s.ifindex, s.mode) else {
                 continue;
             };
-            if self.open.contains_key(&s.name) {
+            if self.open.contains_key(&s.name) || self.declined.get(&s.name) == Some(&ifindex) {
                 continue;
             }
-            if let Err(e) = self.open_iface(&s.name, ifindex, mode) {
+            self.declined.remove(&s.name);
+            let opened = self.open_iface(&s.name, ifindex, mode);
+            if !self.open.contains_key(&s.name) {
+                self.declined.insert(s.name.clone(), ifindex);
+            }
+            if let Err(e) = opened {
                 warn!(
                     iface = s.name,
                     error = %format!("{e:#}"),
@@ -198,7 +208,7 @@ impl Sockets {
         }
         let base = (0..XSK_MAX_IFACES)
             .map(|i| i * XSK_MAX_QUEUES)
-            .find(|b| self.open.values().all(|(_, used, _)| used != b))
+            .find(|b| self.open.values().all(|(_, base, _)| base != b))
             .ok_or_else(|| anyhow!("AF_XDP sockets on {XSK_MAX_IFACES} interfaces already"))?;
         // Generic XDP hands sockets copies; a natively attached program may
         // redirect to zero-copy sockets where the driver has them.
