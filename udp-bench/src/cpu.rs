@@ -189,6 +189,11 @@ pub fn run(env: &Env, s: &Settings) -> Result<(CpuResults, Vec<Row>)> {
     ))
 }
 
+fn median_sent(c: &Cost) -> f64 {
+    let sent: Vec<f64> = c.steps.iter().map(|st| st.sent.pps).collect();
+    Summary::of(&sent).median
+}
+
 fn cost_text(c: &Cost) -> String {
     format!(
         "{:.2} µs (process {:.2} + kernel {:.2}) → {} pps/core",
@@ -228,11 +233,15 @@ fn rows(costs: &[Cost], s: &Settings) -> Vec<Row> {
         row.ratio = Some(c.total_us.median / peer.total_us.median);
         row.ratio_note = "lower is better".into();
         row.note = format!(
-            "limit: none (a fixed rate below every contender's lossless rate; lossy rounds: ours {}, peer {}); total spread ±{:.0}% / ±{:.0}%",
+            "limit: the rate asked, a fixed {} pps (the sender reached a median {} / {}); rounds with loss over 0.1%: ours {} of {n}, peer {} of {n} (its process figure is then per packet delivered); spread of the total ±{:.0}% / ±{:.0}%",
+            thousands(s.rate as f64),
+            thousands(median_sent(c)),
+            thousands(median_sent(peer)),
             c.lossy_rounds,
             peer.lossy_rounds,
             c.total_us.spread_pct(),
-            peer.total_us.spread_pct()
+            peer.total_us.spread_pct(),
+            n = c.steps.len(),
         );
         rows.push(row);
     }
