@@ -8,6 +8,7 @@ use udp_ebpf_common::{DEFAULT_RING_BYTES, MAX_CAPTURE};
 
 pub use crate::commands::{LimitsArgs, PortsArgs, SourcesArgs, StatsArgs};
 use crate::{
+    afxdp::CapturePath,
     commands::{FirewallArgs, PortEncodingArgs, PortLimitArgs},
     control::DEFAULT_PIN_DIR,
     encode::{
@@ -149,6 +150,29 @@ pub struct RunArgs {
     /// 8 + 64 + payload bytes, rounded up to 8.
     #[arg(long, env = "UDP_AGENT_RING_BYTES", default_value_t = DEFAULT_RING_BYTES)]
     pub ring_bytes: u32,
+
+    /// How consumed ports (`--action drop`) reach the agent. `ringbuf`: the
+    /// BPF ring buffer, like every observed port. `afxdp`: one AF_XDP
+    /// socket per RX queue of each interface (zero-copy where the driver
+    /// offers it, copy mode otherwise; needs CAP_NET_RAW). `auto`: AF_XDP
+    /// where the driver binds it zero-copy, the ring buffer elsewhere (in
+    /// copy mode, on veth and generic XDP, the ring measured cheaper); it
+    /// logs which it took per interface and why.
+    #[arg(
+        long,
+        env = "UDP_AGENT_CAPTURE_PATH",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub capture_path: CapturePath,
+
+    /// UMEM frames of each AF_XDP socket (a power of two, 64 or more):
+    /// 2 KiB each, locked in memory, one per datagram waiting to be read
+    /// (jumbo datagrams take several); the socket drops and counts what
+    /// finds none free.
+    #[arg(long, env = "UDP_AGENT_XSK_FRAMES", default_value_t = 4096,
+          value_parser = xsk_frames)]
+    pub xsk_frames: u32,
 
     /// Encoded packets that may wait for the sink (in batches of up to 10,
     /// and at most ~16 MiB of entries); past this, packets are dropped and
@@ -404,6 +428,19 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
         .map_err(|e| format!("{e} (e.g. 4096, 64KiB, 1GiB)"))
+}
+
+/// `--xsk-frames`: a power of two, 64 to 2^20 (2 GiB of UMEM).
+fn xsk_frames(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of frames"))?;
+    if !n.is_power_of_two() || !(64..=1 << 20).contains(&n) {
+        return Err(format!(
+            "{n} is not a power of two from 64 to 1048576 (e.g. 4096)"
+        ));
+    }
+    Ok(n)
 }
 
 impl RunArgs {

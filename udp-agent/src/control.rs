@@ -62,9 +62,10 @@ pub const ALLOW_V4_PIN: &str = "ALLOW_V4";
 pub const DENY_V4_PIN: &str = "DENY_V4";
 pub const ALLOW_V6_PIN: &str = "ALLOW_V6";
 pub const DENY_V6_PIN: &str = "DENY_V6";
+pub const PORT_CAPTURED_PIN: &str = "PORT_CAPTURED";
 
 /// Every map another process may need, in pinning order.
-const PINNED: [&str; 9] = [
+const PINNED: [&str; 10] = [
     PORTS_PIN,
     PORT_STATE_PIN,
     CONFIG_PIN,
@@ -74,6 +75,7 @@ const PINNED: [&str; 9] = [
     DENY_V4_PIN,
     ALLOW_V6_PIN,
     DENY_V6_PIN,
+    PORT_CAPTURED_PIN,
 ];
 
 #[derive(Debug, Error)]
@@ -530,7 +532,7 @@ fn open_pin(pin_dir: &Path, name: &'static str) -> Result<Map, ControlError> {
 /// The `Map` variant each of our maps is.
 fn wrap(name: &str, data: MapData) -> Map {
     match name {
-        COUNTERS_PIN => Map::PerCpuArray(data),
+        COUNTERS_PIN | PORT_CAPTURED_PIN => Map::PerCpuArray(data),
         SOURCES_PIN => Map::LruHashMap(data),
         ALLOW_V4_PIN | DENY_V4_PIN | ALLOW_V6_PIN | DENY_V6_PIN => Map::LpmTrie(data),
         _ => Map::Array(data),
@@ -680,6 +682,8 @@ pub struct Control {
     deny_v4: LpmTrie<MapData, [u8; 4], u8>,
     allow_v6: LpmTrie<MapData, [u8; 16], u8>,
     deny_v6: LpmTrie<MapData, [u8; 16], u8>,
+    /// Per port, per CPU: datagrams captured.
+    port_captured: PerCpuArray<MapData, u64>,
 }
 
 impl Control {
@@ -744,6 +748,7 @@ impl Control {
             deny_v4: LpmTrie::try_from(next()).map_err(conv(DENY_V4_PIN))?,
             allow_v6: LpmTrie::try_from(next()).map_err(conv(ALLOW_V6_PIN))?,
             deny_v6: LpmTrie::try_from(next()).map_err(conv(DENY_V6_PIN))?,
+            port_captured: PerCpuArray::try_from(next()).map_err(conv(PORT_CAPTURED_PIN))?,
         })
     }
 
@@ -1011,11 +1016,12 @@ impl Control {
         for port in 1..PORT_COUNT {
             let err = self.map_err("reading", PORT_STATE_PIN);
             let st = self.port_state.get(&port, 0).map_err(err)?;
-            if st.captured + st.limited > 0 {
+            let captured = self.port_captured(port as u16)?;
+            if captured + st.limited > 0 {
                 rows.push(PortStats {
                     port: port as u16,
                     settings: self.port(port as u16)?,
-                    captured: st.captured,
+                    captured,
                     limited: st.limited,
                 });
             }
@@ -1023,6 +1029,13 @@ impl Control {
         rows.sort_by_key(|r| std::cmp::Reverse(r.captured + r.limited));
         rows.truncate(n);
         Ok(rows)
+    }
+
+    /// Datagrams captured on `port`, summed over CPUs.
+    pub fn port_captured(&self, port: u16) -> Result<u64, ControlError> {
+        let err = self.map_err("reading", PORT_CAPTURED_PIN);
+        let per_cpu = self.port_captured.get(&u32::from(port), 0).map_err(err)?;
+        Ok(per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
     }
 
     /// Sources with the most captured + limited packets, busiest first.

@@ -3,15 +3,18 @@
 //!
 //! One module per pipeline stage, in the order a packet meets them:
 //! [`loader`] (load and attach the XDP object) ▸ [`capture`] (drain the ring
-//! buffer) ▸ [`record`] (decode a ring record) ▸ [`encode`] (the PutEvents
-//! entry) ▸ [`batch`] (the sink's request limits) ▸ [`spool`] (on disk until
-//! the sink acknowledges) ▸ [`sink`] (stdout, EventBridge).
+//! buffer) and [`afxdp`] (read consumed ports from AF_XDP sockets) ▸
+//! [`record`] (decode a ring record or a redirected frame) ▸ [`encode`]
+//! (the PutEvents entry) ▸ [`batch`] (the sink's request limits) ▸
+//! [`spool`] (on disk until the sink acknowledges) ▸ [`sink`] (stdout,
+//! EventBridge).
 //! [`control`] owns the pinned maps that `udp-agent ports`/`stats` change and
 //! read; [`hotplug`] keeps the program attached to interfaces that come and
 //! go; [`metrics`] serves them all to Prometheus; [`pipeline`] wires the
 //! stages together for `udp-agent run`, configured by [`cli`] (and
 //! [`config_file`]) and logging through [`logging`].
 
+pub mod afxdp;
 pub mod batch;
 pub mod capture;
 pub mod cli;

@@ -33,9 +33,10 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 use tracing::{info, warn};
-use udp_ebpf_common::Config;
+use udp_ebpf_common::{CONFIG_AFXDP, Config};
 
 use crate::{
+    afxdp::{self, CapturePath},
     capture,
     cli::RunArgs,
     clock::WallClock,
@@ -135,6 +136,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut control = Control::take_and_pin(&mut ebpf, &pin_dir)?;
     control.set_config(Config {
         snaplen: args.snaplen,
+        flags: if args.capture_path == CapturePath::Ringbuf {
+            0
+        } else {
+            CONFIG_AFXDP
+        },
         ..Config::default()
     })?;
     firewall.apply(&mut control)?;
@@ -143,8 +149,25 @@ pub async fn run(args: RunArgs) -> Result<()> {
         _ => bail!("the eBPF object has no EVENTS ring buffer"),
     };
 
-    let mut encoder = Encoder::new(&args.source, &args.detail_type, event_bus, WallClock::now());
-    encoder.set_packing(args.pack_settings());
+    // The AF_XDP sockets' own capture loop, fed the sockets of each
+    // interface as the watcher attaches to it.
+    let (xsk_tx, xsk_rx) = mpsc::unbounded_channel();
+    let mut sockets = match args.capture_path {
+        CapturePath::Ringbuf => None,
+        path => Some(afxdp::Sockets::new(
+            &mut ebpf,
+            path,
+            args.xsk_frames,
+            xsk_tx,
+        )?),
+    };
+    let new_encoder = || {
+        let mut e = Encoder::new(&args.source, &args.detail_type, event_bus, WallClock::now());
+        e.set_packing(args.pack_settings());
+        e
+    };
+    let mut encoder = new_encoder();
+    let mut xsk_encoder = new_encoder();
     let (batch_tx, batch_rx) =
         mpsc::channel::<Vec<Entry>>(handoff::queue_batches(args.queue_capacity, limits));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -154,6 +177,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut watcher = Watcher::new(&args.ifaces, args.xdp_mode, interfaces.clone());
     for (ifindex, name) in watcher.start(&mut ebpf, args.wait_for_iface)? {
         encoder.name_interface(ifindex, &name);
+        xsk_encoder.name_interface(ifindex, &name);
+    }
+    if let Some(s) = &mut sockets
+        && let Err(e) = s.sync(&interfaces.snapshot())
+    {
+        watcher.detach_all(&mut ebpf);
+        return Err(e.context(
+            "--capture-path afxdp: AF_XDP sockets could not be opened (use --capture-path auto or ringbuf to run without them)",
+        ));
     }
     let control = Arc::new(Mutex::new(control));
     let metrics_server = metrics_listener.map(|listener| {
@@ -182,12 +214,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let handoff = Handoff::new(
         encoder,
-        batch_tx,
+        batch_tx.clone(),
         limits,
         Duration::from_millis(args.batch_linger_ms),
         stats.clone(),
     );
     let mut capture = tokio::spawn(capture::run(ring, handoff, stats.clone(), stop_rx.clone()));
+    let mut xsk_capture = sockets.is_some().then(|| {
+        let handoff = Handoff::new(
+            xsk_encoder,
+            batch_tx,
+            limits,
+            Duration::from_millis(args.batch_linger_ms),
+            stats.clone(),
+        );
+        tokio::spawn(afxdp::run(xsk_rx, handoff, stats.clone(), stop_rx.clone()))
+    });
     let mut delivery = deliver(spool, sink, batch_rx, stop_rx.clone())?;
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -210,7 +252,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 sink_result = Some(r);
                 break;
             }
-            _ = interface_poll.tick() => watcher.poll(&mut ebpf),
+            _ = interface_poll.tick() => {
+                watcher.poll(&mut ebpf);
+                if let Some(s) = &mut sockets {
+                    // Failures are logged; the interface keeps the ring.
+                    let _ = s.sync(&interfaces.snapshot());
+                }
+            }
         }
     }
 
@@ -232,6 +280,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
             capture.abort();
         }
     }
+    let mut xsk_totals = None;
+    if let Some(task) = &mut xsk_capture {
+        match tokio::time::timeout(drain_timeout, &mut *task).await {
+            Ok(joined) => {
+                xsk_totals = Some(
+                    joined
+                        .context("AF_XDP capture task")?
+                        .context("reading the AF_XDP sockets")?,
+                )
+            }
+            Err(_) => task.abort(),
+        }
+    }
     let sink_result = match sink_result {
         Some(r) => r,
         None => delivery.await,
@@ -246,6 +307,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         &*sink_stats,
         spool_stats.as_deref(),
     );
+    if let Some(t) = xsk_totals {
+        info!("af_xdp counters: {}", t.line());
+        for socket in &t.sockets {
+            info!("af_xdp socket: {socket}");
+        }
+    }
     sink_result.context("the delivery thread ended without a result")??;
     Ok(())
 }

@@ -1,4 +1,6 @@
-//! Decoding of ring buffer records written by the XDP program.
+//! Decoding of what the XDP program hands over: ring buffer records, and
+//! frames it redirected to an AF_XDP socket ([`decode_frame`]). Both become
+//! the same [`PacketView`], so everything after capture is shared.
 //!
 //! A record is a [`RecordHeader`] followed by `cap_len` payload bytes, then
 //! padding up to its size class (`udp_ebpf_common::RECORD_CLASSES`: the ring
@@ -11,7 +13,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use thiserror::Error;
 use udp_ebpf_common::{
-    Encoding, IP_V4, IP_V6, RECORD_COARSE_TIME, RECORD_HEADER_LEN, RecordHeader,
+    Encoding, IP_V4, IP_V6, RECORD_COARSE_TIME, RECORD_HEADER_LEN, RecordHeader, XSK_STAMP_LEN,
+    XSK_STAMP_MAGIC, XskStamp,
+    parse::{Outcome, parse_frame, read_addresses},
 };
 
 /// A captured datagram, owned, as the agent's later stages see it.
@@ -133,6 +137,10 @@ pub enum DecodeError {
     CapturedMoreThanWire { cap_len: u32, wire_len: u32 },
     #[error("record has IP version {0}")]
     IpVersion(u8),
+    #[error("AF_XDP frame of {0} bytes without the program's stamp")]
+    Unstamped(usize),
+    #[error("AF_XDP frame is not a whole UDP datagram ({0:?})")]
+    NotADatagram(Outcome),
 }
 
 /// Reads the fixed header at the start of `bytes`.
@@ -167,14 +175,7 @@ pub fn decode_view(bytes: &[u8]) -> Result<PacketView<'_>, DecodeError> {
             wire_len: h.wire_len,
         });
     }
-    let (src, dst) = match h.ip_version {
-        IP_V4 => (v4(&h.src_addr), v4(&h.dst_addr)),
-        IP_V6 => (
-            IpAddr::V6(Ipv6Addr::from(h.src_addr)),
-            IpAddr::V6(Ipv6Addr::from(h.dst_addr)),
-        ),
-        other => return Err(DecodeError::IpVersion(other)),
-    };
+    let (src, dst) = addresses(h.ip_version, &h.src_addr, &h.dst_addr)?;
     Ok(PacketView {
         timestamp_ns: h.timestamp_ns,
         ifindex: h.ifindex,
@@ -189,8 +190,83 @@ pub fn decode_view(bytes: &[u8]) -> Result<PacketView<'_>, DecodeError> {
     })
 }
 
-fn v4(a: &[u8; 16]) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+/// Source and destination as the kernel lays them out: IPv4 in the first
+/// 4 of 16 bytes.
+fn addresses(
+    ip_version: u8,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+) -> Result<(IpAddr, IpAddr), DecodeError> {
+    let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
+    match ip_version {
+        IP_V4 => Ok((v4(src), v4(dst))),
+        IP_V6 => Ok((
+            IpAddr::V6(Ipv6Addr::from(*src)),
+            IpAddr::V6(Ipv6Addr::from(*dst)),
+        )),
+        other => Err(DecodeError::IpVersion(other)),
+    }
+}
+
+/// Decodes a frame the XDP program redirected to an AF_XDP socket bound
+/// to interface `ifindex`: the stamp it wrote over the Ethernet addresses
+/// ([`XskStamp`]) gives the capture time and how many payload bytes to
+/// take; the headers are parsed here with the parsers the program runs.
+/// The payload is borrowed from the frame.
+pub fn decode_frame(frame: &[u8], ifindex: u32) -> Result<PacketView<'_>, DecodeError> {
+    if frame.len() < XSK_STAMP_LEN {
+        return Err(DecodeError::Unstamped(frame.len()));
+    }
+    // SAFETY: at least XSK_STAMP_LEN readable bytes (checked); integers
+    // only, so any bit pattern is a value; read_unaligned for the frame's
+    // alignment.
+    let stamp = unsafe { std::ptr::read_unaligned(frame.as_ptr().cast::<XskStamp>()) };
+    if stamp.magic != XSK_STAMP_MAGIC {
+        return Err(DecodeError::Unstamped(frame.len()));
+    }
+    let start = frame.as_ptr() as usize;
+    let end = start + frame.len();
+    let meta = match parse_frame(start, end, frame.len()) {
+        Outcome::Udp(meta) => meta,
+        other => return Err(DecodeError::NotADatagram(other)),
+    };
+    let (src, dst) = read_addresses(start, end, &meta)
+        .ok_or(DecodeError::NotADatagram(Outcome::Malformed))
+        .and_then(|(s, d)| addresses(meta.ip_version, &s, &d))?;
+    let cap_len = u32::from(stamp.cap_len);
+    if cap_len > meta.payload_len {
+        return Err(DecodeError::CapturedMoreThanWire {
+            cap_len,
+            wire_len: meta.payload_len,
+        });
+    }
+    let from = meta.payload_offset as usize;
+    let Some(payload) = frame.get(from..from + cap_len as usize) else {
+        return Err(DecodeError::LengthMismatch {
+            cap_len,
+            actual: frame.len().saturating_sub(from),
+        });
+    };
+    Ok(PacketView {
+        timestamp_ns: stamp.timestamp_ns,
+        ifindex,
+        src,
+        dst,
+        src_port: meta.src_port,
+        dst_port: meta.dst_port,
+        wire_len: meta.payload_len,
+        payload,
+        coarse_time: stamp.flags & RECORD_COARSE_TIME != 0,
+        encoding: stamp.encoding(),
+    })
+}
+
+/// Writes `stamp` over the first bytes of `frame`, as the XDP program does
+/// before a redirect (for tests and benches).
+pub fn stamp_frame(frame: &mut [u8], stamp: XskStamp) {
+    assert!(frame.len() >= XSK_STAMP_LEN);
+    // SAFETY: XSK_STAMP_LEN writable bytes (asserted).
+    unsafe { std::ptr::write_unaligned(frame.as_mut_ptr().cast::<XskStamp>(), stamp) };
 }
 
 /// Serialises a header the way the kernel lays it out (for tests and benches).
@@ -273,6 +349,77 @@ mod tests {
         assert_eq!(p.src, "fd00::1".parse::<IpAddr>().unwrap());
         assert_eq!(p.dst, "fd00::2".parse::<IpAddr>().unwrap());
         assert_eq!(p.ip_version(), 6);
+    }
+
+    fn stamped(frame: &mut [u8], cap_len: u16, flags: u8) {
+        stamp_frame(
+            frame,
+            XskStamp {
+                timestamp_ns: 123_456_789,
+                cap_len,
+                flags,
+                magic: XSK_STAMP_MAGIC,
+            },
+        );
+    }
+
+    #[test]
+    fn a_stamped_frame_decodes_like_its_ring_record() {
+        use udp_ebpf_common::frame::FrameBuilder;
+        let mut frame = FrameBuilder::ipv4([198, 18, 0, 1], [198, 18, 0, 2])
+            .udp(40000, 514, b"abcde")
+            .build();
+        // The fixture's port encoding rides in the stamp's flags.
+        let encoding = decode_header(&FIXTURE).unwrap().encoding;
+        stamped(&mut frame, 3, XskStamp::encoding_flags(encoding));
+        let p = decode_frame(&frame, 7).unwrap();
+        // The fixture's record: 3 of 5 payload bytes, same addresses/ports,
+        // same encoding.
+        assert_eq!(p, decode_view(&FIXTURE).unwrap());
+        // IPv6, a coarse stamp, the whole payload.
+        let mut frame = FrameBuilder::ipv6(
+            "fd00::1".parse::<Ipv6Addr>().unwrap().octets(),
+            "fd00::2".parse::<Ipv6Addr>().unwrap().octets(),
+        )
+        .udp(1, 2, b"xyz")
+        .build();
+        stamped(&mut frame, 3, RECORD_COARSE_TIME);
+        let p = decode_frame(&frame, 1).unwrap();
+        assert_eq!(p.src, "fd00::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            (p.payload, p.coarse_time, p.wire_len),
+            (&b"xyz"[..], true, 3)
+        );
+    }
+
+    #[test]
+    fn frames_that_do_not_add_up_are_errors() {
+        use udp_ebpf_common::frame::FrameBuilder;
+        let good = FrameBuilder::ipv4([198, 18, 0, 1], [198, 18, 0, 2])
+            .udp(40000, 514, b"abcde")
+            .build();
+        // Not stamped: the Ethernet addresses as they came.
+        assert_eq!(
+            decode_frame(&good, 1),
+            Err(DecodeError::Unstamped(good.len()))
+        );
+        let mut f = good.clone();
+        stamped(&mut f, 6, 0);
+        assert_eq!(
+            decode_frame(&f, 1),
+            Err(DecodeError::CapturedMoreThanWire {
+                cap_len: 6,
+                wire_len: 5
+            })
+        );
+        let mut f = good.clone();
+        stamped(&mut f, 5, 0);
+        f.truncate(f.len() - 1);
+        assert_eq!(
+            decode_frame(&f, 1),
+            Err(DecodeError::NotADatagram(Outcome::Malformed))
+        );
+        assert_eq!(decode_frame(&f[..8], 1), Err(DecodeError::Unstamped(8)));
     }
 
     #[test]

@@ -991,3 +991,197 @@ fn per_source_limit_isolates_sources_and_global_cap_bounds_all() {
     assert_eq!(k.packets().len(), 2);
     assert_eq!(k.counter(counter::LIMITED_GLOBAL), 8);
 }
+
+// ---------------------------------------------------------------------------
+// AF_XDP: the redirect of consumed ports, and the per-CPU port counters
+// ---------------------------------------------------------------------------
+
+const XDP_REDIRECT: u32 = 4;
+
+/// Loopback's index: `BPF_PROG_TEST_RUN` runs frames as received on its
+/// queue 0.
+const LO: u32 = 1;
+
+/// The object with `CONFIG_AFXDP` set and the test port consumed, and an
+/// AF_XDP socket (copy mode) bound to loopback's queue 0 in `XSKS` slot 0.
+fn afxdp_kernel() -> Option<(Kernel, udp_ebpf_common::xsk::Socket)> {
+    use udp_ebpf_common::xsk::{Bind, Config as XskConfig, Socket};
+    let mut k = match skip_reason() {
+        Some(reason) => {
+            println!("SKIPPED: {reason}");
+            return None;
+        }
+        None => Kernel::load(1 << 20),
+    };
+    k.set_port(PortSettings {
+        action: Action::Drop,
+        ..PortSettings::default()
+    });
+    k.control
+        .set_config(Config {
+            flags: udp_ebpf_common::CONFIG_AFXDP,
+            ..Config::default()
+        })
+        .unwrap();
+    let socket = Socket::open(
+        LO,
+        0,
+        XskConfig {
+            frames: 64,
+            bind: Bind::Copy,
+        },
+    )
+    .expect("an AF_XDP socket on lo (CONFIG_XDP_SOCKETS)");
+    let mut xsks: aya::maps::XskMap<_> =
+        aya::maps::XskMap::try_from(k.ebpf.map_mut("XSKS").unwrap()).unwrap();
+    xsks.set(0, socket.as_raw_fd(), 0).unwrap();
+    Some((k, socket))
+}
+
+impl Kernel {
+    /// Points interface `ifindex` at `XSKS` slot `base` (or, with `None`,
+    /// removes it).
+    fn xsk_iface(&mut self, ifindex: u32, base: Option<u32>) {
+        let mut ifaces: aya::maps::HashMap<_, u32, u32> =
+            aya::maps::HashMap::try_from(self.ebpf.map_mut("XSK_IFACES").unwrap()).unwrap();
+        match base {
+            Some(b) => ifaces.insert(ifindex, b, 0).unwrap(),
+            None => ifaces.remove(&ifindex).unwrap(),
+        }
+    }
+
+    /// Runs one frame and returns the action and the frame as the program
+    /// left it.
+    fn action_and_frame(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let prog = loader::program(&mut self.ebpf);
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+}
+
+#[test]
+fn consumed_ports_are_redirected_to_the_socket_of_their_queue_stamped_and_counted() {
+    let Some((mut k, _socket)) = afxdp_kernel() else {
+        return;
+    };
+    let sent = payload(1472);
+    let frame = v4(&sent).build();
+    // No socket registered for the interface yet: the ring, as before.
+    assert_eq!(k.action(&frame), XDP_DROP);
+    assert_eq!(k.packets().len(), 1);
+    k.assert_counters(&[("seen", 1), ("captured", 1), ("consumed", 1)]);
+
+    k.xsk_iface(LO, Some(0));
+    let (action, out) = k.action_and_frame(&frame);
+    assert_eq!(action, XDP_REDIRECT, "a consumed port with a socket");
+    assert!(k.raw_records().is_empty(), "no ring record for a redirect");
+    k.assert_counters(&[
+        ("seen", 2),
+        ("captured", 2),
+        ("consumed", 2),
+        ("redirected", 1),
+    ]);
+    // What the agent reads from the socket: the frame, its Ethernet
+    // addresses replaced by the stamp, decoding to the ring's packet.
+    let before = clock::monotonic_ns();
+    let p = record::decode_frame(&out, 7)
+        .expect("a stamped frame")
+        .to_packet();
+    assert_v4_packet(&p, &sent);
+    assert_eq!(p.ifindex, 7);
+    assert!(p.timestamp_ns <= before + clock::coarse_tick_ns());
+    assert_eq!(out[12..], frame[12..], "only the addresses change");
+
+    // Snap length: the stamp says how much to take, and it is counted.
+    k.control
+        .set_config(Config {
+            snaplen: 100,
+            flags: udp_ebpf_common::CONFIG_AFXDP,
+            ..Config::default()
+        })
+        .unwrap();
+    let (action, out) = k.action_and_frame(&frame);
+    assert_eq!(action, XDP_REDIRECT);
+    let p = record::decode_frame(&out, 7).unwrap();
+    assert_eq!((p.payload, p.wire_len), (&sent[..100], 1472));
+    assert_eq!(k.counter(counter::TRUNCATED), 1);
+    k.control
+        .set_config(Config {
+            flags: udp_ebpf_common::CONFIG_AFXDP,
+            ..Config::default()
+        })
+        .unwrap();
+
+    // An observed port never leaves the host's path.
+    k.set_port(PortSettings::default());
+    assert_eq!(k.action(&frame), XDP_PASS);
+    assert_eq!(k.packets().len(), 1);
+    // Without CONFIG_AFXDP (--capture-path ringbuf) consumed ports use the ring.
+    k.set_port(PortSettings {
+        action: Action::Drop,
+        ..PortSettings::default()
+    });
+    k.set_snaplen(MAX_CAPTURE);
+    assert_eq!(k.action(&frame), XDP_DROP);
+    assert_eq!(k.packets().len(), 1);
+    // Deregistered (the interface went away): the ring again.
+    k.control
+        .set_config(Config {
+            flags: udp_ebpf_common::CONFIG_AFXDP,
+            ..Config::default()
+        })
+        .unwrap();
+    k.xsk_iface(LO, None);
+    assert_eq!(k.action(&frame), XDP_DROP);
+    assert_eq!(k.packets().len(), 1);
+    k.assert_counters(&[
+        ("seen", 6),
+        ("captured", 6),
+        ("consumed", 5),
+        ("redirected", 2),
+        ("truncated", 1),
+    ]);
+    assert_eq!(k.control.port_captured(PORT).unwrap(), 6);
+}
+
+#[test]
+fn a_registered_interface_with_an_empty_slot_takes_the_ring() {
+    let Some((mut k, _socket)) = afxdp_kernel() else {
+        return;
+    };
+    // Slot 64 (another interface's base) has no socket.
+    k.xsk_iface(LO, Some(64));
+    let sent = payload(64);
+    assert_eq!(k.action(&v4(&sent).build()), XDP_DROP);
+    let packets = k.packets();
+    assert_eq!(packets.len(), 1);
+    assert_v4_packet(&packets[0], &sent);
+    k.assert_counters(&[("seen", 1), ("captured", 1), ("consumed", 1)]);
+}
+
+#[test]
+fn port_captured_counts_are_kept_per_cpu_and_summed() {
+    let mut k = kernel_or_skip!();
+    let frame = v4(b"per cpu").build();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runs = [3usize, 5];
+    for (i, n) in runs.iter().enumerate() {
+        pin_to_cpu(i % cpus);
+        for _ in 0..*n {
+            k.run(&frame);
+        }
+    }
+    assert_eq!(k.control.port_captured(PORT).unwrap(), 8);
+    let busiest = k.control.busiest_ports(5).unwrap();
+    assert_eq!(busiest.len(), 1);
+    assert_eq!((busiest[0].port, busiest[0].captured), (PORT, 8));
+    assert_eq!(k.control.port_captured(PORT + 1).unwrap(), 0);
+}

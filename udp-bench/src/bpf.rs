@@ -12,6 +12,11 @@ use std::{
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_LINK_CREATE: libc::c_long = 28;
+/// `enum bpf_attach_type`'s BPF_XDP.
+const BPF_XDP: u32 = 37;
+/// `XDP_FLAGS_DRV_MODE`: native mode.
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 /// The program may see multi-buffer frames (`xdp.frags`): the real program
 /// is loaded with it, so the floor is too, and both accept jumbo frames.
@@ -19,6 +24,7 @@ const BPF_F_XDP_HAS_FRAGS: u32 = 1 << 5;
 /// `BPF_PROG_TEST_RUN` sends the frames its program returns XDP_TX or
 /// XDP_REDIRECT for (Linux 5.18).
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+const XDP_DROP: i32 = 1;
 const XDP_PASS: i32 = 2;
 const XDP_TX: i32 = 3;
 
@@ -95,6 +101,39 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
 /// that every measured program is compared with.
 pub fn load_xdp_pass() -> io::Result<OwnedFd> {
     load_return(XDP_PASS, b"xdp_floor", BPF_F_XDP_HAS_FRAGS)
+}
+
+/// Loads `r0 = XDP_DROP; exit`: attached to the receiving interface, the
+/// baseline of the CPU-per-packet rows (each frame delivered to XDP and
+/// freed at once, nothing else done with it).
+pub fn load_xdp_drop() -> io::Result<OwnedFd> {
+    load_return(XDP_DROP, b"xdp_baseline", BPF_F_XDP_HAS_FRAGS)
+}
+
+/// The `BPF_LINK_CREATE` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+    _rest: [u64; 4],
+}
+
+/// Attaches XDP program `prog` to interface `ifindex` in native mode; it
+/// stays attached while the returned link is open.
+pub fn attach_native(prog: BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_ifindex: ifindex,
+        attach_type: BPF_XDP,
+        flags: XDP_FLAGS_DRV_MODE,
+        ..Default::default()
+    };
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: BPF_LINK_CREATE returned a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Loads `r0 = XDP_TX; exit`: run over live frames received "on" an
@@ -280,7 +319,8 @@ pub struct TestRun {
     pub cpu_ns: f64,
 }
 
-fn thread_cpu_ns() -> u64 {
+/// CPU time of the calling thread, in nanoseconds.
+pub fn thread_cpu_ns() -> u64 {
     // SAFETY: an all-zero timespec is valid; clock_gettime fills it.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: valid clock id and out-pointer.
@@ -324,8 +364,10 @@ struct XdpMd {
 /// [`load_xdp_tx`], the kernel transmits each copy out of that interface
 /// (in batches of 64, and runs the receiving side's softirq work between
 /// batches on this CPU). Frames the interface could not take are not
-/// reported here; the receiver's counters tell.
-pub fn test_run_live(fd: RawFd, frame: &[u8], ifindex: u32, repeat: u32) -> io::Result<()> {
+/// reported here; the receiver's counters tell. With a program that
+/// redirects, each frame goes where it redirects it (an AF_XDP socket of
+/// `ifindex`'s queue 0, say).
+pub fn test_run_live(fd: RawFd, frame: &[u8], ifindex: u32, repeat: u32) -> io::Result<TestRun> {
     let mut ctx = XdpMd {
         data_end: frame.len() as u32,
         ingress_ifindex: ifindex,
@@ -341,8 +383,14 @@ pub fn test_run_live(fd: RawFd, frame: &[u8], ifindex: u32, repeat: u32) -> io::
         flags: BPF_F_TEST_XDP_LIVE_FRAMES,
         ..Default::default()
     };
+    let cpu_start = thread_cpu_ns();
     bpf(BPF_PROG_TEST_RUN, &mut attr)?;
-    Ok(())
+    let cpu = thread_cpu_ns() - cpu_start;
+    Ok(TestRun {
+        retval: attr.retval,
+        kernel_ns: attr.duration,
+        cpu_ns: cpu as f64 / f64::from(repeat.max(1)),
+    })
 }
 
 #[cfg(test)]

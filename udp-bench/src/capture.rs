@@ -101,9 +101,10 @@ impl Settings {
     }
 }
 
-const ALL: [Contender; 4] = [
+const ALL: [Contender; 5] = [
     Contender::Agent,
     Contender::AgentDrop,
+    Contender::AgentXsk,
     Contender::Tcpdump,
     Contender::Socket,
 ];
@@ -113,11 +114,15 @@ const ALL: [Contender; 4] = [
 /// socket on the port, answers each one with an ICMP port unreachable) —
 /// compared with tcpdump, the other observer — and as the port's consumer
 /// (`--action drop`: nothing after XDP) — compared with the UDP socket, the
-/// other consumer.
+/// other consumer; as the consumer twice, through the ring buffer and
+/// through AF_XDP sockets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Contender {
     Agent,
     AgentDrop,
+    /// `--action drop --capture-path afxdp`: the consumed port's frames
+    /// redirected to the agent's AF_XDP socket (copy mode on veth).
+    AgentXsk,
     Tcpdump,
     Socket,
     /// tcpdump while the agent's program is attached to the same veth in
@@ -131,7 +136,10 @@ impl Contender {
         match self {
             Contender::Agent => "udp-agent (XDP native → JSON → stdout sink to /dev/null)",
             Contender::AgentDrop => {
-                "udp-agent --action drop (as above; the packet is consumed by XDP)"
+                "udp-agent --action drop --capture-path ringbuf (as above; the packet is consumed by XDP)"
+            }
+            Contender::AgentXsk => {
+                "udp-agent --action drop --capture-path afxdp (the frame redirected to an AF_XDP socket, copy mode)"
             }
             Contender::Tcpdump => "tcpdump -w /dev/null (-B 8192, port filter)",
             Contender::Socket => "UDP socket + recvmmsg (8 MiB SO_RCVBUF)",
@@ -141,26 +149,30 @@ impl Contender {
         }
     }
 
-    fn short(self) -> &'static str {
+    pub fn short(self) -> &'static str {
         match self {
             Contender::Agent => "udp-agent",
             Contender::AgentDrop => "udp-agent --action drop",
+            Contender::AgentXsk => "udp-agent AF_XDP",
             Contender::Tcpdump => "tcpdump",
             Contender::Socket => "UDP socket",
             Contender::TcpdumpXdp => "tcpdump+xdp",
         }
     }
 
-    fn is_agent(self) -> bool {
-        matches!(self, Contender::Agent | Contender::AgentDrop)
+    pub fn is_agent(self) -> bool {
+        matches!(
+            self,
+            Contender::Agent | Contender::AgentDrop | Contender::AgentXsk
+        )
     }
 
     /// The peer an agent mode is compared with: the one that does the same
     /// to the packet (observe it, or consume it).
-    fn peer(self) -> Option<Contender> {
+    pub fn peer(self) -> Option<Contender> {
         match self {
             Contender::Agent => Some(Contender::Tcpdump),
-            Contender::AgentDrop => Some(Contender::Socket),
+            Contender::AgentDrop | Contender::AgentXsk => Some(Contender::Socket),
             _ => None,
         }
     }
@@ -279,11 +291,11 @@ fn measure(
     let ns = env.ns;
     let mut losses = BTreeMap::new();
     let (sent, delivered, rss, cpu_s, counters, sys0) = match who {
-        Contender::Agent | Contender::AgentDrop => {
-            let flags: &[&str] = if who == Contender::AgentDrop {
-                &["--action", "drop"]
-            } else {
-                &[]
+        Contender::Agent | Contender::AgentDrop | Contender::AgentXsk => {
+            let flags: &[&str] = match who {
+                Contender::AgentDrop => &["--action", "drop", "--capture-path", "ringbuf"],
+                Contender::AgentXsk => &["--action", "drop", "--capture-path", "afxdp"],
+                _ => &[],
             };
             let agent = Agent::start_with(env.agent, &ns.host_if, PORT, &Sink::Null, flags)?;
             let sys0 = system_drops(ns);
@@ -295,6 +307,7 @@ fn measure(
             let seen = c.k("captured") + c.k("ring_full");
             losses.insert("before XDP".to_string(), sent.packets.saturating_sub(seen));
             losses.insert("kernel ring full".to_string(), c.k("ring_full"));
+            losses.insert("AF_XDP socket full".to_string(), c.x("lost"));
             losses.insert("sink queue full".to_string(), c.p("queue_drops"));
             losses.insert(
                 "encode/sink".to_string(),
@@ -417,7 +430,7 @@ fn measure(
 }
 
 /// One paced step: `rate` for `secs`.
-fn step(env: &Env, who: Contender, frame: &[u8], rate: u64, secs: Duration) -> Result<Step> {
+pub fn step(env: &Env, who: Contender, frame: &[u8], rate: u64, secs: Duration) -> Result<Step> {
     let count = ((rate as f64 * secs.as_secs_f64()) as u64).max(1);
     let payload = frame.len() - traffic::HEADERS;
     measure(env, who, payload, &|| {
@@ -701,6 +714,10 @@ fn rows(searches: &[Search], floods: &[Flood]) -> Vec<Row> {
                 row.target = Some("≥ 400,000 pps and ≥ tcpdump".into());
                 row.met = Some(o >= 400_000.0 && o >= peer.lossless_pps.unwrap_or(0.0));
             }
+            if ours.contender == Contender::AgentXsk {
+                row.target = Some("≥ 1.0× the UDP socket".into());
+                row.met = row.ratio.map(|r| r >= 1.0);
+            }
             rows.push(row);
         }
     }
@@ -888,6 +905,8 @@ mod tests {
                 packets: 1,
                 secs: 1.0,
                 pps,
+                cpu_s: 0.0,
+                softirqd_cpu_s: 0.0,
             },
             delivered: 1,
             lost: 0,

@@ -65,6 +65,8 @@ pub struct AgentCounters {
     pub kernel: BTreeMap<String, u64>,
     pub pipeline: BTreeMap<String, u64>,
     pub eventbridge: BTreeMap<String, u64>,
+    /// `af_xdp counters:` (with `--capture-path afxdp`): `received`, `lost`.
+    pub xsk: BTreeMap<String, u64>,
     pub max_rss_kib: u64,
     /// CPU seconds the agent process used over its whole life.
     pub cpu_s: f64,
@@ -78,6 +80,10 @@ impl AgentCounters {
 
     pub fn p(&self, name: &str) -> u64 {
         self.pipeline.get(name).copied().unwrap_or(0)
+    }
+
+    pub fn x(&self, name: &str) -> u64 {
+        self.xsk.get(name).copied().unwrap_or(0)
     }
 }
 
@@ -191,6 +197,7 @@ impl Agent {
             kernel,
             pipeline,
             eventbridge: counters_line(&exit.stderr, "sink counters:").unwrap_or_default(),
+            xsk: counters_line(&exit.stderr, "af_xdp counters:").unwrap_or_default(),
             max_rss_kib: exit.max_rss_kib,
             cpu_s: exit.cpu_s,
             exit_code: exit.code,

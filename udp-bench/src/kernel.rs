@@ -16,6 +16,13 @@
 //! the floor measured with one long call plus what the program adds over
 //! the floor in identical calls: `floor_long + (program − floor)`.
 //!
+//! A consumed port's capture is also measured both ways it can leave the
+//! program ([`redirect_vs_ring`]): written to the ring, or redirected to an
+//! AF_XDP socket. Only live frames (`BPF_F_TEST_XDP_LIVE_FRAMES`) carry a
+//! redirect through (the copy into the socket's UMEM happens after the
+//! program returns), so this pair is timed that way, against an XDP_DROP
+//! program run the same way.
+//!
 //! Each captured case also runs the ring path alone
 //! ([`bpf::load_ring_path`]: reserve the same record, copy the payload with
 //! `bpf_xdp_load_bytes`, submit), interleaved with the other two and
@@ -34,8 +41,11 @@ use aya::{
 };
 use serde::Serialize;
 use udp_ebpf_common::{
-    Config, DEFAULT_RING_BYTES, MAX_CAPTURE, PortRule, RECORD_HEADER_LEN, counter,
-    frame::FrameBuilder, record_room, ring_slot_bytes,
+    CONFIG_AFXDP, Config, DEFAULT_RING_BYTES, MAX_CAPTURE, PORT_DROP, PortRule, RECORD_HEADER_LEN,
+    counter,
+    frame::FrameBuilder,
+    record_room, ring_slot_bytes,
+    xsk::{self, Socket},
 };
 
 use crate::{
@@ -203,6 +213,7 @@ pub struct KernelResults {
     pub cpu: usize,
     pub method: &'static str,
     pub cases: Vec<CaseResult>,
+    pub redirect: Option<RedirectResult>,
 }
 
 struct Loaded {
@@ -273,7 +284,18 @@ pub fn run(object: &Path, s: &Settings) -> Result<(KernelResults, Vec<Row>)> {
     // Every run of every program on the same CPU.
     let cpu = sut_cpu();
     let cases = with_cpu(cpu, || measure(&mut k, fd, floor.as_raw_fd(), s))?;
-    let rows = rows(&cases);
+    let mut rows = rows(&cases);
+    let redirect = if s
+        .only
+        .as_ref()
+        .is_none_or(|o| "redirect".contains(o.as_str()))
+    {
+        let (r, row) = with_cpu(cpu, || redirect_vs_ring(object, s))?;
+        rows.push(row);
+        Some(r)
+    } else {
+        None
+    };
     Ok((
         KernelResults {
             object: object.display().to_string(),
@@ -281,9 +303,165 @@ pub fn run(object: &Path, s: &Settings) -> Result<(KernelResults, Vec<Row>)> {
             cpu,
             method: "BPF_PROG_TEST_RUN via bpf(2) on one pinned CPU; ns/packet = CPU time of the calling thread during the call / repeat (wall time is inflated whenever other work preempts the pinned CPU); floor = `r0 = XDP_PASS; exit` loaded with BPF_F_XDP_HAS_FRAGS; ring path (captured cases) = reserve the same record, bpf_xdp_load_bytes the payload into it, submit, return XDP_PASS",
             cases,
+            redirect,
         },
         rows,
     ))
+}
+
+/// Loopback: live frames run as received on its queue 0.
+const LO: u32 = 1;
+
+/// A consumed port's 1,472-byte capture, each way out of the program.
+#[derive(Debug, Serialize)]
+pub struct RedirectResult {
+    pub frame_bytes: usize,
+    pub frames_per_call: u32,
+    /// ns per frame, live frames: XDP_DROP and nothing else.
+    pub floor_ns: Summary,
+    /// The program writing the ring record, then XDP_DROP.
+    pub ring_ns: Summary,
+    /// The program redirecting to an AF_XDP socket (copy mode), the copy
+    /// into its UMEM included.
+    pub redirect_ns: Summary,
+    pub ring_over_floor_ns: Summary,
+    pub redirect_over_floor_ns: Summary,
+}
+
+/// The program's two ways out for a consumed port, timed with live frames
+/// on loopback's queue 0, where an AF_XDP socket (copy mode) is bound:
+/// `CONFIG_AFXDP` clear (the ring) or set (the redirect), interleaved with
+/// an XDP_DROP floor. Each call's frames fit both the ring and the
+/// socket, which are drained, untimed, between calls; every frame must
+/// arrive where it was sent.
+fn redirect_vs_ring(object: &Path, s: &Settings) -> Result<(RedirectResult, Row)> {
+    let mut k = Loaded::load(object, s.ring_bytes)?;
+    let mut ports: Array<_, PortRule> = Array::try_from(k.ebpf.map_mut("PORTS").context("PORTS")?)?;
+    let mut rule = PortRule::enabled();
+    rule.flags |= PORT_DROP;
+    ports.set(u32::from(PORT), rule, 0)?;
+    const FRAMES: u32 = 4096;
+    let mut socket = Socket::open(
+        LO,
+        0,
+        xsk::Config {
+            frames: FRAMES,
+            bind: xsk::Bind::Copy,
+        },
+    )
+    .context("an AF_XDP socket on lo (needs CONFIG_XDP_SOCKETS)")?;
+    aya::maps::XskMap::try_from(k.ebpf.map_mut("XSKS").context("XSKS")?)?.set(
+        0,
+        socket.as_raw_fd(),
+        0,
+    )?;
+    aya::maps::HashMap::<_, u32, u32>::try_from(
+        k.ebpf.map_mut("XSK_IFACES").context("XSK_IFACES")?,
+    )?
+    .insert(LO, 0, 0)?;
+    let set_flags = |k: &mut Loaded, flags: u32| -> Result<()> {
+        let mut config: Array<_, Config> =
+            Array::try_from(k.ebpf.map_mut("CONFIG").context("CONFIG")?)?;
+        config.set(
+            0,
+            Config {
+                flags,
+                ..Config::default()
+            },
+            0,
+        )?;
+        Ok(())
+    };
+    let floor = bpf::load_xdp_drop().context("loading the XDP_DROP floor")?;
+    let fd = k.fd()?;
+    let frame = FrameBuilder::ipv4(SRC4, DST4)
+        .udp(40000, PORT, &payload(1472))
+        .build();
+    let per_call = FRAMES / 2;
+    let mut descs = Vec::new();
+    let mut drain_socket = |socket: &mut Socket| {
+        let mut n = 0;
+        while socket.peek(&mut descs, 256) > 0 {
+            n += descs.len();
+            socket.release(descs.len());
+        }
+        n as u64
+    };
+    // Warm: JIT images, pages, the socket's first frames.
+    for flags in [0, CONFIG_AFXDP] {
+        set_flags(&mut k, flags)?;
+        bpf::test_run_live(fd, &frame, LO, 256)?;
+        drain(&mut k);
+        drain_socket(&mut socket);
+    }
+    let (mut floor_ns, mut ring_ns, mut redirect_ns) = (Vec::new(), Vec::new(), Vec::new());
+    let runs = s.runs.max(3);
+    for i in 0..runs {
+        check_interrupted()?;
+        for j in 0..3 {
+            match (i + j) % 3 {
+                0 => floor_ns
+                    .push(bpf::test_run_live(floor.as_raw_fd(), &frame, LO, per_call)?.cpu_ns),
+                1 => {
+                    set_flags(&mut k, 0)?;
+                    ring_ns.push(bpf::test_run_live(fd, &frame, LO, per_call)?.cpu_ns);
+                    let (n, _) = drain(&mut k);
+                    ensure!(
+                        n == u64::from(per_call),
+                        "ring path: {n} records for {per_call} frames"
+                    );
+                }
+                _ => {
+                    set_flags(&mut k, CONFIG_AFXDP)?;
+                    redirect_ns.push(bpf::test_run_live(fd, &frame, LO, per_call)?.cpu_ns);
+                    let n = drain_socket(&mut socket);
+                    let lost = socket.statistics()?.lost();
+                    ensure!(
+                        n == u64::from(per_call) && lost == 0,
+                        "AF_XDP: the socket received {n} of {per_call} frames ({lost} lost)"
+                    );
+                }
+            }
+        }
+    }
+    let over = |v: &[f64]| -> Vec<f64> { v.iter().zip(&floor_ns).map(|(x, f)| x - f).collect() };
+    let r = RedirectResult {
+        frame_bytes: frame.len(),
+        frames_per_call: per_call,
+        ring_over_floor_ns: Summary::of(&over(&ring_ns)),
+        redirect_over_floor_ns: Summary::of(&over(&redirect_ns)),
+        floor_ns: Summary::of(&floor_ns),
+        ring_ns: Summary::of(&ring_ns),
+        redirect_ns: Summary::of(&redirect_ns),
+    };
+    eprintln!(
+        "bench: kernel: consumed 1,472 B, live frames: ring {:.1} ns, AF_XDP redirect {:.1} ns, XDP_DROP floor {:.1} ns",
+        r.ring_ns.median, r.redirect_ns.median, r.floor_ns.median
+    );
+    let mut row = Row::new(
+        1,
+        "kernel: consumed port, 1,472 B payload: AF_XDP redirect vs the ring path (live frames, over an XDP_DROP floor)",
+        "ns/packet",
+    );
+    row.ours = format!(
+        "redirect {:.1} ns over the floor (±{:.0}%)",
+        r.redirect_over_floor_ns.median,
+        r.redirect_over_floor_ns.spread_pct()
+    );
+    row.peer = format!(
+        "ring {:.1} ns over the floor (±{:.0}%)",
+        r.ring_over_floor_ns.median,
+        r.ring_over_floor_ns.spread_pct()
+    );
+    row.ours_value = Some(r.redirect_over_floor_ns.median);
+    row.peer_value = Some(r.ring_over_floor_ns.median);
+    row.ratio = Some(r.redirect_over_floor_ns.median / r.ring_over_floor_ns.median);
+    row.ratio_note = "lower is better".into();
+    row.note = format!(
+        "per frame with the live-frames run itself: redirect {:.1} ns, ring {:.1} ns, floor {:.1} ns; the redirect includes the copy into the socket's UMEM (copy mode; zero-copy drivers skip it)",
+        r.redirect_ns.median, r.ring_ns.median, r.floor_ns.median
+    );
+    Ok((r, row))
 }
 
 /// Program ns, floor ns, their ratio, and the kernel's own figures, run by

@@ -19,6 +19,7 @@
 mod bpf;
 mod capture;
 mod contenders;
+mod cpu;
 mod endpoint;
 mod forward;
 mod kernel;
@@ -148,15 +149,16 @@ struct AllArgs {
     /// Scratch directory (trafgen configurations).
     #[arg(long, default_value = "/tmp")]
     workdir: PathBuf,
-    /// Scenarios to run (default: all): kernel, capture, forward, memory.
+    /// Scenarios to run (default: all): kernel, capture, cpu, forward,
+    /// memory.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Extra flags for every `udp-agent run` (experiments), e.g.
     /// `--agent-arg=--max-in-flight=32`.
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     agent_args: Vec<String>,
-    /// Scenario 2 contenders (default: all): agent, agent-drop, tcpdump,
-    /// socket.
+    /// Scenario 2 contenders (default: all): agent, agent-drop, agent-xsk,
+    /// tcpdump, socket.
     #[arg(long, value_delimiter = ',')]
     contenders: Vec<String>,
     /// The sender of scenarios 2 and 4: `live` (XDP frames, the default) or
@@ -254,6 +256,7 @@ fn parse_contenders(names: &[String]) -> Result<Vec<capture::Contender>> {
         .map(|c| match c.as_str() {
             "agent" => Ok(capture::Contender::Agent),
             "agent-drop" => Ok(capture::Contender::AgentDrop),
+            "agent-xsk" => Ok(capture::Contender::AgentXsk),
             "tcpdump" => Ok(capture::Contender::Tcpdump),
             "socket" => Ok(capture::Contender::Socket),
             "tcpdump-xdp" => Ok(capture::Contender::TcpdumpXdp),
@@ -336,6 +339,7 @@ fn all(a: &AllArgs) -> Result<()> {
         rows: Vec::new(),
         kernel: serde_json::Value::Null,
         capture: serde_json::Value::Null,
+        cpu: serde_json::Value::Null,
         forward: serde_json::Value::Null,
         memory: serde_json::Value::Null,
         skipped: Vec::new(),
@@ -357,7 +361,7 @@ fn all(a: &AllArgs) -> Result<()> {
         }
     }
 
-    let net = wanted("capture") || wanted("forward") || wanted("memory");
+    let net = wanted("capture") || wanted("cpu") || wanted("forward") || wanted("memory");
     let tools_missing: Vec<&str> = ["trafgen", "tcpdump", "ip"]
         .into_iter()
         .filter(|t| !have(t))
@@ -429,6 +433,30 @@ fn all(a: &AllArgs) -> Result<()> {
                     proc::check_interrupted()?;
                     eprintln!("bench: scenario 2 failed: {e:#}");
                     failed.push(format!("capture: {e:#}"));
+                }
+            }
+        }
+        if wanted("cpu") {
+            let rig = prepare_rig();
+            cenv.sender = rig.sender;
+            let mut s = cpu::Settings::new(a.quick);
+            if !a.contenders.is_empty() {
+                s.contenders = parse_contenders(&a.contenders)?;
+            }
+            eprintln!(
+                "bench: scenario 2: CPU per packet at {} pps ({})",
+                s.rate,
+                cenv.sender.describe()
+            );
+            match cpu::run(&cenv, &s) {
+                Ok((r, rs)) => {
+                    report.cpu = serde_json::to_value(&r)?;
+                    rows.extend(rs);
+                }
+                Err(e) => {
+                    proc::check_interrupted()?;
+                    eprintln!("bench: scenario 2 (CPU per packet) failed: {e:#}");
+                    failed.push(format!("cpu: {e:#}"));
                 }
             }
         }

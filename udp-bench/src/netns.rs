@@ -195,6 +195,16 @@ pub fn mac_str(m: &[u8; 6]) -> String {
         .join(":")
 }
 
+/// The index of interface `name` in this namespace.
+pub fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: a valid C string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => bail!("no interface {name}: {}", std::io::Error::last_os_error()),
+        i => Ok(i),
+    }
+}
+
 /// Enters the network namespace at `path` on the calling thread only.
 pub fn enter(path: &std::path::Path) -> Result<()> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;

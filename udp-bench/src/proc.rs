@@ -163,6 +163,34 @@ pub fn cpu_seconds(pid: i32) -> Option<f64> {
     Some((utime + stime) / hz)
 }
 
+/// Nanoseconds `ksoftirqd/<cpu>` has run (`/proc/PID/schedstat`): the
+/// kernel's receive work that did not run in the sender's context.
+pub fn ksoftirqd_ns(cpu: usize) -> Option<u64> {
+    static PIDS: OnceLock<Vec<(usize, i32)>> = OnceLock::new();
+    let pids = PIDS.get_or_init(|| {
+        let mut out = Vec::new();
+        for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            if let Some(c) = comm.trim().strip_prefix("ksoftirqd/")
+                && let Ok(c) = c.parse()
+            {
+                out.push((c, pid));
+            }
+        }
+        out
+    });
+    let pid = pids.iter().find(|(c, _)| *c == cpu)?.1;
+    fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Lines read from a child's pipe by a reader thread.
 #[derive(Default)]
 pub struct Lines {

@@ -141,6 +141,8 @@ pub struct Report {
     /// Scenario details (per-run numbers, search steps, loss locations).
     pub kernel: serde_json::Value,
     pub capture: serde_json::Value,
+    /// CPU per packet at a fixed rate (`cpu`).
+    pub cpu: serde_json::Value,
     pub forward: serde_json::Value,
     pub memory: serde_json::Value,
     /// Scenarios that could not run, and why.

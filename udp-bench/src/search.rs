@@ -137,6 +137,8 @@ mod tests {
                     packets: pps as u64,
                     secs: 1.0,
                     pps,
+                    cpu_s: 0.0,
+                    softirqd_cpu_s: 0.0,
                 },
                 pps <= limit,
             ))

@@ -28,7 +28,7 @@ use udp_ebpf_common::frame::FrameBuilder;
 use crate::{
     bpf,
     netns::{self, VethNs},
-    proc::{Proc, interrupted, monotonic_ns, pin_to_cpu},
+    proc::{Proc, interrupted, ksoftirqd_ns, monotonic_ns, pin_to_cpu},
 };
 
 /// Ethernet + IPv4 (no options) + UDP headers.
@@ -73,6 +73,18 @@ pub struct Sent {
     pub secs: f64,
     /// Rate achieved: packets / seconds.
     pub pps: f64,
+    /// CPU seconds the sending thread used while it sent (0 for trafgen):
+    /// its own work, and the receiving side's kernel work that ran in its
+    /// context (the veth's NAPI poll and the XDP program, run as softirq
+    /// work when the sender re-enables bottom halves; this kernel has no
+    /// IRQ time accounting, so that time is the sender's).
+    #[serde(default)]
+    pub cpu_s: f64,
+    /// CPU seconds `ksoftirqd/0` ran meanwhile: receive work the kernel
+    /// deferred from the sender's context to its thread (on a shared
+    /// machine, possibly others' too).
+    #[serde(default)]
+    pub softirqd_cpu_s: f64,
 }
 
 impl Sent {
@@ -141,6 +153,8 @@ fn parse_trafgen(out: &str, rate: u64) -> Option<Sent> {
         } else {
             0.0
         },
+        cpu_s: 0.0,
+        softirqd_cpu_s: 0.0,
     })
 }
 
@@ -325,6 +339,8 @@ impl Pace {
                 netns::enter(&path)?;
                 pin_to_cpu(0);
                 let mut burst = setup()?;
+                let cpu0 = thread_cpu_s();
+                let softirqd0 = ksoftirqd_ns(0);
                 let start = Instant::now();
                 let mut sent = 0u64;
                 while sent < count {
@@ -357,12 +373,22 @@ impl Pace {
                     packets: sent,
                     secs,
                     pps: sent as f64 / secs.max(1e-9),
+                    cpu_s: thread_cpu_s() - cpu0,
+                    softirqd_cpu_s: match (softirqd0, ksoftirqd_ns(0)) {
+                        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e9,
+                        _ => 0.0,
+                    },
                 })
             })
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
         })
     }
+}
+
+/// CPU time of the calling thread, in seconds.
+fn thread_cpu_s() -> f64 {
+    bpf::thread_cpu_ns() as f64 / 1e9
 }
 
 /// Sends `count` copies of `frame` at `rate` packets/s from the namespace

@@ -10,6 +10,8 @@
 #[cfg(feature = "user")]
 pub mod frame;
 pub mod parse;
+#[cfg(feature = "user")]
+pub mod xsk;
 
 /// Number of UDP ports: the port table has one slot per port, so a lookup is
 /// a single array index (O(1), no hashing on the hot path).
@@ -58,10 +60,13 @@ pub mod counter {
     pub const DENIED: u32 = 12;
     /// Captured, then dropped because its port's action is `drop`.
     pub const CONSUMED: u32 = 13;
+    /// Captured by redirecting the frame to the agent's AF_XDP socket for
+    /// its interface and RX queue, instead of writing a ring record.
+    pub const REDIRECTED: u32 = 14;
 
     /// The outcomes that end a frame's run: the program counts exactly one
-    /// of these per frame. `TRUNCATED` and `CONSUMED` are not among them:
-    /// they qualify a frame already counted as `CAPTURED`.
+    /// of these per frame. `TRUNCATED`, `CONSUMED` and `REDIRECTED` are not
+    /// among them: they qualify a frame already counted as `CAPTURED`.
     pub const TERMINAL: [u32; 11] = [
         NOT_UDP,
         PORT_DISABLED,
@@ -90,7 +95,7 @@ pub mod counter {
     pub const COUNT: u32 = 16;
 
     /// Names in index order, as shown by `udp-agent stats` and metrics.
-    pub const NAMES: [&str; 14] = [
+    pub const NAMES: [&str; 15] = [
         "seen",
         "not_udp",
         "port_disabled",
@@ -105,6 +110,7 @@ pub mod counter {
         "limited_global",
         "denied",
         "consumed",
+        "redirected",
     ];
 }
 
@@ -315,12 +321,14 @@ impl PortRule {
 
 /// Per-port state the kernel updates with atomic operations (shared by all
 /// CPUs, so a limit holds for all of them together): the port's GCRA TAT
-/// and its counters.
+/// and its over-limit count. (Its captured count is per CPU, in
+/// `PORT_CAPTURED`: every capture adds to it, and one line shared by all
+/// CPUs would bounce between them on a multi-queue NIC; `limited` is only
+/// touched while a limit rejects, and shares the TAT's line anyway.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortState {
     pub tat: u64,
-    pub captured: u64,
     pub limited: u64,
 }
 
@@ -353,6 +361,92 @@ pub const CONFIG_REJECT_DROP: u32 = 2;
 /// kernel skips the deny list's lookups (two LPM-trie helper calls saved
 /// per captured datagram in the common case of no deny list).
 pub const CONFIG_DENYLIST: u32 = 4;
+/// `Config::flags` bit: the agent reads consumed ports (`PORT_DROP`) from
+/// AF_XDP sockets (`--capture-path afxdp`): their datagrams are redirected
+/// to the socket of their interface and RX queue, where one is registered
+/// (`XSK_IFACES`, `XSKS`), and take the ring otherwise.
+pub const CONFIG_AFXDP: u32 = 8;
+
+/// RX queues per interface that can have an AF_XDP socket: a slot in the
+/// `XSKS` map each. ENA has at most 32 queues; a frame from a higher queue
+/// takes the ring.
+pub const XSK_MAX_QUEUES: u32 = 64;
+/// Interfaces with AF_XDP sockets at once (`XSK_IFACES` entries).
+pub const XSK_MAX_IFACES: u32 = 16;
+/// Slots of the `XSKS` map: `XSK_IFACES[ifindex] + rx_queue_index`.
+pub const XSK_SLOTS: u32 = XSK_MAX_QUEUES * XSK_MAX_IFACES;
+
+/// What the program writes over the first 12 bytes of a frame it
+/// redirects to an AF_XDP socket — the Ethernet destination and source
+/// addresses, which no event carries — so that the agent, which gets the
+/// frame and not a ring record, has the capture stamp and the captured
+/// length the ring header would have given it. The EtherType after them
+/// is left as it is, so the frame still parses.
+///
+/// XDP metadata (`bpf_xdp_adjust_meta`) is the documented place for such
+/// a stamp, but drivers that do not reserve room for it refuse it — ENA's
+/// in-tree driver among them — while every driver lets a program write
+/// the packet it is about to redirect. The frame is consumed (its port's
+/// action is `drop`): nothing else sees the changed addresses. Layout
+/// (little-endian):
+///
+/// ```text
+///  0  u64 timestamp_ns   as RecordHeader::timestamp_ns
+///  8  u16 cap_len        payload bytes the agent takes (snap length applied)
+/// 10  u8  flags          RECORD_COARSE_TIME, the port's encoding
+///                       (XSK_FORMAT_MASK, XSK_PACK)
+/// 11  u8  magic          XSK_STAMP_MAGIC
+/// ```
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XskStamp {
+    pub timestamp_ns: u64,
+    pub cap_len: u16,
+    pub flags: u8,
+    pub magic: u8,
+}
+
+/// `XskStamp::flags` bits 1..5: the port's format code
+/// (`PortRule::encoding`'s low bits; codes up to 15); bit 5: pack. Bit 0
+/// is `RECORD_COARSE_TIME`, as in a ring record.
+pub const XSK_FORMAT_SHIFT: u32 = 1;
+pub const XSK_FORMAT_MASK: u8 = 0x0F << XSK_FORMAT_SHIFT;
+pub const XSK_PACK: u8 = 1 << 5;
+
+impl XskStamp {
+    /// The flag bits that carry a port rule's encoding word.
+    #[inline(always)]
+    pub const fn encoding_flags(word: u32) -> u8 {
+        let format = ((word & ENCODING_FORMAT_MASK) << XSK_FORMAT_SHIFT) as u8 & XSK_FORMAT_MASK;
+        let pack = if word & ENCODING_PACK != 0 {
+            XSK_PACK
+        } else {
+            0
+        };
+        format | pack
+    }
+
+    /// The encoding the flags carry.
+    pub const fn encoding(&self) -> Encoding {
+        let flags = self.flags;
+        let format = ((flags & XSK_FORMAT_MASK) >> XSK_FORMAT_SHIFT) as u32;
+        Encoding::from_word(
+            format
+                | if flags & XSK_PACK != 0 {
+                    ENCODING_PACK
+                } else {
+                    0
+                },
+        )
+    }
+}
+
+/// `XskStamp::magic`: a frame without it was not stamped by the program.
+pub const XSK_STAMP_MAGIC: u8 = 0xA7;
+/// Size of `XskStamp`: the two Ethernet addresses.
+pub const XSK_STAMP_LEN: usize = 12;
+const _: () = assert!(core::mem::size_of::<XskStamp>() == XSK_STAMP_LEN);
+const _: () = assert!(MAX_CAPTURE <= u16::MAX as u32);
 
 /// The single slot of the `CONFIG` array: settings that apply to all ports.
 #[repr(C)]
@@ -440,7 +534,7 @@ pub const RECORD_COARSE_TIME: u8 = 1;
 pub const RECORD_HEADER_LEN: usize = 64;
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == RECORD_HEADER_LEN);
 const _: () = assert!(core::mem::size_of::<PortRule>() == 24);
-const _: () = assert!(core::mem::size_of::<PortState>() == 24);
+const _: () = assert!(core::mem::size_of::<PortState>() == 16);
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<SourceState>() == 24);
 const _: () = assert!(core::mem::size_of::<Config>() == 40);
@@ -648,10 +742,19 @@ mod counter_tests {
         let seen = counter::seen::<()>(|i| Ok(1u64 << i)).unwrap();
         let terminal: u64 = counter::TERMINAL.iter().map(|i| 1u64 << i).sum();
         assert_eq!(seen, terminal);
-        for qualifier in [counter::SEEN, counter::TRUNCATED, counter::CONSUMED] {
+        let qualifiers = [
+            counter::SEEN,
+            counter::TRUNCATED,
+            counter::CONSUMED,
+            counter::REDIRECTED,
+        ];
+        for qualifier in qualifiers {
             assert_eq!(seen & (1 << qualifier), 0, "{qualifier} is not terminal");
         }
-        // Every named outcome is either terminal or one of those three.
-        assert_eq!(counter::TERMINAL.len() + 3, counter::NAMES.len());
+        // Every named outcome is either terminal or one of those.
+        assert_eq!(
+            counter::TERMINAL.len() + qualifiers.len(),
+            counter::NAMES.len()
+        );
     }
 }

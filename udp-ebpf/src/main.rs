@@ -4,7 +4,10 @@
 //! shared with the host tests), one array lookup by destination port — where
 //! non-matching traffic leaves — then, for an enabled port: source allow/deny
 //! lists ▸ per-source limit ▸ per-port limit ▸ global cap ▸ write a fixed
-//! header plus the UDP payload into a size-classed `EVENTS` ring record.
+//! header plus the UDP payload into a size-classed `EVENTS` ring record —
+//! or, for a consumed port while the agent reads AF_XDP sockets
+//! (`CONFIG_AFXDP`), redirect the frame to the socket of its interface and
+//! RX queue (`XSKS`), stamped in place of its Ethernet addresses.
 //!
 //! The program never returns `XDP_ABORTED`. It passes everything it does
 //! not capture, unless configured to drop over-limit/denied packets or a
@@ -25,14 +28,15 @@ use aya_ebpf::{
         bpf_ringbuf_submit, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
     },
     macros::{map, xdp},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, XskMap, lpm_trie::Key},
     programs::XdpContext,
 };
 use udp_ebpf_common::{
-    CONFIG_ALLOWLIST, CONFIG_DENYLIST, CONFIG_REJECT_DROP, Config, DEFAULT_RING_BYTES,
-    DEFAULT_SOURCE_ENTRIES, IP_V4, Limit, MAX_CAPTURE, MAX_PREFIXES, PORT_COUNT, PortRule,
-    PortState, RECORD_CLASSES, RECORD_COARSE_TIME, RECORD_HEADER_LEN, RecordHeader, SourceKey,
-    SourceState, counter,
+    CONFIG_AFXDP, CONFIG_ALLOWLIST, CONFIG_DENYLIST, CONFIG_REJECT_DROP, Config,
+    DEFAULT_RING_BYTES, DEFAULT_SOURCE_ENTRIES, IP_V4, Limit, MAX_CAPTURE, MAX_PREFIXES,
+    PORT_COUNT, PortRule, PortState, RECORD_CLASSES, RECORD_COARSE_TIME, RECORD_HEADER_LEN,
+    RecordHeader, SourceKey, SourceState, XSK_MAX_IFACES, XSK_MAX_QUEUES, XSK_SLOTS, XSK_STAMP_LEN,
+    XSK_STAMP_MAGIC, XskStamp, counter,
     parse::{Outcome, UdpMeta, parse_headers, read_addresses},
 };
 
@@ -43,6 +47,24 @@ static PORTS: Array<PortRule> = Array::with_max_entries(PORT_COUNT, 0);
 /// Destination port → rate-limit state and counters, shared by all CPUs.
 #[map]
 static PORT_STATE: Array<PortState> = Array::with_max_entries(PORT_COUNT, 0);
+
+/// Destination port → datagrams captured, per CPU (the agent sums them): a
+/// count every capture adds to, kept apart from `PORT_STATE` so that CPUs
+/// capturing for the same port do not take its line from each other.
+/// 512 KiB per CPU.
+#[map]
+static PORT_CAPTURED: PerCpuArray<u64> = PerCpuArray::with_max_entries(PORT_COUNT, 0);
+
+/// Interface index → its first slot in `XSKS`, for each interface whose RX
+/// queues have the agent's AF_XDP sockets (written by the agent after the
+/// sockets are in `XSKS`, removed before they go).
+#[map]
+static XSK_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(XSK_MAX_IFACES, 0);
+
+/// `XSK_IFACES[ifindex] + rx_queue_index` → the agent's AF_XDP socket for
+/// that interface and queue.
+#[map]
+static XSKS: XskMap = XskMap::with_max_entries(XSK_SLOTS, 0);
 
 /// Global settings (one slot).
 #[map]
@@ -282,22 +304,46 @@ fn capture(ctx: &XdpContext) -> u32 {
         return reject;
     }
 
-    if !write_record(
+    let cap_len = capture_len(meta.payload_len, cfg.snaplen);
+    // A consumed port's datagram goes to the agent's AF_XDP socket when
+    // there is one for its queue; otherwise, and for observed ports (the
+    // host must still get those), into the ring.
+    let action = if rule.drops()
+        && cfg.flags & CONFIG_AFXDP != 0
+        && redirect(
+            ctx,
+            now,
+            stamp | XskStamp::encoding_flags(rule.encoding),
+            cap_len,
+        ) {
+        count(counter::REDIRECTED);
+        xdp_action::XDP_REDIRECT
+    } else if write_record(
         ctx,
         &meta,
         &src_addr,
         &dst_addr,
-        &cfg,
+        cap_len,
         now,
         stamp,
         rule.encoding,
     ) {
+        if rule.drops() {
+            xdp_action::XDP_DROP
+        } else {
+            xdp_action::XDP_PASS
+        }
+    } else {
         // Not captured (ring full): the host still gets the packet.
         return xdp_action::XDP_PASS;
+    };
+    count(counter::CAPTURED);
+    if cap_len < meta.payload_len {
+        count(counter::TRUNCATED);
     }
-    if let Some(ps) = port_state {
-        // SAFETY: `ps` points to a live array map value.
-        bump(unsafe { &raw mut (*ps).captured });
+    if let Some(c) = PORT_CAPTURED.get_ptr_mut(meta.dst_port as u32) {
+        // SAFETY: per-CPU slot; XDP runs with preemption off on this CPU.
+        unsafe { *c += 1 };
     }
     if let Some(st) = source {
         // SAFETY: `st` points to a live LRU map value.
@@ -305,14 +351,67 @@ fn capture(ctx: &XdpContext) -> u32 {
     }
     if rule.drops() {
         count(counter::CONSUMED);
-        return xdp_action::XDP_DROP;
     }
-    xdp_action::XDP_PASS
+    action
 }
 
-/// Writes the record — header, then payload — straight into a ring slot of
-/// the smallest size class that holds it (`RECORD_CLASSES`). False if
-/// nothing was written.
+/// Payload bytes captured of a `payload_len`-byte datagram: the snap
+/// length and `MAX_CAPTURE` applied.
+#[inline(always)]
+fn capture_len(payload_len: u32, snaplen: u32) -> u32 {
+    let mut cap_len = payload_len;
+    if cap_len > snaplen {
+        cap_len = snaplen;
+    }
+    if cap_len > MAX_CAPTURE {
+        cap_len = MAX_CAPTURE;
+    }
+    cap_len
+}
+
+/// Redirects the frame to the agent's AF_XDP socket for its interface and
+/// RX queue, stamped ([`XskStamp`]) over its Ethernet addresses. False,
+/// with the frame untouched, if there is no such socket: the caller then
+/// writes a ring record instead.
+#[inline(always)]
+fn redirect(ctx: &XdpContext, now: u64, flags: u8, cap_len: u32) -> bool {
+    // SAFETY: reading the context the kernel handed us.
+    let (ifindex, queue) = unsafe { ((*ctx.ctx).ingress_ifindex, (*ctx.ctx).rx_queue_index) };
+    if queue >= XSK_MAX_QUEUES {
+        return false;
+    }
+    // SAFETY: a plain value read; the agent only ever inserts and removes
+    // whole entries.
+    let Some(base) = (unsafe { XSK_IFACES.get(&ifindex) }).copied() else {
+        return false;
+    };
+    let start = ctx.data();
+    // The frame was parsed down to its UDP header, so it is longer than
+    // this; the verifier needs the check where the store is.
+    if start + XSK_STAMP_LEN > ctx.data_end() {
+        return false;
+    }
+    // Decided by the map lookup alone (an empty slot: the socket is gone):
+    // a frame the socket then cannot take (its ring full) is dropped, and
+    // the agent counts it from the socket's statistics.
+    if XSKS.redirect(base.wrapping_add(queue), 0).is_err() {
+        return false;
+    }
+    let stamp = XskStamp {
+        timestamp_ns: now,
+        cap_len: cap_len as u16,
+        flags,
+        magic: XSK_STAMP_MAGIC,
+    };
+    // SAFETY: the first XSK_STAMP_LEN bytes of the frame, checked above.
+    unsafe { core::ptr::write_unaligned(start as *mut XskStamp, stamp) };
+    true
+}
+
+/// Writes the record — header, then `cap_len` payload bytes — straight
+/// into a ring slot of the smallest size class that holds it
+/// (`RECORD_CLASSES`). False, with the outcome counted, if nothing was
+/// written.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn write_record(
@@ -320,19 +419,11 @@ fn write_record(
     meta: &UdpMeta,
     src_addr: &[u8; 16],
     dst_addr: &[u8; 16],
-    cfg: &Config,
+    cap_len: u32,
     now: u64,
     flags: u8,
     encoding: u32,
 ) -> bool {
-    let snaplen = cfg.snaplen;
-    let mut cap_len = meta.payload_len;
-    if cap_len > snaplen {
-        cap_len = snaplen;
-    }
-    if cap_len > MAX_CAPTURE {
-        cap_len = MAX_CAPTURE;
-    }
     let header = RecordHeader {
         timestamp_ns: now,
         // SAFETY: reading the context the kernel handed us.
@@ -400,14 +491,7 @@ fn write_record(
     } else {
         class!(16)
     };
-    if !written {
-        return false;
-    }
-    count(counter::CAPTURED);
-    if cap_len < meta.payload_len {
-        count(counter::TRUNCATED);
-    }
-    true
+    written
 }
 
 /// Reserves a record with `ROOM` payload bytes, writes `header` and the

@@ -323,6 +323,13 @@ impl VethNs {
     /// Creates the namespace and the pair. Panics (after cleaning up what
     /// it created) if any step fails.
     pub fn new(tag: &str) -> Self {
+        Self::with_queues(tag, 1)
+    }
+
+    /// [`new`](Self::new) with `queues` RX and TX queues on each end: a
+    /// frame a namespace socket sends leaves on the TX queue its flow
+    /// hashes to and arrives on the root side's RX queue of that number.
+    pub fn with_queues(tag: &str, queues: u32) -> Self {
         let (n, lock) = claim_slot();
         let pid = std::process::id();
         // Interface names: at most 15 bytes. "uah" + 7-digit pid + "s" + 3.
@@ -346,20 +353,43 @@ impl VethNs {
         // Leftovers of a crashed earlier process with the same pid.
         ns.remove();
         // From here on, Drop cleans up whatever was created.
-        ns.create();
+        ns.create(queues);
         ns
     }
 
-    fn create(&self) {
+    fn create(&self, queues: u32) {
         let mtu = MTU.to_string();
+        let q = queues.to_string();
         let (hmac, nmac) = (mac_str(&self.host_mac), mac_str(&self.ns_mac));
         let (h4, n4) = (format!("{}/30", self.host_v4), format!("{}/30", self.ns_v4));
         let (h6, n6) = (format!("{}/64", self.host_v6), format!("{}/64", self.ns_v6));
         let (host, peer, netns) = (&*self.host_if, &*self.ns_if, &*self.netns);
         ip(&["netns", "add", netns]);
         ip(&[
-            "link", "add", host, "address", &hmac, "mtu", &mtu, "type", "veth", "peer", "name",
-            peer, "address", &nmac, "mtu", &mtu,
+            "link",
+            "add",
+            host,
+            "address",
+            &hmac,
+            "mtu",
+            &mtu,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "address",
+            &nmac,
+            "mtu",
+            &mtu,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
         ]);
         ip(&["link", "set", peer, "netns", netns]);
         ip(&["addr", "add", &h4, "dev", host]);
