@@ -1,8 +1,9 @@
 //! `udp-agent run`: load, pin, attach, and run capture ▸ encode/batch ▸ sink
 //! until SIGINT/SIGTERM, then shut down without losing what was captured.
 //! Meanwhile the main task keeps the program attached to interfaces that
-//! come and go ([`crate::hotplug`]), and with --metrics-addr a server task
-//! answers Prometheus ([`crate::metrics`]).
+//! come and go ([`crate::hotplug`]), and with --metrics-addr or
+//! --health-addr server tasks answer Prometheus ([`crate::metrics`]) and
+//! load balancers ([`crate::health`]).
 //!
 //! Accounting: every captured packet ends in one counter. Packets:
 //! `decoded = queue_drops + oversize + batched`; entries `batched` end as
@@ -34,6 +35,7 @@ use crate::{
     control::{self, Control},
     encode::{Encoder, Entry},
     handoff::{self, Handoff},
+    health::{Health, SinkSource},
     hotplug::{self, InterfaceStatus, Watcher},
     loader,
     metrics::{self, AgentCollector, SharedControl},
@@ -106,6 +108,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 .with_context(|| format!("listening on --metrics-addr {addr}"))?,
         ),
     };
+    let health_listener = match args.health_addr {
+        None => None,
+        Some(addr) => Some(
+            metrics::bind(addr)
+                .await
+                .with_context(|| format!("listening on --health-addr {addr}"))?,
+        ),
+    };
 
     let pin_dir = args.pin.pin_dir.clone();
     let _lock = control::claim(&pin_dir)
@@ -136,19 +146,29 @@ pub async fn run(args: RunArgs) -> Result<()> {
         encoder.name_interface(ifindex, &name);
     }
     let control = Arc::new(Mutex::new(control));
-    let metrics_server = metrics_listener.map(|listener| {
-        let registry = metrics::registry(AgentCollector {
-            kernel: Arc::new(SharedControl(control.clone())),
-            pipeline: stats.clone(),
-            eventbridge: eventbridge_stats.clone(),
-            interfaces: interfaces.clone(),
-        });
-        tokio::spawn(metrics::serve(
-            listener,
-            Arc::new(registry),
-            stop_rx.clone(),
-        ))
-    });
+    let sink_health: Arc<dyn SinkSource> = match &eventbridge_stats {
+        Some(eb) => eb.clone(),
+        None => stats.clone(),
+    };
+    let health = Arc::new(Health::new(
+        interfaces.clone(),
+        sink_health,
+        args.health_sink_grace,
+    ));
+    let servers = metrics::start(
+        metrics_listener.map(|listener| {
+            let registry = metrics::registry(AgentCollector {
+                kernel: Arc::new(SharedControl(control.clone())),
+                pipeline: stats.clone(),
+                eventbridge: eventbridge_stats.clone(),
+                interfaces: interfaces.clone(),
+            });
+            (listener, registry)
+        }),
+        health_listener,
+        health,
+        stop_rx.clone(),
+    );
     let ports: Vec<String> = args.ports.iter().map(ToString::to_string).collect();
     info!(
         ports = ports.join(","),
@@ -219,7 +239,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         None => sink.await,
     };
 
-    if let Some(server) = metrics_server {
+    for server in servers {
         let _ = server.await;
     }
     report(
