@@ -39,6 +39,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context;
 use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
@@ -430,10 +431,14 @@ pub struct Endpoints {
     pub health: Arc<Health>,
 }
 
-/// Binds an endpoint (before anything is attached, so that a taken port
-/// stops the start).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+/// Binds the address given to `flag`, if any (before anything is attached,
+/// so that a taken port stops the start).
+pub async fn bind(addr: Option<SocketAddr>, flag: &str) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {flag} {addr}"))?;
+    Ok(Some(listener))
 }
 
 /// Whether `addr` can only be reached from this host.

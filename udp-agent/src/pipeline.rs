@@ -100,22 +100,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     let eventbridge_stats = eventbridge.as_ref().map(EventBridgeSink::stats);
     // Bound before the kernel is touched, too: a taken port stops the start.
-    let metrics_listener = match args.metrics_addr {
-        None => None,
-        Some(addr) => Some(
-            metrics::bind(addr)
-                .await
-                .with_context(|| format!("listening on --metrics-addr {addr}"))?,
-        ),
-    };
-    let health_listener = match args.health_addr {
-        None => None,
-        Some(addr) => Some(
-            metrics::bind(addr)
-                .await
-                .with_context(|| format!("listening on --health-addr {addr}"))?,
-        ),
-    };
+    let metrics_listener = metrics::bind(args.metrics_addr, "--metrics-addr").await?;
+    let health_listener = metrics::bind(args.health_addr, "--health-addr").await?;
 
     let pin_dir = args.pin.pin_dir.clone();
     let _lock = control::claim(&pin_dir)
