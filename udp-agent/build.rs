@@ -4,8 +4,10 @@
 //! either, an empty object is embedded and `udp-agent run` says how to build
 //! one; host-only builds (`cargo check`, clippy, unit tests) keep working.
 //!
-//! Also sets `UDP_AGENT_GIT_REV`, the git revision `udp-agent --version`
-//! prints (see [`git_revision`]).
+//! Also sets `BUILD_GIT_REV`, the git revision `udp-agent --version`
+//! prints (see [`git_revision`]). Not an `UDP_AGENT_*` name: cargo also
+//! puts it in the environment of `cargo test` and `cargo run`, where the
+//! agent reads its settings from `UDP_AGENT_*` variables.
 use std::{
     env, fs,
     path::{Path, PathBuf},
@@ -25,14 +27,11 @@ fn main() {
         Ok(bytes) => fs::write(&out, bytes).expect("write embedded eBPF object"),
         Err(_) => fs::write(&out, []).expect("write empty eBPF object"),
     }
-    println!(
-        "cargo:rustc-env=UDP_AGENT_GIT_REV={}",
-        git_revision(&manifest)
-    );
+    println!("cargo:rustc-env=BUILD_GIT_REV={}", git_revision(&manifest));
 }
 
 /// The commit the source was checked out at (12 hex digits; edits not yet
-/// committed are not marked: build scripts do not see them); `UDP_AGENT_GIT_REV` from
+/// committed are not marked: build scripts do not see them); `BUILD_GIT_REV` from
 /// the environment if set (a packager building from a tarball who knows
 /// it); otherwise "unknown" (a tarball, or no git installed).
 ///
@@ -40,8 +39,8 @@ fn main() {
 /// commands, and the fallback must be a plain "unknown" rather than a
 /// crate's placeholder or a build failure.
 fn git_revision(manifest: &Path) -> String {
-    println!("cargo:rerun-if-env-changed=UDP_AGENT_GIT_REV");
-    if let Some(rev) = env::var("UDP_AGENT_GIT_REV").ok().filter(|r| !r.is_empty()) {
+    println!("cargo:rerun-if-env-changed=BUILD_GIT_REV");
+    if let Some(rev) = env::var("BUILD_GIT_REV").ok().filter(|r| !r.is_empty()) {
         return rev;
     }
     let git = |args: &[&str]| -> Option<String> {

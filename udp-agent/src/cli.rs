@@ -29,7 +29,7 @@ use crate::{
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (git ",
-    env!("UDP_AGENT_GIT_REV"),
+    env!("BUILD_GIT_REV"),
     ")"
 );
 

@@ -381,7 +381,7 @@ impl Collector for AgentCollector {
         );
         m?.encode_info(&[
             ("version", env!("CARGO_PKG_VERSION")),
-            ("revision", env!("UDP_AGENT_GIT_REV")),
+            ("revision", env!("BUILD_GIT_REV")),
         ])?;
         self.encode_kernel(&mut enc)?;
         self.encode_pipeline(&mut enc)?;
@@ -442,7 +442,7 @@ pub async fn bind(addr: Option<SocketAddr>, flag: &str) -> anyhow::Result<Option
 }
 
 /// Whether `addr` can only be reached from this host.
-pub fn is_loopback(addr: &SocketAddr) -> bool {
+fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().to_canonical().is_loopback()
 }
 
