@@ -15,6 +15,7 @@ use crate::{
         DEFAULT_DETAIL_TYPE, DEFAULT_SOURCE,
         pack::{DEFAULT_PACK_LINGER_MS, DEFAULT_PACK_MAX_BYTES, PackSettings},
     },
+    health::DEFAULT_SINK_GRACE,
     loader::ModeArg,
     logging::LogArgs,
     ports::PortRange,
@@ -31,9 +32,18 @@ use crate::{
     spool::{self, FsyncPolicy, FullPolicy},
 };
 
+/// What `--version` prints: the release and the git commit it was built
+/// from ("unknown" when built outside a git checkout).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("BUILD_GIT_REV"),
+    ")"
+);
+
 /// UDP datagrams captured with XDP, turned into Amazon EventBridge events.
 #[derive(Debug, Parser)]
-#[command(name = "udp-agent", version, propagate_version = true)]
+#[command(name = "udp-agent", version = VERSION, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -56,6 +66,16 @@ pub enum Command {
     /// Print a running agent's kernel counters and its busiest ports and
     /// sources.
     Stats(StatsArgs),
+    /// Print the shell completion script for SHELL on stdout (the package
+    /// installs those of bash, zsh and fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (udp-agent.1, udp-agent-run.1, …) into DIR
+    /// (for packaging).
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -223,10 +243,11 @@ pub struct RunArgs {
     pub spool: SpoolArgs,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (kernel, pipeline
-    /// and sink counters, delivery latency, attached interfaces). Off unless
-    /// given; keep it on loopback (e.g. 127.0.0.1:9102) or behind a
-    /// firewall: the endpoint has no authentication. Port 0 picks a free
-    /// port (logged).
+    /// and sink counters, delivery latency, attached interfaces), and the
+    /// health check at /healthz. Off unless given; keep it on loopback
+    /// (e.g. 127.0.0.1:9102) or behind a firewall: the endpoint has no
+    /// authentication, and the agent warns at start-up when ADDR is not a
+    /// loopback address. Port 0 picks a free port (logged).
     #[arg(
         long,
         env = "UDP_AGENT_METRICS_ADDR",
@@ -234,6 +255,27 @@ pub struct RunArgs {
         help_heading = "Metrics and logs"
     )]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// Serve only the health check, at http://ADDR/healthz, for a load
+    /// balancer: 200 while the XDP program is attached on every --iface and
+    /// the sink is delivering or idle, 503 with a JSON reason otherwise
+    /// (detached, sink failing, spool full, cost guard tripped). It reveals
+    /// no counters, so it is safe to open to the VPC (e.g. 0.0.0.0:9103).
+    /// /healthz is also served on --metrics-addr. Off unless given.
+    #[arg(
+        long,
+        env = "UDP_AGENT_HEALTH_ADDR",
+        value_name = "ADDR",
+        help_heading = "Metrics and logs"
+    )]
+    pub health_addr: Option<SocketAddr>,
+
+    /// How long the sink may go without delivering anything while entries
+    /// wait or fail before /healthz answers 503 (`sink_failing`).
+    #[arg(long, env = "UDP_AGENT_HEALTH_SINK_GRACE", default_value = DEFAULT_SINK_GRACE,
+          value_parser = humantime::parse_duration, value_name = "DURATION",
+          help_heading = "Metrics and logs")]
+    pub health_sink_grace: Duration,
 
     #[command(flatten)]
     pub log: LogArgs,

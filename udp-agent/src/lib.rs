@@ -10,9 +10,11 @@
 //! EventBridge).
 //! [`control`] owns the pinned maps that `udp-agent ports`/`stats` change and
 //! read; [`hotplug`] keeps the program attached to interfaces that come and
-//! go; [`metrics`] serves them all to Prometheus; [`pipeline`] wires the
-//! stages together for `udp-agent run`, configured by [`cli`] (and
-//! [`config_file`]) and logging through [`logging`].
+//! go; [`metrics`] serves them all to Prometheus, and [`health`] tells a
+//! load balancer whether to send traffic; [`pipeline`] wires the stages
+//! together for `udp-agent run`, configured by [`cli`] (and
+//! [`config_file`]) and logging through [`logging`]; [`manual`] makes the
+//! manual pages and shell completions from [`cli`].
 
 pub mod afxdp;
 pub mod batch;
@@ -24,9 +26,11 @@ pub mod config_file;
 pub mod control;
 pub mod encode;
 pub mod handoff;
+pub mod health;
 pub mod hotplug;
 pub mod loader;
 pub mod logging;
+pub mod manual;
 pub mod metrics;
 pub mod pipeline;
 pub mod ports;

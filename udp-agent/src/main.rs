@@ -5,7 +5,7 @@ use udp_agent::{
     commands,
     config_file::{self, CliError},
     logging::{self, LogArgs},
-    pipeline,
+    manual, pipeline,
 };
 
 /// One malloc arena for the whole process. glibc gives threads arenas of
@@ -54,6 +54,13 @@ fn main() -> ExitCode {
         Command::Sources(args) => commands::sources(&args),
         Command::Limits(args) => commands::limits(&args),
         Command::Stats(args) => commands::stats(&args),
+        Command::Completions { shell } => {
+            manual::completions(shell, &mut std::io::stdout().lock());
+            Ok(())
+        }
+        Command::Manpages { dir } => manual::man_pages(&dir)
+            .map(|pages| println!("{}", pages.join("\n")))
+            .map_err(|e| anyhow::anyhow!("writing manual pages into {}: {e}", dir.display())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

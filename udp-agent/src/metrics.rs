@@ -1,4 +1,6 @@
-//! The Prometheus endpoint (`--metrics-addr`): `GET /metrics`.
+//! The Prometheus endpoint (`--metrics-addr`): `GET /metrics`, beside the
+//! health check `GET /healthz` ([`crate::health`]), which `--health-addr`
+//! serves alone. Any other path is 404.
 //!
 //! Nothing is counted twice for it. Every value is read when Prometheus
 //! scrapes, from where it already lives: the kernel's per-CPU counters and
@@ -29,7 +31,7 @@
 //! | `udp_agent_delivery_latency_seconds` | histogram | |
 //! | `udp_agent_xdp_attached` | gauge | `iface`, `mode` |
 //! | `udp_agent_xdp_reattached_total` | counter | `iface` |
-//! | `udp_agent_build_info` | info | `version` |
+//! | `udp_agent_build_info` | info | `version`, `revision` (git) |
 
 use std::{
     convert::Infallible,
@@ -42,6 +44,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context;
 use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
@@ -60,12 +63,13 @@ use prometheus_client::{
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, watch},
-    task::JoinSet,
+    task::{JoinHandle, JoinSet},
 };
 use tracing::{info, warn};
 
 use crate::{
     control::{Control, ControlError, PortStats},
+    health::{self, Health},
     hotplug::InterfaceStatus,
     sink::SinkStats,
     spool::SpoolStats,
@@ -350,7 +354,10 @@ impl Collector for AgentCollector {
             None,
             MetricType::Info,
         );
-        m?.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+        m?.encode_info(&[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("revision", env!("BUILD_GIT_REV")),
+        ])?;
         self.encode_kernel(&mut enc)?;
         self.encode_pipeline(&mut enc)?;
         if let Some(sink) = &self.sink {
@@ -391,20 +398,76 @@ pub fn render(registry: &Registry, openmetrics: bool) -> String {
 // The HTTP server
 // ---------------------------------------------------------------------------
 
-/// Binds the endpoint (before anything is attached, so that a taken port
-/// stops the start).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+/// What one listener answers. `--metrics-addr` serves `/metrics` and
+/// `/healthz`; `--health-addr` only `/healthz`, so that it can be opened to
+/// a load balancer's health checks while the metrics stay private. Every
+/// other path is 404.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    /// `/metrics`, or `None` for a health-only listener.
+    pub metrics: Option<Arc<Registry>>,
+    pub health: Arc<Health>,
 }
 
-/// Serves `GET /metrics` on `listener` until `stop` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    registry: Arc<Registry>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Binds the address given to `flag`, if any (before anything is attached,
+/// so that a taken port stops the start).
+pub async fn bind(addr: Option<SocketAddr>, flag: &str) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {flag} {addr}"))?;
+    Ok(Some(listener))
+}
+
+/// Whether `addr` can only be reached from this host.
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
+/// Serves the metrics listener and the health listener, whichever exist,
+/// and samples the sink for `/healthz` meanwhile, until `stop` turns true.
+/// The tasks to wait for at shutdown.
+pub fn start(
+    metrics: Option<(TcpListener, Registry)>,
+    health_listener: Option<TcpListener>,
+    health: Arc<Health>,
+    stop: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if let Some((listener, registry)) = metrics {
+        let endpoints = Endpoints {
+            metrics: Some(Arc::new(registry)),
+            health: health.clone(),
+        };
+        tasks.push(tokio::spawn(serve(listener, endpoints, stop.clone())));
+    }
+    if let Some(listener) = health_listener {
+        let endpoints = Endpoints {
+            metrics: None,
+            health: health.clone(),
+        };
+        tasks.push(tokio::spawn(serve(listener, endpoints, stop.clone())));
+    }
+    if !tasks.is_empty() {
+        tasks.push(tokio::spawn(health::watch(health, stop)));
+    }
+    tasks
+}
+
+/// Serves `endpoints` on `listener` until `stop` turns true.
+pub async fn serve(listener: TcpListener, endpoints: Endpoints, mut stop: watch::Receiver<bool>) {
     if let Ok(addr) = listener.local_addr() {
-        info!("metrics: serving http://{addr}/metrics");
+        if endpoints.metrics.is_none() {
+            info!("health: serving http://{addr}/healthz");
+        } else {
+            info!("metrics: serving http://{addr}/metrics and /healthz");
+            if !is_loopback(&addr) {
+                warn!(
+                    %addr,
+                    "metrics: --metrics-addr is not a loopback address, and /metrics has no authentication: anyone who can reach {addr} reads the agent's counters, ports and interfaces. Keep it on 127.0.0.1, or allow only your scraper in the firewall or security group; for a load balancer's health check use --health-addr, which serves /healthz alone"
+                );
+            }
+        }
     }
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
@@ -426,10 +489,10 @@ pub async fn serve(
             },
         };
         while connections.try_join_next().is_some() {}
-        let registry = registry.clone();
+        let endpoints = endpoints.clone();
         connections.spawn(async move {
             let _slot = slot;
-            let service = service_fn(move |req| handle(req, registry.clone()));
+            let service = service_fn(move |req| handle(req, endpoints.clone()));
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
@@ -459,14 +522,43 @@ fn wants_openmetrics(req: &Request<Incoming>) -> bool {
         .any(|v| v.contains("application/openmetrics-text"))
 }
 
+fn method_not_allowed() -> Response<Full<Bytes>> {
+    let mut r = response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        TEXT,
+        "only GET and HEAD\n".into(),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+    r
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
 async fn handle(
     req: Request<Incoming>,
-    registry: Arc<Registry>,
+    endpoints: Endpoints,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let text = "text/plain; charset=utf-8";
-    Ok(match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics") => {
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    Ok(match (req.uri().path(), &endpoints.metrics) {
+        ("/healthz", _) if get => {
+            // In memory only (see crate::health): answered on this task.
+            let verdict = endpoints.health.check(tokio::time::Instant::now());
+            let status = if verdict.healthy() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let mut r = response(status, "application/json", verdict.to_json());
+            r.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
+        ("/metrics", Some(registry)) if get => {
             let openmetrics = wants_openmetrics(&req);
+            let registry = registry.clone();
             // Reading the maps is a few thousand syscalls: off the runtime's
             // worker threads.
             match tokio::task::spawn_blocking(move || render(&registry, openmetrics)).await {
@@ -481,30 +573,21 @@ async fn handle(
                 ),
                 Err(e) => response(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    text,
+                    TEXT,
                     format!("collecting metrics failed: {e}\n"),
                 ),
             }
         }
-        (_, "/metrics") => {
-            let mut r = response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                text,
-                "only GET and HEAD\n".into(),
-            );
-            r.headers_mut()
-                .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
-            r
-        }
-        (_, "/") => response(
-            StatusCode::OK,
-            text,
-            "udp-agent: metrics at /metrics\n".into(),
-        ),
-        _ => response(
+        ("/healthz", _) | ("/metrics", Some(_)) => method_not_allowed(),
+        (_, Some(_)) => response(
             StatusCode::NOT_FOUND,
-            text,
-            "not found; try /metrics\n".into(),
+            TEXT,
+            "not found: this endpoint serves /metrics and /healthz\n".into(),
+        ),
+        (_, None) => response(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: this endpoint serves /healthz\n".into(),
         ),
     })
 }

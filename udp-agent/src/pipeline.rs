@@ -2,11 +2,13 @@
 //! spool ▸ sink until SIGINT/SIGTERM, then shut down without losing what
 //! was captured. Meanwhile the main task keeps the program attached to
 //! interfaces that come and go ([`crate::hotplug`]), and with
-//! --metrics-addr a server task answers Prometheus ([`crate::metrics`]).
+//! --metrics-addr or --health-addr server tasks answer Prometheus
+//! ([`crate::metrics`]) and load balancers ([`crate::health`]).
 //!
 //! The sink is known here only through [`Sink`]: its limits cut the
 //! batches, its `durable` asks for the spool ([`crate::spool`]) in front of
-//! it, and its stats go to the metrics and the exit report.
+//! it, and its stats go to the metrics, the health check and the exit
+//! report.
 //!
 //! Accounting: every captured packet ends in one counter. Packets:
 //! `decoded = queue_drops + oversize + batched` (with packing, packed
@@ -44,6 +46,7 @@ use crate::{
     control::{self, Control},
     encode::{Encoder, Entry},
     handoff::{self, Handoff},
+    health::Health,
     hotplug::{self, InterfaceStatus, Watcher},
     loader,
     metrics::{self, AgentCollector, SharedControl},
@@ -117,14 +120,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     let spool_stats = spool.as_ref().map(Spool::stats);
     // Bound before the kernel is touched, too: a taken port stops the start.
-    let metrics_listener = match args.metrics_addr {
-        None => None,
-        Some(addr) => Some(
-            metrics::bind(addr)
-                .await
-                .with_context(|| format!("listening on --metrics-addr {addr}"))?,
-        ),
-    };
+    let metrics_listener = metrics::bind(args.metrics_addr, "--metrics-addr").await?;
+    let health_listener = metrics::bind(args.health_addr, "--health-addr").await?;
 
     let pin_dir = control::resolve_pin_dir(&args.pin.pin_dir)
         .with_context(|| format!("preparing pin directory {}", args.pin.pin_dir.display()))?;
@@ -188,20 +185,27 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ));
     }
     let control = Arc::new(Mutex::new(control));
-    let metrics_server = metrics_listener.map(|listener| {
-        let registry = metrics::registry(AgentCollector {
-            kernel: Arc::new(SharedControl(control.clone())),
-            pipeline: stats.clone(),
-            sink: Some(sink_stats.clone()),
-            spool: spool_stats.clone(),
-            interfaces: interfaces.clone(),
-        });
-        tokio::spawn(metrics::serve(
-            listener,
-            Arc::new(registry),
-            stop_rx.clone(),
-        ))
-    });
+    let health = Arc::new(Health::new(
+        interfaces.clone(),
+        sink_stats.clone(),
+        spool_stats.clone(),
+        args.health_sink_grace,
+    ));
+    let servers = metrics::start(
+        metrics_listener.map(|listener| {
+            let registry = metrics::registry(AgentCollector {
+                kernel: Arc::new(SharedControl(control.clone())),
+                pipeline: stats.clone(),
+                sink: Some(sink_stats.clone()),
+                spool: spool_stats.clone(),
+                interfaces: interfaces.clone(),
+            });
+            (listener, registry)
+        }),
+        health_listener,
+        health,
+        stop_rx.clone(),
+    );
     info!(
         ports = firewall.ports_summary(),
         ifaces = watcher.attached().join(","),
@@ -298,7 +302,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         None => delivery.await,
     };
 
-    if let Some(server) = metrics_server {
+    for server in servers {
         let _ = server.await;
     }
     report(

@@ -1,7 +1,10 @@
-//! The Prometheus endpoint and the logs, as an operator sees them: an agent
-//! attached to a veth pair (support::VethNs: a namespace joined by a veth
-//! pair, addresses from 198.18.0.0/15, no default route), bounded senders,
-//! and `/metrics` scraped over loopback with a plain HTTP GET.
+//! The Prometheus endpoint, the health check and the logs, as an operator
+//! and a load balancer see them: an agent attached to a veth pair
+//! (support::VethNs, or ops::Pair where the link must go away: a namespace
+//! joined by a veth pair, addresses from 198.18.0.0/15, no default route),
+//! bounded senders, and `/metrics` and `/healthz` fetched with a plain HTTP
+//! GET. The EventBridge sink talks to the fake PutEvents endpoint on
+//! loopback, stopped and started again to play an outage.
 //!
 //! Needs root and an agent built with its XDP object; otherwise each test
 //! prints `SKIPPED:` and returns. The EventBridge series are checked without
@@ -18,7 +21,8 @@ use std::{
     time::Duration,
 };
 
-use ops::{Samples, http_get, metrics_addr, scrape_until};
+use ops::{Pair, Samples, http_get, metrics_addr, scrape_until};
+use serde_json::{Value, json};
 use support::{Agent, TIMEOUT, VethNs, agent_command, pin_dir, privileged};
 
 /// The port the datagrams under test go to; warm-ups go to `WARM_PORT`, so
@@ -126,9 +130,16 @@ fn metrics_count_exactly_what_was_sent() {
     // The stdout sink: no EventBridge series.
     assert!(after.matching("udp_agent_eventbridge_").is_empty());
 
-    // Prometheus asks for OpenMetrics; so does this client.
-    let (status, body) = http_get(addr, "/nope");
-    assert_eq!(status, 404, "{body}");
+    // Only /metrics and /healthz are served.
+    for path in ["/nope", "/", "/metrics/x"] {
+        let (status, body) = http_get(addr, path);
+        assert_eq!(status, 404, "GET {path}: {body}");
+    }
+    assert!(
+        !agent.stderr_text().contains("not a loopback address"),
+        "a warning about 127.0.0.1:\n{}",
+        agent.stderr_text()
+    );
 
     let stopped = agent.terminate();
     assert!(stopped.status.success(), "exit: {}", stopped.status);
@@ -256,6 +267,255 @@ fn a_taken_metrics_port_stops_the_start() {
         "{err}"
     );
     assert!(!Path::new(&pins).exists(), "left {}", pins.display());
+}
+
+#[test]
+fn metrics_on_a_non_loopback_address_warn_and_serve_only_metrics_and_healthz() {
+    let test = "metrics-exposed";
+    if !privileged(test) {
+        return;
+    }
+    let ns = VethNs::new(test);
+    let pins = pin_dir(test);
+    // The veth's own address: reachable from outside this host, unlike
+    // loopback.
+    let exposed = SocketAddr::new(ns.host_addr(false), 0).to_string();
+    let agent = Agent::run(
+        &ns.host_if,
+        &pins,
+        &["--port", &PORT.to_string(), "--metrics-addr", &exposed],
+    );
+    let addr = metrics_addr(&agent);
+    assert_eq!(addr.ip(), ns.host_addr(false));
+    let warning = agent
+        .stderr_line("not a loopback address", TIMEOUT)
+        .unwrap_or_else(|| panic!("no warning:\n{}", agent.stderr_text()));
+    assert!(
+        warning.contains("WARN") && warning.contains("--health-addr"),
+        "{warning}"
+    );
+    let (status, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("udp_agent_kernel_packets_total"), "{body}");
+    let (status, body) = healthz(addr);
+    assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+    for path in ["/", "/index.html", "/metrics/", "/healthz/x", "/debug"] {
+        let (status, body) = http_get(addr, path);
+        assert_eq!(status, 404, "GET {path}: {body}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The health check
+// ---------------------------------------------------------------------------
+
+/// The address in the agent's "health: serving http://ADDR/healthz" line.
+fn health_addr(agent: &Agent) -> SocketAddr {
+    let needle = "health: serving http://";
+    let line = agent
+        .stderr_line(needle, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no `{needle}` log line:\n{}", agent.stderr_text()));
+    let rest = &line[line.find(needle).unwrap() + needle.len()..];
+    rest[..rest.find("/healthz").expect("…/healthz in the line")]
+        .parse()
+        .unwrap_or_else(|e| panic!("no address in {line:?}: {e}"))
+}
+
+/// `GET /healthz`: the status and the JSON body.
+fn healthz(addr: SocketAddr) -> (u16, Value) {
+    let (status, body) = http_get(addr, "/healthz");
+    let v = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("/healthz answered {status} with non-JSON ({e}): {body}"));
+    (status, v)
+}
+
+/// Polls `/healthz` every 100 ms, calling `between` before each poll, until
+/// `done` holds; panics after `timeout` with the last answer.
+fn healthz_until(
+    addr: SocketAddr,
+    timeout: Duration,
+    what: &str,
+    mut between: impl FnMut(),
+    done: impl Fn(u16, &Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        between();
+        let (status, v) = healthz(addr);
+        if done(status, &v) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last /healthz: {status} {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn reasons(v: &Value) -> Vec<String> {
+    v["reasons"]
+        .as_array()
+        .map(|a| a.iter().map(|r| r["reason"].to_string()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn healthz_is_503_while_the_interface_is_gone() {
+    let test = "health-detached";
+    if !privileged(test) {
+        return;
+    }
+    let pair = Pair::new(true);
+    let pins = pin_dir(test);
+    let agent = Agent::run(
+        &pair.host_if,
+        &pins,
+        &["--port", &PORT.to_string(), "--health-addr", "127.0.0.1:0"],
+    );
+    let addr = health_addr(&agent);
+    pair.warm_up(&agent, WARM_SRC, PORT);
+    let (status, v) = healthz(addr);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "ok", "{v}");
+    assert!(v.get("reasons").is_none(), "{v}");
+    // The health listener serves nothing else, the metrics least of all.
+    for path in ["/metrics", "/"] {
+        let (status, body) = http_get(addr, path);
+        assert_eq!(status, 404, "GET {path} on --health-addr: {body}");
+    }
+
+    pair.delete_link();
+    let v = healthz_until(
+        addr,
+        TIMEOUT,
+        "503 detached",
+        || {},
+        |status, _| status == 503,
+    );
+    assert_eq!(v["status"], "unhealthy", "{v}");
+    assert_eq!(
+        v["reasons"],
+        json!([{"reason": "detached", "iface": pair.host_if}]),
+        "{v}"
+    );
+
+    pair.create_link();
+    healthz_until(
+        addr,
+        TIMEOUT,
+        "200 once attached again",
+        || {},
+        |status, _| status == 200,
+    );
+}
+
+#[test]
+fn healthz_is_503_while_the_sink_endpoint_is_down() {
+    let test = "health-sink";
+    if !privileged(test) {
+        return;
+    }
+    use fake_eventbridge::{Config as FakeConfig, FakeEventBridge};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let start = |listen: SocketAddr| {
+        rt.block_on(FakeEventBridge::start(FakeConfig {
+            listen,
+            ..FakeConfig::default()
+        }))
+        .unwrap_or_else(|e| panic!("starting the fake endpoint on {listen}: {e}"))
+    };
+    let fake = start("127.0.0.1:0".parse().unwrap());
+    let endpoint = fake.addr();
+    let ns = VethNs::new(test);
+    let pins = pin_dir(test);
+    let url = fake.url();
+    const GRACE_S: u64 = 2;
+    let grace = format!("{GRACE_S}s");
+    let agent = Agent::run_with_env(
+        &ns.host_if,
+        &pins,
+        &[
+            "--port",
+            &PORT.to_string(),
+            "--event-bus",
+            "health-bus",
+            "--endpoint-url",
+            &url,
+            "--batch-linger-ms",
+            "5",
+            "--health-addr",
+            "127.0.0.1:0",
+            "--health-sink-grace",
+            &grace,
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIDHEALTHTEST"),
+            ("AWS_SECRET_ACCESS_KEY", "health-test"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", "/nonexistent/udp-agent-test/config"),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/udp-agent-test/credentials",
+            ),
+        ],
+    );
+    let addr = health_addr(&agent);
+    // One datagram at a time (at most one every 100 ms, at most 600 in
+    // all) while waiting for something.
+    let mut sent = 0u32;
+    let mut send = || {
+        assert!(
+            sent < 600,
+            "sent 600 datagrams; stderr:\n{}",
+            agent.stderr_text()
+        );
+        ns.send_udp(false, SRC, PORT, &[format!("health {sent}").into_bytes()]);
+        sent += 1;
+    };
+
+    // Delivering: the endpoint accepts.
+    healthz_until(
+        addr,
+        TIMEOUT,
+        "an accepted entry",
+        &mut send,
+        |status, v| status == 200 && v["sink"] == "delivering",
+    );
+    assert!(fake.stats().entries_accepted > 0);
+
+    // The endpoint goes away while datagrams keep coming: failing at once,
+    // 503 once the grace is over.
+    drop(fake);
+    let v = healthz_until(
+        addr,
+        Duration::from_secs(30),
+        "503 sink_failing",
+        &mut send,
+        |status, _| status == 503,
+    );
+    assert_eq!(v["sink"], "failing", "{v}");
+    let [reason] = v["reasons"].as_array().expect("reasons").as_slice() else {
+        panic!("one reason: {v}")
+    };
+    assert_eq!(reason["reason"], "sink_failing", "{v}");
+    assert!(
+        reason["seconds"].as_u64().is_some_and(|s| s >= GRACE_S),
+        "failing for at least the grace: {v}"
+    );
+
+    // Back: delivering again.
+    let fake = start(endpoint);
+    healthz_until(
+        addr,
+        Duration::from_secs(30),
+        "200 after the endpoint came back",
+        &mut send,
+        |status, _| status == 200,
+    );
+    assert!(fake.stats().entries_accepted > 0);
+    assert_eq!(reasons(&healthz(addr).1), Vec::<String>::new());
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the one way to set up, build, run, lint and test udp-agent.
 
 mod bench;
+mod package;
 mod toolchain;
 mod venv;
 
@@ -61,6 +62,10 @@ enum Cmd {
     },
     /// `cargo fmt --check` and `cargo clippy --workspace --all-targets -D warnings`.
     Lint,
+    /// Build the Debian package (target/package/udp-agent_*.deb): the agent,
+    /// its systemd unit and sysusers file, /etc/default/udp-agent, manual
+    /// pages and shell completions. Needs cargo-deb.
+    Package,
     /// Benchmarks: kernel cost, lossless capture rate, forwarding rate and
     /// memory, against the XDP_PASS floor, tcpdump, a UDP socket and the
     /// article's script (needs root). Writes target/bench/results.json.
@@ -82,6 +87,9 @@ fn main() -> ExitCode {
         Cmd::Run { debug, args } => run(cli.route, debug, &args),
         Cmd::Test { args } => test(cli.route, &args),
         Cmd::Lint => lint(cli.route),
+        Cmd::Package => package::package(cli.route).map(|deb| {
+            println!("package: {}", deb.display());
+        }),
         Cmd::Bench { quick } => bench::bench(cli.route, quick),
     };
     match result {

@@ -159,14 +159,31 @@ impl Delivery {
     }
 }
 
+/// A sink's monotonic counters, as the health check reads them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkProgress {
+    /// Entries accepted (by EventBridge; written, for stdout).
+    pub delivered: u64,
+    /// Entries given up on.
+    pub failed: u64,
+    /// Entries taken in and not settled yet: in flight, being retried.
+    pub pending: u64,
+}
+
 /// What the rest of the agent reads of a running sink: its counters, for
-/// the metrics endpoint and the final report.
+/// the metrics endpoint, the health check and the final report.
 pub trait SinkStats: fmt::Debug + Send + Sync {
     /// The sink's series for `/metrics` (names without the `udp_agent_`
     /// prefix and `_total` suffix).
     fn samples(&self) -> Vec<Sample>;
     /// One line of `name=value` pairs for the log at exit.
     fn summary(&self) -> String;
+    /// Delivered, given up and pending entries, for `/healthz`.
+    fn progress(&self) -> SinkProgress;
+    /// True while a cost limit refuses every new event.
+    fn cost_guard_tripped(&self) -> bool {
+        false
+    }
 }
 
 /// The future a sink runs as.

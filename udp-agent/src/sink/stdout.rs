@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
-use super::{Delivery, Limits, Sink, SinkRun, SinkStats};
+use super::{Delivery, Limits, Sink, SinkProgress, SinkRun, SinkStats};
 use crate::{
     encode::Entry,
     stats::{PipelineStats, Sample},
@@ -47,7 +47,11 @@ pub struct StdoutSink {
 /// out at shutdown (a reader of stdout that stopped reading).
 #[derive(Debug, Default)]
 pub struct StdoutStats {
+    /// Entries taken in.
+    pub received: AtomicU64,
     pub written: AtomicU64,
+    /// Entries whose write failed.
+    pub failed: AtomicU64,
     pub undelivered: AtomicU64,
     /// Set when shutdown gives up on the writer thread: whatever it still
     /// holds was counted `undelivered`, and it must not count it again.
@@ -72,10 +76,23 @@ impl SinkStats for StdoutStats {
 
     fn summary(&self) -> String {
         format!(
-            "written={} undelivered={}",
+            "received={} written={} failed={} undelivered={}",
+            self.received.load(Relaxed),
             self.written.load(Relaxed),
+            self.failed.load(Relaxed),
             self.undelivered.load(Relaxed)
         )
+    }
+
+    fn progress(&self) -> SinkProgress {
+        let delivered = self.written.load(Relaxed);
+        let failed = self.failed.load(Relaxed) + self.undelivered.load(Relaxed);
+        let received = self.received.load(Relaxed);
+        SinkProgress {
+            delivered,
+            failed,
+            pending: received.saturating_sub(delivered + failed),
+        }
     }
 }
 
@@ -200,6 +217,7 @@ pub fn run<W: Write>(
             break;
         }
         for Delivery { entries, ack } in batches.drain(..) {
+            stats.received.fetch_add(entries.len() as u64, Relaxed);
             write_lines(&mut text, &entries);
             pending += entries.len() as u64;
             // Written: the stdout sink's acknowledgement (its latency is
@@ -251,6 +269,7 @@ impl<W: Write> Counted<'_, W> {
                 }
                 Err(_) => {
                     self.pipeline.sink_failed.fetch_add(*pending, Relaxed);
+                    self.stats.failed.fetch_add(*pending, Relaxed);
                 }
             };
         }

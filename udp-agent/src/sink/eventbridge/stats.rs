@@ -16,7 +16,10 @@ use std::{
 };
 
 use super::{cost_guard::SharedCostGuard, rate_limit::RateLimiter};
-use crate::{sink::SinkStats, stats::Sample};
+use crate::{
+    sink::{SinkProgress, SinkStats},
+    stats::Sample,
+};
 
 #[derive(Debug, Default)]
 pub struct EventBridgeStats {
@@ -196,11 +199,74 @@ impl SinkStats for Observer {
     fn summary(&self) -> String {
         self.counters.summary()
     }
+
+    fn progress(&self) -> SinkProgress {
+        let c = &self.counters;
+        let delivered = c.delivered.load(Relaxed);
+        let failed = c.failed.load(Relaxed);
+        let settled = delivered
+            + failed
+            + c.cost_guard_skipped.load(Relaxed)
+            + c.undelivered.load(Relaxed)
+            + c.left_spooled.load(Relaxed);
+        // Read last, so that it is never behind the settled counters.
+        let received = c.received.load(Relaxed);
+        SinkProgress {
+            delivered,
+            failed,
+            pending: received.saturating_sub(settled),
+        }
+    }
+
+    fn cost_guard_tripped(&self) -> bool {
+        let limit = self.cost_guard.limit();
+        // Entries are admitted while the hour's sum plus theirs fits.
+        limit > 0 && self.cost_guard.used() >= limit
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_as_progress_and_the_cost_guard_for_the_health_check() {
+        let counters = Arc::new(EventBridgeStats::default());
+        let o = Observer {
+            counters: counters.clone(),
+            cost_guard: Arc::new(SharedCostGuard::new(2)),
+            limiter: None,
+        };
+        counters.received.store(50, Relaxed);
+        counters.delivered.store(30, Relaxed);
+        counters.count_failed("InvalidArgument", 5);
+        counters.cost_guard_skipped.store(4, Relaxed);
+        counters.undelivered.store(1, Relaxed);
+        counters.left_spooled.store(2, Relaxed);
+        assert_eq!(
+            o.progress(),
+            SinkProgress {
+                delivered: 30,
+                failed: 5,
+                pending: 8
+            }
+        );
+        assert!(!o.cost_guard_tripped());
+        let entry = |n: u8| crate::encode::Entry {
+            source: Arc::from("udp.raw"),
+            detail_type: Arc::from("UdpPacket"),
+            event_bus_name: Arc::from("default"),
+            detail: format!("{n}").into(),
+            time: std::time::UNIX_EPOCH,
+            capture_ns: 0,
+        };
+        let (kept, skipped) = o.cost_guard.admit(
+            vec![entry(1), entry(2), entry(3)],
+            tokio::time::Instant::now(),
+        );
+        assert_eq!((kept.len(), skipped), (2, 1));
+        assert!(o.cost_guard_tripped(), "the hour's 2 events are used");
+    }
 
     #[test]
     fn failures_are_counted_by_code() {
