@@ -576,7 +576,7 @@ fn sigterm_with_a_stdout_nobody_reads_respects_the_drain_timeout() {
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
     // SAFETY: both fds are new and owned here from now on.
     let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let mut child = support::agent_command()
+    let child = support::agent_command()
         .args([
             "run",
             "--iface",
@@ -593,6 +593,12 @@ fn sigterm_with_a_stdout_nobody_reads_respects_the_drain_timeout() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // However the test ends: the agent killed, its pins removed.
+    let mut guard = Killed {
+        child,
+        pins: pins.clone(),
+    };
+    let child = &mut guard.child;
     let mut stderr = child.stderr.take().unwrap();
     let log = thread::spawn(move || {
         let mut s = String::new();
@@ -637,4 +643,23 @@ fn sigterm_with_a_stdout_nobody_reads_respects_the_drain_timeout() {
         pipeline["queue_drops"] + pipeline["emitted"] + pipeline["sink_failed"],
         "{pipeline:?}"
     );
+}
+
+/// A child agent killed, and its pin directory removed, when dropped.
+struct Killed {
+    child: std::process::Child,
+    pins: PathBuf,
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Ok(entries) = fs::read_dir(&self.pins) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let _ = fs::remove_dir(&self.pins);
+    }
 }
