@@ -3,7 +3,8 @@
 //!
 //! One module per pipeline stage, in the order a packet meets them:
 //! [`loader`] (load and attach the XDP object) ▸ [`capture`] (drain the ring
-//! buffer) ▸ [`record`] (decode a ring record) ▸ [`encode`] (the PutEvents
+//! buffer) ▸ [`record`] (decode a ring record) ▸ [`reassembly`] (IP
+//! fragments into whole datagrams) ▸ [`encode`] (the PutEvents
 //! entry) ▸ [`batch`] (AWS request limits) ▸ [`sink`] (stdout, EventBridge).
 //! [`control`] owns the pinned maps that `udp-agent ports`/`stats` change and
 //! read; [`hotplug`] keeps the program attached to interfaces that come and
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod ports;
 pub mod privileges;
+pub mod reassembly;
 pub mod record;
 pub mod ring;
 pub mod sink;

@@ -208,6 +208,18 @@ fn pipeline_help(name: &str) -> &'static str {
         "batched" => "Entries handed to the sink",
         "emitted" => "Entries the sink wrote (stdout) or EventBridge accepted",
         "sink_failed" => "Entries the sink could not deliver",
+        "fragments" => "IP fragment records taken in for reassembly",
+        "reassembled" => "Datagrams reassembled from IP fragments",
+        "fragment_timeout" => {
+            "Datagrams dropped incomplete at --reassembly-timeout (or at shutdown)"
+        }
+        "fragment_overlap" => "Datagrams dropped for overlapping IP fragments (RFC 5722)",
+        "fragment_evicted" => "Incomplete datagrams dropped to stay within --reassembly-max-bytes",
+        "fragment_duplicate" => "IP fragments dropped as duplicates of data already held",
+        "fragment_invalid" => "Datagrams dropped for fragments or a UDP length that do not add up",
+        "fragment_discarded" => {
+            "Datagrams the XDP program rejected after some of their fragments had come"
+        }
         _ => "Pipeline counter",
     }
 }

@@ -38,6 +38,7 @@ use crate::{
     loader,
     metrics::{self, AgentCollector, SharedControl},
     privileges,
+    reassembly::{self, Reassembler},
     record::Packet,
     ring::Ring,
     sink::{
@@ -165,7 +166,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Duration::from_millis(args.batch_linger_ms),
         stats.clone(),
     );
-    let capture = tokio::spawn(capture::run(ring, handoff, stats.clone(), stop_rx.clone()));
+    let reassembler = Reassembler::new(
+        reassembly::Settings {
+            timeout: args.reassembly_timeout,
+            max_bytes: args.reassembly_max_bytes,
+            snaplen: args.snaplen,
+        },
+        stats.clone(),
+    );
+    let capture = tokio::spawn(capture::run(
+        ring,
+        handoff,
+        reassembler,
+        stats.clone(),
+        stop_rx.clone(),
+    ));
     let mut sink: JoinHandle<Result<()>> = match eventbridge {
         None => {
             let stats = stats.clone();
@@ -283,6 +298,13 @@ fn report(control: &Control, stats: &PipelineStats, eventbridge: Option<&EventBr
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     info!("pipeline counters: {}", line.join(" "));
+    info!(
+        "reassembly: held at most {} bytes",
+        stats
+            .reassembly
+            .peak_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     if let Some(eb) = eventbridge {
         info!("eventbridge counters: {}", eb.summary());
     }

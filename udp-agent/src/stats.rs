@@ -25,6 +25,8 @@ pub struct PipelineStats {
     pub sink_failed: AtomicU64,
     /// Capture-to-acknowledged seconds of the entries the sink delivered.
     pub latency: crate::metrics::Latency,
+    /// IP fragments and the datagrams reassembled from them.
+    pub reassembly: crate::reassembly::ReassemblyStats,
 }
 
 impl PipelineStats {
@@ -38,6 +40,9 @@ impl PipelineStats {
             ("emitted", self.emitted.load(Relaxed)),
             ("sink_failed", self.sink_failed.load(Relaxed)),
         ]
+        .into_iter()
+        .chain(self.reassembly.snapshot())
+        .collect()
     }
 }
 

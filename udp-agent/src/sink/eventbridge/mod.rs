@@ -28,8 +28,9 @@
 //! batches; the batch queue fills, the encoder waits, and the packet queue
 //! in front of it overflows into the `queue_drops` counter. Nothing grows.
 //!
-//! Entries larger than a request are impossible here (snaplen ≤ 9216 bytes
-//! keeps an entry far below 256 KB); the batcher would refuse and count one
+//! Entries larger than a request are impossible here (a payload, even one
+//! reassembled from IP fragments, is at most 65,535 bytes, ~88 KB in
+//! base64: below 256 KB); the batcher would refuse and count one
 //! (`oversize`) before it reached the sink.
 //!
 //! Shutdown. When the shutdown signal fires or the input closes, the sink
