@@ -9,7 +9,8 @@ use tracing::warn;
 
 #[derive(Debug, Default)]
 pub struct PipelineStats {
-    /// Ring records decoded into packets.
+    /// Datagrams decoded from ring records: whole ones, and those
+    /// reassembled from fragment records (counted in `reassembly`).
     pub decoded: AtomicU64,
     /// Ring records that did not decode (never expected; see record.rs).
     pub decode_errors: AtomicU64,
