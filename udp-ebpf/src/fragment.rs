@@ -61,19 +61,13 @@ static FRAGS: LruHashMap<FragKey, FragState> = LruHashMap::with_max_entries(FRAG
 /// One fragment and what every step needs of its context. The settings are
 /// read in place (`cfg` points into the `CONFIG` map) rather than copied to
 /// the stack, which the verifier limits to 512 bytes for a call chain.
-///
-/// The field order matters to the verifier, which refuses misaligned stack
-/// accesses: the BPF backend (allowed misaligned accesses for packet
-/// parsing, see build.rs) merges neighbouring constant stores into 8-byte
-/// ones wherever they lie, so the key's 4-aligned tail is followed by a
-/// value it cannot merge with.
 #[repr(C, align(8))]
 struct Frag {
     key: FragKey,
-    /// CLOCK_MONOTONIC_COARSE at arrival.
-    now: u64,
     meta: FragMeta,
     cfg: *const Config,
+    /// CLOCK_MONOTONIC_COARSE at arrival.
+    now: u64,
     /// `XDP_PASS` or `XDP_DROP`: what a rejected datagram's fragments take.
     reject: u32,
     ifindex: u32,
