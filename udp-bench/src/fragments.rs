@@ -22,34 +22,22 @@
 //! reassembling it and encoding its event, against decoding and encoding
 //! the same datagram from one whole record.
 
-use std::{
-    os::fd::{AsFd, AsRawFd},
-    path::Path,
-    process::Command,
-};
+use std::{os::fd::AsRawFd, path::Path, process::Command};
 
 use anyhow::{Context, Result, bail, ensure};
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, MapData, ProgramArray, RingBuf},
-    programs::Xdp,
-};
+use aya::{maps::ProgramArray, programs::Xdp};
 use serde::Serialize;
 use udp_ebpf_common::{
-    Config, DEFAULT_RING_BYTES, FRAGMENT_PATH_MAP, FRAGMENT_PATH_SLOT, FRAGMENT_PROGRAM, PortRule,
+    DEFAULT_RING_BYTES, FRAGMENT_PATH_MAP, FRAGMENT_PATH_SLOT, FRAGMENT_PROGRAM,
     frame::FrameBuilder,
 };
 
 use crate::{
     bpf,
+    kernel::{self, DST4, Loaded, OTHER_PORT, PORT, SRC4},
     proc::{check_interrupted, sut_cpu, with_cpu},
     report::{Row, Summary},
 };
-
-const PORT: u16 = 514;
-const OTHER_PORT: u16 = 9999;
-const SRC4: [u8; 4] = [198, 18, 250, 2];
-const DST4: [u8; 4] = [198, 18, 250, 1];
 /// The datagram of the fragment cases: 8,000 payload bytes, which a
 /// 1,500-byte MTU splits into six fragments (five of 1,480 data bytes).
 const SIZE: usize = 8000;
@@ -151,63 +139,24 @@ pub struct FragmentResults {
     pub agent: Option<AgentResult>,
 }
 
-struct Loaded {
-    ebpf: Ebpf,
-    ring: RingBuf<MapData>,
-}
-
-impl Loaded {
-    fn load(object: &Path) -> Result<Loaded> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries("EVENTS", DEFAULT_RING_BYTES)
-            .load_file(object)
-            .with_context(|| format!("loading {}", object.display()))?;
-        for name in ["udp_capture", FRAGMENT_PROGRAM] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .with_context(|| format!("no {name} program in the object"))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("the kernel refused {name}"))?;
-        }
-        let fd = {
-            let prog: &Xdp = ebpf
-                .program(FRAGMENT_PROGRAM)
-                .context("no fragment program")?
-                .try_into()?;
-            prog.fd()?.try_clone()?
-        };
-        let mut slots = ProgramArray::try_from(
-            ebpf.map_mut(FRAGMENT_PATH_MAP)
-                .context("no FRAGMENT_PATH map")?,
-        )?;
-        slots.set(FRAGMENT_PATH_SLOT, &fd, 0)?;
-        let mut ports: Array<_, PortRule> =
-            Array::try_from(ebpf.map_mut("PORTS").context("no PORTS map")?)?;
-        ports.set(u32::from(PORT), PortRule::enabled(), 0)?;
-        let mut config: Array<_, Config> =
-            Array::try_from(ebpf.map_mut("CONFIG").context("no CONFIG map")?)?;
-        config.set(0, Config::default(), 0)?;
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("no EVENTS map")?)?;
-        Ok(Loaded { ebpf, ring })
-    }
-
-    fn fd(&self) -> Result<i32> {
-        let prog: &Xdp = self
-            .ebpf
-            .program("udp_capture")
-            .context("no udp_capture program")?
-            .try_into()?;
-        Ok(prog.fd()?.as_fd().as_raw_fd())
-    }
-
-    fn drain(&mut self) -> usize {
-        let mut n = 0;
-        while self.ring.next().is_some() {
-            n += 1;
-        }
-        n
-    }
+/// The object as the kernel rows load it, with `udp_fragment` installed
+/// in its slot as the agent's loader does.
+fn load(object: &Path) -> Result<Loaded> {
+    let mut k = Loaded::load(object, DEFAULT_RING_BYTES)?;
+    let ebpf = &mut k.ebpf;
+    let prog: &mut Xdp = ebpf
+        .program_mut(FRAGMENT_PROGRAM)
+        .with_context(|| format!("no {FRAGMENT_PROGRAM} program in the object"))?
+        .try_into()?;
+    prog.load()
+        .with_context(|| format!("the kernel refused {FRAGMENT_PROGRAM}"))?;
+    let fd = prog.fd()?.try_clone()?;
+    let mut slots = ProgramArray::try_from(
+        ebpf.map_mut(FRAGMENT_PATH_MAP)
+            .context("no FRAGMENT_PATH map")?,
+    )?;
+    slots.set(FRAGMENT_PATH_SLOT, &fd, 0)?;
+    Ok(k)
 }
 
 fn payload(len: usize, id: u32) -> Vec<u8> {
@@ -291,7 +240,7 @@ pub fn run(
     s: &Settings,
 ) -> Result<(FragmentResults, Vec<Row>)> {
     let floor = bpf::load_xdp_pass().context("loading the XDP_PASS floor program")?;
-    let mut k = Loaded::load(object)?;
+    let mut k = load(object)?;
     let fd = k.fd()?;
     let cpu = sut_cpu();
     let cases = with_cpu(cpu, || measure(&mut k, fd, floor.as_raw_fd(), s))?;
@@ -327,8 +276,8 @@ fn measure(k: &mut Loaded, fd: i32, floor: i32, s: &Settings) -> Result<Vec<Case
         bpf::test_run(fd, &f, 1)?;
         bpf::test_run(floor, &f, 1)?;
     }
-    k.drain();
-    let mut written = 0;
+    kernel::drain(k);
+    let mut written = 0u64;
     for round in 0..s.rounds {
         check_interrupted()?;
         for i in 0..s.datagrams {
@@ -352,14 +301,14 @@ fn measure(k: &mut Loaded, fd: i32, floor: i32, s: &Settings) -> Result<Vec<Case
                 flr[idx(*case)][round].push(f64::from(fl.kernel_ns));
             }
             if i % DRAIN_EVERY == DRAIN_EVERY - 1 {
-                written += k.drain();
+                written += kernel::drain(k).0;
             }
         }
-        written += k.drain();
+        written += kernel::drain(k).0;
     }
     // Per datagram set: the whole one, six fragments in order, five early
     // ones and the first after them; none to the disabled port.
-    let want = s.rounds * s.datagrams * (1 + 6 + 6);
+    let want = (s.rounds * s.datagrams * (1 + 6 + 6)) as u64;
     ensure!(
         written == want,
         "{written} records written where {want} were expected (ring full, or the fragment path not installed?)"

@@ -42,16 +42,16 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use udp_ebpf_common::{
-    ACTION_DROP, ACTION_PASS, CONFIG_REJECT_DROP, Config, FRAG_CAPTURE, FRAG_CHARGED_GLOBAL,
-    FRAG_CHARGED_SOURCE, FRAG_ENTRIES, FRAG_MAX_RECORDS, FRAG_PENDING, FRAG_PORTS_KNOWN,
-    FRAG_REJECT, FRAG_TTL_NS, FragKey, FragState, MAX_CAPTURE, PortRule, RECORD_COARSE_TIME,
-    RECORD_FRAGMENT, RECORD_FRAGMENT_DISCARD, RECORD_MORE_FRAGMENTS, RecordHeader, counter,
+    ACTION_DROP, ACTION_PASS, Config, FRAG_CAPTURE, FRAG_CHARGED_GLOBAL, FRAG_CHARGED_SOURCE,
+    FRAG_ENTRIES, FRAG_MAX_RECORDS, FRAG_PENDING, FRAG_PORTS_KNOWN, FRAG_REJECT, FRAG_TTL_NS,
+    FragKey, FragState, MAX_CAPTURE, PortRule, RECORD_COARSE_TIME, RECORD_FRAGMENT,
+    RECORD_FRAGMENT_DISCARD, RECORD_MORE_FRAGMENTS, RecordHeader, counter,
     parse::{FragMeta, Outcome, parse_fragment, read_addresses_at},
 };
 
 use crate::{
-    CONFIG, GLOBAL_STATE, PORT_STATE, PORTS, bump, conform, count, denied, notify, source_state,
-    write_record,
+    CONFIG, GLOBAL_STATE, PORT_STATE, PORTS, bump, conform, count, denied, notify, reject_action,
+    source_state, write_record,
 };
 
 /// Datagram being received in fragments → its first fragment's decision.
@@ -127,11 +127,7 @@ fn capture(ctx: &XdpContext) -> u32 {
     let Some(cfg) = CONFIG.get(0) else {
         return pass(counter::MALFORMED);
     };
-    let reject = if cfg.flags & CONFIG_REJECT_DROP != 0 {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
-    };
+    let reject = reject_action(cfg.flags);
     if denied(meta.ip_version, &src_addr, cfg.flags) {
         count(counter::DENIED);
         return reject;

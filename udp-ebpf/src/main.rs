@@ -195,6 +195,17 @@ impl<const N: usize> StackKey<N> {
     }
 }
 
+/// What over-limit and denied packets take: `XDP_DROP` with
+/// `CONFIG_REJECT_DROP` in the config's `flags`, else `XDP_PASS`.
+#[inline(always)]
+fn reject_action(flags: u32) -> u32 {
+    if flags & CONFIG_REJECT_DROP != 0 {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
 /// True if the source is denied: on the deny list, or — when the allow list
 /// is not empty — on no allow prefix. Each list is looked up only while its
 /// flag says it has entries.
@@ -303,11 +314,7 @@ fn capture(ctx: &XdpContext) -> u32 {
         Some(cfg) => *cfg,
         None => Config::default(),
     };
-    let reject = if cfg.flags & CONFIG_REJECT_DROP != 0 {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
-    };
+    let reject = reject_action(cfg.flags);
     if denied(meta.ip_version, &src_addr, cfg.flags) {
         count(counter::DENIED);
         return reject;
