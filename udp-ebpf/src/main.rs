@@ -87,8 +87,12 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 /// Slot `FRAGMENT_PATH_SLOT` holds `udp_fragment`, which the loader puts
 /// there. A tail call rather than a function call: the fragment path then
 /// has a stack of its own (the verifier allows 512 bytes for a call chain,
-/// and this program's frame takes half of that), and the path of whole
-/// datagrams keeps its code as it is.
+/// and this program's frame takes 240 of them), and the path of whole
+/// datagrams keeps its code as it is. This program also calls memcpy and
+/// memset as functions, and the verifier allows a tail call from such a
+/// program only while its frame stays within 256 bytes: if it grows past
+/// that, loading fails with "tail_calls are not allowed when call stack of
+/// previous frames is … bytes".
 #[map]
 static FRAGMENT_PATH: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
@@ -189,8 +193,9 @@ impl<const N: usize> StackKey<N> {
     #[inline(always)]
     fn as_key<K>(&self) -> &K {
         const { assert!(core::mem::size_of::<K>() <= 4 * N) };
-        // SAFETY: every word was written in `new`; K is plain data no larger
-        // than the words and needs no more than their 8-byte alignment.
+        // SAFETY: every word was written in `fill`; K is plain data no
+        // larger than the words and needs no more than their 8-byte
+        // alignment.
         unsafe { &*(self.0.as_ptr() as *const K) }
     }
 }
