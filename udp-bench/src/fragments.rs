@@ -382,9 +382,14 @@ fn rows(cases: &[CaseResult], agent: Option<&AgentResult>) -> Vec<Row> {
     let mut rows: Vec<Row> = cases
         .iter()
         .map(|c| {
-            let mut row = Row::new(1, format!("kernel: {}", c.name), "ns/packet");
+            let unit = if c.name == Case::Whole.name() {
+                "ns/packet"
+            } else {
+                "ns/fragment"
+            };
+            let mut row = Row::new(1, format!("kernel: {}", c.name), unit);
             row.ours = format!(
-                "{:.1} ns/packet (±{:.0}%)",
+                "{:.1} {unit} (±{:.0}%)",
                 c.program_ns.median,
                 c.program_ns.spread_pct()
             );
