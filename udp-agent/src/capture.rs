@@ -4,7 +4,8 @@
 //! task sleeps until the kernel says records are waiting: no sleep-polling.
 //! Each record is encoded where it lies and batched ([`crate::handoff`]);
 //! the consumer never blocks: a batch that finds the sink's queue full is
-//! counted and dropped, and the ring keeps draining.
+//! counted and dropped, and the ring keeps draining. Records of IP fragments
+//! go to the [`Reassembler`] first, and the datagrams it completes on.
 
 use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 
@@ -18,7 +19,8 @@ use tracing::warn;
 use crate::{
     clock::{self, WallClock},
     handoff::Handoff,
-    record::{self, Packet, PacketView},
+    reassembly::Reassembler,
+    record::{self, Packet, Record},
     ring::Ring,
     stats::PipelineStats,
 };
@@ -49,8 +51,14 @@ pub struct Drained {
 /// Drains up to `budget` records from `ring`, encoding each in place and
 /// handing whole batches on. Everything read is published to the kernel
 /// before it returns.
-pub fn drain(ring: &mut Ring, out: &mut Handoff, stats: &PipelineStats, budget: usize) -> Drained {
-    let pass = drain_records(ring, out, stats, budget);
+pub fn drain(
+    ring: &mut Ring,
+    out: &mut Handoff,
+    reassembler: &mut Reassembler,
+    stats: &PipelineStats,
+    budget: usize,
+) -> Drained {
+    let pass = drain_records(ring, out, reassembler, stats, budget);
     ring.publish();
     pass
 }
@@ -58,26 +66,35 @@ pub fn drain(ring: &mut Ring, out: &mut Handoff, stats: &PipelineStats, budget: 
 fn drain_records(
     ring: &mut Ring,
     out: &mut Handoff,
+    reassembler: &mut Reassembler,
     stats: &PipelineStats,
     budget: usize,
 ) -> Drained {
     let mut pass = Drained::default();
     let read = ReadTime::now();
+    reassembler.expire(read.ns);
     while pass.records < budget {
         let Some(item) = ring.read() else {
             return pass;
         };
         pass.records += 1;
         match read.decode(item) {
-            Ok(packet) => {
+            Ok(Record::Datagram(packet)) => {
                 stats.decoded.fetch_add(1, Relaxed);
                 out.push(&packet);
-                if out.is_closed() {
-                    pass.closed = true;
-                    return pass;
+            }
+            Ok(Record::Fragment(fragment)) => {
+                if let Some(packet) = reassembler.push(&fragment) {
+                    stats.decoded.fetch_add(1, Relaxed);
+                    out.push(&packet.view());
                 }
             }
+            Ok(Record::Discard(key)) => reassembler.discard(&key),
             Err(e) => decode_error(stats, &e),
+        }
+        if out.is_closed() {
+            pass.closed = true;
+            return pass;
         }
     }
     pass.more = true;
@@ -102,10 +119,10 @@ impl ReadTime {
     }
 
     /// Decodes a record read in this pass, with its capture time.
-    fn decode(self, item: &[u8]) -> Result<PacketView<'_>, record::DecodeError> {
-        let mut p = record::decode_view(item)?;
-        p.narrow_time(self.ns, self.tick_ns);
-        Ok(p)
+    fn decode(self, item: &[u8]) -> Result<Record<'_>, record::DecodeError> {
+        let mut r = record::decode_record(item)?;
+        r.narrow_time(self.ns, self.tick_ns);
+        Ok(r)
     }
 }
 
@@ -124,6 +141,7 @@ fn decode_error(stats: &PipelineStats, e: &record::DecodeError) {
 pub async fn run(
     ring: Ring,
     mut out: Handoff,
+    mut reassembler: Reassembler,
     stats: std::sync::Arc<PipelineStats>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
@@ -139,12 +157,13 @@ pub async fn run(
             biased;
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
-                    final_drain(fd.get_mut(), &mut out, &stats).await;
+                    final_drain(fd.get_mut(), &mut out, &mut reassembler, &stats).await;
                     // A CPU may still be finishing a run of the program it
                     // entered before the detach; give it time, then drain
                     // once more.
                     tokio::time::sleep(Duration::from_millis(20)).await;
-                    final_drain(fd.get_mut(), &mut out, &stats).await;
+                    final_drain(fd.get_mut(), &mut out, &mut reassembler, &stats).await;
+                    reassembler.finish();
                     out.finish().await;
                     return Ok(());
                 }
@@ -152,10 +171,20 @@ pub async fn run(
             _ = sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                 out.flush();
             }
-            _ = clock.tick() => out.set_clock(WallClock::now()),
+            _ = clock.tick() => {
+                out.set_clock(WallClock::now());
+                // Incomplete datagrams time out without traffic too.
+                reassembler.expire(clock::monotonic_ns());
+            }
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                let pass = drain(guard.get_inner_mut(), &mut out, &stats, DRAIN_BUDGET);
+                let pass = drain(
+                    guard.get_inner_mut(),
+                    &mut out,
+                    &mut reassembler,
+                    &stats,
+                    DRAIN_BUDGET,
+                );
                 if pass.closed {
                     return Ok(());
                 }
@@ -177,23 +206,39 @@ pub async fn run(
 /// After the program is detached: everything left in the ring goes to the
 /// sink, waiting for room rather than dropping (nothing already captured
 /// is lost at shutdown).
-async fn final_drain(ring: &mut Ring, out: &mut Handoff, stats: &PipelineStats) {
+async fn final_drain(
+    ring: &mut Ring,
+    out: &mut Handoff,
+    reassembler: &mut Reassembler,
+    stats: &PipelineStats,
+) {
     loop {
         // Owned copies: a ring item cannot be held across an await.
         let mut packets: Vec<Packet> = Vec::new();
         let read = ReadTime::now();
-        while packets.len() < DRAIN_BUDGET {
+        let mut records = 0;
+        while records < DRAIN_BUDGET {
             let Some(item) = ring.read() else { break };
-            match read.decode(item) {
-                Ok(p) => {
-                    stats.decoded.fetch_add(1, Relaxed);
-                    packets.push(p.to_packet());
+            records += 1;
+            let packet = match read.decode(item) {
+                Ok(Record::Datagram(p)) => Some(p.to_packet()),
+                Ok(Record::Fragment(f)) => reassembler.push(&f),
+                Ok(Record::Discard(key)) => {
+                    reassembler.discard(&key);
+                    None
                 }
-                Err(e) => decode_error(stats, &e),
+                Err(e) => {
+                    decode_error(stats, &e);
+                    None
+                }
+            };
+            if let Some(p) = packet {
+                stats.decoded.fetch_add(1, Relaxed);
+                packets.push(p);
             }
         }
         ring.publish();
-        if packets.is_empty() {
+        if records == 0 {
             return;
         }
         for p in &packets {
@@ -226,15 +271,28 @@ mod tests {
         let at = |ns| ReadTime { ns, tick_ns: TICK };
         let coarse = record(1_000_000_000, RECORD_COARSE_TIME);
         // Read soon after the tick: the read time.
-        let p = at(1_000_300_000).decode(&coarse).unwrap();
+        let datagram = |r| match r {
+            Ok(Record::Datagram(p)) => p,
+            other => panic!("not a datagram: {other:?}"),
+        };
+        let p = datagram(at(1_000_300_000).decode(&coarse));
         assert_eq!((p.timestamp_ns, p.coarse_time), (1_000_300_000, false));
         // Read late: at most a tick after the stamp.
-        let p = at(5_000_000_000).decode(&coarse).unwrap();
+        let p = datagram(at(5_000_000_000).decode(&coarse));
         assert_eq!(p.timestamp_ns, 1_000_000_000 + TICK);
         // A precise stamp stays as it is.
         let precise = record(1_000_000_000, 0);
-        let p = at(5_000_000_000).decode(&precise).unwrap();
+        let p = datagram(at(5_000_000_000).decode(&precise));
         assert_eq!(p.timestamp_ns, 1_000_000_000);
         assert_eq!(p.payload, b"abc");
+        // A fragment's coarse stamp is narrowed the same way.
+        let mut h = record::decode_header(&coarse).unwrap();
+        h.flags |= udp_ebpf_common::RECORD_FRAGMENT;
+        match at(1_000_300_000).decode(&record::encode_record(&h, b"abc")) {
+            Ok(Record::Fragment(f)) => {
+                assert_eq!((f.timestamp_ns, f.coarse_time), (1_000_300_000, false));
+            }
+            other => panic!("not a fragment: {other:?}"),
+        }
     }
 }

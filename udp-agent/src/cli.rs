@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use udp_ebpf_common::{DEFAULT_RING_BYTES, MAX_CAPTURE};
+use udp_ebpf_common::{DEFAULT_RING_BYTES, MAX_SNAPLEN};
 
 pub use crate::commands::{LimitsArgs, PortsArgs, SourcesArgs, StatsArgs};
 use crate::{
@@ -132,13 +132,32 @@ pub struct RunArgs {
     #[arg(long, env = "UDP_AGENT_XDP_MODE", value_enum, default_value = "auto")]
     pub xdp_mode: ModeArg,
 
-    /// Most payload bytes captured per datagram, 1 to 9216 (a whole EC2
-    /// jumbo frame's payload is 8973); longer payloads are captured cut to
-    /// this length and marked `"Truncated": true`. 0 is refused: every
+    /// Most payload bytes captured per datagram; longer payloads are
+    /// captured cut to this length and marked `"Truncated": true`. The
+    /// default keeps every payload whole, within the capture limits: a
+    /// datagram that arrives in one frame is captured up to 9216 bytes (a
+    /// whole EC2 jumbo frame's payload is 8973), one reassembled from IP
+    /// fragments up to the UDP maximum (65,507 bytes). 0 is refused: every
     /// event would carry an empty `Payload`.
-    #[arg(long, env = "UDP_AGENT_SNAPLEN", default_value_t = MAX_CAPTURE,
-          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CAPTURE)))]
+    #[arg(long, env = "UDP_AGENT_SNAPLEN", default_value_t = MAX_SNAPLEN,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SNAPLEN)))]
     pub snaplen: u32,
+
+    /// How long the IP fragments of an incomplete datagram wait for the
+    /// rest, from the first one captured (Linux's `ipfrag_time` is 30 s);
+    /// then they are dropped and counted (`fragment_timeout`).
+    #[arg(long, env = "UDP_AGENT_REASSEMBLY_TIMEOUT", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub reassembly_timeout: Duration,
+
+    /// Most memory the fragments of incomplete datagrams hold together:
+    /// their data, plus 256 bytes per datagram and 64 per fragment. To take
+    /// a fragment past it, the oldest incomplete datagrams are dropped and
+    /// counted (`fragment_evicted`). At least 131072 (128 KiB), so that a
+    /// datagram of the largest size can complete.
+    #[arg(long, env = "UDP_AGENT_REASSEMBLY_MAX_BYTES",
+          default_value_t = crate::reassembly::DEFAULT_MAX_BYTES)]
+    pub reassembly_max_bytes: usize,
 
     #[command(flatten)]
     pub pin: PinDirArg,
@@ -504,6 +523,16 @@ impl RunArgs {
             return Err(format!(
                 "--ring-bytes {} must be a power of two of at least {page}",
                 self.ring_bytes
+            ));
+        }
+        if self.reassembly_timeout.is_zero() {
+            return Err("--reassembly-timeout must be more than 0 (e.g. 30s)".into());
+        }
+        if self.reassembly_max_bytes < crate::reassembly::MIN_MAX_BYTES {
+            return Err(format!(
+                "--reassembly-max-bytes {} is too small: a datagram of the largest size needs {} bytes to complete",
+                self.reassembly_max_bytes,
+                crate::reassembly::MIN_MAX_BYTES
             ));
         }
         if self.detail_type.chars().count() > 128 || self.detail_type.is_empty() {

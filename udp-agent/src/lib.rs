@@ -4,10 +4,10 @@
 //! One module per pipeline stage, in the order a packet meets them:
 //! [`loader`] (load and attach the XDP object) ▸ [`capture`] (drain the ring
 //! buffer) and [`afxdp`] (read consumed ports from AF_XDP sockets) ▸
-//! [`record`] (decode a ring record or a redirected frame) ▸ [`encode`]
-//! (the PutEvents entry) ▸ [`batch`] (the sink's request limits) ▸
-//! [`spool`] (on disk until the sink acknowledges) ▸ [`sink`] (stdout,
-//! EventBridge).
+//! [`record`] (decode a ring record or a redirected frame) ▸ [`reassembly`]
+//! (IP fragments into whole datagrams) ▸ [`encode`] (the PutEvents entry) ▸
+//! [`batch`] (the sink's request limits) ▸ [`spool`] (on disk until the
+//! sink acknowledges) ▸ [`sink`] (stdout, EventBridge).
 //! [`control`] owns the pinned maps that `udp-agent ports`/`stats` change and
 //! read; [`hotplug`] keeps the program attached to interfaces that come and
 //! go; [`metrics`] serves them all to Prometheus, and [`health`] tells a
@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod ports;
 pub mod privileges;
+pub mod reassembly;
 pub mod record;
 pub mod ring;
 pub mod sink;

@@ -4,6 +4,7 @@ use std::ffi::CString;
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::ProgramArray,
     programs::{
         ProgramError, Xdp, XdpMode,
         xdp::{XdpError, XdpLinkId},
@@ -11,6 +12,7 @@ use aya::{
 };
 use thiserror::Error;
 use tracing::{info, warn};
+use udp_ebpf_common::{FRAGMENT_PATH_MAP, FRAGMENT_PATH_SLOT, FRAGMENT_PROGRAM};
 
 /// The XDP object, embedded at build time by build.rs (empty if the agent
 /// was built without `cargo xtask build`).
@@ -57,6 +59,8 @@ pub enum LoadError {
     Object(#[source] Box<aya::EbpfError>),
     #[error("the kernel refused the XDP program")]
     Program(#[source] Box<aya::programs::ProgramError>),
+    #[error("installing the fragment path ({FRAGMENT_PROGRAM} in {FRAGMENT_PATH_MAP}) failed")]
+    FragmentPath(#[source] Box<aya::maps::MapError>),
     #[error("unknown interface `{0}` (list interfaces with `ip link`)")]
     UnknownInterface(String),
     #[error("attaching XDP to {iface} in {mode} mode failed: {reason}{hint}", reason = error_chain(.error))]
@@ -92,7 +96,31 @@ pub fn load(ring_bytes: u32) -> Result<Ebpf, LoadError> {
     program(&mut ebpf)
         .load()
         .map_err(|e| LoadError::Program(Box::new(e)))?;
+    install_fragment_path(&mut ebpf)?;
     Ok(ebpf)
+}
+
+/// Loads `udp_fragment`, the program `udp_capture` tail-calls for IP
+/// fragments, and puts it in its slot. Without it fragments are counted
+/// `unsupported` and passed.
+pub fn install_fragment_path(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(FRAGMENT_PROGRAM)
+        .and_then(|p| p.try_into().ok())
+        .expect("the embedded object has the udp_fragment XDP program");
+    prog.load().map_err(|e| LoadError::Program(Box::new(e)))?;
+    let fd = prog
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        .map_err(|e| LoadError::Program(Box::new(e)))?;
+    let map = ebpf
+        .map_mut(FRAGMENT_PATH_MAP)
+        .expect("the embedded object has the FRAGMENT_PATH program array");
+    let mut slots: ProgramArray<_> =
+        ProgramArray::try_from(map).map_err(|e| LoadError::FragmentPath(Box::new(e)))?;
+    slots
+        .set(FRAGMENT_PATH_SLOT, &fd, 0)
+        .map_err(|e| LoadError::FragmentPath(Box::new(e)))
 }
 
 pub fn program(ebpf: &mut Ebpf) -> &mut Xdp {

@@ -18,7 +18,8 @@
 //! |---|---|---|
 //! | `udp_agent_kernel_packets_total` | counter | `outcome`: each kernel counter (`seen`, `captured`, `limited_port`…) |
 //! | `udp_agent_port_packets_total` | counter | `port`, `outcome` (`captured`, `limited`); the 100 busiest ports with non-zero counts |
-//! | `udp_agent_pipeline_<counter>_total` | counter | `decoded`, `decode_errors`, `queue_drops`, `oversize`, `batched`, `emitted`, `sink_failed` |
+//! | `udp_agent_pipeline_<counter>_total` | counter | `decoded`, `decode_errors`, `queue_drops`, `oversize`, `batched`, `emitted`, `sink_failed`; `fragments`, `reassembled`, `fragment_timeout`, `fragment_overlap`, `fragment_evicted`, `fragment_duplicate`, `fragment_invalid`, `fragment_discarded` |
+//! | `udp_agent_reassembly_held_bytes` | gauge | |
 //! | `udp_agent_eventbridge_<counter>_total` | counter | `received`, `requests`, `delivered`, `unconfirmed`, `retried`, `throttled`, `dead_lettered`, `dead_letter_errors`, `cost_guard_skipped`, `undelivered`, `left_spooled` |
 //! | `udp_agent_eventbridge_failed_total` | counter | `code` |
 //! | `udp_agent_eventbridge_in_flight_requests` | gauge | |
@@ -199,7 +200,7 @@ fn counter(
 /// Help text of the pipeline counters (names as in `PipelineStats`).
 fn pipeline_help(name: &str) -> &'static str {
     match name {
-        "decoded" => "Ring records decoded into packets",
+        "decoded" => "Datagrams decoded from the ring (whole, or reassembled from fragments)",
         "decode_errors" => "Ring records that did not decode (never expected)",
         "queue_drops" => {
             "Packets dropped because the sink's queue was full (raise --queue-capacity or sink throughput)"
@@ -210,6 +211,18 @@ fn pipeline_help(name: &str) -> &'static str {
         "batched" => "Entries handed to the sink",
         "emitted" => "Entries the sink wrote (stdout) or EventBridge accepted",
         "sink_failed" => "Entries the sink could not deliver",
+        "fragments" => "IP fragment records taken in for reassembly",
+        "reassembled" => "Datagrams reassembled from IP fragments",
+        "fragment_timeout" => {
+            "Datagrams dropped incomplete at --reassembly-timeout (or at shutdown)"
+        }
+        "fragment_overlap" => "Datagrams dropped for overlapping IP fragments (RFC 5722)",
+        "fragment_evicted" => "Incomplete datagrams dropped to stay within --reassembly-max-bytes",
+        "fragment_duplicate" => "IP fragments dropped as duplicates of data already held",
+        "fragment_invalid" => "Datagrams dropped for fragments or a UDP length that do not add up",
+        "fragment_discarded" => {
+            "Datagrams the XDP program rejected after some of their fragments had come"
+        }
         _ => "Pipeline counter",
     }
 }
@@ -265,6 +278,14 @@ impl AgentCollector {
                 value,
             )?;
         }
+        Self::encode_samples(
+            &[Sample::gauge(
+                "reassembly_held_bytes",
+                "Bytes the IP fragments of incomplete datagrams hold now (at most --reassembly-max-bytes)",
+                self.pipeline.reassembly.held_bytes.load(Relaxed),
+            )],
+            enc,
+        )?;
         let (sum, count, buckets) = self.pipeline.latency.snapshot();
         let mut m = enc.encode_descriptor(
             "udp_agent_delivery_latency",

@@ -51,6 +51,7 @@ use crate::{
     loader,
     metrics::{self, AgentCollector, SharedControl},
     privileges,
+    reassembly::{self, Reassembler},
     record::Packet,
     ring::Ring,
     sink::{self, Delivery, Limits, SinkStats},
@@ -223,7 +224,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Duration::from_millis(args.batch_linger_ms),
         stats.clone(),
     );
-    let mut capture = tokio::spawn(capture::run(ring, handoff, stats.clone(), stop_rx.clone()));
+    let reassembler = Reassembler::new(
+        reassembly::Settings {
+            timeout: args.reassembly_timeout,
+            max_bytes: args.reassembly_max_bytes,
+            snaplen: args.snaplen,
+        },
+        stats.clone(),
+    );
+    let mut capture = tokio::spawn(capture::run(
+        ring,
+        handoff,
+        reassembler,
+        stats.clone(),
+        stop_rx.clone(),
+    ));
     let mut xsk_capture = sockets.is_some().then(|| {
         let handoff = Handoff::new(
             xsk_encoder,
@@ -440,6 +455,13 @@ fn report(
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     info!("pipeline counters: {}", line.join(" "));
+    info!(
+        "reassembly: held at most {} bytes",
+        stats
+            .reassembly
+            .peak_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     info!("sink counters: {}", sink.summary());
     if let Some(spool) = spool {
         let line: Vec<String> = spool

@@ -8,15 +8,23 @@
 //! The kernel side is trusted to follow that layout, but every length is still
 //! checked: a record that does not add up is an error the caller counts, not
 //! a panic or a silently wrong event.
+//!
+//! A record is a whole datagram, one IP fragment of a datagram
+//! (`RECORD_FRAGMENT`, for [`crate::reassembly`]), or a notice that the
+//! program rejected a datagram some of whose fragments it had already
+//! written (`RECORD_FRAGMENT_DISCARD`): [`decode_record`] tells them apart.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use thiserror::Error;
 use udp_ebpf_common::{
-    Encoding, IP_V4, IP_V6, RECORD_COARSE_TIME, RECORD_HEADER_LEN, RecordHeader, XSK_STAMP_LEN,
-    XSK_STAMP_MAGIC, XskStamp,
+    Encoding, IP_V4, IP_V6, RECORD_COARSE_TIME, RECORD_FRAGMENT, RECORD_FRAGMENT_DISCARD,
+    RECORD_HEADER_LEN, RECORD_MORE_FRAGMENTS, RecordHeader, XSK_STAMP_LEN, XSK_STAMP_MAGIC,
+    XskStamp, encoding_of_flags,
     parse::{Outcome, parse_frame, read_addresses},
 };
+
+use crate::reassembly::{FragmentKey, FragmentView};
 
 /// A captured datagram, owned, as the agent's later stages see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,6 +135,30 @@ impl PacketView<'_> {
     }
 }
 
+/// One ring record, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// A whole datagram.
+    Datagram(PacketView<'a>),
+    /// One IP fragment of a datagram, for the reassembler.
+    Fragment(FragmentView<'a>),
+    /// The program rejected this datagram after fragments of it that came
+    /// before its first had been written: they are to be dropped.
+    Discard(FragmentKey),
+}
+
+impl Record<'_> {
+    /// Turns a coarse stamp into the capture time (see
+    /// [`PacketView::narrow_time`]).
+    pub fn narrow_time(&mut self, read_ns: u64, tick_ns: u64) {
+        match self {
+            Record::Datagram(p) => p.narrow_time(read_ns, tick_ns),
+            Record::Fragment(f) => f.narrow_time(read_ns, tick_ns),
+            Record::Discard(_) => {}
+        }
+    }
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record of {0} bytes is shorter than its {RECORD_HEADER_LEN}-byte header")]
@@ -141,6 +173,8 @@ pub enum DecodeError {
     Unstamped(usize),
     #[error("AF_XDP frame is not a whole UDP datagram ({0:?})")]
     NotADatagram(Outcome),
+    #[error("a fragment record where a whole datagram was expected")]
+    Fragment,
 }
 
 /// Reads the fixed header at the start of `bytes`.
@@ -159,8 +193,16 @@ pub fn decode(bytes: &[u8]) -> Result<Packet, DecodeError> {
     decode_view(bytes).map(|v| v.to_packet())
 }
 
-/// Decodes one ring record, borrowing its payload.
+/// Decodes one ring record of a whole datagram, borrowing its payload.
 pub fn decode_view(bytes: &[u8]) -> Result<PacketView<'_>, DecodeError> {
+    match decode_record(bytes)? {
+        Record::Datagram(p) => Ok(p),
+        _ => Err(DecodeError::Fragment),
+    }
+}
+
+/// Decodes one ring record of any kind, borrowing its payload.
+pub fn decode_record(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     let h = decode_header(bytes)?;
     let room = &bytes[RECORD_HEADER_LEN..];
     let Some(payload) = room.get(..h.cap_len as usize) else {
@@ -176,18 +218,43 @@ pub fn decode_view(bytes: &[u8]) -> Result<PacketView<'_>, DecodeError> {
         });
     }
     let (src, dst) = addresses(h.ip_version, &h.src_addr, &h.dst_addr)?;
-    Ok(PacketView {
-        timestamp_ns: h.timestamp_ns,
-        ifindex: h.ifindex,
+    let coarse_time = h.flags & RECORD_COARSE_TIME != 0;
+    // The port's format and packing (of a fragmented datagram: on its
+    // first fragment's record).
+    let encoding = encoding_of_flags(h.flags);
+    if h.flags & RECORD_FRAGMENT == 0 {
+        return Ok(Record::Datagram(PacketView {
+            timestamp_ns: h.timestamp_ns,
+            ifindex: h.ifindex,
+            src,
+            dst,
+            src_port: h.src_port,
+            dst_port: h.dst_port,
+            wire_len: h.wire_len,
+            payload,
+            coarse_time,
+            encoding,
+        }));
+    }
+    let key = FragmentKey {
         src,
         dst,
-        src_port: h.src_port,
-        dst_port: h.dst_port,
-        wire_len: h.wire_len,
-        payload,
-        coarse_time: h.flags & RECORD_COARSE_TIME != 0,
-        encoding: Encoding::from_word(h.encoding),
-    })
+        id: h.frag_id,
+    };
+    if h.flags & RECORD_FRAGMENT_DISCARD != 0 {
+        return Ok(Record::Discard(key));
+    }
+    Ok(Record::Fragment(FragmentView {
+        key,
+        timestamp_ns: h.timestamp_ns,
+        ifindex: h.ifindex,
+        offset: u32::from(h.frag_offset) * 8,
+        len: h.wire_len,
+        more: h.flags & RECORD_MORE_FRAGMENTS != 0,
+        data: payload,
+        coarse_time,
+        encoding,
+    }))
 }
 
 /// Source and destination as the kernel lays them out: IPv4 in the first
@@ -292,9 +359,9 @@ mod tests {
         0x40, 0x9C,                                     // src_port = 40000
         0x02, 0x02,                                     // dst_port = 514
         0x04,                                           // ip_version = 4
-        0x00,                                           // flags
-        0x00, 0x00,                                     // padding
-        0x04, 0x01, 0x00, 0x00,                         // encoding = syslog, packed
+        0xC0,                                           // flags: encoding syslog (4 << 4), pack (0x80)
+        0x00, 0x00,                                     // frag_offset = 0
+        0x00, 0x00, 0x00, 0x00,                         // frag_id = 0
         198, 18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // src_addr
         198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // dst_addr
         b'a', b'b', b'c',                               // payload
@@ -370,8 +437,8 @@ mod tests {
             .udp(40000, 514, b"abcde")
             .build();
         // The fixture's port encoding rides in the stamp's flags.
-        let encoding = decode_header(&FIXTURE).unwrap().encoding;
-        stamped(&mut frame, 3, XskStamp::encoding_flags(encoding));
+        let flags = decode_header(&FIXTURE).unwrap().flags;
+        stamped(&mut frame, 3, flags);
         let p = decode_frame(&frame, 7).unwrap();
         // The fixture's record: 3 of 5 payload bytes, same addresses/ports,
         // same encoding.
@@ -420,6 +487,65 @@ mod tests {
             Err(DecodeError::NotADatagram(Outcome::Malformed))
         );
         assert_eq!(decode_frame(&f[..8], 1), Err(DecodeError::Unstamped(8)));
+    }
+
+    /// A fragment record, byte by byte: the second fragment (offset
+    /// 1,480 bytes = 185 units) of IPv4 datagram 0xBEEF, more to come.
+    #[rustfmt::skip]
+    const FRAGMENT_FIXTURE: [u8; 66] = [
+        0x15, 0xCD, 0x5B, 0x07, 0x00, 0x00, 0x00, 0x00, // timestamp_ns = 123456789
+        0x07, 0x00, 0x00, 0x00,                         // ifindex = 7
+        0xC8, 0x05, 0x00, 0x00,                         // wire_len = 1480 (fragment data)
+        0x02, 0x00, 0x00, 0x00,                         // cap_len = 2
+        0x00, 0x00,                                     // src_port: unknown yet
+        0x00, 0x00,                                     // dst_port: unknown yet
+        0x04,                                           // ip_version = 4
+        0x07,                                           // flags: coarse | fragment | more
+        0xB9, 0x00,                                     // frag_offset = 185 (× 8 = 1480)
+        0xEF, 0xBE, 0x00, 0x00,                         // frag_id = 0xBEEF
+        198, 18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // src_addr
+        198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // dst_addr
+        b'x', b'y',                                     // fragment data
+    ];
+
+    #[test]
+    fn a_whole_datagram_has_zero_fragment_fields() {
+        let h = decode_header(&FIXTURE).unwrap();
+        assert_eq!(h.flags & RECORD_FRAGMENT, 0);
+        assert_eq!((h.frag_offset, h.frag_id), (0, 0));
+        assert!(matches!(decode_record(&FIXTURE), Ok(Record::Datagram(_))));
+    }
+
+    #[test]
+    fn decodes_a_fragment_record() {
+        let key = FragmentKey {
+            src: "198.18.0.1".parse().unwrap(),
+            dst: "198.18.0.2".parse().unwrap(),
+            id: 0xBEEF,
+        };
+        assert_eq!(
+            decode_record(&FRAGMENT_FIXTURE),
+            Ok(Record::Fragment(FragmentView {
+                key,
+                timestamp_ns: 123_456_789,
+                ifindex: 7,
+                offset: 1480,
+                len: 1480,
+                more: true,
+                data: b"xy",
+                coarse_time: true,
+                encoding: Encoding::default(),
+            }))
+        );
+        assert_eq!(decode_view(&FRAGMENT_FIXTURE), Err(DecodeError::Fragment));
+        // The discard notice: the same key, nothing else.
+        let mut h = decode_header(&FRAGMENT_FIXTURE).unwrap();
+        h.flags = RECORD_FRAGMENT | RECORD_FRAGMENT_DISCARD;
+        (h.wire_len, h.cap_len) = (0, 0);
+        assert_eq!(
+            decode_record(&encode_record(&h, b"")),
+            Ok(Record::Discard(key))
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@ use tracing::warn;
 
 #[derive(Debug, Default)]
 pub struct PipelineStats {
-    /// Ring records decoded into packets.
+    /// Datagrams decoded from ring records: whole ones, and those
+    /// reassembled from fragment records (counted in `reassembly`).
     pub decoded: AtomicU64,
     /// Ring records that did not decode (never expected; see record.rs).
     pub decode_errors: AtomicU64,
@@ -30,6 +31,8 @@ pub struct PipelineStats {
     pub sink_failed: AtomicU64,
     /// Capture-to-acknowledged seconds of the entries the sink delivered.
     pub latency: crate::metrics::Latency,
+    /// IP fragments and the datagrams reassembled from them.
+    pub reassembly: crate::reassembly::ReassemblyStats,
 }
 
 impl PipelineStats {
@@ -45,6 +48,9 @@ impl PipelineStats {
             ("emitted", self.emitted.load(Relaxed)),
             ("sink_failed", self.sink_failed.load(Relaxed)),
         ]
+        .into_iter()
+        .chain(self.reassembly.snapshot())
+        .collect()
     }
 }
 

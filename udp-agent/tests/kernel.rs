@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use std::os::fd::AsRawFd;
+use std::{os::fd::AsRawFd, sync::Arc, time::Duration};
 
 use aya::{Ebpf, TestRun, TestRunOptions, maps::Map};
 use udp_agent::{
@@ -17,12 +17,14 @@ use udp_agent::{
     control::{Action, Control, Limits, PortSettings, parse_net},
     loader,
     ports::PortRange,
-    record::{self, Packet},
+    reassembly::{self, Reassembler},
+    record::{self, Packet, Record},
     ring::Ring,
+    stats::PipelineStats,
 };
 use udp_ebpf_common::{
-    CONFIG_DENYLIST, Config, MAX_CAPTURE, RECORD_CLASSES, RECORD_COARSE_TIME, RECORD_HEADER_LEN,
-    counter, frame::FrameBuilder, record_room,
+    CONFIG_DENYLIST, Config, MAX_CAPTURE, MAX_SNAPLEN, RECORD_CLASSES, RECORD_COARSE_TIME,
+    RECORD_HEADER_LEN, counter, frame::FrameBuilder, record_room,
 };
 
 const XDP_PASS: u32 = 2;
@@ -571,7 +573,8 @@ fn vlan_and_qinq_are_captured() {
     assert_v4_packet(&packets[0], &sent);
     assert_v4_packet(&packets[1], &sent);
     assert_eq!(packets[2].payload, sent);
-    // A third tag is deeper than we look: not UDP as far as we can tell.
+    // A third tag is deeper than we look: counted apart from traffic that
+    // is not UDP, since this may be.
     k.run(
         &v4(&sent)
             .vlan(0x88A8, 1)
@@ -580,7 +583,7 @@ fn vlan_and_qinq_are_captured() {
             .build(),
     );
     assert!(k.packets().is_empty());
-    k.assert_counters(&[("seen", 4), ("captured", 3), ("not_udp", 1)]);
+    k.assert_counters(&[("seen", 4), ("captured", 3), ("unsupported", 1)]);
 }
 
 #[test]
@@ -621,17 +624,6 @@ fn lying_length_fields_are_malformed() {
     let packets = k.packets();
     assert_eq!(packets.len(), 1);
     assert_eq!(packets[0].payload, sent[..5]);
-}
-
-#[test]
-fn fragments_are_counted_not_captured() {
-    let mut k = kernel_or_skip!();
-    k.run(&v4(&payload(100)).ipv4_fragment(0, true).build());
-    k.run(&v4(&payload(100)).ipv4_fragment(10, false).build());
-    k.run(&v6(&payload(100)).ipv6_fragment(0, true).build());
-    k.run(&v6(&payload(100)).ipv6_fragment(20, false).build());
-    assert!(k.packets().is_empty());
-    k.assert_counters(&[("seen", 4), ("fragment", 4)]);
 }
 
 #[test]
@@ -1184,4 +1176,505 @@ fn port_captured_counts_are_kept_per_cpu_and_summed() {
     assert_eq!(busiest.len(), 1);
     assert_eq!((busiest[0].port, busiest[0].captured), (PORT, 8));
     assert_eq!(k.control.port_captured(PORT + 1).unwrap(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// IP fragments: the first fragment decides, the others follow; the records
+// go through the agent's reassembler as the capture loop sends them.
+// ---------------------------------------------------------------------------
+
+/// The agent's reassembler with default settings, and its counters.
+fn reassembler() -> (Reassembler, Arc<PipelineStats>) {
+    let stats = Arc::new(PipelineStats::default());
+    (
+        Reassembler::new(reassembly::Settings::default(), stats.clone()),
+        stats.clone(),
+    )
+}
+
+/// The reassembly counters that are not zero.
+fn reassembly_counters(stats: &PipelineStats) -> Vec<(&'static str, u64)> {
+    stats
+        .reassembly
+        .snapshot()
+        .into_iter()
+        .filter(|(_, v)| *v != 0)
+        .collect()
+}
+
+impl Kernel {
+    /// The datagrams the ring's records make, as the capture loop makes
+    /// them: whole ones as they are, fragments through `r`.
+    fn datagrams(&mut self, r: &mut Reassembler) -> Vec<Packet> {
+        let mut out = Vec::new();
+        for raw in self.raw_records() {
+            match record::decode_record(&raw).expect("decodable record") {
+                Record::Datagram(p) => out.push(p.to_packet()),
+                Record::Fragment(f) => out.extend(r.push(&f)),
+                Record::Discard(key) => r.discard(&key),
+            }
+        }
+        out
+    }
+
+    /// Runs every frame; each must leave with `want`.
+    fn run_all(&mut self, frames: &[Vec<u8>], want: u32) {
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(self.action(f), want, "frame {i} of {}", frames.len());
+        }
+    }
+}
+
+/// An 8,000-byte datagram (six fragments at MTU 1500) with identification
+/// `id`, its payload and its fragments.
+fn fragmented(v6_: bool, id: u32, len: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let mut sent = payload(len);
+    sent[..4].copy_from_slice(&id.to_be_bytes());
+    let b = if v6_ { v6(&sent) } else { v4(&sent) };
+    let frames = b.frag_id(id).fragments(1500);
+    (sent, frames)
+}
+
+#[test]
+fn fragments_in_order_reversed_and_interleaved_make_one_exact_datagram_each() {
+    let mut k = kernel_or_skip!();
+    let (mut r, stats) = reassembler();
+    for v6_ in [false, true] {
+        // In order: every fragment follows the first's decision.
+        let (sent, frames) = fragmented(v6_, 1, 8000);
+        assert_eq!(frames.len(), 6);
+        k.run_all(&frames, XDP_PASS);
+        let got = k.datagrams(&mut r);
+        assert_eq!(got.len(), 1);
+        if v6_ {
+            assert_eq!(got[0].payload, sent);
+            assert_eq!((got[0].src, got[0].ip_version()), (IpAddr::V6(SRC6), 6));
+        } else {
+            assert_v4_packet(&got[0], &sent);
+        }
+        // Reversed: five come before the first (provisionally), the first
+        // decides, and the agent completes the datagram.
+        let (sent, mut frames) = fragmented(v6_, 2, 8000);
+        frames.reverse();
+        k.run_all(&frames, XDP_PASS);
+        let got = k.datagrams(&mut r);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].payload, sent);
+        // Interleaved across three datagrams, each in a different order.
+        let sets: Vec<(Vec<u8>, Vec<Vec<u8>>)> = (3..6)
+            .map(|id| fragmented(v6_, id, 5000 + id as usize))
+            .collect();
+        let mut mixed = Vec::new();
+        for i in 0..4 {
+            mixed.push(sets[0].1[i].clone());
+            mixed.push(sets[1].1[3 - i].clone());
+            mixed.push(sets[2].1[(i + 2) % 4].clone());
+        }
+        k.run_all(&mixed, XDP_PASS);
+        let mut got = k.datagrams(&mut r);
+        got.sort_by_key(|p| p.payload.len());
+        let payloads: Vec<&Vec<u8>> = got.iter().map(|p| &p.payload).collect();
+        assert_eq!(payloads, [&sets[0].0, &sets[1].0, &sets[2].0]);
+    }
+    // Per IP version: 6 + 6 + 12 fragments written, of which 5 reversed
+    // ones and, interleaved, the 3 + 2 before their datagrams' first.
+    k.assert_counters(&[("seen", 48), ("fragment", 48), ("fragment_early", 20)]);
+    assert_eq!(
+        reassembly_counters(&stats),
+        [("fragments", 48), ("reassembled", 10)]
+    );
+}
+
+#[test]
+fn ipv6_fragments_behind_extension_headers_are_captured() {
+    let mut k = kernel_or_skip!();
+    let (mut r, _) = reassembler();
+    let sent = payload(4000);
+    let chains: [&[(u8, u8)]; 3] = [&[(0, 0)], &[(0, 1), (43, 0)], &[(0, 0), (60, 2), (43, 1)]];
+    for (i, chain) in chains.iter().enumerate() {
+        let mut b = FrameBuilder::ipv6(SRC6.octets(), DST6.octets());
+        for &(kind, units) in *chain {
+            b = b.ipv6_ext(kind, units);
+        }
+        let frames = b
+            .frag_id(100 + i as u32)
+            .udp(40000, PORT, &sent)
+            .fragments(1280);
+        k.run_all(&frames, XDP_PASS);
+        let got = k.datagrams(&mut r);
+        assert_eq!(got.len(), 1, "chain {chain:?}");
+        assert_eq!(got[0].payload, sent, "chain {chain:?}");
+        assert_eq!((got[0].src_port, got[0].dst_port), (40000, PORT));
+    }
+}
+
+#[test]
+fn duplicate_fragments_make_one_datagram() {
+    let mut k = kernel_or_skip!();
+    let (mut r, stats) = reassembler();
+    let (sent, f) = fragmented(false, 7, 6000);
+    // The first fragment twice (the copy follows the decision, counted
+    // once per datagram against the port), a middle one three times.
+    let frames = [&f[0], &f[1], &f[0], &f[2], &f[2], &f[3], &f[2], &f[4]];
+    for frame in frames {
+        k.run(frame);
+    }
+    let got = k.datagrams(&mut r);
+    assert_eq!(got.len(), 1);
+    assert_v4_packet(&got[0], &sent);
+    k.assert_counters(&[("seen", 8), ("fragment", 8)]);
+    assert_eq!(
+        reassembly_counters(&stats),
+        [
+            ("fragments", 8),
+            ("reassembled", 1),
+            ("fragment_duplicate", 3)
+        ]
+    );
+    assert_eq!(k.control.busiest_ports(1).unwrap()[0].captured, 1);
+}
+
+#[test]
+fn overlapping_fragments_make_nothing() {
+    let mut k = kernel_or_skip!();
+    let (mut r, stats) = reassembler();
+    let b = v4(&payload(3000)).frag_id(8);
+    let d = b.udp_datagram();
+    // The second fragment starts 8 bytes into the first's data (the same
+    // bytes, even: RFC 5722 drops the datagram all the same).
+    let frames = [
+        b.fragment(0, true, &d[..1480]),
+        b.fragment(1472, true, &d[1472..2960]),
+        b.fragment(2960, false, &d[2960..]),
+    ];
+    k.run_all(&frames, XDP_PASS);
+    assert!(k.datagrams(&mut r).is_empty());
+    assert_eq!(
+        stats
+            .reassembly
+            .overlap
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    k.assert_counters(&[("seen", 3), ("fragment", 3)]);
+}
+
+#[test]
+fn a_datagram_missing_a_fragment_times_out() {
+    let mut k = kernel_or_skip!();
+    let stats = Arc::new(PipelineStats::default());
+    let mut r = Reassembler::new(
+        reassembly::Settings {
+            timeout: Duration::from_millis(200),
+            ..reassembly::Settings::default()
+        },
+        stats.clone(),
+    );
+    let (_, f) = fragmented(false, 9, 8000);
+    for (i, frame) in f.iter().enumerate() {
+        if i != 3 {
+            k.run(frame);
+        }
+    }
+    assert!(k.datagrams(&mut r).is_empty());
+    assert_eq!(r.len(), 1);
+    std::thread::sleep(Duration::from_millis(250));
+    r.expire(clock::monotonic_ns());
+    assert!(r.is_empty());
+    assert_eq!(
+        reassembly_counters(&stats),
+        [("fragments", 5), ("fragment_timeout", 1)]
+    );
+}
+
+#[test]
+fn the_largest_datagrams_are_captured_whole() {
+    let mut k = kernel_or_skip!(8 << 20);
+    let (mut r, _) = reassembler();
+    // The agent's default: every payload whole.
+    k.set_snaplen(MAX_SNAPLEN);
+    // 65,535 bytes of IPv4 packet; 65,535 of IPv6 payload (fragment header
+    // included), at IPv6's minimum MTU: 54 fragments.
+    for (v6_, len, mtu) in [(false, 65_507usize, 1500), (true, 65_519, 1280)] {
+        let mut sent = payload(len);
+        sent[..4].copy_from_slice(&(len as u32).to_be_bytes());
+        let b = if v6_ { v6(&sent) } else { v4(&sent) };
+        let mut frames = b.frag_id(11).fragments(mtu);
+        frames.rotate_left(7);
+        k.run_all(&frames, XDP_PASS);
+        let got = k.datagrams(&mut r);
+        assert_eq!(got.len(), 1, "{len}");
+        assert_eq!(got[0].wire_len as usize, len);
+        assert!(got[0].payload == sent, "{len}-byte payload differs");
+        assert!(!got[0].truncated());
+    }
+}
+
+#[test]
+fn fragments_to_a_disabled_port_become_nothing() {
+    let mut k = kernel_or_skip!();
+    let (mut r, stats) = reassembler();
+    let other = |id: u32| {
+        FrameBuilder::ipv4(SRC4, DST4)
+            .frag_id(id)
+            .udp(40000, 9999, &payload(5000))
+            .fragments(1500)
+    };
+    // In order: the first decides, nothing is written.
+    k.run_all(&other(20), XDP_PASS);
+    assert!(k.raw_records().is_empty());
+    k.assert_counters(&[("seen", 4), ("port_disabled", 4)]);
+    // Reversed: three come early and are written; the first rejects the
+    // datagram and tells the agent, which drops them.
+    let mut frames = other(21);
+    frames.reverse();
+    k.run_all(&frames, XDP_PASS);
+    assert!(k.datagrams(&mut r).is_empty());
+    assert!(r.is_empty());
+    k.assert_counters(&[
+        ("seen", 8),
+        ("port_disabled", 5),
+        ("fragment", 3),
+        ("fragment_early", 3),
+    ]);
+    assert_eq!(
+        reassembly_counters(&stats),
+        [("fragments", 4), ("fragment_discarded", 1)]
+    );
+}
+
+#[test]
+fn a_port_limit_counts_a_fragmented_datagram_once() {
+    let mut k = kernel_or_skip!();
+    let (mut r, _) = reassembler();
+    // Two datagrams a second, both at once: six fragments each.
+    k.set_port(PortSettings {
+        rate: 1,
+        burst: 2,
+        action: Action::Pass,
+        ..PortSettings::default()
+    });
+    let sets: Vec<_> = (30..33).map(|id| fragmented(false, id, 8000)).collect();
+    for (_, frames) in &sets {
+        k.run_all(frames, XDP_PASS);
+    }
+    let got = k.datagrams(&mut r);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].payload, sets[0].0);
+    assert_eq!(got[1].payload, sets[1].0);
+    k.assert_counters(&[("seen", 18), ("fragment", 12), ("limited_port", 6)]);
+    let busiest = k.control.busiest_ports(1).unwrap();
+    assert_eq!((busiest[0].captured, busiest[0].limited), (2, 1));
+}
+
+#[test]
+fn the_source_and_global_limits_count_a_datagram_once_whichever_fragment_comes_first() {
+    let mut k = kernel_or_skip!();
+    let (mut r, _) = reassembler();
+    k.control
+        .set_limits(&Limits {
+            global_rate: 1,
+            global_burst: 2,
+            source_rate: 0,
+            source_burst: 0,
+            reject_action: Action::Pass,
+        })
+        .unwrap();
+    let sets: Vec<_> = (40..43).map(|id| fragmented(true, id, 8000)).collect();
+    for (i, (_, frames)) in sets.iter().enumerate() {
+        let mut frames = frames.clone();
+        if i == 1 {
+            frames.reverse();
+        }
+        k.run_all(&frames, XDP_PASS);
+    }
+    let got = k.datagrams(&mut r);
+    assert_eq!(got.len(), 2);
+    k.assert_counters(&[
+        ("seen", 18),
+        ("fragment", 12),
+        ("fragment_early", 5),
+        ("limited_global", 6),
+    ]);
+}
+
+#[test]
+fn action_drop_consumes_every_fragment_of_a_captured_datagram() {
+    let mut k = kernel_or_skip!();
+    let (mut r, _) = reassembler();
+    k.set_port(PortSettings {
+        action: Action::Drop,
+        ..PortSettings::default()
+    });
+    let (sent, frames) = fragmented(false, 50, 8000);
+    k.run_all(&frames, XDP_DROP);
+    let got = k.datagrams(&mut r);
+    assert_eq!(got.len(), 1);
+    assert_v4_packet(&got[0], &sent);
+    k.assert_counters(&[("seen", 6), ("fragment", 6), ("consumed", 6)]);
+    // Fragments that come before the first cannot know the action yet:
+    // they are passed (the host's reassembly drops what never completes);
+    // from the first on, the rest are consumed.
+    let (sent, mut frames) = fragmented(false, 51, 8000);
+    frames.swap(0, 2);
+    let actions: Vec<u32> = frames.iter().map(|f| k.action(f)).collect();
+    assert_eq!(
+        actions,
+        [XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP, XDP_DROP, XDP_DROP]
+    );
+    assert_eq!(k.datagrams(&mut r)[0].payload, sent);
+}
+
+#[test]
+fn denied_sources_are_refused_on_every_fragment() {
+    let mut k = kernel_or_skip!();
+    k.control
+        .add_source(parse_net("198.18.0.0/24").unwrap(), false)
+        .unwrap();
+    let (_, frames) = fragmented(false, 60, 8000);
+    // Any order: every fragment is looked up, the first or not.
+    for f in frames.iter().rev() {
+        k.run(f);
+    }
+    assert!(k.raw_records().is_empty());
+    k.assert_counters(&[("seen", 6), ("denied", 6)]);
+}
+
+#[test]
+fn snaplen_cuts_a_fragmented_datagram_and_its_fragments_carry_no_more() {
+    let mut k = kernel_or_skip!();
+    let (mut r, _) = reassembler();
+    k.set_snaplen(2000);
+    let (sent, frames) = fragmented(false, 70, 8000);
+    k.run_all(&frames, XDP_PASS);
+    let raw = k.raw_records();
+    // Fragment data past 8 + 2,000 bytes of the datagram is not written.
+    let caps: Vec<u32> = raw
+        .iter()
+        .map(|r| record::decode_header(r).unwrap().cap_len)
+        .collect();
+    assert_eq!(caps, [1480, 528, 0, 0, 0, 0]);
+    let mut got = Vec::new();
+    for rec in &raw {
+        if let Record::Fragment(f) = record::decode_record(rec).unwrap() {
+            got.extend(r.push(&f));
+        }
+    }
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, sent[..2000]);
+    assert_eq!(got[0].wire_len, 8000);
+    assert!(got[0].truncated());
+}
+
+#[test]
+fn a_flood_of_one_identification_is_written_only_so_often() {
+    let mut k = kernel_or_skip!(4 << 20);
+    let b = v4(&payload(100)).frag_id(80);
+    let tail = b.fragment(8, true, &[0xEE; 8]);
+    for _ in 0..200 {
+        k.run(&tail);
+    }
+    assert_eq!(k.raw_records().len(), 128);
+    k.assert_counters(&[
+        ("seen", 200),
+        ("fragment", 128),
+        ("fragment_early", 128),
+        ("fragment_excess", 72),
+    ]);
+}
+
+#[test]
+fn a_new_datagram_reusing_an_identification_decides_for_itself() {
+    let mut k = kernel_or_skip!();
+    let (mut r, stats) = reassembler();
+    let (sent, frames) = fragmented(false, 95, 5000);
+    k.run_all(&frames, XDP_PASS);
+    assert_eq!(k.datagrams(&mut r)[0].payload, sent);
+    // Within the entry's life, another datagram with that identification,
+    // to a port that is not enabled, its first fragment last: the others
+    // follow the earlier decision and are written, then the first fragment
+    // (other ports) decides for itself and tells the agent to drop them.
+    let mut other = FrameBuilder::ipv4(SRC4, DST4)
+        .frag_id(95)
+        .udp(40001, 9999, &payload(5000))
+        .fragments(1500);
+    other.reverse();
+    k.run_all(&other, XDP_PASS);
+    assert!(k.datagrams(&mut r).is_empty());
+    assert!(r.is_empty());
+    k.assert_counters(&[("seen", 8), ("fragment", 7), ("port_disabled", 1)]);
+    assert_eq!(
+        stats
+            .reassembly
+            .discarded
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn malformed_fragments_are_counted_and_passed() {
+    let mut k = kernel_or_skip!();
+    let b = v4(&payload(100)).frag_id(90);
+    let d = b.udp_datagram();
+    let b6 = v6(&payload(100)).frag_id(90);
+    let frames = [
+        // A first fragment without the whole UDP header.
+        b.fragment(0, true, &d[..4]),
+        // Data past 65,535 bytes.
+        b.fragment(65_504, false, &[0; 16]),
+        // An empty fragment.
+        b.fragment(16, true, &[]),
+        b6.fragment(16, true, &[]),
+    ];
+    for f in &frames {
+        k.run(f);
+    }
+    assert!(k.raw_records().is_empty());
+    k.assert_counters(&[("seen", 4), ("malformed", 4)]);
+}
+
+// ---------------------------------------------------------------------------
+// Headers deeper than the program looks: `unsupported`, not `not_udp`.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn eight_ipv6_extension_headers_are_walked_and_more_are_unsupported() {
+    let mut k = kernel_or_skip!();
+    let sent = payload(50);
+    let chain = |n: usize| {
+        let mut b = FrameBuilder::ipv6(SRC6.octets(), DST6.octets()).ipv6_ext(0, 0);
+        for i in 1..n {
+            b = b.ipv6_ext(if i % 2 == 0 { 43 } else { 60 }, 0);
+        }
+        b.udp(40000, PORT, &sent).build()
+    };
+    k.run(&chain(8));
+    k.run(&chain(udp_ebpf_common::parse::IPV6_EXT_MAX_DEPTH));
+    let packets = k.packets();
+    assert_eq!(packets.len(), 2);
+    assert!(packets.iter().all(|p| p.payload == sent));
+    k.run(&chain(udp_ebpf_common::parse::IPV6_EXT_MAX_DEPTH + 1));
+    // Headers that are not walked at all: AH, in IPv6 and in IPv4.
+    k.run(&v6(&sent).ipv6_ext(51, 1).build());
+    k.run(
+        &FrameBuilder::ipv4(SRC4, DST4)
+            .protocol(51)
+            .payload(&[0; 32])
+            .build(),
+    );
+    // ESP is not UDP as far as anyone can tell.
+    k.run(
+        &FrameBuilder::ipv4(SRC4, DST4)
+            .protocol(50)
+            .payload(&[0; 32])
+            .build(),
+    );
+    assert!(k.packets().is_empty());
+    k.assert_counters(&[
+        ("seen", 6),
+        ("captured", 2),
+        ("unsupported", 3),
+        ("not_udp", 1),
+    ]);
 }

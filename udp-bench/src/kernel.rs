@@ -55,10 +55,10 @@ use crate::{
 };
 
 const XDP_PASS: u32 = 2;
-const PORT: u16 = 514;
-const OTHER_PORT: u16 = 9999;
-const SRC4: [u8; 4] = [198, 18, 250, 2];
-const DST4: [u8; 4] = [198, 18, 250, 1];
+pub(crate) const PORT: u16 = 514;
+pub(crate) const OTHER_PORT: u16 = 9999;
+pub(crate) const SRC4: [u8; 4] = [198, 18, 250, 2];
+pub(crate) const DST4: [u8; 4] = [198, 18, 250, 1];
 const SRC6: [u8; 16] = [0xfd, 0, 0, 0xfa, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 const DST6: [u8; 16] = [0xfd, 0, 0, 0xfa, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
@@ -216,9 +216,11 @@ pub struct KernelResults {
     pub redirect: Option<RedirectResult>,
 }
 
-struct Loaded {
-    ebpf: Ebpf,
-    ring: RingBuf<MapData>,
+/// The object loaded with `udp_capture`, port `PORT` enabled and the
+/// default config; the ring and the counters taken out.
+pub(crate) struct Loaded {
+    pub(crate) ebpf: Ebpf,
+    pub(crate) ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -227,7 +229,7 @@ impl Loaded {
         Ok(self.counters.get(&counter::RING_FULL, 0)?.iter().sum())
     }
 
-    fn load(object: &Path, ring_bytes: u32) -> Result<Loaded> {
+    pub(crate) fn load(object: &Path, ring_bytes: u32) -> Result<Loaded> {
         raise_memlock();
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
@@ -253,7 +255,7 @@ impl Loaded {
         })
     }
 
-    fn fd(&self) -> Result<std::os::fd::RawFd> {
+    pub(crate) fn fd(&self) -> Result<std::os::fd::RawFd> {
         let prog: &Xdp = self
             .ebpf
             .program("udp_capture")
@@ -485,7 +487,7 @@ fn record_slot(payload: usize) -> u64 {
 
 /// Drains the ring (untimed); returns the records and the first one's
 /// payload (after the record header), for the caller to check.
-fn drain(k: &mut Loaded) -> (u64, Option<Vec<u8>>) {
+pub(crate) fn drain(k: &mut Loaded) -> (u64, Option<Vec<u8>>) {
     let mut n = 0;
     let mut first = None;
     while let Some(rec) = k.ring.next() {

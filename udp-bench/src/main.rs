@@ -4,7 +4,8 @@
 //! summary table (markdown on stdout, JSON to `--json`):
 //!
 //! 1. [`kernel`]: the XDP program's cost per packet under
-//!    `BPF_PROG_TEST_RUN`, against an XDP_PASS floor;
+//!    `BPF_PROG_TEST_RUN`, against an XDP_PASS floor; [`fragments`]: its
+//!    cost per IP fragment, and the agent's CPU per reassembled datagram;
 //! 2. [`capture`]: the highest lossless capture rate over a veth pair,
 //!    against tcpdump and a plain UDP socket;
 //! 3. [`forward`]: the forwarding rate and latency to a local PutEvents
@@ -22,6 +23,7 @@ mod contenders;
 mod cpu;
 mod endpoint;
 mod forward;
+mod fragments;
 mod kernel;
 mod netns;
 mod proc;
@@ -75,6 +77,18 @@ enum Cmd {
         /// Measurements per case (overrides the default).
         #[arg(long)]
         runs: Option<usize>,
+    },
+    /// Scenario 1's fragment rows only: the XDP object's cost per IP
+    /// fragment, and with --reassembly-speed the agent's CPU per
+    /// reassembled datagram (JSON on stdout).
+    Fragments {
+        #[arg(long)]
+        object: PathBuf,
+        #[arg(long)]
+        quick: bool,
+        /// udp-agent's `examples/reassembly_speed` binary.
+        #[arg(long)]
+        reassembly_speed: Option<PathBuf>,
     },
     /// A plain UDP socket reader (recvmmsg, counting); prints `ready`, and
     /// `{"received":N,"bytes":B}` on SIGTERM.
@@ -168,6 +182,10 @@ struct AllArgs {
     /// How to reproduce this run, for the report.
     #[arg(long, default_value = "cargo xtask bench")]
     command: String,
+    /// udp-agent's `examples/reassembly_speed` binary, for the row of the
+    /// agent's CPU per reassembled datagram (scenario 1).
+    #[arg(long)]
+    reassembly_speed: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -198,6 +216,16 @@ fn main() -> ExitCode {
             kernel::run(&object, &s)
                 .map(|(r, _)| println!("{}", serde_json::to_string_pretty(&r).expect("json")))
         }
+        Cmd::Fragments {
+            object,
+            quick,
+            reassembly_speed,
+        } => fragments::run(
+            &object,
+            reassembly_speed.as_deref(),
+            &fragments::Settings::new(quick),
+        )
+        .map(|(r, _)| println!("{}", serde_json::to_string_pretty(&r).expect("json"))),
         Cmd::SockReader {
             bind,
             rcvbuf,
@@ -338,6 +366,7 @@ fn all(a: &AllArgs) -> Result<()> {
         duration_s: 0.0,
         rows: Vec::new(),
         kernel: serde_json::Value::Null,
+        fragments: serde_json::Value::Null,
         capture: serde_json::Value::Null,
         cpu: serde_json::Value::Null,
         forward: serde_json::Value::Null,
@@ -357,6 +386,19 @@ fn all(a: &AllArgs) -> Result<()> {
                 proc::check_interrupted()?;
                 eprintln!("bench: scenario 1 failed: {e:#}");
                 failed.push(format!("kernel: {e:#}"));
+            }
+        }
+        eprintln!("bench: scenario 1: IP fragments (BPF_PROG_TEST_RUN; the agent's reassembly)");
+        let s = fragments::Settings::new(a.quick);
+        match fragments::run(&a.object, a.reassembly_speed.as_deref(), &s) {
+            Ok((r, rs)) => {
+                report.fragments = serde_json::to_value(&r)?;
+                rows.extend(rs);
+            }
+            Err(e) => {
+                proc::check_interrupted()?;
+                eprintln!("bench: scenario 1 (fragments) failed: {e:#}");
+                failed.push(format!("fragments: {e:#}"));
             }
         }
     }

@@ -35,6 +35,24 @@
 //! Setters that only make sense for one IP version (`ipv4_options`,
 //! `ipv4_fragment`, `ipv6_ext`, `ipv6_fragment`) panic when used on the other
 //! one: a mistake in a test should fail loudly, not build a different frame.
+//!
+//! A datagram too big for one frame is sent in IP fragments:
+//! [`FrameBuilder::fragments`] splits it the way a sender's kernel does,
+//! and [`FrameBuilder::fragment`] builds any one fragment (overlapping,
+//! out of range, with other bytes) from the bytes of
+//! [`FrameBuilder::udp_datagram`]:
+//!
+//! ```
+//! use udp_ebpf_common::frame::FrameBuilder;
+//!
+//! let b = FrameBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2])
+//!     .frag_id(7)
+//!     .udp(40000, 9000, &[0xAB; 3000]);
+//! let frames = b.fragments(1500);
+//! assert_eq!(frames.len(), 3); // 1480 + 1480 + 48 bytes of the 3008
+//! let udp = b.udp_datagram();
+//! assert_eq!(frames[1], b.fragment(1480, true, &udp[1480..2960]));
+//! ```
 
 use crate::parse::{
     ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
@@ -101,7 +119,7 @@ enum Ext {
     /// kind laid out as next header, length in 8-octet units, data.
     Generic { kind: u8, len_units: u8 },
     /// Fragment header (44): always 8 bytes.
-    Fragment { offset: u16, more: bool },
+    Fragment { offset: u16, more: bool, id: u32 },
 }
 
 impl Ext {
@@ -151,6 +169,8 @@ pub struct FrameBuilder {
     udp_len_override: Option<u16>,
     ip_len_override: Option<u16>,
     pad_to: usize,
+    /// Identification of fragments (IPv4: 16 bits).
+    frag_id: Option<u32>,
 }
 
 impl FrameBuilder {
@@ -170,6 +190,7 @@ impl FrameBuilder {
             udp_len_override: None,
             ip_len_override: None,
             pad_to: 0,
+            frag_id: None,
         }
     }
 
@@ -308,8 +329,117 @@ impl FrameBuilder {
     pub fn ipv6_fragment(mut self, offset: u16, more: bool) -> Self {
         self.expect_v6("ipv6_fragment");
         assert!(offset <= 0x1FFF, "fragment offset {offset} exceeds 13 bits");
-        self.ipv6_exts.push(Ext::Fragment { offset, more });
+        let id = self.frag_id.unwrap_or(IPV6_FRAG_ID);
+        self.ipv6_exts.push(Ext::Fragment { offset, more, id });
         self
+    }
+
+    /// Sets the identification that fragments carry (IPv4: at most
+    /// 0xFFFF), for [`ipv4_fragment`](Self::ipv4_fragment),
+    /// [`fragment`](Self::fragment) and [`fragments`](Self::fragments);
+    /// call it before [`ipv6_fragment`](Self::ipv6_fragment). Fragments of
+    /// different datagrams between the same addresses need different ones.
+    pub fn frag_id(mut self, id: u32) -> Self {
+        if matches!(self.l3, L3::V4 { .. }) {
+            assert!(id <= 0xFFFF, "IPv4 identification {id:#x} exceeds 16 bits");
+        }
+        self.frag_id = Some(id);
+        self
+    }
+
+    /// The bytes the datagram's fragments carry between them: the UDP
+    /// header (its checksum computed over the whole datagram) and the
+    /// payload, or the layer-4 segment of another protocol.
+    pub fn udp_datagram(&self) -> Vec<u8> {
+        match self.l3 {
+            L3::V4 { src, dst } => self.l4(&src, &dst),
+            L3::V6 { src, dst } => self.l4(&src, &dst),
+            L3::Raw(_) => panic!("a non-IP frame has no datagram"),
+        }
+    }
+
+    /// One IP fragment of this datagram: `data` at byte `offset` (a
+    /// multiple of 8) of [`udp_datagram`](Self::udp_datagram), with the
+    /// more-fragments flag `more`. The data need not be the datagram's own
+    /// bytes, nor lie within it: tests build overlapping and lying
+    /// fragments this way. IPv4 options go into the first fragment only (as
+    /// for options not copied into fragments); IPv6 extension headers set
+    /// with [`ipv6_ext`](Self::ipv6_ext) come before the fragment header,
+    /// as the unfragmentable part.
+    pub fn fragment(&self, offset: usize, more: bool, data: &[u8]) -> Vec<u8> {
+        assert!(
+            offset.is_multiple_of(8),
+            "fragment offset {offset} is not a multiple of 8"
+        );
+        let units = u16::try_from(offset / 8)
+            .ok()
+            .filter(|u| *u <= 0x1FFF)
+            .unwrap_or_else(|| panic!("fragment offset {offset} exceeds 13 bits of 8-byte units"));
+        let mut frame = self.l2();
+        match self.l3 {
+            L3::V4 { src, dst } => {
+                frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
+                let options: &[u8] = if offset == 0 { &self.ipv4_options } else { &[] };
+                let id = self.frag_id.unwrap_or(u32::from(IPV4_FRAG_ID)) as u16;
+                let flags = units | if more { IPV4_MF } else { 0 };
+                let total = 20 + options.len() + data.len();
+                let total = u16::try_from(total).expect("IPv4 fragment longer than 65535 bytes");
+                push_ipv4_header(
+                    &mut frame,
+                    src,
+                    dst,
+                    options,
+                    total,
+                    id,
+                    flags,
+                    self.protocol,
+                );
+            }
+            L3::V6 { src, dst } => {
+                assert!(
+                    !self
+                        .ipv6_exts
+                        .iter()
+                        .any(|e| matches!(e, Ext::Fragment { .. })),
+                    "fragment() adds the fragment header itself"
+                );
+                frame.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+                let mut b = self.clone();
+                b.ipv6_exts.push(Ext::Fragment {
+                    offset: units,
+                    more,
+                    id: self.frag_id.unwrap_or(IPV6_FRAG_ID),
+                });
+                b.push_ipv6(&mut frame, src, dst, data.len());
+            }
+            L3::Raw(_) => panic!("a non-IP frame cannot be fragmented"),
+        }
+        frame.extend_from_slice(data);
+        frame
+    }
+
+    /// The datagram in IP fragments of at most `mtu` bytes of IP packet
+    /// each, in order, as a sender's kernel splits it: every fragment but
+    /// the last carries as many multiples of 8 bytes as fit.
+    pub fn fragments(&self, mtu: usize) -> Vec<Vec<u8>> {
+        let data = self.udp_datagram();
+        let headers = match self.l3 {
+            L3::V4 { .. } => 20 + self.ipv4_options.len(),
+            _ => 40 + self.ipv6_exts.iter().map(|e| e.len()).sum::<usize>() + 8,
+        };
+        let per = mtu
+            .checked_sub(headers)
+            .map(|n| n / 8 * 8)
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| panic!("MTU {mtu} leaves no room for fragment data"));
+        let mut out = Vec::new();
+        let mut offset = 0;
+        while offset < data.len() {
+            let end = (offset + per).min(data.len());
+            out.push(self.fragment(offset, end < data.len(), &data[offset..end]));
+            offset = end;
+        }
+        out
     }
 
     /// Sets the IPv4 protocol / final IPv6 Next Header. For anything but
@@ -384,8 +514,8 @@ impl FrameBuilder {
         l2 + l3 + l4
     }
 
-    /// The frame's bytes (without FCS).
-    pub fn build(&self) -> Vec<u8> {
+    /// The MAC addresses and VLAN tags, up to the EtherType.
+    fn l2(&self) -> Vec<u8> {
         let mut frame = Vec::with_capacity(self.headers_len() + self.payload.len());
         frame.extend_from_slice(&self.dst_mac);
         frame.extend_from_slice(&self.src_mac);
@@ -393,6 +523,12 @@ impl FrameBuilder {
             frame.extend_from_slice(&tpid.to_be_bytes());
             frame.extend_from_slice(&vid.to_be_bytes());
         }
+        frame
+    }
+
+    /// The frame's bytes (without FCS).
+    pub fn build(&self) -> Vec<u8> {
+        let mut frame = self.l2();
         match self.l3 {
             L3::V4 { src, dst } => {
                 frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
@@ -474,24 +610,21 @@ impl FrameBuilder {
         });
         let (id, flags_frag) = match self.ipv4_fragment {
             None => (0, IPV4_DF),
-            Some((offset, more)) => (IPV4_FRAG_ID, offset | if more { IPV4_MF } else { 0 }),
+            Some((offset, more)) => (
+                self.frag_id.unwrap_or(u32::from(IPV4_FRAG_ID)) as u16,
+                offset | if more { IPV4_MF } else { 0 },
+            ),
         };
-        let at = frame.len();
-        frame.push(0x40 | (hlen / 4) as u8);
-        frame.push(0); // DSCP/ECN
-        frame.extend_from_slice(&total_len.to_be_bytes());
-        frame.extend_from_slice(&id.to_be_bytes());
-        frame.extend_from_slice(&flags_frag.to_be_bytes());
-        frame.push(HOP_LIMIT);
-        frame.push(self.protocol);
-        frame.extend_from_slice(&[0, 0]); // checksum, below
-        frame.extend_from_slice(&src);
-        frame.extend_from_slice(&dst);
-        frame.extend_from_slice(&self.ipv4_options);
-        let mut sum = Checksum::default();
-        sum.add(&frame[at..]);
-        let csum = sum.finish();
-        frame[at + 10..at + 12].copy_from_slice(&csum.to_be_bytes());
+        push_ipv4_header(
+            frame,
+            src,
+            dst,
+            &self.ipv4_options,
+            total_len,
+            id,
+            flags_frag,
+            self.protocol,
+        );
     }
 
     fn push_ipv6(&self, frame: &mut Vec<u8>, src: [u8; 16], dst: [u8; 16], l4_len: usize) {
@@ -516,14 +649,45 @@ impl FrameBuilder {
     }
 }
 
+/// Writes an IPv4 header (with its checksum) and `options`.
+#[allow(clippy::too_many_arguments)]
+fn push_ipv4_header(
+    frame: &mut Vec<u8>,
+    src: [u8; 4],
+    dst: [u8; 4],
+    options: &[u8],
+    total_len: u16,
+    id: u16,
+    flags_frag: u16,
+    protocol: u8,
+) {
+    let hlen = 20 + options.len();
+    let at = frame.len();
+    frame.push(0x40 | (hlen / 4) as u8);
+    frame.push(0); // DSCP/ECN
+    frame.extend_from_slice(&total_len.to_be_bytes());
+    frame.extend_from_slice(&id.to_be_bytes());
+    frame.extend_from_slice(&flags_frag.to_be_bytes());
+    frame.push(HOP_LIMIT);
+    frame.push(protocol);
+    frame.extend_from_slice(&[0, 0]); // checksum, below
+    frame.extend_from_slice(&src);
+    frame.extend_from_slice(&dst);
+    frame.extend_from_slice(options);
+    let mut sum = Checksum::default();
+    sum.add(&frame[at..]);
+    let csum = sum.finish();
+    frame[at + 10..at + 12].copy_from_slice(&csum.to_be_bytes());
+}
+
 /// Writes one IPv6 extension header whose Next Header is `next`.
 fn push_ext(frame: &mut Vec<u8>, ext: Ext, next: u8) {
     match ext {
-        Ext::Fragment { offset, more } => {
+        Ext::Fragment { offset, more, id } => {
             frame.push(next);
             frame.push(0); // reserved
             frame.extend_from_slice(&((offset << 3) | more as u16).to_be_bytes());
-            frame.extend_from_slice(&IPV6_FRAG_ID.to_be_bytes());
+            frame.extend_from_slice(&id.to_be_bytes());
         }
         Ext::Generic { kind, len_units } => {
             frame.push(next);

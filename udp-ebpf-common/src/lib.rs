@@ -23,6 +23,12 @@ pub const PORT_COUNT: u32 = 65536;
 /// size. Larger payloads (loopback has MTU 65536) are captured truncated.
 pub const MAX_CAPTURE: u32 = 9216;
 
+/// Largest `Config::snaplen`: every payload whole. A whole datagram's
+/// record still stops at `MAX_CAPTURE`; a datagram reassembled from IP
+/// fragments can be whole up to the UDP maximum (65,507 bytes over IPv4,
+/// 65,527 over IPv6), each fragment being a record of its own.
+pub const MAX_SNAPLEN: u32 = 65_535;
+
 /// Default ring buffer size in bytes (must be a power-of-two number of pages).
 pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 
@@ -46,7 +52,12 @@ pub mod counter {
     pub const TRUNCATED: u32 = 5;
     /// A header was cut short or a length field lied.
     pub const MALFORMED: u32 = 6;
-    /// An IP fragment (not reassembled yet).
+    /// An IP fragment of a UDP datagram, written to the ring buffer for the
+    /// agent to reassemble: its datagram's first fragment decided to capture
+    /// it, or it came before that first fragment (`FRAGMENT_EARLY`). A
+    /// fragment its datagram's decision rejects is counted as that decision
+    /// (`PORT_DISABLED`, `DENIED`, `LIMITED_*`, `RING_FULL`), once per
+    /// fragment.
     pub const FRAGMENT: u32 = 7;
     /// The payload could not be copied out of the frame (should not happen).
     pub const COPY_FAILED: u32 = 8;
@@ -58,16 +69,35 @@ pub mod counter {
     pub const LIMITED_GLOBAL: u32 = 11;
     /// Source address on the deny list, or not on a non-empty allow list.
     pub const DENIED: u32 = 12;
-    /// Captured, then dropped because its port's action is `drop`.
+    /// Captured (a whole datagram, or a fragment of one), then dropped
+    /// because its port's action is `drop`.
     pub const CONSUMED: u32 = 13;
     /// Captured by redirecting the frame to the agent's AF_XDP socket for
     /// its interface and RX queue, instead of writing a ring record.
     pub const REDIRECTED: u32 = 14;
+    /// A frame whose headers go deeper than the program looks: more than
+    /// `parse::VLAN_MAX_DEPTH` VLAN tags, more than
+    /// `parse::IPV6_EXT_MAX_DEPTH` IPv6 extension headers, or an extension
+    /// header it does not step over (AH, Mobility, HIP, Shim6, experimental;
+    /// IPv6 fragments whose first header after the fragment header is not
+    /// UDP). It may be UDP to an enabled port: unlike `NOT_UDP`, this is
+    /// traffic the program could not tell apart.
+    pub const UNSUPPORTED: u32 = 15;
+    /// Qualifies a `FRAGMENT`: written before its datagram's first fragment
+    /// (which holds the ports) had been seen, so before any decision. The
+    /// agent keeps it until the first fragment arrives or the program
+    /// reports the datagram rejected (`RECORD_FRAGMENT_DISCARD`).
+    pub const FRAGMENT_EARLY: u32 = 16;
+    /// A fragment past `FRAG_MAX_RECORDS` written for one datagram: no
+    /// datagram needs that many on any path the agent supports, so the
+    /// rest of a flood with one identification is passed, not captured.
+    pub const FRAGMENT_EXCESS: u32 = 17;
 
     /// The outcomes that end a frame's run: the program counts exactly one
-    /// of these per frame. `TRUNCATED`, `CONSUMED` and `REDIRECTED` are not
-    /// among them: they qualify a frame already counted as `CAPTURED`.
-    pub const TERMINAL: [u32; 11] = [
+    /// of these per frame. `TRUNCATED`, `CONSUMED`, `REDIRECTED` and
+    /// `FRAGMENT_EARLY` are not among them: they qualify a frame already
+    /// counted as `CAPTURED` or `FRAGMENT`.
+    pub const TERMINAL: [u32; 13] = [
         NOT_UDP,
         PORT_DISABLED,
         CAPTURED,
@@ -79,6 +109,8 @@ pub mod counter {
         LIMITED_SOURCE,
         LIMITED_GLOBAL,
         DENIED,
+        UNSUPPORTED,
+        FRAGMENT_EXCESS,
     ];
 
     /// The `SEEN` figure, from a reader of the other counters (summed over
@@ -92,10 +124,10 @@ pub mod counter {
     }
 
     /// Slots in the array; spare slots are reserved for later outcomes.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 24;
 
     /// Names in index order, as shown by `udp-agent stats` and metrics.
-    pub const NAMES: [&str; 15] = [
+    pub const NAMES: [&str; 18] = [
         "seen",
         "not_udp",
         "port_disabled",
@@ -111,7 +143,11 @@ pub mod counter {
         "denied",
         "consumed",
         "redirected",
+        "unsupported",
+        "fragment_early",
+        "fragment_excess",
     ];
+    const _: () = assert!(NAMES.len() as u32 <= COUNT);
 }
 
 /// `PortRule::flags` bit: this destination port is captured.
@@ -393,8 +429,8 @@ pub const XSK_SLOTS: u32 = XSK_MAX_QUEUES * XSK_MAX_IFACES;
 /// ```text
 ///  0  u64 timestamp_ns   as RecordHeader::timestamp_ns
 ///  8  u16 cap_len        payload bytes the agent takes (snap length applied)
-/// 10  u8  flags          RECORD_COARSE_TIME, the port's encoding
-///                       (XSK_FORMAT_MASK, XSK_PACK)
+/// 10  u8  flags          RECORD_COARSE_TIME; bits 4..8 the port rule's
+///                       encoding (`encoding_flags`)
 /// 11  u8  magic          XSK_STAMP_MAGIC
 /// ```
 #[repr(C, packed)]
@@ -406,38 +442,10 @@ pub struct XskStamp {
     pub magic: u8,
 }
 
-/// `XskStamp::flags` bits 1..5: the port's format code
-/// (`PortRule::encoding`'s low bits; codes up to 15); bit 5: pack. Bit 0
-/// is `RECORD_COARSE_TIME`, as in a ring record.
-pub const XSK_FORMAT_SHIFT: u32 = 1;
-pub const XSK_FORMAT_MASK: u8 = 0x0F << XSK_FORMAT_SHIFT;
-pub const XSK_PACK: u8 = 1 << 5;
-
 impl XskStamp {
-    /// The flag bits that carry a port rule's encoding word.
-    #[inline(always)]
-    pub const fn encoding_flags(word: u32) -> u8 {
-        let format = ((word & ENCODING_FORMAT_MASK) << XSK_FORMAT_SHIFT) as u8 & XSK_FORMAT_MASK;
-        let pack = if word & ENCODING_PACK != 0 {
-            XSK_PACK
-        } else {
-            0
-        };
-        format | pack
-    }
-
-    /// The encoding the flags carry.
+    /// The port encoding its flags carry ([`encoding_flags`]).
     pub const fn encoding(&self) -> Encoding {
-        let flags = self.flags;
-        let format = ((flags & XSK_FORMAT_MASK) >> XSK_FORMAT_SHIFT) as u32;
-        Encoding::from_word(
-            format
-                | if flags & XSK_PACK != 0 {
-                    ENCODING_PACK
-                } else {
-                    0
-                },
-        )
+        encoding_of_flags(self.flags)
     }
 }
 
@@ -452,7 +460,8 @@ const _: () = assert!(MAX_CAPTURE <= u16::MAX as u32);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Most payload bytes copied per packet (clamped to `MAX_CAPTURE`).
+    /// Most payload bytes captured per datagram (a whole datagram's record
+    /// holds at most `MAX_CAPTURE`).
     pub snaplen: u32,
     /// `CONFIG_ALLOWLIST`, `CONFIG_REJECT_DROP`, `CONFIG_DENYLIST`.
     pub flags: u32,
@@ -465,7 +474,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            snaplen: MAX_CAPTURE,
+            snaplen: MAX_SNAPLEN,
             flags: 0,
             global: Limit::NONE,
             per_source: Limit::NONE,
@@ -494,17 +503,24 @@ pub const IP_V6: u8 = 6;
 ///                       with RECORD_COARSE_TIME its last tick before the
 ///                       capture (bpf_ktime_get_coarse_ns)
 ///  8  u32 ifindex        receiving interface
-/// 12  u32 wire_len       UDP payload length on the wire (UDP length - 8)
+/// 12  u32 wire_len       UDP payload length on the wire (UDP length - 8);
+///                       of a fragment: its data bytes after the IP headers
 /// 16  u32 cap_len        payload bytes that follow this header
-/// 20  u16 src_port       host byte order
-/// 22  u16 dst_port       host byte order
+/// 20  u16 src_port       host byte order (of a fragment: 0 until its
+/// 22  u16 dst_port       datagram's first fragment has been seen)
 /// 24  u8  ip_version     4 or 6
-/// 25  u8  flags          RECORD_COARSE_TIME
-/// 26  u16 _pad1
-/// 28  u32 encoding       the port rule's `encoding`, copied ([`Encoding`])
+/// 25  u8  flags          RECORD_COARSE_TIME, RECORD_FRAGMENT, …; bits 4..8
+///                       the port rule's encoding (`encoding_flags`)
+/// 26  u16 frag_offset    fragment offset in 8-byte units, as on the wire
+/// 28  u32 frag_id        IPv4 identification (16 bits) or IPv6 fragment
+///                       header identification; 0 for whole datagrams
 /// 32  [u8;16] src_addr   IPv4 in the first 4 bytes, rest zero
 /// 48  [u8;16] dst_addr
 /// ```
+///
+/// A whole datagram's record has `flags & RECORD_FRAGMENT == 0` and zero
+/// `frag_offset` and `frag_id` (what were padding bytes before fragments
+/// were captured, so such a record reads the same to either layout).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecordHeader {
@@ -516,8 +532,8 @@ pub struct RecordHeader {
     pub dst_port: u16,
     pub ip_version: u8,
     pub flags: u8,
-    pub _pad1: u16,
-    pub encoding: u32,
+    pub frag_offset: u16,
+    pub frag_id: u32,
     pub src_addr: [u8; 16],
     pub dst_addr: [u8; 16],
 }
@@ -529,6 +545,145 @@ pub struct RecordHeader {
 /// read: a fifth to a third of a small capture's cost); the agent narrows
 /// the stamp with the time its pass over the ring began.
 pub const RECORD_COARSE_TIME: u8 = 1;
+/// `RecordHeader::flags`: the record is one IP fragment of a UDP datagram.
+/// Its payload is the fragment's data (what follows the IP header, or the
+/// IPv6 fragment header), the UDP header included in the first fragment,
+/// `frag_offset × 8` bytes into the datagram's data; `cap_len` may stop
+/// short of `wire_len` only where the bytes lie past `--snaplen`. The
+/// agent reassembles the datagram, keyed by addresses, IP version and
+/// `frag_id`.
+pub const RECORD_FRAGMENT: u8 = 2;
+/// `RecordHeader::flags`, with `RECORD_FRAGMENT`: more fragments follow this
+/// one (IPv4 MF, IPv6 M); clear on the last fragment.
+pub const RECORD_MORE_FRAGMENTS: u8 = 4;
+/// Flag bits (of `RecordHeader::flags` and `XskStamp::flags`) that carry a
+/// port rule's encoding, so the agent knows each datagram's format without
+/// a map lookup: the format code in bits 4..7, pack in bit 7. The program
+/// copies them from `PortRule::encoding` and never reads them. Codes up to
+/// 7 fit; `Format::from_code` reads any other as base64.
+pub const FLAGS_FORMAT_SHIFT: u32 = 4;
+pub const FLAGS_FORMAT_MASK: u8 = 0x70;
+pub const FLAGS_PACK: u8 = 0x80;
+
+/// The flag bits that carry the encoding word of a port rule.
+#[inline(always)]
+pub const fn encoding_flags(word: u32) -> u8 {
+    let format = ((word & ENCODING_FORMAT_MASK) << FLAGS_FORMAT_SHIFT) as u8 & FLAGS_FORMAT_MASK;
+    let pack = if word & ENCODING_PACK != 0 {
+        FLAGS_PACK
+    } else {
+        0
+    };
+    format | pack
+}
+
+/// The encoding flag bits carry.
+pub const fn encoding_of_flags(flags: u8) -> Encoding {
+    let format = ((flags & FLAGS_FORMAT_MASK) >> FLAGS_FORMAT_SHIFT) as u32;
+    let pack = if flags & FLAGS_PACK != 0 {
+        ENCODING_PACK
+    } else {
+        0
+    };
+    Encoding::from_word(format | pack)
+}
+
+const _: () = assert!(Format::Syslog.code() << FLAGS_FORMAT_SHIFT <= FLAGS_FORMAT_MASK as u32);
+
+/// `RecordHeader::flags`, with `RECORD_FRAGMENT`: not a fragment but a
+/// notice, without payload, that this datagram's first fragment rejected
+/// it after fragments that came before it had been written
+/// (`counter::FRAGMENT_EARLY`): the agent drops what it holds of it.
+pub const RECORD_FRAGMENT_DISCARD: u8 = 8;
+
+/// Key of the `FRAGS` LRU table, which carries a datagram's decision from
+/// its first fragment to the others: what identifies a datagram's
+/// fragments (RFC 791 and RFC 8200), the protocol being always UDP.
+///
+/// Aligned to 8 bytes: the XDP program keeps it on its stack, where the
+/// verifier refuses the misaligned 8-byte copies the BPF backend would
+/// otherwise make of a 4-byte-aligned struct.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    /// IPv4 in the first 4 bytes, rest zero.
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// IPv4 identification (16 bits) or IPv6 fragment identification.
+    pub id: u32,
+    pub ip_version: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `FragState::state`: fragments came before the first one; each is
+/// written to the ring (`counter::FRAGMENT_EARLY`) and passed.
+pub const FRAG_PENDING: u8 = 1;
+/// `FragState::state`: the first fragment chose to capture the datagram;
+/// every fragment is written and takes `action`.
+pub const FRAG_CAPTURE: u8 = 2;
+/// `FragState::state`: the datagram is not captured; every fragment is
+/// counted as `outcome` and takes `action`.
+pub const FRAG_REJECT: u8 = 3;
+
+/// `FragState::flags`: the per-source limit has been charged for this
+/// datagram (by a fragment that came before the first).
+pub const FRAG_CHARGED_SOURCE: u8 = 1;
+/// `FragState::flags`: the global limit has been charged for it.
+pub const FRAG_CHARGED_GLOBAL: u8 = 2;
+/// `FragState::flags`: `src_port`/`dst_port` hold the first fragment's ports.
+pub const FRAG_PORTS_KNOWN: u8 = 4;
+
+/// A datagram's entry in the `FRAGS` table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragState {
+    /// `CLOCK_MONOTONIC_COARSE` when its first-seen fragment arrived; the
+    /// entry counts as absent `FRAG_TTL_NS` later.
+    pub created_ns: u64,
+    /// Fragment records written for it (`FRAG_MAX_RECORDS` at most).
+    pub records: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// `FRAG_PENDING`, `FRAG_CAPTURE` or `FRAG_REJECT`.
+    pub state: u8,
+    /// With `FRAG_REJECT`: the `counter` index each fragment is counted as.
+    pub outcome: u8,
+    /// The XDP action every fragment takes (`ACTION_PASS`/`ACTION_DROP`).
+    pub action: u8,
+    /// `FRAG_CHARGED_SOURCE`, `FRAG_CHARGED_GLOBAL`, `FRAG_PORTS_KNOWN`.
+    pub flags: u8,
+    pub _pad: u32,
+}
+
+/// Datagrams the `FRAGS` table follows at once; the least recently used
+/// are evicted. Entries live `FRAG_TTL_NS`, so this is room for 8,192
+/// fragmented datagrams a second; one evicted early only turns its later
+/// fragments into early ones (captured, passed), which the agent still
+/// reassembles.
+pub const FRAG_ENTRIES: u32 = 8192;
+
+/// How long a `FRAGS` entry holds its datagram's decision. A datagram's
+/// fragments arrive within microseconds of each other; a short life keeps
+/// a later datagram that reuses the identification (IPv4's is 16 bits) from
+/// following an earlier one's decision. A fragment later than this is
+/// written as an early one, which the agent still reassembles with the rest
+/// (within `--reassembly-timeout`).
+pub const FRAG_TTL_NS: u64 = 1_000_000_000;
+
+/// Most fragment records written for one datagram. The largest UDP
+/// datagram (65,535 bytes) needs 119 fragments on a path with IPv4's
+/// smallest guaranteed MTU (576) and 54 with IPv6's (1,280); more is a
+/// flood of one identification, whose surplus is passed and counted
+/// (`counter::FRAGMENT_EXCESS`) rather than captured.
+pub const FRAG_MAX_RECORDS: u32 = 128;
+
+/// The slot of the XDP program's `FRAGMENT_PATH` program array where the
+/// loader puts its second program, `udp_fragment`, which `udp_capture`
+/// tail-calls for IP fragments.
+pub const FRAGMENT_PATH_SLOT: u32 = 0;
+/// Name of that program in the object, and of the map.
+pub const FRAGMENT_PROGRAM: &str = "udp_fragment";
+pub const FRAGMENT_PATH_MAP: &str = "FRAGMENT_PATH";
 
 /// Size of `RecordHeader` on the ring; the payload starts at this offset.
 pub const RECORD_HEADER_LEN: usize = 64;
@@ -538,6 +693,8 @@ const _: () = assert!(core::mem::size_of::<PortState>() == 16);
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<SourceState>() == 24);
 const _: () = assert!(core::mem::size_of::<Config>() == 40);
+const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FragState>() == 24);
 
 /// Payload room of the ring record size classes, smallest first.
 ///
@@ -612,6 +769,8 @@ mod pod {
     unsafe impl aya::Pod for super::PortState {}
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::SourceState {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragState {}
 }
 
 #[cfg(test)]
@@ -697,14 +856,25 @@ mod record_class_tests {
 
 #[cfg(test)]
 mod encoding_tests {
-    use super::{Encoding, Format, PortRule};
+    use super::{
+        Encoding, FLAGS_FORMAT_MASK, FLAGS_PACK, Format, PortRule, RECORD_COARSE_TIME,
+        RECORD_FRAGMENT, RECORD_FRAGMENT_DISCARD, RECORD_MORE_FRAGMENTS, encoding_flags,
+        encoding_of_flags,
+    };
 
     #[test]
-    fn every_encoding_round_trips_through_its_word() {
+    fn every_encoding_round_trips_through_its_word_and_its_flags() {
+        // The encoding's bits leave the record's own flags alone.
+        let own =
+            RECORD_COARSE_TIME | RECORD_FRAGMENT | RECORD_MORE_FRAGMENTS | RECORD_FRAGMENT_DISCARD;
+        assert_eq!(own & (FLAGS_FORMAT_MASK | FLAGS_PACK), 0);
         for format in Format::ALL {
             for pack in [false, true] {
                 let e = Encoding { format, pack };
                 assert_eq!(Encoding::from_word(e.word()), e);
+                let flags = encoding_flags(e.word());
+                assert_eq!(flags & own, 0);
+                assert_eq!(encoding_of_flags(flags | own), e);
                 let rule = PortRule {
                     encoding: e.word(),
                     ..PortRule::enabled()
@@ -747,6 +917,7 @@ mod counter_tests {
             counter::TRUNCATED,
             counter::CONSUMED,
             counter::REDIRECTED,
+            counter::FRAGMENT_EARLY,
         ];
         for qualifier in qualifiers {
             assert_eq!(seen & (1 << qualifier), 0, "{qualifier} is not terminal");

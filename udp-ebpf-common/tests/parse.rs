@@ -5,8 +5,9 @@
 
 use udp_ebpf_common::frame::{ETH_MIN_LEN, FrameBuilder, IPPROTO_TCP};
 use udp_ebpf_common::parse::{
-    ETH_P_8021AD, ETH_P_8021Q, IPPROTO_DSTOPTS, IPPROTO_HOPOPTS, IPPROTO_ROUTING,
-    IPV6_EXT_MAX_DEPTH, Outcome, UdpMeta, parse_frame, read_addresses,
+    ETH_P_8021AD, ETH_P_8021Q, FragMeta, IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_HOPOPTS,
+    IPPROTO_ROUTING, IPV6_EXT_MAX_DEPTH, Outcome, UdpMeta, parse_fragment, parse_frame,
+    read_addresses, read_addresses_at,
 };
 
 const SRC4: [u8; 4] = [192, 0, 2, 1];
@@ -30,6 +31,7 @@ const V6_HDRS: usize = 14 + 40 + 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Got {
     NotUdp,
+    Unsupported,
     Malformed,
     Fragment,
     Udp(UdpMeta, [u8; 16], [u8; 16]),
@@ -38,6 +40,7 @@ enum Got {
 fn got(start: usize, end: usize, frame_len: usize) -> Got {
     match parse_frame(start, end, frame_len) {
         Outcome::NotUdp => Got::NotUdp,
+        Outcome::Unsupported => Got::Unsupported,
         Outcome::Malformed => Got::Malformed,
         Outcome::Fragment => Got::Fragment,
         Outcome::Udp(meta) => {
@@ -292,7 +295,8 @@ fn ipv6_long_extension_header() {
 
 #[test]
 fn ipv6_extension_depth_limit() {
-    assert_eq!(IPV6_EXT_MAX_DEPTH, 6);
+    // At least the eight the adversarial pass sent.
+    assert_eq!(IPV6_EXT_MAX_DEPTH, 10);
     // Exactly the limit: walked.
     let mut b = v6();
     for _ in 0..IPV6_EXT_MAX_DEPTH {
@@ -302,11 +306,19 @@ fn ipv6_extension_depth_limit() {
         parse_good(&b),
         udp6(V6_HDRS + 8 * IPV6_EXT_MAX_DEPTH, PAYLOAD.len())
     );
-    // One more, of either kind: not walked.
-    let f = b.clone().ipv6_ext(IPPROTO_DSTOPTS, 0).build();
-    assert_eq!(parse(&f), Got::NotUdp);
-    let f = b.ipv6_fragment(0, false).build();
-    assert_eq!(parse(&f), Got::NotUdp);
+    // One more, of any kind: not walked, and said so (it may be UDP).
+    for more in [
+        b.clone().ipv6_ext(IPPROTO_DSTOPTS, 0),
+        b.clone().ipv6_ext(IPPROTO_ROUTING, 0),
+        b.clone().ipv6_fragment(0, false),
+        b.clone().ipv6_fragment(0, true),
+    ] {
+        assert_eq!(parse(&more.build()), Got::Unsupported);
+    }
+    // Past the limit, TCP is still TCP as far as the walk can tell: the
+    // walk stops at a header it cannot step over either way.
+    let f = b.clone().ipv6_ext(IPPROTO_DSTOPTS, 0).protocol(6).build();
+    assert_eq!(parse(&f), Got::Unsupported);
 }
 
 #[test]
@@ -381,10 +393,32 @@ fn ipv6_payload_len_shorter_than_headers_is_malformed() {
 }
 
 #[test]
-fn ipv6_unknown_extension_is_not_udp() {
-    // Authentication header (51) is not walked.
-    let f = v6().ipv6_ext(51, 1).build();
-    assert_eq!(parse(&f), Got::NotUdp);
+fn ipv6_extensions_not_walked_are_unsupported() {
+    // The authentication header (51) and the other extension headers the
+    // walk does not step over may carry UDP: unsupported, not "not UDP".
+    for kind in [IPPROTO_AH, 135, 139, 140, 253, 254] {
+        let f = v6().ipv6_ext(kind, 1).build();
+        assert_eq!(parse(&f), Got::Unsupported, "next header {kind}");
+        let f = v6().ipv6_ext(IPPROTO_HOPOPTS, 0).ipv6_ext(kind, 1).build();
+        assert_eq!(parse(&f), Got::Unsupported, "next header {kind} after HBH");
+    }
+    // ESP (50) hides what it carries, No Next Header (59) carries nothing.
+    for proto in [50, 59] {
+        let f = v6().protocol(proto).payload(&[0; 16]).build();
+        assert_eq!(parse(&f), Got::NotUdp, "next header {proto}");
+    }
+}
+
+#[test]
+fn ipv4_under_ah_is_unsupported() {
+    let f = v4().protocol(IPPROTO_AH).payload(&[0; 24]).build();
+    assert_eq!(parse(&f), Got::Unsupported);
+    let f = v4()
+        .ipv4_options(&[1; 4])
+        .protocol(IPPROTO_AH)
+        .payload(&[0; 24])
+        .build();
+    assert_eq!(parse(&f), Got::Unsupported);
 }
 
 // ---------------------------------------------------------------- VLAN
@@ -423,14 +457,28 @@ fn vlan_qinq() {
 }
 
 #[test]
-fn vlan_three_tags_is_not_udp() {
+fn vlan_three_tags_is_unsupported() {
     let f = v4().qinq(100, 200).dot1q(300).build();
-    assert_eq!(parse(&f), Got::NotUdp);
-    // Malformed until the third TPID can be read (at 20..22), then NotUdp.
+    assert_eq!(parse(&f), Got::Unsupported);
+    // Malformed until the third TPID can be read (at 20..22), then
+    // unsupported: the walk stops at a tag it does not step over.
     for n in 0..f.len() {
-        let want = if n < 22 { Got::Malformed } else { Got::NotUdp };
+        let want = if n < 22 {
+            Got::Malformed
+        } else {
+            Got::Unsupported
+        };
         assert_eq!(parse_prefix(&f, n), want, "prefix {n}");
     }
+    let f = v6()
+        .vlan(ETH_P_8021AD, 1)
+        .vlan(ETH_P_8021AD, 2)
+        .dot1q(3)
+        .build();
+    assert_eq!(parse(&f), Got::Unsupported);
+    // A third tag of another TPID is just another EtherType.
+    let f = v4().qinq(100, 200).vlan(0x9100, 300).build();
+    assert_eq!(parse(&f), Got::NotUdp);
 }
 
 // ---------------------------------------------------------------- not UDP
@@ -698,4 +746,136 @@ fn ipv4_fast_path_agrees_with_the_general_parser() {
         }
     }
     assert!(fast > 500, "only {fast} prefixes took the fast path");
+}
+
+// ---------------------------------------------------------------- fragments
+
+/// `parse_fragment` of a whole frame, with the addresses read at the IP
+/// header it found.
+fn frag(frame: &[u8]) -> Result<(FragMeta, usize, [u8; 16], [u8; 16]), Outcome> {
+    let (start, end) = (
+        frame.as_ptr() as usize,
+        frame.as_ptr() as usize + frame.len(),
+    );
+    assert_eq!(parse_frame(start, end, frame.len()), Outcome::Fragment);
+    let (meta, ip_end) = parse_fragment(start, end);
+    let meta = meta?;
+    let (src, dst) =
+        read_addresses_at(start, end, meta.ip_version, meta.l3_offset).expect("addresses readable");
+    Ok((meta, ip_end, src, dst))
+}
+
+#[test]
+fn ipv4_fragments_of_a_datagram_are_read_in_full() {
+    let b = v4().frag_id(0xBEEF).udp(SPORT, DPORT, &[7; 3000]);
+    let frames = b.fragments(1500);
+    assert_eq!(frames.len(), 3);
+    let udp = b.udp_datagram();
+    let mut offset = 0;
+    for (i, f) in frames.iter().enumerate() {
+        let (m, ip_end, src, dst) = frag(f).unwrap();
+        let first = i == 0;
+        assert_eq!(
+            m,
+            FragMeta {
+                ip_version: 4,
+                more: i < 2,
+                l3_offset: 14,
+                id: 0xBEEF,
+                offset: offset as u32,
+                data_offset: 34,
+                data_len: (f.len() - 34) as u32,
+                src_port: if first { SPORT } else { 0 },
+                dst_port: if first { DPORT } else { 0 },
+            },
+            "fragment {i}"
+        );
+        assert_eq!(ip_end, f.len());
+        assert_eq!((src, dst), (pad16(SRC4), pad16(DST4)));
+        assert_eq!(&f[34..], &udp[offset..offset + m.data_len as usize]);
+        offset += m.data_len as usize;
+    }
+    assert_eq!(offset, udp.len());
+}
+
+#[test]
+fn ipv6_fragments_behind_extension_headers_are_read_in_full() {
+    let b = v6()
+        .vlan(ETH_P_8021Q, 5)
+        .ipv6_ext(IPPROTO_HOPOPTS, 0)
+        .ipv6_ext(IPPROTO_ROUTING, 1)
+        .frag_id(0xDEAD_BEEF)
+        .udp(SPORT, DPORT, &[9; 2000]);
+    let frames = b.fragments(1280);
+    assert_eq!(frames.len(), 2);
+    let udp = b.udp_datagram();
+    // Ethernet and the tag, IPv6, 8 + 16 bytes of extension headers, then
+    // the fragment header.
+    let data_at = 18 + 40 + 24 + 8;
+    let (m, ip_end, src, dst) = frag(&frames[0]).unwrap();
+    assert_eq!(
+        m,
+        FragMeta {
+            ip_version: 6,
+            more: true,
+            l3_offset: 18,
+            id: 0xDEAD_BEEF,
+            offset: 0,
+            data_offset: data_at as u32,
+            data_len: (1280 - 40 - 24 - 8) / 8 * 8,
+            src_port: SPORT,
+            dst_port: DPORT,
+        }
+    );
+    assert_eq!(ip_end, frames[0].len());
+    assert_eq!((src, dst), (SRC6, DST6));
+    let (last, ..) = frag(&frames[1]).unwrap();
+    assert_eq!(
+        (last.more, last.offset, last.src_port),
+        (false, m.data_len, 0)
+    );
+    assert_eq!(m.data_len + last.data_len, udp.len() as u32);
+    assert_eq!(&frames[1][data_at..], &udp[m.data_len as usize..]);
+}
+
+#[test]
+fn fragments_that_cannot_be_read_say_why() {
+    let b = v4().udp(SPORT, DPORT, &[1; 100]);
+    let udp = b.udp_datagram();
+    // A first fragment without the whole UDP header (RFC 1858).
+    assert_eq!(
+        frag(&b.fragment(0, true, &udp[..7])),
+        Err(Outcome::Malformed)
+    );
+    // Data that would make an IPv4 packet longer than 65,535 bytes, its
+    // 20-byte header included: 65,515 bytes of data at most.
+    assert!(frag(&b.fragment(65504, false, &[0; 11])).is_ok());
+    assert_eq!(
+        frag(&b.fragment(65504, false, &[0; 12])),
+        Err(Outcome::Malformed)
+    );
+    let b6 = v6().udp(SPORT, DPORT, &[1; 100]);
+    assert!(frag(&b6.fragment(65528, false, &[0; 7])).is_ok());
+    assert_eq!(
+        frag(&b6.fragment(65528, false, &[0; 8])),
+        Err(Outcome::Malformed)
+    );
+    // An empty fragment.
+    assert_eq!(frag(&b.fragment(8, true, &[])), Err(Outcome::Malformed));
+    // IPv6 fragments whose next header is not UDP.
+    let f = b6.clone().protocol(6).fragment(8, true, &[0; 16]);
+    assert_eq!(frag(&f), Err(Outcome::NotUdp));
+    let f = b6
+        .clone()
+        .protocol(IPPROTO_DSTOPTS)
+        .fragment(8, true, &[0; 16]);
+    assert_eq!(frag(&f), Err(Outcome::Unsupported));
+    // Cut short anywhere before the data: malformed (or, before the fixed
+    // IPv4 header is whole, not even that far).
+    let f = b.fragments(64)[1].clone();
+    for n in 14..34 {
+        let g = &f[..n];
+        let (start, end) = (g.as_ptr() as usize, g.as_ptr() as usize + n);
+        assert_eq!(parse_fragment(start, end).0, Err(Outcome::Malformed), "{n}");
+    }
 }

@@ -9,6 +9,12 @@
 //! (`CONFIG_AFXDP`), redirect the frame to the socket of its interface and
 //! RX queue (`XSKS`), stamped in place of its Ethernet addresses.
 //!
+//! IP fragments of UDP datagrams take their own path, the program
+//! `udp_fragment` ([`fragment`]), reached by a tail call: the first fragment
+//! decides as above, the others follow its decision through an LRU table,
+//! and each captured fragment is written as a record of its own for the
+//! agent to reassemble.
+//!
 //! The program never returns `XDP_ABORTED`. It passes everything it does
 //! not capture, unless configured to drop over-limit/denied packets or a
 //! port's action is `drop` (the agent then is the datagram's only receiver).
@@ -19,6 +25,8 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod fragment;
+
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{
@@ -28,16 +36,19 @@ use aya_ebpf::{
         bpf_ringbuf_submit, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
     },
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, XskMap, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, XskMap,
+        lpm_trie::Key,
+    },
     programs::XdpContext,
 };
 use udp_ebpf_common::{
     CONFIG_AFXDP, CONFIG_ALLOWLIST, CONFIG_DENYLIST, CONFIG_REJECT_DROP, Config,
-    DEFAULT_RING_BYTES, DEFAULT_SOURCE_ENTRIES, IP_V4, Limit, MAX_CAPTURE, MAX_PREFIXES,
-    PORT_COUNT, PortRule, PortState, RECORD_CLASSES, RECORD_COARSE_TIME, RECORD_HEADER_LEN,
-    RecordHeader, SourceKey, SourceState, XSK_MAX_IFACES, XSK_MAX_QUEUES, XSK_SLOTS, XSK_STAMP_LEN,
-    XSK_STAMP_MAGIC, XskStamp, counter,
-    parse::{Outcome, UdpMeta, parse_headers, read_addresses},
+    DEFAULT_RING_BYTES, DEFAULT_SOURCE_ENTRIES, FRAGMENT_PATH_SLOT, IP_V4, Limit, MAX_CAPTURE,
+    MAX_PREFIXES, PORT_COUNT, PortRule, PortState, RECORD_CLASSES, RECORD_COARSE_TIME,
+    RECORD_HEADER_LEN, RecordHeader, SourceKey, SourceState, XSK_MAX_IFACES, XSK_MAX_QUEUES,
+    XSK_SLOTS, XSK_STAMP_LEN, XSK_STAMP_MAGIC, XskStamp, counter, encoding_flags,
+    parse::{Outcome, parse_headers, read_addresses},
 };
 
 /// Destination port → rule. All 65,536 ports, so the lookup is an index.
@@ -98,6 +109,18 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
+/// Slot `FRAGMENT_PATH_SLOT` holds `udp_fragment`, which the loader puts
+/// there. A tail call rather than a function call: the fragment path then
+/// has a stack of its own (the verifier allows 512 bytes for a call chain,
+/// and this program's frame takes 240 of them), and the path of whole
+/// datagrams keeps its code as it is. This program also calls memcpy and
+/// memset as functions, and the verifier allows a tail call from such a
+/// program only while its frame stays within 256 bytes: if it grows past
+/// that, loading fails with "tail_calls are not allowed when call stack of
+/// previous frames is … bytes".
+#[map]
+static FRAGMENT_PATH: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 #[inline(always)]
 fn count(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
@@ -148,46 +171,113 @@ pub fn udp_capture(ctx: XdpContext) -> u32 {
     capture(&ctx)
 }
 
+/// A map key of `N` 4-byte words, written on an 8-byte boundary of the
+/// stack with one aligned 4-byte store per word. Left to itself, the BPF
+/// backend copies a 16-byte address into a key with 8-byte stores wherever
+/// the address lands, 4 bytes into a struct too (it may emit misaligned
+/// accesses, see build.rs), and the verifier refuses any misaligned stack
+/// access.
+#[repr(C, align(8))]
+struct StackKey<const N: usize>(core::mem::MaybeUninit<[u32; N]>);
+
+impl<const N: usize> StackKey<N> {
+    #[inline(always)]
+    fn uninit() -> Self {
+        StackKey(core::mem::MaybeUninit::uninit())
+    }
+
+    /// Writes `first` (a prefix length, or nothing), then the address's
+    /// words, then `last` into the last word. In place: a key returned by
+    /// value would be copied, with the stores this is here to avoid.
+    #[inline(always)]
+    fn fill(&mut self, first: Option<u32>, addr: &[u8; 16], last: Option<u32>) {
+        let w = self.0.as_mut_ptr() as *mut u32;
+        let a = addr.as_ptr() as *const u32;
+        let mut i = 0;
+        // SAFETY: every write is one of the N words; reads stay within the
+        // 16 address bytes.
+        unsafe {
+            if let Some(v) = first {
+                core::ptr::write_volatile(w, v);
+                i = 1;
+            }
+            let mut j = 0;
+            while i < N && j < 4 {
+                core::ptr::write_volatile(w.add(i), core::ptr::read_unaligned(a.add(j)));
+                i += 1;
+                j += 1;
+            }
+            if let Some(v) = last {
+                core::ptr::write_volatile(w.add(N - 1), v);
+            }
+        }
+    }
+
+    /// The key as the map's key type `K`, which must be `4 × N` bytes or
+    /// fewer of plain data, after `fill`.
+    #[inline(always)]
+    fn as_key<K>(&self) -> &K {
+        const { assert!(core::mem::size_of::<K>() <= 4 * N) };
+        // SAFETY: every word was written in `fill`; K is plain data no
+        // larger than the words and needs no more than their 8-byte
+        // alignment.
+        unsafe { &*(self.0.as_ptr() as *const K) }
+    }
+}
+
+/// What over-limit and denied packets take: `XDP_DROP` with
+/// `CONFIG_REJECT_DROP` in the config's `flags`, else `XDP_PASS`.
+#[inline(always)]
+fn reject_action(flags: u32) -> u32 {
+    if flags & CONFIG_REJECT_DROP != 0 {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
 /// True if the source is denied: on the deny list, or — when the allow list
 /// is not empty — on no allow prefix. Each list is looked up only while its
 /// flag says it has entries.
 #[inline(always)]
-fn denied(meta: &UdpMeta, src_addr: &[u8; 16], flags: u32) -> bool {
+fn denied(ip_version: u8, src_addr: &[u8; 16], flags: u32) -> bool {
     if flags & (CONFIG_ALLOWLIST | CONFIG_DENYLIST) == 0 {
         return false;
     }
     let deny = flags & CONFIG_DENYLIST != 0;
-    if meta.ip_version == IP_V4 {
-        // SAFETY: the first 4 of 16 bytes.
-        let a = unsafe { core::ptr::read_unaligned(src_addr.as_ptr() as *const [u8; 4]) };
-        let key = Key::new(32, a);
-        if deny && DENY_V4.get(&key).is_some() {
+    if ip_version == IP_V4 {
+        // The prefix length, then the 4 address bytes.
+        let mut k = StackKey::<2>::uninit();
+        k.fill(Some(32), src_addr, None);
+        let key: &Key<[u8; 4]> = k.as_key();
+        if deny && DENY_V4.get(key).is_some() {
             return true;
         }
-        flags & CONFIG_ALLOWLIST != 0 && ALLOW_V4.get(&key).is_none()
+        flags & CONFIG_ALLOWLIST != 0 && ALLOW_V4.get(key).is_none()
     } else {
-        let key = Key::new(128, *src_addr);
-        if deny && DENY_V6.get(&key).is_some() {
+        let mut k = StackKey::<5>::uninit();
+        k.fill(Some(128), src_addr, None);
+        let key: &Key<[u8; 16]> = k.as_key();
+        if deny && DENY_V6.get(key).is_some() {
             return true;
         }
-        flags & CONFIG_ALLOWLIST != 0 && ALLOW_V6.get(&key).is_none()
+        flags & CONFIG_ALLOWLIST != 0 && ALLOW_V6.get(key).is_none()
     }
 }
 
 /// The source's state in the LRU table, created on first sight.
 #[inline(always)]
-fn source_state(meta: &UdpMeta, src_addr: &[u8; 16]) -> Option<*mut SourceState> {
-    let key = SourceKey {
-        addr: *src_addr,
-        ip_version: meta.ip_version,
-        _pad: [0; 3],
-    };
-    if let Some(st) = SOURCES.get_ptr_mut(&key) {
+fn source_state(ip_version: u8, src_addr: &[u8; 16]) -> Option<*mut SourceState> {
+    // The address, then the IP version and zero padding (little-endian).
+    let mut k = StackKey::<5>::uninit();
+    k.fill(None, src_addr, Some(u32::from(ip_version)));
+    let key: &SourceKey = k.as_key();
+    if let Some(st) = SOURCES.get_ptr_mut(key) {
         return Some(st);
     }
     // Another CPU may insert the same key meanwhile: NOEXIST keeps theirs.
-    let _ = SOURCES.insert(&key, &SourceState::default(), BPF_NOEXIST as u64);
-    SOURCES.get_ptr_mut(&key)
+    let _ = SOURCES.insert(key, &SourceState::default(), BPF_NOEXIST as u64);
+    SOURCES.get_ptr_mut(key)
 }
 
 #[inline(always)]
@@ -206,8 +296,17 @@ fn capture(ctx: &XdpContext) -> u32 {
             count(counter::MALFORMED);
             return xdp_action::XDP_PASS;
         }
+        Outcome::Unsupported => {
+            count(counter::UNSUPPORTED);
+            return xdp_action::XDP_PASS;
+        }
         Outcome::Fragment => {
-            count(counter::FRAGMENT);
+            // SAFETY: tail call into our own program array; it returns only
+            // if the slot is empty.
+            unsafe { FRAGMENT_PATH.tail_call(ctx, FRAGMENT_PATH_SLOT) };
+            // Only a loader that did not install udp_fragment gets here: the
+            // fragment cannot be read, as far as this program goes.
+            count(counter::UNSUPPORTED);
             return xdp_action::XDP_PASS;
         }
     };
@@ -245,12 +344,8 @@ fn capture(ctx: &XdpContext) -> u32 {
         Some(cfg) => *cfg,
         None => Config::default(),
     };
-    let reject = if cfg.flags & CONFIG_REJECT_DROP != 0 {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
-    };
-    if denied(&meta, &src_addr, cfg.flags) {
+    let reject = reject_action(cfg.flags);
+    if denied(meta.ip_version, &src_addr, cfg.flags) {
         count(counter::DENIED);
         return reject;
     }
@@ -271,7 +366,7 @@ fn capture(ctx: &XdpContext) -> u32 {
     // only while a per-source limit is set: an LRU hash update is the
     // dearest step of the capture path.
     let source = if cfg.per_source.is_limited() {
-        source_state(&meta, &src_addr)
+        source_state(meta.ip_version, &src_addr)
     } else {
         None
     };
@@ -305,38 +400,43 @@ fn capture(ctx: &XdpContext) -> u32 {
     }
 
     let cap_len = capture_len(meta.payload_len, cfg.snaplen);
+    // The port's format and packing ride in the flags, for the agent.
+    let flags = stamp | encoding_flags(rule.encoding);
     // A consumed port's datagram goes to the agent's AF_XDP socket when
     // there is one for its queue; otherwise, and for observed ports (the
     // host must still get those), into the ring.
-    let action = if rule.drops()
-        && cfg.flags & CONFIG_AFXDP != 0
-        && redirect(
+    let action =
+        if rule.drops() && cfg.flags & CONFIG_AFXDP != 0 && redirect(ctx, now, flags, cap_len) {
+            count(counter::REDIRECTED);
+            xdp_action::XDP_REDIRECT
+        } else if write_record(
             ctx,
-            now,
-            stamp | XskStamp::encoding_flags(rule.encoding),
-            cap_len,
+            &RecordHeader {
+                timestamp_ns: now,
+                // SAFETY: reading the context the kernel handed us.
+                ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+                wire_len: meta.payload_len,
+                cap_len,
+                src_port: meta.src_port,
+                dst_port: meta.dst_port,
+                ip_version: meta.ip_version,
+                flags,
+                frag_offset: 0,
+                frag_id: 0,
+                src_addr,
+                dst_addr,
+            },
+            meta.payload_offset,
         ) {
-        count(counter::REDIRECTED);
-        xdp_action::XDP_REDIRECT
-    } else if write_record(
-        ctx,
-        &meta,
-        &src_addr,
-        &dst_addr,
-        cap_len,
-        now,
-        stamp,
-        rule.encoding,
-    ) {
-        if rule.drops() {
-            xdp_action::XDP_DROP
+            if rule.drops() {
+                xdp_action::XDP_DROP
+            } else {
+                xdp_action::XDP_PASS
+            }
         } else {
-            xdp_action::XDP_PASS
-        }
-    } else {
-        // Not captured (ring full): the host still gets the packet.
-        return xdp_action::XDP_PASS;
-    };
+            // Not captured (ring full): the host still gets the packet.
+            return xdp_action::XDP_PASS;
+        };
     count(counter::CAPTURED);
     if cap_len < meta.payload_len {
         count(counter::TRUNCATED);
@@ -408,44 +508,18 @@ fn redirect(ctx: &XdpContext, now: u64, flags: u8, cap_len: u32) -> bool {
     true
 }
 
-/// Writes the record — header, then `cap_len` payload bytes — straight
-/// into a ring slot of the smallest size class that holds it
-/// (`RECORD_CLASSES`). False, with the outcome counted, if nothing was
-/// written.
+/// Writes the record — `header`, then its `cap_len` (≤ `MAX_CAPTURE`)
+/// payload bytes from offset `off` of the frame — straight into a ring slot
+/// of the smallest size class that holds it (`RECORD_CLASSES`). False, with
+/// the outcome counted, if nothing was written.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn write_record(
-    ctx: &XdpContext,
-    meta: &UdpMeta,
-    src_addr: &[u8; 16],
-    dst_addr: &[u8; 16],
-    cap_len: u32,
-    now: u64,
-    flags: u8,
-    encoding: u32,
-) -> bool {
-    let header = RecordHeader {
-        timestamp_ns: now,
-        // SAFETY: reading the context the kernel handed us.
-        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
-        wire_len: meta.payload_len,
-        cap_len,
-        src_port: meta.src_port,
-        dst_port: meta.dst_port,
-        ip_version: meta.ip_version,
-        flags,
-        _pad1: 0,
-        // The agent's business: copied, never read here.
-        encoding,
-        src_addr: *src_addr,
-        dst_addr: *dst_addr,
-    };
-    let off = meta.payload_offset;
+fn write_record(ctx: &XdpContext, header: &RecordHeader, off: u32) -> bool {
+    let cap_len = header.cap_len;
     // The reserve size must be a constant: one call site per class, picked
     // with a binary search (at most five comparisons).
     macro_rules! class {
         ($i:literal) => {
-            emit::<{ RECORD_CLASSES[$i] }>(ctx, &header, off, cap_len)
+            emit::<{ RECORD_CLASSES[$i] }>(ctx, header, off, cap_len)
         };
     }
     const C: [u32; 17] = RECORD_CLASSES;
@@ -538,6 +612,30 @@ fn emit<const ROOM: u32>(ctx: &XdpContext, header: &RecordHeader, off: u32, cap_
     // SAFETY: `rec` is our reservation, not yet submitted.
     unsafe { bpf_ringbuf_submit(rec as *mut _, 0) };
     true
+}
+
+/// Writes `header` alone, without payload, in the smallest record class:
+/// a notice to the agent rather than a capture, so a full ring is not
+/// counted (the frame that sends it is counted as what it is).
+#[inline(always)]
+fn notify(header: &RecordHeader) {
+    // SAFETY: plain helper call on our own ring buffer map.
+    let rec = unsafe {
+        bpf_ringbuf_reserve(
+            &EVENTS as *const _ as *mut _,
+            (RECORD_HEADER_LEN as u32 + RECORD_CLASSES[0]) as u64,
+            0,
+        )
+    } as *mut u8;
+    if rec.is_null() {
+        return;
+    }
+    // SAFETY: `rec` has RECORD_HEADER_LEN + RECORD_CLASSES[0] writable
+    // bytes, 8-byte aligned; it is our reservation, not yet submitted.
+    unsafe {
+        core::ptr::write(rec as *mut RecordHeader, *header);
+        bpf_ringbuf_submit(rec as *mut _, 0);
+    }
 }
 
 #[cfg(not(test))]

@@ -3,8 +3,9 @@
 //! `target/bench/results.json` (and `results.md`).
 //!
 //! What is built: the XDP object and the release agent with it embedded
-//! (exactly what `cargo xtask build` makes), the `fake-eventbridge` and
-//! `udp-bench` binaries, and the Python venv with boto3 for the article's
+//! (exactly what `cargo xtask build` makes), the agent's
+//! `reassembly_speed` example, the `fake-eventbridge` and `udp-bench`
+//! binaries, and the Python venv with boto3 for the article's
 //! script (`bench/article.py`). The benchmark needs root; `--quick` is the
 //! CI smoke test (short runs, numbers not judged).
 
@@ -29,6 +30,21 @@ pub fn bench(route: RouteChoice, quick: bool) -> Result<()> {
     }
     let object = crate::ebpf(route)?;
     let agent = crate::build(route, false)?;
+    // The agent's reassembly, measured in-process (with the same object,
+    // so that the library is not built again without it).
+    let mut example = cargo();
+    example
+        .current_dir(&root)
+        .env("UDP_EBPF_OBJECT", &object)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "udp-agent",
+            "--example",
+            "reassembly_speed",
+        ]);
+    run_checked(&mut example).context("building examples/reassembly_speed failed")?;
     let mut drivers = cargo();
     drivers.current_dir(&root).args([
         "build",
@@ -65,6 +81,8 @@ pub fn bench(route: RouteChoice, quick: bool) -> Result<()> {
         .arg(release.join("fake-eventbridge"))
         .arg("--article")
         .arg(root.join("bench").join("article.py"))
+        .arg("--reassembly-speed")
+        .arg(release.join("examples").join("reassembly_speed"))
         .arg("--json")
         .arg(&json)
         .arg("--markdown")

@@ -281,8 +281,9 @@ pub fn enter_netns(path: &Path) {
 /// A network namespace `uat-<id>` joined to the root namespace by a veth
 /// pair: `host_if` (`uah<id>`) stays in the root namespace with
 /// 198.18.n.1/30 and fd00:n::1/64, `ns_if` (`uan<id>`) is in the namespace
-/// with 198.18.n.2/30 and fd00:n::2/64. MTU 9001, no default route, so
-/// nothing sent in the namespace can leave this pair.
+/// with 198.18.n.2/30 and fd00:n::2/64. MTU 9001 (or another, with
+/// [`VethNs::with_mtu`]), no default route, so nothing sent in the
+/// namespace can leave this pair.
 ///
 /// Dropping it deletes the link (both ends) and the namespace.
 #[derive(Debug)]
@@ -299,6 +300,8 @@ pub struct VethNs {
     pub ns_v6: Ipv6Addr,
     pub host_mac: [u8; 6],
     pub ns_mac: [u8; 6],
+    /// MTU of both ends.
+    pub mtu: u32,
     _slot_lock: File,
 }
 
@@ -323,13 +326,23 @@ impl VethNs {
     /// Creates the namespace and the pair. Panics (after cleaning up what
     /// it created) if any step fails.
     pub fn new(tag: &str) -> Self {
-        Self::with_queues(tag, 1)
+        Self::with(tag, MTU, 1)
     }
 
     /// [`new`](Self::new) with `queues` RX and TX queues on each end: a
     /// frame a namespace socket sends leaves on the TX queue its flow
     /// hashes to and arrives on the root side's RX queue of that number.
     pub fn with_queues(tag: &str, queues: u32) -> Self {
+        Self::with(tag, MTU, queues)
+    }
+
+    /// [`new`](Self::new) with both ends at `mtu` (1500: the Internet's,
+    /// where bigger datagrams arrive in IP fragments).
+    pub fn with_mtu(tag: &str, mtu: u32) -> Self {
+        Self::with(tag, mtu, 1)
+    }
+
+    fn with(tag: &str, mtu: u32, queues: u32) -> Self {
         let (n, lock) = claim_slot();
         let pid = std::process::id();
         // Interface names: at most 15 bytes. "uah" + 7-digit pid + "s" + 3.
@@ -347,6 +360,7 @@ impl VethNs {
             // Locally administered, unicast, unique per slot.
             host_mac: [0x02, 0x75, 0x61, 0x68, 0x00, n],
             ns_mac: [0x02, 0x75, 0x61, 0x6e, 0x00, n],
+            mtu,
             _slot_lock: lock,
         };
         assert!(ns.host_if.len() <= 15 && ns.ns_if.len() <= 15);
@@ -358,7 +372,7 @@ impl VethNs {
     }
 
     fn create(&self, queues: u32) {
-        let mtu = MTU.to_string();
+        let mtu = self.mtu.to_string();
         let q = queues.to_string();
         let (hmac, nmac) = (mac_str(&self.host_mac), mac_str(&self.ns_mac));
         let (h4, n4) = (format!("{}/30", self.host_v4), format!("{}/30", self.ns_v4));
@@ -466,6 +480,29 @@ impl VethNs {
         });
     }
 
+    /// Sends each payload as one UDP datagram like [`send_udp`](Self::send_udp),
+    /// but with path-MTU discovery off: a datagram bigger than the MTU
+    /// leaves in IP fragments, as the sending kernel splits it.
+    pub fn send_udp_fragmenting(
+        &self,
+        v6: bool,
+        src_port: u16,
+        dst_port: u16,
+        payloads: &[Vec<u8>],
+    ) {
+        let src = SocketAddr::new(self.ns_addr(v6), src_port);
+        let dst = SocketAddr::new(self.host_addr(v6), dst_port);
+        self.in_ns(|| {
+            let sock = bind_udp_with(src, false);
+            for p in payloads {
+                let n = sock
+                    .send_to(p, dst)
+                    .unwrap_or_else(|e| panic!("send {} bytes {src} -> {dst}: {e}", p.len()));
+                assert_eq!(n, p.len(), "short send {src} -> {dst}");
+            }
+        });
+    }
+
     /// Sends raw Ethernet frames out of the namespace's end of the pair (an
     /// `AF_PACKET` socket): they arrive at `host_if` exactly as built.
     pub fn send_frames(&self, frames: &[Vec<u8>]) {
@@ -516,17 +553,33 @@ impl Drop for VethNs {
 /// A UDP socket bound to `addr` with path-MTU discovery "do": DF set, never
 /// fragmented locally. Sends time out after 5 s (every sender is bounded).
 pub fn bind_udp(addr: SocketAddr) -> UdpSocket {
+    bind_udp_with(addr, true)
+}
+
+/// [`bind_udp`], or with `df` false, path-MTU discovery "don't": a datagram
+/// bigger than the MTU is fragmented by the sending kernel.
+pub fn bind_udp_with(addr: SocketAddr, df: bool) -> UdpSocket {
     let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("binding UDP {addr}: {e}"));
-    let (level, name, value) = match addr {
-        SocketAddr::V4(_) => (
+    let (level, name, value) = match (addr, df) {
+        (SocketAddr::V4(_), true) => (
             libc::IPPROTO_IP,
             libc::IP_MTU_DISCOVER,
             libc::IP_PMTUDISC_DO,
         ),
-        SocketAddr::V6(_) => (
+        (SocketAddr::V4(_), false) => (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DONT,
+        ),
+        (SocketAddr::V6(_), true) => (
             libc::IPPROTO_IPV6,
             libc::IPV6_MTU_DISCOVER,
             libc::IPV6_PMTUDISC_DO,
+        ),
+        (SocketAddr::V6(_), false) => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DONT,
         ),
     };
     // SAFETY: valid socket fd and a pointer to an int of the stated size.
@@ -542,7 +595,7 @@ pub fn bind_udp(addr: SocketAddr) -> UdpSocket {
     assert_eq!(
         rc,
         0,
-        "setting DF on {addr}: {}",
+        "setting path-MTU discovery on {addr}: {}",
         io::Error::last_os_error()
     );
     sock.set_write_timeout(Some(Duration::from_secs(5)))

@@ -30,6 +30,11 @@
 //! throttling, the rate limit), the dispatcher stops taking batches and
 //! they wait on disk, in the spool.
 //!
+//! Entries larger than a request are impossible here (a payload, even one
+//! reassembled from IP fragments, is at most 65,535 bytes, ~88 KB in
+//! base64: below 256 KB); the batcher would refuse and count one
+//! (`oversize`) before it reached the sink.
+//!
 //! Shutdown. When the shutdown signal fires, spooled batches go on being
 //! delivered for up to --drain-timeout as long as they get through. At the
 //! first one that does not (or at once, if the endpoint was failing
