@@ -14,8 +14,8 @@ use thiserror::Error;
 use tracing::{info, warn};
 use udp_ebpf_common::{FRAGMENT_PATH_MAP, FRAGMENT_PATH_SLOT, FRAGMENT_PROGRAM};
 
-/// The XDP object, embedded at build time by build.rs (empty if the agent
-/// was built without `cargo xtask build`).
+/// The XDP object, built and embedded by build.rs (empty only in a build
+/// made with `AYA_BUILD_SKIP` set, for checks and lints).
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/udp-ebpf.o"));
 
@@ -52,7 +52,7 @@ impl std::fmt::Display for Attached {
 #[derive(Debug, Error)]
 pub enum LoadError {
     #[error(
-        "this udp-agent binary was built without its XDP object; build it with `cargo xtask build` (or run `cargo xtask run -- …`)"
+        "this udp-agent binary was built with AYA_BUILD_SKIP set, without its XDP object; build it again without that variable (`cargo xtask build`)"
     )]
     NotEmbedded,
     #[error("loading the eBPF object failed")]
@@ -271,6 +271,29 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_xdp_object_is_embedded() {
+        if option_env!("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v == "true") {
+            println!("SKIPPED: built with AYA_BUILD_SKIP, without the XDP object");
+            return;
+        }
+        // ELF, 64-bit, little-endian, e_machine EM_BPF (247): what build.rs
+        // builds for bpfel-unknown-none, in every build.
+        let o = EBPF_OBJECT;
+        assert!(
+            o.len() > 64 && o.starts_with(b"\x7fELF\x02\x01") && o[18..20] == [247, 0],
+            "embedded object: {} bytes, starting {:02x?}",
+            o.len(),
+            &o[..o.len().min(20)]
+        );
+        for name in [PROGRAM, FRAGMENT_PROGRAM] {
+            assert!(
+                o.windows(name.len()).any(|w| w == name.as_bytes()),
+                "no {name} in the object"
+            );
+        }
+    }
 
     #[test]
     fn an_mtu_refusal_says_mtu() {

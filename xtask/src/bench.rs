@@ -30,20 +30,16 @@ pub fn bench(route: RouteChoice, quick: bool) -> Result<()> {
     }
     let object = crate::ebpf(route)?;
     let agent = crate::build(route, false)?;
-    // The agent's reassembly, measured in-process (with the same object,
-    // so that the library is not built again without it).
-    let mut example = cargo();
-    example
-        .current_dir(&root)
-        .env("UDP_EBPF_OBJECT", &object)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "udp-agent",
-            "--example",
-            "reassembly_speed",
-        ]);
+    // The agent's reassembly, measured in-process.
+    let mut example = crate::cargo_with_ebpf(route)?;
+    example.args([
+        "build",
+        "--release",
+        "-p",
+        "udp-agent",
+        "--example",
+        "reassembly_speed",
+    ]);
     run_checked(&mut example).context("building examples/reassembly_speed failed")?;
     let mut drivers = cargo();
     drivers.current_dir(&root).args([

@@ -35,7 +35,8 @@ struct Cli {
 enum Cmd {
     /// Find (and as root install) the eBPF toolchain; prints the route used.
     Setup,
-    /// Build the XDP object, then the agent with it embedded.
+    /// Build the agent (target/release/udp-agent); its build.rs builds the
+    /// XDP object and embeds it.
     Build {
         /// Build the agent with the dev profile (the XDP object is always release).
         #[arg(long)]
@@ -185,13 +186,21 @@ fn ebpf(route: RouteChoice) -> Result<PathBuf> {
     toolchain::build_ebpf(&root(), &route)
 }
 
+/// A host cargo command whose udp-agent build script builds the XDP object
+/// with `route`, which is checked (and as root installed) first.
+fn cargo_with_ebpf(route: RouteChoice) -> Result<Command> {
+    let found = toolchain::ensure(route)?;
+    println!("ebpf: route {found}");
+    let mut cmd = cargo();
+    let (key, value) = route.env();
+    cmd.current_dir(root()).env(key, value);
+    Ok(cmd)
+}
+
 fn build(route: RouteChoice, debug: bool) -> Result<PathBuf> {
     let root = root();
-    let object = ebpf(route)?;
-    let mut cmd = cargo();
-    cmd.current_dir(&root)
-        .env("UDP_EBPF_OBJECT", &object)
-        .args(["build", "-p", "udp-agent"]);
+    let mut cmd = cargo_with_ebpf(route)?;
+    cmd.args(["build", "-p", "udp-agent"]);
     if !debug {
         cmd.arg("--release");
     }
@@ -248,7 +257,7 @@ fn ensure_bpffs() {
 
 fn test(route: RouteChoice, args: &[String]) -> Result<()> {
     let root = root();
-    let object = ebpf(route)?;
+    let mut cmd = cargo_with_ebpf(route)?;
     let root_user = is_root();
     if root_user {
         ensure_bpffs();
@@ -295,10 +304,7 @@ fn test(route: RouteChoice, args: &[String]) -> Result<()> {
         println!("  python for tests: {}", p.display());
     }
 
-    let mut cmd = cargo();
-    cmd.current_dir(&root)
-        .env("UDP_EBPF_OBJECT", &object)
-        .args(["test", "--workspace", "--no-fail-fast"])
+    cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(args);
     if let Some(p) = &python {
         cmd.env("UDP_AGENT_TEST_PYTHON", p);
@@ -334,20 +340,17 @@ fn lint(route: RouteChoice) -> Result<()> {
         );
     }
 
-    // build.rs of udp-agent embeds the object, so clippy needs it built.
-    let object = ebpf(route)?;
-    let mut clippy = cargo();
-    clippy
-        .current_dir(&root)
-        .env("UDP_EBPF_OBJECT", &object)
-        .args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]);
+    // udp-agent's build.rs builds the XDP object, so clippy needs the
+    // toolchain.
+    let mut clippy = cargo_with_ebpf(route)?;
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
     if let Err(e) = run_checked(&mut clippy) {
         eprintln!("lint: {e:#}");
         failed.push("cargo clippy --workspace --all-targets -- -D warnings");
