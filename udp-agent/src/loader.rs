@@ -4,15 +4,19 @@ use std::ffi::CString;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::ProgramArray,
+    maps::{HashMap, ProgramArray},
     programs::{
         ProgramError, Xdp, XdpMode,
         xdp::{XdpError, XdpLinkId},
     },
 };
 use thiserror::Error;
+use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{info, warn};
-use udp_ebpf_common::{FRAGMENT_PATH_MAP, FRAGMENT_PATH_SLOT, FRAGMENT_PROGRAM};
+use udp_ebpf_common::{
+    FRAGMENT_PATH_MAP, FRAGMENT_PATH_SLOT, FRAGMENT_PROGRAM, KERNEL_LOG_GLOBAL, KERNEL_LOG_IFACES,
+    KERNEL_LOG_INTERVAL_NS,
+};
 
 /// The XDP object, built and embedded by build.rs (empty only in a build
 /// made with `AYA_BUILD_SKIP` set, for checks and lints).
@@ -61,6 +65,8 @@ pub enum LoadError {
     Program(#[source] Box<aya::programs::ProgramError>),
     #[error("installing the fragment path ({FRAGMENT_PROGRAM} in {FRAGMENT_PATH_MAP}) failed")]
     FragmentPath(#[source] Box<aya::maps::MapError>),
+    #[error("reading the XDP program's log (--kernel-log) failed")]
+    KernelLog(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("unknown interface `{0}` (list interfaces with `ip link`)")]
     UnknownInterface(String),
     #[error("attaching XDP to {iface} in {mode} mode failed: {reason}{hint}", reason = error_chain(.error))]
@@ -83,14 +89,35 @@ pub fn ifindex(name: &str) -> Result<u32, LoadError> {
 }
 
 /// Loads the object with a ring buffer of `ring_bytes`, and the program
-/// into the kernel (verification happens here).
+/// into the kernel (verification happens here), without its log.
 pub fn load(ring_bytes: u32) -> Result<Ebpf, LoadError> {
+    load_object(ring_bytes, false)
+}
+
+/// [`load`] for `udp-agent run`: with `kernel_log` (`--kernel-log`) the
+/// program logs, and its log is forwarded into `tracing` by a task of the
+/// current tokio runtime. Without it the kernel removes the program's
+/// logging code at load time.
+pub fn load_for_run(ring_bytes: u32, kernel_log: bool) -> Result<Ebpf, LoadError> {
+    let mut ebpf = load_object(ring_bytes, kernel_log)?;
+    if kernel_log {
+        forward_kernel_log(&mut ebpf)?;
+        info!(
+            interval_s = KERNEL_LOG_INTERVAL_NS / 1_000_000_000,
+            "kernel log on: the XDP program logs the first frame after each attach and at most one malformed frame per interval"
+        );
+    }
+    Ok(ebpf)
+}
+
+fn load_object(ring_bytes: u32, kernel_log: bool) -> Result<Ebpf, LoadError> {
     if EBPF_OBJECT.is_empty() {
         return Err(LoadError::NotEmbedded);
     }
     raise_memlock();
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("EVENTS", ring_bytes)
+        .override_global(KERNEL_LOG_GLOBAL, &u8::from(kernel_log), true)
         .load(EBPF_OBJECT)
         .map_err(|e| LoadError::Object(Box::new(e)))?;
     program(&mut ebpf)
@@ -98,6 +125,32 @@ pub fn load(ring_bytes: u32) -> Result<Ebpf, LoadError> {
         .map_err(|e| LoadError::Program(Box::new(e)))?;
     install_fragment_path(&mut ebpf)?;
     Ok(ebpf)
+}
+
+/// Reads the program's aya-log records as they come and logs them through
+/// the `log` facade, which `logging::init` hands to `tracing`: their
+/// target is the program's module (`udp_ebpf::log`).
+fn forward_kernel_log(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let logger = aya_log::EbpfLogger::init(ebpf).map_err(|e| LoadError::KernelLog(Box::new(e)))?;
+    // SAFETY: the logger owns its ring's map fd for as long as the AsyncFd
+    // owns the logger, and always returns that same fd.
+    let mut logger = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+        .map_err(|e| LoadError::KernelLog(Box::new(std::io::Error::from(e))))?;
+    tokio::spawn(async move {
+        loop {
+            match logger.readable_mut().await {
+                Ok(mut ready) => {
+                    ready.get_inner_mut().flush();
+                    ready.clear_ready();
+                }
+                Err(e) => {
+                    warn!(error = %e, "the XDP program's log can no longer be read; it stops here");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Loads `udp_fragment`, the program `udp_capture` tail-calls for IP
@@ -163,6 +216,7 @@ fn hint(mode: XdpMode) -> &'static str {
 /// Attaches the loaded program to `iface`.
 pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: ModeArg) -> Result<Attachment, LoadError> {
     let ifindex = ifindex(iface)?;
+    forget_first_frame(ebpf, ifindex);
     let prog = program(ebpf);
     let try_mode = |prog: &mut Xdp, mode: XdpMode| {
         prog.attach_to_if_index(ifindex, mode)
@@ -202,6 +256,19 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: ModeArg) -> Result<Attachment,
         mode: attached,
         link,
     })
+}
+
+/// With `--kernel-log`, the program logs the first frame on each interface
+/// it has no entry for: removing the interface's entry makes it log the
+/// first frame after this attach. Without it the entry is never there.
+fn forget_first_frame(ebpf: &mut Ebpf, ifindex: u32) {
+    let Some(map) = ebpf.map_mut(KERNEL_LOG_IFACES) else {
+        return;
+    };
+    if let Ok(mut logged) = HashMap::<_, u32, u8>::try_from(map) {
+        // Absent (the usual case) is an error here, and means the same.
+        let _ = logged.remove(&ifindex);
+    }
 }
 
 /// ENA (the EC2 network driver) attaches native XDP only at an MTU of at
@@ -293,6 +360,138 @@ mod tests {
                 "no {name} in the object"
             );
         }
+    }
+
+    /// The XDP program's log records, as `(level, message)`.
+    #[derive(Clone, Default)]
+    struct Caught(std::sync::Arc<std::sync::Mutex<Vec<(log::Level, String)>>>);
+
+    impl log::Log for Caught {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            let line = (record.level(), record.args().to_string());
+            self.0.lock().unwrap().push(line);
+        }
+        fn flush(&self) {}
+    }
+
+    /// The program loaded with `--kernel-log` on or off, with a logger
+    /// that catches what it logs; `None` (after saying why) where the
+    /// kernel cannot be asked.
+    fn kernel(kernel_log: bool) -> Option<(Ebpf, aya_log::EbpfLogger<Caught>, Caught)> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || EBPF_OBJECT.is_empty() {
+            println!("SKIPPED: loading the XDP program needs root and the embedded object");
+            return None;
+        }
+        let mut ebpf = load_object(1 << 16, kernel_log).expect("load the XDP object");
+        let caught = Caught::default();
+        let logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, caught.clone())
+            .expect("the object has aya-log's ring");
+        Some((ebpf, logger, caught))
+    }
+
+    /// Runs `frame` through `udp_capture` (BPF_PROG_TEST_RUN: the frame
+    /// arrives on loopback, ifindex 1, RX queue 0).
+    fn run(ebpf: &mut Ebpf, frame: &[u8]) {
+        use aya::programs::{TestRun, TestRunOptions};
+        let action = program(ebpf)
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value;
+        assert_eq!(action, 2, "XDP_PASS");
+    }
+
+    fn frames() -> (Vec<u8>, Vec<u8>) {
+        use udp_ebpf_common::frame::FrameBuilder;
+        let whole = FrameBuilder::ipv4([198, 18, 0, 2], [198, 18, 0, 1])
+            .udp(40000, 5514, b"hello")
+            .build();
+        // Ethernet and 6 bytes of an IPv4 header.
+        let truncated = whole[..20].to_vec();
+        (whole, truncated)
+    }
+
+    #[test]
+    fn kernel_log_tells_the_first_frame_and_one_malformed_frame_per_interval() {
+        let Some((mut ebpf, mut logger, caught)) = kernel(true) else {
+            return;
+        };
+        let (whole, truncated) = frames();
+        for frame in [&whole, &whole, &truncated, &truncated, &whole] {
+            run(&mut ebpf, frame);
+        }
+        logger.flush();
+        let lines = caught.0.lock().unwrap().clone();
+        assert_eq!(
+            lines.len(),
+            2,
+            "one first frame, one malformed frame: {lines:#?}"
+        );
+        let (level, first) = &lines[0];
+        assert_eq!(*level, log::Level::Info);
+        assert!(
+            first.starts_with("first frame since attach on ifindex 1 (rx queue 0, cpu ")
+                && first.contains(&format!(
+                    "): {} bytes, {} in its first buffer",
+                    whole.len(),
+                    whole.len()
+                )),
+            "{first}"
+        );
+        let (level, bad) = &lines[1];
+        assert_eq!(*level, log::Level::Warn);
+        let mut head = truncated.clone();
+        head.resize(udp_ebpf_common::KERNEL_LOG_BYTES, 0);
+        let head: String = head.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            bad.starts_with(&format!(
+                "malformed frame on ifindex 1 (rx queue 0): headers do not parse; 20 bytes, the first 20 of them (then zeros): {head} "
+            )),
+            "{bad}"
+        );
+        // A new attach to the interface: its first frame is told again.
+        forget_first_frame(&mut ebpf, 1);
+        run(&mut ebpf, &whole);
+        logger.flush();
+        let lines = caught.0.lock().unwrap().clone();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(
+            lines[2]
+                .1
+                .starts_with("first frame since attach on ifindex 1")
+        );
+    }
+
+    #[test]
+    fn without_kernel_log_the_program_logs_nothing() {
+        let Some((mut ebpf, mut logger, caught)) = kernel(false) else {
+            return;
+        };
+        let (whole, truncated) = frames();
+        for frame in [&whole, &truncated] {
+            run(&mut ebpf, frame);
+        }
+        logger.flush();
+        let lines = caught.0.lock().unwrap().clone();
+        assert!(lines.is_empty(), "{lines:#?}");
+        // And the kernel removed the logging code: the program it runs is
+        // smaller than the same object loaded with the log on.
+        let (mut on, _, _) = kernel(true).expect("loaded once already");
+        let size = |ebpf: &mut Ebpf| {
+            let info = program(ebpf).info().expect("program info");
+            info.size_translated().expect("translated size")
+        };
+        let (off, on) = (size(&mut ebpf), size(&mut on));
+        assert!(
+            off < on,
+            "program size with the log off {off} B, on {on} B: nothing removed"
+        );
     }
 
     #[test]

@@ -403,6 +403,17 @@ pub const CONFIG_DENYLIST: u32 = 4;
 /// (`XSK_IFACES`, `XSKS`), and take the ring otherwise.
 pub const CONFIG_AFXDP: u32 = 8;
 
+/// `--kernel-log`: the program's read-only switch (1 on, 0 off, set at
+/// load time), the map of interfaces whose first frame since the attach is
+/// logged (the agent removes an interface from it when it attaches), how
+/// often a malformed frame is logged at most, and how many of its first
+/// bytes.
+pub const KERNEL_LOG_GLOBAL: &str = "KERNEL_LOG";
+pub const KERNEL_LOG_IFACES: &str = "LOGGED_IFACES";
+pub const KERNEL_LOG_INTERVAL_NS: u64 = 10_000_000_000;
+pub const KERNEL_LOG_BYTES: usize = 64;
+const _: () = assert!(KERNEL_LOG_BYTES.is_power_of_two());
+
 /// RX queues per interface that can have an AF_XDP socket: a slot in the
 /// `XSKS` map each. ENA has at most 32 queues; a frame from a higher queue
 /// takes the ring.

@@ -50,8 +50,8 @@ use udp_ebpf_common::{
 };
 
 use crate::{
-    CONFIG, GLOBAL_STATE, PORT_CAPTURED, PORT_STATE, PORTS, bump, conform, count, denied, notify,
-    reject_action, source_state, write_record,
+    CONFIG, GLOBAL_STATE, PORT_CAPTURED, PORT_STATE, PORTS, bump, conform, count, denied, log,
+    malformed, notify, reject_action, source_state, write_record,
 };
 
 /// Datagram being received in fragments → its first fragment's decision.
@@ -112,20 +112,20 @@ fn capture(ctx: &XdpContext) -> u32 {
         (Ok(meta), ip_end) => (meta, ip_end),
         (Err(Outcome::NotUdp), _) => return pass(counter::NOT_UDP),
         (Err(Outcome::Unsupported), _) => return pass(counter::UNSUPPORTED),
-        (Err(_), _) => return pass(counter::MALFORMED),
+        (Err(_), _) => return malformed(ctx, log::HEADERS),
     };
     // As for a whole datagram: the IP length against the whole frame.
     // SAFETY: plain helper call on the program's own context.
     if ip_end > end - start && ip_end > unsafe { bpf_xdp_get_buff_len(raw) } as usize {
-        return pass(counter::MALFORMED);
+        return malformed(ctx, log::PAST_FRAME);
     }
     let Some((src_addr, dst_addr)) = read_addresses_at(start, end, meta.ip_version, meta.l3_offset)
     else {
-        return pass(counter::MALFORMED);
+        return malformed(ctx, log::ADDRESSES);
     };
     // The one slot of an array map: always there.
     let Some(cfg) = CONFIG.get(0) else {
-        return pass(counter::MALFORMED);
+        return malformed(ctx, log::NO_CONFIG);
     };
     let reject = reject_action(cfg.flags);
     if denied(meta.ip_version, &src_addr, cfg.flags) {

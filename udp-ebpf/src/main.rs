@@ -26,6 +26,7 @@
 #![allow(internal_features)]
 
 mod fragment;
+mod log;
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
@@ -280,8 +281,22 @@ fn source_state(ip_version: u8, src_addr: &[u8; 16]) -> Option<*mut SourceState>
     SOURCES.get_ptr_mut(key)
 }
 
+/// Counts a malformed frame, logs it with `--kernel-log` (`why`: one of
+/// `log`'s reasons), and passes it.
+#[inline(always)]
+fn malformed(ctx: &XdpContext, why: u32) -> u32 {
+    count(counter::MALFORMED);
+    if log::enabled() {
+        log::malformed(ctx.ctx, why);
+    }
+    xdp_action::XDP_PASS
+}
+
 #[inline(always)]
 fn capture(ctx: &XdpContext) -> u32 {
+    if log::enabled() {
+        log::first_frame(ctx.ctx, (ctx.data_end() - ctx.data()) as u32);
+    }
     // No `SEEN` count: every return below counts exactly one terminal
     // outcome (`counter::TERMINAL`), and readers sum those.
     let start = ctx.data();
@@ -292,10 +307,7 @@ fn capture(ctx: &XdpContext) -> u32 {
             count(counter::NOT_UDP);
             return xdp_action::XDP_PASS;
         }
-        Outcome::Malformed => {
-            count(counter::MALFORMED);
-            return xdp_action::XDP_PASS;
-        }
+        Outcome::Malformed => return malformed(ctx, log::HEADERS),
         Outcome::Unsupported => {
             count(counter::UNSUPPORTED);
             return xdp_action::XDP_PASS;
@@ -323,8 +335,7 @@ fn capture(ctx: &XdpContext) -> u32 {
     // while a second parse costs only the datagrams we capture. The frame
     // has not changed, so neither has the outcome.
     let (Outcome::Udp(meta), ip_end) = parse_headers(start, end) else {
-        count(counter::MALFORMED);
-        return xdp_action::XDP_PASS;
+        return malformed(ctx, log::HEADERS);
     };
     // Only now, for a port we capture, the IP length against the whole
     // (possibly multi-buffer) frame. The first buffer is part of the frame,
@@ -332,13 +343,11 @@ fn capture(ctx: &XdpContext) -> u32 {
     // needs the helper call to learn the length with all fragments.
     // SAFETY: plain helper call on the program's own context.
     if ip_end > end - start && ip_end > unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize {
-        count(counter::MALFORMED);
-        return xdp_action::XDP_PASS;
+        return malformed(ctx, log::PAST_FRAME);
     }
     // The addresses, read only now that the datagram is to be captured.
     let Some((src_addr, dst_addr)) = read_addresses(start, end, &meta) else {
-        count(counter::MALFORMED);
-        return xdp_action::XDP_PASS;
+        return malformed(ctx, log::ADDRESSES);
     };
     let cfg = match CONFIG.get(0) {
         Some(cfg) => *cfg,
