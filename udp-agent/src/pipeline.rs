@@ -40,9 +40,8 @@ use udp_ebpf_common::{CONFIG_AFXDP, Config};
 use crate::{
     afxdp::{self, CapturePath},
     capture,
-    cli::RunArgs,
     clock::WallClock,
-    commands,
+    config::{self, RunArgs},
     control::{self, Control},
     encode::{Encoder, Entry},
     handoff::{self, Handoff},
@@ -54,7 +53,10 @@ use crate::{
     reassembly::{self, Reassembler},
     record::Packet,
     ring::Ring,
-    sink::{self, Delivery, Limits, SinkStats},
+    sink::{
+        self, Delivery, Limits, Selected, Sink, SinkStats, eventbridge::EventBridgeSink,
+        stdout::StdoutSink,
+    },
     spool::{Spool, SpoolStats},
     stats::PipelineStats,
 };
@@ -91,13 +93,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
             loader::ifindex(iface)?;
         }
     }
-    let firewall = commands::startup(
+    let firewall = config::startup(
         &args.ports,
         &args.port_limit,
         &args.port_encoding,
         &args.firewall,
     )?;
-    commands::check_pin_dir(&args.pin.pin_dir)?;
+    control::check_pin_dir(&args.pin.pin_dir)?;
     if args.ports.is_empty() {
         warn!("no --port given: nothing is captured until `udp-agent ports add` enables one");
     }
@@ -107,7 +109,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // The sink (Region, credentials, dead-letter file) and the spool (its
     // directory, its lock, what earlier runs left) are checked before the
     // kernel is touched: a configuration error must not cost a packet.
-    let sink = sink::build(selected, &args, stats.clone()).await?;
+    let sink = build_sink(selected, &args, stats.clone()).await?;
     let limits = sink.limits();
     let sink_stats = sink.stats();
     let spool = match args.spool.settings() {
@@ -385,6 +387,33 @@ pub fn in_memory(rx: mpsc::Receiver<Vec<Entry>>) -> mpsc::Receiver<Delivery> {
     let (tx, deliveries) = mpsc::channel(DELIVERY_QUEUE);
     tokio::spawn(pass_through(rx, tx));
     deliveries
+}
+
+/// Builds the selected sink from `run`'s settings: the one place that
+/// names every sink.
+async fn build_sink(
+    selected: Selected,
+    args: &RunArgs,
+    pipeline: Arc<PipelineStats>,
+) -> Result<Box<dyn Sink>> {
+    Ok(match selected {
+        Selected::Stdout => Box::new(StdoutSink::new(
+            pipeline,
+            args.eventbridge.drain_timeout,
+            args.max_entry_bytes as usize,
+        )),
+        Selected::EventBridge => {
+            let settings = args.eventbridge_settings();
+            let client = settings
+                .connect()
+                .await
+                .context("configuring the EventBridge sink")?;
+            Box::new(
+                EventBridgeSink::new(settings, client, pipeline)
+                    .context("configuring the EventBridge sink")?,
+            )
+        }
+    })
 }
 
 /// Without a spool: batches go to the sink as they are, acknowledged to
