@@ -182,8 +182,9 @@ pub struct RunArgs {
     pub detail_type: String,
 
     /// Size of the kernel ring buffer in bytes: a power of two, at least one
-    /// page. It absorbs bursts while the agent catches up; records use
-    /// 8 + 64 + payload bytes, rounded up to 8.
+    /// page. It absorbs bursts while the agent catches up; a record takes
+    /// 72 bytes plus its payload rounded up to a size class (32, 48, 64, 96,
+    /// … 1,536, … 9,216 bytes; classes at most 1.5× apart).
     #[arg(long, env = "UDP_AGENT_RING_BYTES", default_value_t = DEFAULT_RING_BYTES)]
     pub ring_bytes: u32,
 

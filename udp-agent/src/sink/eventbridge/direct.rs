@@ -725,7 +725,7 @@ impl CacheInner {
                     humantime::format_duration(REFRESH_TIMEOUT)
                 )
             })
-            .and_then(|r| r.map_err(|e| crate::loader::error_chain(&e)));
+            .and_then(|r| r.map_err(|e| crate::logging::error_chain(&e)));
         let now = SystemTime::now();
         let mut r = self.refresh.lock().expect("refresh lock");
         r.running = false;

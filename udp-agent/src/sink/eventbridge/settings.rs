@@ -19,7 +19,7 @@ use thiserror::Error;
 use tracing::info;
 
 use super::{dead_letter::DeadLetter, retry::Backoff};
-use crate::loader::error_chain;
+use crate::logging::error_chain;
 
 /// Longest wait for the credential chain at start-up (IMDS included).
 const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(30);
