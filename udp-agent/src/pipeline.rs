@@ -86,6 +86,11 @@ impl Drop for PinGuard {
 pub async fn run(args: RunArgs) -> Result<()> {
     args.validate().map_err(|e| anyhow!(e))?;
     privileges::check_run().map_err(|e| anyhow!(e))?;
+    // Before anything is pinned or attached: a SIGTERM during start-up is
+    // then held for the loop below, which cleans up, instead of killing
+    // the process with its pins and lock left behind.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     // Resolve every interface before touching the kernel (with
     // --wait-for-iface, missing ones are waited for once attached).
     if !args.wait_for_iface {
@@ -253,8 +258,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
     });
     let mut delivery = deliver(spool, sink, batch_rx, stop_rx.clone())?;
 
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sink_result = None;
     let mut interface_poll = tokio::time::interval(hotplug::POLL_INTERVAL);
     interface_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
