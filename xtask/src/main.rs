@@ -2,6 +2,7 @@
 
 mod bench;
 mod package;
+mod readme;
 mod toolchain;
 mod venv;
 
@@ -75,6 +76,9 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Write the README's Performance table from a full benchmark's
+    /// target/bench/results.json (`cargo xtask bench` does this itself).
+    Readme,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +96,13 @@ fn main() -> ExitCode {
             println!("package: {}", deb.display());
         }),
         Cmd::Bench { quick } => bench::bench(cli.route, quick),
+        Cmd::Readme => {
+            let root = root();
+            readme::update(
+                &root.join("README.md"),
+                &host_target_dir(&root).join("bench").join("results.json"),
+            )
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
