@@ -4,9 +4,9 @@
 //!
 //! The agent never logs per packet: drops and failures are counted, and
 //! warned about at a doubling interval ([`crate::stats::count_drop`]).
-//! With `--kernel-log` the XDP program's own records (aya-log, target
-//! `udp_ebpf::log`) come through the `log` facade, which `init` hands to
-//! `tracing` too.
+//! With `--kernel-log` ([`crate::config::RunArgs::kernel_log`]) the XDP
+//! program's own records (aya-log, target `udp_ebpf::log`) come through
+//! the `log` facade, which `init` hands to `tracing` too.
 
 use std::io::IsTerminal;
 
@@ -40,13 +40,6 @@ pub struct LogArgs {
     /// `info,udp_agent=debug`. Without it, `RUST_LOG` applies, else `info`.
     #[arg(long, env = "UDP_AGENT_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
-
-    /// Log from the XDP program too (target `udp_ebpf`): the first frame
-    /// after each attach to an interface (RX queue, CPU, length, buffers,
-    /// settings), and at most one malformed frame per 10 s with its first
-    /// 64 bytes. Off, the kernel removes this logging from the program.
-    #[arg(long, env = "UDP_AGENT_KERNEL_LOG")]
-    pub kernel_log: bool,
 }
 
 /// The filter: --log-level, else `RUST_LOG`, else [`DEFAULT_FILTER`]. An

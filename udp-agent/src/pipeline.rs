@@ -137,7 +137,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .with_context(|| format!("preparing pin directory {}", args.pin.pin_dir.display()))?;
     let _pins = PinGuard(pin_dir.clone());
 
-    let mut ebpf = loader::load_for_run(args.ring_bytes, args.log.kernel_log)?;
+    let mut ebpf = loader::load_for_run(args.ring_bytes, args.kernel_log)?;
     let mut control = Control::take_and_pin(&mut ebpf, &pin_dir)?;
     control.set_config(Config {
         snaplen: args.snaplen,
