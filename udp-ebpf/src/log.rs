@@ -12,8 +12,8 @@
 //! verifier knows every test of it is false and removes the code behind
 //! them from the program it loads; what is left at each test is a load of
 //! the switch and a jump. On, a frame costs one hash lookup
-//! (`LOGGED_IFACES`), and a
-//! malformed frame a clock read and a compare-and-swap.
+//! (`LOGGED_IFACES`), and a malformed frame a clock read and a
+//! compare-and-swap.
 //!
 //! Both writers are functions of their own (`inline(never)`), so that what
 //! they keep on the stack is not added to the frame of `udp_capture`, whose
