@@ -92,7 +92,7 @@ pub fn first_frame(ctx: *mut xdp_md, first_buffer: u32) {
     let on = |bit: u32| if flags & bit != 0 { "on" } else { "off" };
     info!(
         &(),
-        "first frame since attach on ifindex {} (rx queue {}, cpu {}): {} bytes, {} in its first buffer; snaplen {}, allow list {}, deny list {}, AF_XDP {}, rejected frames {}",
+        "first frame since attach on ifindex {} (rx queue {}, cpu {}): {} bytes, {} in its first buffer; snaplen {}, allow list {}, deny list {}, consumed ports to AF_XDP {}, rejected frames {}",
         ifindex,
         queue,
         cpu,
@@ -101,7 +101,11 @@ pub fn first_frame(ctx: *mut xdp_md, first_buffer: u32) {
         snaplen,
         on(CONFIG_ALLOWLIST),
         on(CONFIG_DENYLIST),
-        on(CONFIG_AFXDP),
+        if flags & CONFIG_AFXDP != 0 {
+            "where a socket is registered"
+        } else {
+            "off"
+        },
         if flags & CONFIG_REJECT_DROP != 0 {
             "dropped"
         } else {
