@@ -1,6 +1,6 @@
 //! Diagnostics from the kernel side (`udp-agent run --kernel-log`), through
-//! aya-log; the agent forwards them into its own logs (target `udp_ebpf`).
-//! Never per packet:
+//! aya-log; the agent forwards them into its own logs (target
+//! `udp_ebpf::log`). Never per packet:
 //! - on the first frame after each attach to an interface, what the kernel
 //!   shows of it ([`first_frame`]): RX queue, CPU, frame length, whether
 //!   the frame is in more than one buffer, the settings in force;

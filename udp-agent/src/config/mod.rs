@@ -294,11 +294,11 @@ pub struct RunArgs {
           help_heading = "Metrics and logs")]
     pub health_sink_grace: Duration,
 
-    /// Log from the XDP program too (target `udp_ebpf`): the first frame
-    /// after each attach to an interface (RX queue, CPU, length, buffers,
-    /// settings), and at most one malformed frame per 10 s with its first
-    /// 64 bytes. Off, the kernel removes this logging from the program at
-    /// load time.
+    /// Log from the XDP program too (target `udp_ebpf::log`): the first
+    /// frame after each attach to an interface (RX queue, CPU, length,
+    /// buffers, settings), and at most one malformed frame per 10 s with its
+    /// first 64 bytes. Off, the kernel removes this logging from the program
+    /// at load time.
     #[arg(long, env = "UDP_AGENT_KERNEL_LOG", help_heading = "Metrics and logs")]
     pub kernel_log: bool,
 
