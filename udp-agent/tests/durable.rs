@@ -12,9 +12,6 @@
 //! (198.18.0.0/15, no default route); every sender is bounded; namespaces,
 //! pins, spool directories and tmpfs mounts are removed on drop.
 
-mod ops;
-mod support;
-
 use std::{
     collections::BTreeMap,
     fs,
@@ -26,8 +23,8 @@ use std::{
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use fake_eventbridge::{Config as FakeConfig, FakeEventBridge};
-use ops::{Samples, metrics_addr, scrape_until};
-use support::{Agent, VethNs, exit_signal, pin_dir, privileged, wait_counter};
+use test_support::metrics::{Samples, metrics_addr, scrape_until};
+use test_support::{Agent, VethNs, exit_signal, pin_dir, privileged, wait_counter};
 
 const PORT: u16 = 5514;
 const SRC: u16 = 41514;
@@ -507,7 +504,7 @@ fn a_full_disk_stops_intake_counted_and_resumes_when_space_returns() {
     let check = VethNs::new("durable-full2");
     let pins2 = pin_dir("durable-full2");
     let again = self::agent(&check, &pins2, &ep.url(), &spool, &[]);
-    let s = ops::scrape(metrics_addr(&again));
+    let s = test_support::metrics::scrape(metrics_addr(&again));
     assert_eq!(s.count("udp_agent_spool_torn_records_total"), 0);
 }
 
@@ -576,7 +573,7 @@ fn sigterm_with_a_stdout_nobody_reads_respects_the_drain_timeout() {
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
     // SAFETY: both fds are new and owned here from now on.
     let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let child = support::agent_command()
+    let child = test_support::agent_command()
         .args([
             "run",
             "--iface",
@@ -635,8 +632,8 @@ fn sigterm_with_a_stdout_nobody_reads_respects_the_drain_timeout() {
     assert!(stderr.contains("nobody reads stdout"), "{stderr}");
     assert!(!pins.exists(), "the pins were removed");
     // What was captured is accounted for: written, or counted undelivered.
-    let pipeline = support::counters_line(&stderr, "pipeline counters:").unwrap();
-    let sink = support::counters_line(&stderr, "sink counters:").unwrap();
+    let pipeline = test_support::counters_line(&stderr, "pipeline counters:").unwrap();
+    let sink = test_support::counters_line(&stderr, "sink counters:").unwrap();
     assert!(sink["undelivered"] > 0, "{sink:?}");
     assert_eq!(
         pipeline["decoded"],

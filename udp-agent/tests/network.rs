@@ -1,7 +1,7 @@
 //! Ring 3: the agent binary attached to a real interface, fed by real
 //! senders, asserted on the lines it prints.
 //!
-//! Each test builds its own topology (support::VethNs): a network namespace
+//! Each test builds its own topology (test_support::VethNs): a network namespace
 //! joined to the root namespace by a veth pair, addressed from
 //! 198.18.0.0/15 and fd00::/8, without a default route. The agent runs in the
 //! root namespace attached to the root-side end (so `udp-agent ports` and
@@ -14,8 +14,6 @@
 //! at build time); otherwise each test prints `SKIPPED:` and returns. The
 //! command-line error test runs everywhere.
 
-mod support;
-
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -24,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{
+use test_support::{
     Agent, Event, Expected, VethNs, assert_event, counter, ctl_ok, pattern, pin_dir, ports_list,
     privileged, stats, wait_counter,
 };
@@ -515,7 +513,7 @@ fn crafted_frames(test: &str, mode: &str) {
             truncated: false,
             interface: &ns.host_if,
         };
-        for diff in support::event_diff(evs[0], &exp) {
+        for diff in test_support::event_diff(evs[0], &exp) {
             wrong.push(format!("{what}: {diff}"));
         }
     }
@@ -691,7 +689,7 @@ fn restart_after_kill9_cleans_stale_pins_and_captures() {
     ns.warm_up(&first, false, WARM_V4, PORT);
     let killed = first.stop(libc::SIGKILL);
     assert_eq!(
-        support::exit_signal(&killed.status),
+        test_support::exit_signal(&killed.status),
         Some(libc::SIGKILL),
         "{}",
         killed.status
@@ -756,7 +754,7 @@ fn a_second_agent_on_a_live_pin_dir_is_refused_and_the_first_keeps_capturing() {
     let mut first = Agent::run(&ns.host_if, &pins, &["--port", &port]);
     ns.warm_up(&first, false, WARM_V4, PORT);
 
-    let out = support::agent_command()
+    let out = test_support::agent_command()
         .args(["run", "--iface", &ns.host_if, "--port", "9"])
         .arg("--pin-dir")
         .arg(&pins)
@@ -795,7 +793,7 @@ fn a_second_agent_on_a_live_pin_dir_is_refused_and_the_first_keeps_capturing() {
 fn run_expecting_failure(args: &[&str]) -> Output {
     let pins = pin_dir("cli-errors");
     let started = Instant::now();
-    let out = support::agent_command()
+    let out = test_support::agent_command()
         .arg("run")
         .args(args)
         .arg("--pin-dir")
@@ -849,7 +847,7 @@ fn command_line_errors_are_clear() {
 
     let out = run_expecting_failure(&["--iface", "doesnotexist0", "--port", "9"]);
     let err = stderr_of(&out);
-    if support::is_root() {
+    if test_support::is_root() {
         assert!(
             err.contains("unknown interface") && err.contains("doesnotexist0"),
             "stderr for an unknown interface: {err}"
@@ -877,7 +875,7 @@ fn pin_dir_is_accepted_after_every_control_subcommand() {
     ];
     let mut wrong = Vec::new();
     for args in forms {
-        let out = support::agent_command()
+        let out = test_support::agent_command()
             .args(args)
             .stdin(std::process::Stdio::null())
             .output()

@@ -1,0 +1,189 @@
+//! Bounded senders: every send times out after 5 s, and the callers bound
+//! how many they make.
+
+use std::{
+    io,
+    net::{SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::Duration,
+};
+
+use crate::netns::ifindex;
+
+/// How long one send may block.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `setsockopt(fd, level, name, &value)` for a plain value.
+fn set_option<T>(
+    fd: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: a valid fd and a pointer to a live value of the stated size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A UDP socket bound to `addr` with path-MTU discovery "do": DF set, never
+/// fragmented locally. Sends time out after 5 s.
+pub fn bind_udp(addr: SocketAddr) -> UdpSocket {
+    bind_udp_with(addr, true)
+}
+
+/// [`bind_udp`], or with `df` false, path-MTU discovery "don't": a datagram
+/// bigger than the MTU is fragmented by the sending kernel.
+pub fn bind_udp_with(addr: SocketAddr, df: bool) -> UdpSocket {
+    let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("binding UDP {addr}: {e}"));
+    let (level, name, value) = match (addr, df) {
+        (SocketAddr::V4(_), true) => (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        ),
+        (SocketAddr::V4(_), false) => (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DONT,
+        ),
+        (SocketAddr::V6(_), true) => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        ),
+        (SocketAddr::V6(_), false) => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DONT,
+        ),
+    };
+    set_option(&sock, level, name, &value)
+        .unwrap_or_else(|e| panic!("setting path-MTU discovery on {addr}: {e}"));
+    sock.set_write_timeout(Some(SEND_TIMEOUT))
+        .expect("SO_SNDTIMEO");
+    sock
+}
+
+/// An `AF_PACKET`/`SOCK_RAW` socket bound to one interface of the calling
+/// thread's namespace, for sending whole Ethernet frames (destination and
+/// source MAC included): they leave the interface exactly as built.
+pub struct RawSocket {
+    fd: OwnedFd,
+    pub ifindex: i32,
+}
+
+impl RawSocket {
+    pub fn open(ifname: &str) -> io::Result<Self> {
+        let ifindex = ifindex(ifname)?;
+        // Protocol 0: this socket sends only, it receives nothing.
+        // SAFETY: plain syscall.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: an all-zero sockaddr_ll is valid; fields set below.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: valid fd and a sockaddr_ll of the stated size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let tv = libc::timeval {
+            tv_sec: SEND_TIMEOUT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        set_option(&fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
+        Ok(Self {
+            fd,
+            ifindex: ifindex as i32,
+        })
+    }
+
+    /// Frames skip the qdisc, as trafgen's do: straight to the driver.
+    pub fn bypass_qdisc(&self) -> io::Result<()> {
+        let one: libc::c_int = 1;
+        set_option(&self.fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one)
+    }
+
+    /// Sends one frame.
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: valid fd; pointer and length describe `frame`.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n as usize != frame.len() {
+            return Err(io::Error::other(format!(
+                "sent {n} of {} bytes",
+                frame.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sends every frame in `frames` with `sendmmsg`, retrying while the
+    /// device has no room (ENOBUFS); returns how many went out.
+    pub fn send_batch(&self, frames: &mut [Vec<u8>]) -> io::Result<usize> {
+        let mut iov: Vec<libc::iovec> = frames
+            .iter_mut()
+            .map(|f| libc::iovec {
+                iov_base: f.as_mut_ptr().cast(),
+                iov_len: f.len(),
+            })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = iov
+            .iter_mut()
+            .map(|v| {
+                // SAFETY: an all-zero mmsghdr is valid; the iovec it points
+                // to outlives the sends below.
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_iov = v;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        let mut done = 0;
+        while done < msgs.len() {
+            // SAFETY: valid fd and message array of the stated length.
+            let n = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    msgs[done..].as_mut_ptr(),
+                    (msgs.len() - done) as u32,
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENOBUFS) {
+                    std::thread::yield_now();
+                    continue;
+                }
+                return Err(e);
+            }
+            done += n as usize;
+        }
+        Ok(done)
+    }
+}
