@@ -642,7 +642,8 @@ fn sigterm_with_a_stdout_nobody_reads_respects_the_drain_timeout() {
     );
 }
 
-/// A child agent killed, and its pin directory removed, when dropped.
+/// A child agent killed, and its pin directory and lock file removed, when
+/// dropped.
 struct Killed {
     child: std::process::Child,
     pins: PathBuf,
@@ -652,11 +653,6 @@ impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Ok(entries) = fs::read_dir(&self.pins) {
-            for e in entries.flatten() {
-                let _ = fs::remove_file(e.path());
-            }
-        }
-        let _ = fs::remove_dir(&self.pins);
+        test_support::agent::remove_pins(&self.pins);
     }
 }
