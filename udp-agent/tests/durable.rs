@@ -22,7 +22,7 @@ use std::{
 };
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use fake_eventbridge::{Config as FakeConfig, FakeEventBridge};
+use fake_eventbridge::{Config as FakeConfig, blocking::FakeEventBridge};
 use test_support::metrics::{Samples, metrics_addr, scrape_until};
 use test_support::{Agent, VethNs, exit_signal, pin_dir, privileged, wait_counter};
 
@@ -32,19 +32,14 @@ const BUS: &str = "durable-test";
 
 /// The fake endpoint, on a runtime of its own (the tests are synchronous).
 struct Endpoint {
-    rt: tokio::runtime::Runtime,
     fake: FakeEventBridge,
 }
 
 impl Endpoint {
     fn start(config: FakeConfig) -> Endpoint {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let fake = rt.block_on(FakeEventBridge::start(config)).unwrap();
-        Endpoint { rt, fake }
+        Endpoint {
+            fake: FakeEventBridge::start(config).unwrap(),
+        }
     }
 
     fn url(&self) -> String {
@@ -53,11 +48,11 @@ impl Endpoint {
 
     /// The endpoint goes away: connections refused.
     fn down(&mut self) {
-        self.rt.block_on(self.fake.pause());
+        self.fake.pause();
     }
 
     fn up(&mut self) {
-        self.rt.block_on(self.fake.resume()).unwrap();
+        self.fake.resume().unwrap();
     }
 
     /// Payload → times accepted.

@@ -414,13 +414,12 @@ fn healthz_is_503_while_the_sink_endpoint_is_down() {
     if !privileged(test) {
         return;
     }
-    use fake_eventbridge::{Config as FakeConfig, FakeEventBridge};
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    use fake_eventbridge::{Config as FakeConfig, blocking::FakeEventBridge};
     let start = |listen: SocketAddr| {
-        rt.block_on(FakeEventBridge::start(FakeConfig {
+        FakeEventBridge::start(FakeConfig {
             listen,
             ..FakeConfig::default()
-        }))
+        })
         .unwrap_or_else(|e| panic!("starting the fake endpoint on {listen}: {e}"))
     };
     let fake = start("127.0.0.1:0".parse().unwrap());
