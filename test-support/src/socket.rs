@@ -3,6 +3,7 @@
 
 use std::{
     io,
+    marker::PhantomData,
     net::{SocketAddr, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::Duration,
@@ -145,24 +146,8 @@ impl RawSocket {
     /// Sends every frame in `frames` with `sendmmsg`, retrying while the
     /// device has no room (ENOBUFS); returns how many went out.
     pub fn send_batch(&self, frames: &mut [Vec<u8>]) -> io::Result<usize> {
-        let mut iov: Vec<libc::iovec> = frames
-            .iter_mut()
-            .map(|f| libc::iovec {
-                iov_base: f.as_mut_ptr().cast(),
-                iov_len: f.len(),
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = iov
-            .iter_mut()
-            .map(|v| {
-                // SAFETY: an all-zero mmsghdr is valid; the iovec it points
-                // to outlives the sends below.
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_iov = v;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
+        let mut headers = MmsgHeaders::new(frames);
+        let msgs = &mut headers.msgs;
         let mut done = 0;
         while done < msgs.len() {
             // SAFETY: valid fd and message array of the stated length.
@@ -185,5 +170,43 @@ impl RawSocket {
             done += n as usize;
         }
         Ok(done)
+    }
+}
+
+/// The message headers of `sendmmsg`/`recvmmsg`: one `mmsghdr` per
+/// buffer, each with one `iovec` over its whole buffer. The buffers stay
+/// borrowed while the headers live, so the pointers in them stay valid.
+pub struct MmsgHeaders<'a> {
+    pub msgs: Vec<libc::mmsghdr>,
+    // Where `msgs` point: heap memory that moving the Vec does not move.
+    _iov: Vec<libc::iovec>,
+    _bufs: PhantomData<&'a mut [Vec<u8>]>,
+}
+
+impl<'a> MmsgHeaders<'a> {
+    pub fn new(bufs: &'a mut [Vec<u8>]) -> Self {
+        let mut iov: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        let msgs = iov
+            .iter_mut()
+            .map(|v| {
+                // SAFETY: an all-zero mmsghdr is valid (no name, no
+                // control data); the one iovec is set below.
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_iov = v;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        MmsgHeaders {
+            msgs,
+            _iov: iov,
+            _bufs: PhantomData,
+        }
     }
 }
