@@ -3,9 +3,9 @@
 //! zero-copy), checked byte for byte, with the kernel's and the sockets'
 //! counters adding up.
 //!
-//! Topology and cleanup as in `network.rs` (test_support::VethNs, Agent): the
-//! agent in the root namespace on the root-side end, senders in the
-//! namespace, every sender bounded. Needs root and an agent built with its
+//! Topology and cleanup as in `network.rs` (`test_support::{VethNs,
+//! Agent}`): the agent in the root namespace on the root-side end, senders
+//! in the namespace, every sender bounded. Needs root and an agent built with its
 //! XDP object; otherwise each test prints `SKIPPED:` and returns.
 
 use std::{

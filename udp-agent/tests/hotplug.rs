@@ -2,11 +2,11 @@
 //! back, one that does not exist yet.
 //!
 //! Topology: network namespaces made here, each joined to the root
-//! namespace by a veth pair from `ops::Pair` (198.18.240.0/30 to
-//! 198.18.247.0/30, no default route), which, unlike `test_support::VethNs`, can
-//! be deleted and created again under the same names. The agent runs in the
-//! root namespace; senders in the namespaces send a bounded number of
-//! datagrams. Everything is removed when a test ends, also when it fails.
+//! namespace by a veth pair (`test_support::VethNs`: 198.18.0.0/15, no
+//! default route) that a test deletes and creates again under the same
+//! names. The agent runs in the root namespace; senders in the namespaces
+//! send a bounded number of datagrams. Everything is removed when a test
+//! ends, also when it fails.
 //!
 //! Needs root and an agent built with its XDP object; otherwise each test
 //! prints `SKIPPED:` and returns.

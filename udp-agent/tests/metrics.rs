@@ -2,9 +2,8 @@
 //! and a load balancer see them: an agent attached to a veth pair
 //! (`test_support::VethNs`: a namespace joined by a veth pair, addresses
 //! from 198.18.0.0/15, no default route; a test may delete the link and
-//! create it again),
-//! bounded senders, and `/metrics` and `/healthz` fetched with a plain HTTP
-//! GET. The EventBridge sink talks to the fake PutEvents endpoint on
+//! create it again), bounded senders, and `/metrics` and `/healthz` fetched
+//! with a plain HTTP GET. The EventBridge sink talks to the fake PutEvents endpoint on
 //! loopback, stopped and started again to play an outage.
 //!
 //! Needs root and an agent built with its XDP object; otherwise each test

@@ -1,8 +1,8 @@
 //! Ring 3: the agent binary attached to a real interface, fed by real
 //! senders, asserted on the lines it prints.
 //!
-//! Each test builds its own topology (test_support::VethNs): a network namespace
-//! joined to the root namespace by a veth pair, addressed from
+//! Each test builds its own topology (`test_support::VethNs`): a network
+//! namespace joined to the root namespace by a veth pair, addressed from
 //! 198.18.0.0/15 and fd00::/8, without a default route. The agent runs in the
 //! root namespace attached to the root-side end (so `udp-agent ports` and
 //! `stats` reach its pins); senders run in the namespace: real UDP sockets,
@@ -894,5 +894,15 @@ fn pin_dir_is_accepted_after_every_control_subcommand() {
         wrong.is_empty(),
         "--pin-dir not honoured:\n{}",
         wrong.join("\n")
+    );
+}
+
+/// The agent these tests run is the binary Cargo built for them (the
+/// support crate cannot name it at build time, so it looks it up).
+#[test]
+fn the_agent_under_test_is_the_one_cargo_built() {
+    assert_eq!(
+        test_support::agent::agent_bin(),
+        Path::new(env!("CARGO_BIN_EXE_udp-agent"))
     );
 }
