@@ -9,33 +9,12 @@ use std::{
     time::Duration,
 };
 
+use rustix::net::sockopt::{self, Ipv4PathMtuDiscovery, Ipv6PathMtuDiscovery};
+
 use crate::netns::ifindex;
 
 /// How long one send may block.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `setsockopt(fd, level, name, &value)` for a plain value.
-fn set_option<T>(
-    fd: &impl AsRawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &T,
-) -> io::Result<()> {
-    // SAFETY: a valid fd and a pointer to a live value of the stated size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 /// A UDP socket bound to `addr` with path-MTU discovery "do": DF set, never
 /// fragmented locally. Sends time out after 5 s.
@@ -47,30 +26,19 @@ pub fn bind_udp(addr: SocketAddr) -> UdpSocket {
 /// bigger than the MTU is fragmented by the sending kernel.
 pub fn bind_udp_with(addr: SocketAddr, df: bool) -> UdpSocket {
     let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("binding UDP {addr}: {e}"));
-    let (level, name, value) = match (addr, df) {
-        (SocketAddr::V4(_), true) => (
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            libc::IP_PMTUDISC_DO,
-        ),
-        (SocketAddr::V4(_), false) => (
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            libc::IP_PMTUDISC_DONT,
-        ),
-        (SocketAddr::V6(_), true) => (
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MTU_DISCOVER,
-            libc::IPV6_PMTUDISC_DO,
-        ),
-        (SocketAddr::V6(_), false) => (
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MTU_DISCOVER,
-            libc::IPV6_PMTUDISC_DONT,
-        ),
+    let set = match (addr, df) {
+        (SocketAddr::V4(_), true) => sockopt::set_ip_mtu_discover(&sock, Ipv4PathMtuDiscovery::DO),
+        (SocketAddr::V4(_), false) => {
+            sockopt::set_ip_mtu_discover(&sock, Ipv4PathMtuDiscovery::DONT)
+        }
+        (SocketAddr::V6(_), true) => {
+            sockopt::set_ipv6_mtu_discover(&sock, Ipv6PathMtuDiscovery::DO)
+        }
+        (SocketAddr::V6(_), false) => {
+            sockopt::set_ipv6_mtu_discover(&sock, Ipv6PathMtuDiscovery::DONT)
+        }
     };
-    set_option(&sock, level, name, &value)
-        .unwrap_or_else(|e| panic!("setting path-MTU discovery on {addr}: {e}"));
+    set.unwrap_or_else(|e| panic!("setting path-MTU discovery on {addr}: {e}"));
     sock.set_write_timeout(Some(SEND_TIMEOUT))
         .expect("SO_SNDTIMEO");
     sock
@@ -110,11 +78,7 @@ impl RawSocket {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        let tv = libc::timeval {
-            tv_sec: SEND_TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        set_option(&fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
+        sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, Some(SEND_TIMEOUT))?;
         Ok(Self {
             fd,
             ifindex: ifindex as i32,
@@ -124,7 +88,20 @@ impl RawSocket {
     /// Frames skip the qdisc, as trafgen's do: straight to the driver.
     pub fn bypass_qdisc(&self) -> io::Result<()> {
         let one: libc::c_int = 1;
-        set_option(&self.fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one)
+        // SAFETY: valid fd and an int of the stated size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Sends one frame.
