@@ -40,9 +40,9 @@ use clap::Parser;
 use fake_eventbridge::{Config, FakeEventBridge};
 use tokio::sync::{mpsc, watch};
 use udp_agent::{
-    cli::{Cli, Command as AgentCommand},
+    config::{Cli, Command as AgentCommand},
     encode::Entry,
-    sink::eventbridge::{self, EventBridgeSink, Settings},
+    sink::eventbridge::{self, EventBridgeSink},
     stats::PipelineStats,
 };
 
@@ -143,7 +143,7 @@ async fn measure(
         unsafe { std::env::set_var("RUST_LOG", "info") };
     }
     udp_agent::logging::init(&args.log).expect("logger");
-    let settings = Settings::from_args(&args);
+    let settings = args.eventbridge_settings();
     let client = settings.connect().await.expect("connecting");
     let pipeline = Arc::new(PipelineStats::default());
     let sink = EventBridgeSink::new(settings, client, pipeline).expect("sink");

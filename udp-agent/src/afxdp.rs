@@ -68,8 +68,8 @@ pub enum CapturePath {
     Afxdp,
     /// AF_XDP for consumed ports on interfaces whose driver binds the
     /// sockets in zero-copy mode, the ring everywhere else: in copy mode
-    /// (veth, generic XDP) the ring path measured cheaper (README,
-    /// "Performance").
+    /// (veth, generic XDP) the ring path measured cheaper
+    /// (`bench/RESULTS.md`, "AF_XDP").
     Auto,
 }
 
@@ -482,7 +482,7 @@ fn decoded(
         }
         Err(e) => {
             let n = stats.decode_errors.fetch_add(1, Relaxed) + 1;
-            if n.is_power_of_two() {
+            if crate::stats::doubled(n - 1, n) {
                 warn!(total = n, error = %e, "undecodable AF_XDP frame");
             }
         }

@@ -128,7 +128,7 @@ impl ReadTime {
 
 fn decode_error(stats: &PipelineStats, e: &record::DecodeError) {
     let n = stats.decode_errors.fetch_add(1, Relaxed) + 1;
-    if n.is_power_of_two() {
+    if crate::stats::doubled(n - 1, n) {
         warn!(total = n, error = %e, "undecodable ring record");
     }
 }

@@ -7,8 +7,9 @@
 //! once per batch, not once per packet.
 //!
 //! The queue is bounded and the capture loop never waits on it: a batch that
-//! finds it full is dropped and its entries counted in `queue_drops` (the
-//! ring keeps draining; DESIGN.md "Budgets"). Only at shutdown, after the
+//! finds it full is dropped and its entries counted in `queue_drops`: a
+//! slow sink costs whole batches, counted here, while the kernel ring keeps
+//! draining and has room for new packets. Only at shutdown, after the
 //! program is detached, does [`Handoff::finish`] wait for room, so nothing
 //! already captured is lost then.
 

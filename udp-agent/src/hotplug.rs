@@ -239,11 +239,11 @@ impl Watcher {
                         warn!(
                             iface = slot.name,
                             ifindex,
-                            error = %loader::error_chain(&e),
+                            error = %crate::logging::error_chain(&e),
                             "attaching to the interface failed; retrying with a growing delay (up to a minute)"
                         );
                     } else {
-                        debug!(iface = slot.name, ifindex, error = %loader::error_chain(&e), "attach retry failed");
+                        debug!(iface = slot.name, ifindex, error = %crate::logging::error_chain(&e), "attach retry failed");
                     }
                     slot.retry = Some(Retry {
                         ifindex,

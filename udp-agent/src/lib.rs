@@ -19,10 +19,9 @@
 pub mod afxdp;
 pub mod batch;
 pub mod capture;
-pub mod cli;
 pub mod clock;
 pub mod commands;
-pub mod config_file;
+pub mod config;
 pub mod control;
 pub mod encode;
 pub mod handoff;

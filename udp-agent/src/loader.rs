@@ -2,6 +2,7 @@
 
 use std::ffi::CString;
 
+use crate::logging::error_chain;
 use aya::{
     Ebpf, EbpfLoader,
     maps::ProgramArray,
@@ -253,19 +254,6 @@ pub fn detach(ebpf: &mut Ebpf, attachment: Attachment) {
     if let Err(e) = program(ebpf).detach(attachment.link) {
         warn!(iface = attachment.iface, error = %e, "detach failed");
     }
-}
-
-/// An error and its sources on one line: `a: b: c` (without the Debug dump
-/// that the AWS SDK's `DisplayErrorContext` appends).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        next = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -86,6 +86,19 @@ pub fn init(args: &LogArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// An error and its sources on one line: `a: b: c` (without the Debug dump
+/// that the AWS SDK's `DisplayErrorContext` appends).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

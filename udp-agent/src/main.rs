@@ -1,9 +1,11 @@
 use std::process::ExitCode;
 
 use udp_agent::{
-    cli::Command,
     commands,
-    config_file::{self, CliError},
+    config::{
+        Command,
+        file::{self as config_file, CliError},
+    },
     logging::{self, LogArgs},
     manual, pipeline,
 };

@@ -1,5 +1,5 @@
 //! The manual pages and shell completions, generated from the command line
-//! definition ([`crate::cli`]) so they never disagree with `--help`.
+//! definition ([`crate::config`]) so they never disagree with `--help`.
 //! `cargo xtask package` runs `udp-agent manpages DIR` and
 //! `udp-agent completions SHELL` on the binary it packages.
 
@@ -8,7 +8,7 @@ use std::{fs, io, path::Path};
 use clap::CommandFactory;
 use clap_complete::Shell;
 
-use crate::cli::Cli;
+use crate::config::Cli;
 
 /// Writes the completion script for `shell` to `out`.
 pub fn completions(shell: Shell, out: &mut dyn io::Write) {

@@ -90,57 +90,6 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 // ---------------------------------------------------------------------------
-// The latency histogram
-// ---------------------------------------------------------------------------
-
-/// Upper bounds (seconds) of the latency buckets: from a stdout write
-/// (well under a millisecond) through a linger-and-send to EventBridge
-/// (tens of milliseconds) to retries with backoff (seconds).
-pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-
-/// Seconds from capture (the entry's `Time`: the kernel's CLOCK_MONOTONIC
-/// stamp, or for a coarse stamp its narrowing, `clock::narrow_coarse`, so
-/// at most one tick late) to the sink's acknowledgement: EventBridge
-/// accepted the entry, or the stdout sink wrote it. Lock-free: a sink
-/// observes from any task.
-#[derive(Debug, Default)]
-pub struct Latency {
-    /// Observations per bucket, not cumulative; the last one is `+Inf`.
-    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    sum_ns: AtomicU64,
-}
-
-impl Latency {
-    /// Records one entry captured at `capture_ns` and acknowledged at
-    /// `now_ns` (both CLOCK_MONOTONIC). An entry without a capture time
-    /// (made up by a test) is not recorded.
-    pub fn observe(&self, capture_ns: u64, now_ns: u64) {
-        if capture_ns == 0 {
-            return;
-        }
-        let ns = now_ns.saturating_sub(capture_ns);
-        let secs = ns as f64 / 1e9;
-        let i = LATENCY_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[i].fetch_add(1, Relaxed);
-        self.sum_ns.fetch_add(ns, Relaxed);
-    }
-
-    /// Sum (seconds), count, and per-bucket counts (not cumulative, without
-    /// `+Inf`).
-    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
-        let count = counts.iter().sum();
-        let buckets = LATENCY_BUCKETS.iter().copied().zip(counts).collect();
-        (self.sum_ns.load(Relaxed) as f64 / 1e9, count, buckets)
-    }
-}
-
-// ---------------------------------------------------------------------------
 // The collector
 // ---------------------------------------------------------------------------
 
@@ -729,19 +678,5 @@ mod tests {
         assert!(!text.contains("udp_agent_eventbridge_"), "{text}");
         assert!(!text.contains("udp_agent_spool_"), "{text}");
         assert!(text.contains(r#"udp_agent_kernel_packets_total{outcome="captured"} 5"#));
-    }
-
-    #[test]
-    fn latency_without_a_capture_time_is_not_recorded() {
-        let l = Latency::default();
-        l.observe(0, 5_000_000_000);
-        assert_eq!(l.snapshot().1, 0);
-        l.observe(10, 5); // clock skew: counted as zero
-        let (sum, count, buckets) = l.snapshot();
-        assert_eq!((sum, count, buckets[0].1), (0.0, 1, 1));
-        l.observe(1, 100_000_000_001); // 100 s: +Inf only
-        let (_, count, buckets) = l.snapshot();
-        assert_eq!(count, 2);
-        assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), 1);
     }
 }

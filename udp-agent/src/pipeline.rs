@@ -40,9 +40,8 @@ use udp_ebpf_common::{CONFIG_AFXDP, Config};
 use crate::{
     afxdp::{self, CapturePath},
     capture,
-    cli::RunArgs,
     clock::WallClock,
-    commands,
+    config::{self, RunArgs},
     control::{self, Control},
     encode::{Encoder, Entry},
     handoff::{self, Handoff},
@@ -54,7 +53,10 @@ use crate::{
     reassembly::{self, Reassembler},
     record::Packet,
     ring::Ring,
-    sink::{self, Delivery, Limits, SinkStats},
+    sink::{
+        self, Delivery, Limits, Selected, Sink, SinkStats, eventbridge::EventBridgeSink,
+        stdout::StdoutSink,
+    },
     spool::{Spool, SpoolStats},
     stats::PipelineStats,
 };
@@ -84,6 +86,11 @@ impl Drop for PinGuard {
 pub async fn run(args: RunArgs) -> Result<()> {
     args.validate().map_err(|e| anyhow!(e))?;
     privileges::check_run().map_err(|e| anyhow!(e))?;
+    // Before anything is pinned or attached: a SIGTERM during start-up is
+    // then held for the loop below, which cleans up, instead of killing
+    // the process with its pins and lock left behind.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     // Resolve every interface before touching the kernel (with
     // --wait-for-iface, missing ones are waited for once attached).
     if !args.wait_for_iface {
@@ -91,13 +98,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
             loader::ifindex(iface)?;
         }
     }
-    let firewall = commands::startup(
+    let firewall = config::startup(
         &args.ports,
         &args.port_limit,
         &args.port_encoding,
         &args.firewall,
     )?;
-    commands::check_pin_dir(&args.pin.pin_dir)?;
+    control::check_pin_dir(&args.pin.pin_dir)?;
     if args.ports.is_empty() {
         warn!("no --port given: nothing is captured until `udp-agent ports add` enables one");
     }
@@ -107,7 +114,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // The sink (Region, credentials, dead-letter file) and the spool (its
     // directory, its lock, what earlier runs left) are checked before the
     // kernel is touched: a configuration error must not cost a packet.
-    let sink = sink::build(selected, &args, stats.clone()).await?;
+    let sink = build_sink(selected, &args, stats.clone()).await?;
     let limits = sink.limits();
     let sink_stats = sink.stats();
     let spool = match args.spool.settings() {
@@ -251,8 +258,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
     });
     let mut delivery = deliver(spool, sink, batch_rx, stop_rx.clone())?;
 
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sink_result = None;
     let mut interface_poll = tokio::time::interval(hotplug::POLL_INTERVAL);
     interface_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -385,6 +390,33 @@ pub fn in_memory(rx: mpsc::Receiver<Vec<Entry>>) -> mpsc::Receiver<Delivery> {
     let (tx, deliveries) = mpsc::channel(DELIVERY_QUEUE);
     tokio::spawn(pass_through(rx, tx));
     deliveries
+}
+
+/// Builds the selected sink from `run`'s settings: the one place that
+/// names every sink.
+async fn build_sink(
+    selected: Selected,
+    args: &RunArgs,
+    pipeline: Arc<PipelineStats>,
+) -> Result<Box<dyn Sink>> {
+    Ok(match selected {
+        Selected::Stdout => Box::new(StdoutSink::new(
+            pipeline,
+            args.eventbridge.drain_timeout,
+            args.max_entry_bytes as usize,
+        )),
+        Selected::EventBridge => {
+            let settings = args.eventbridge_settings();
+            let client = settings
+                .connect()
+                .await
+                .context("configuring the EventBridge sink")?;
+            Box::new(
+                EventBridgeSink::new(settings, client, pipeline)
+                    .context("configuring the EventBridge sink")?,
+            )
+        }
+    })
 }
 
 /// Without a spool: batches go to the sink as they are, acknowledged to

@@ -34,14 +34,14 @@
 //! IPv4).
 
 use std::{
-    net::IpAddr,
-    sync::{Arc, atomic::AtomicU64, atomic::Ordering::Relaxed},
+    sync::{Arc, atomic::Ordering::Relaxed},
     time::Duration,
 };
 
 use hashlink::LinkedHashMap;
 use udp_ebpf_common::Encoding;
 
+pub use crate::record::{FragmentKey, FragmentView};
 use crate::{
     record::Packet,
     stats::{PipelineStats, count_drop},
@@ -78,96 +78,6 @@ const UDP_HLEN: usize = 8;
 /// the smallest header.
 const MAX_DATA_V6: u32 = 65_535;
 const MAX_DATA_V4: u32 = 65_535 - 20;
-
-/// What identifies a datagram's fragments: the addresses (and with them the
-/// IP version) and the identification. The protocol is always UDP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FragmentKey {
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    /// IPv4 identification (16 bits) or IPv6 fragment identification.
-    pub id: u32,
-}
-
-/// One IP fragment as a capture path hands it over, borrowed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FragmentView<'a> {
-    pub key: FragmentKey,
-    /// CLOCK_MONOTONIC nanoseconds at capture; while `coarse_time` is set,
-    /// the kernel's coarse stamp ([`crate::record::PacketView::narrow_time`]).
-    pub timestamp_ns: u64,
-    pub ifindex: u32,
-    /// Where its data lies in the datagram's data (the UDP header first),
-    /// in bytes.
-    pub offset: u32,
-    /// Data bytes the fragment carries on the wire.
-    pub len: u32,
-    /// More fragments follow (IPv4 MF, IPv6 M).
-    pub more: bool,
-    /// The captured data: the first `data.len() <= len` bytes of it (a
-    /// capture path may leave out what lies past the snap length).
-    pub data: &'a [u8],
-    pub coarse_time: bool,
-    /// The port's format and packing: known on the first fragment (offset
-    /// 0), whose record the program writes once the port is known.
-    pub encoding: Encoding,
-}
-
-impl FragmentView<'_> {
-    /// As [`crate::record::PacketView::narrow_time`].
-    pub fn narrow_time(&mut self, read_ns: u64, tick_ns: u64) {
-        if self.coarse_time {
-            self.timestamp_ns = crate::clock::narrow_coarse(self.timestamp_ns, read_ns, tick_ns);
-            self.coarse_time = false;
-        }
-    }
-
-    fn is_v4(&self) -> bool {
-        self.key.src.is_ipv4()
-    }
-}
-
-/// Reassembly counters (part of [`PipelineStats`]).
-#[derive(Debug, Default)]
-pub struct ReassemblyStats {
-    /// Fragment records taken in (discard notices included).
-    pub fragments: AtomicU64,
-    /// Datagrams completed and handed on.
-    pub reassembled: AtomicU64,
-    /// Datagrams dropped incomplete: past the timeout, or at shutdown.
-    pub timeout: AtomicU64,
-    /// Datagrams dropped for fragments that overlap in part.
-    pub overlap: AtomicU64,
-    /// Incomplete datagrams dropped to stay within the memory cap.
-    pub evicted: AtomicU64,
-    /// Fragments dropped as duplicates of data already held.
-    pub duplicate: AtomicU64,
-    /// Datagrams dropped for a fragment or a length that does not add up.
-    pub invalid: AtomicU64,
-    /// Datagrams the XDP program rejected after some of their fragments
-    /// had come (before the first): dropped on its notice.
-    pub discarded: AtomicU64,
-    /// Bytes incomplete datagrams hold now, and at most so far (as charged
-    /// against `max_bytes`).
-    pub held_bytes: AtomicU64,
-    pub peak_bytes: AtomicU64,
-}
-
-impl ReassemblyStats {
-    /// The counters, as `PipelineStats::snapshot` lists them.
-    pub fn snapshot(&self) -> [(&'static str, u64); 8] {
-        [
-            ("fragments", self.fragments.load(Relaxed)),
-            ("reassembled", self.reassembled.load(Relaxed)),
-            ("fragment_timeout", self.timeout.load(Relaxed)),
-            ("fragment_overlap", self.overlap.load(Relaxed)),
-            ("fragment_evicted", self.evicted.load(Relaxed)),
-            ("fragment_duplicate", self.duplicate.load(Relaxed)),
-            ("fragment_invalid", self.invalid.load(Relaxed)),
-            ("fragment_discarded", self.discarded.load(Relaxed)),
-        ]
-    }
-}
 
 /// How the reassembler bounds itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -24,8 +24,6 @@ use udp_ebpf_common::{
     parse::{Outcome, parse_frame, read_addresses},
 };
 
-use crate::reassembly::{FragmentKey, FragmentView};
-
 /// A captured datagram, owned, as the agent's later stages see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Packet {
@@ -343,6 +341,54 @@ pub fn encode_record(h: &RecordHeader, payload: &[u8]) -> Vec<u8> {
     unsafe { std::ptr::write_unaligned(out.as_mut_ptr().cast::<RecordHeader>(), *h) };
     out.extend_from_slice(payload);
     out
+}
+
+/// What identifies a datagram's fragments: the addresses (and with them the
+/// IP version) and the identification. The protocol is always UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// IPv4 identification (16 bits) or IPv6 fragment identification.
+    pub id: u32,
+}
+
+/// One IP fragment as a capture path hands it over, borrowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragmentView<'a> {
+    pub key: FragmentKey,
+    /// CLOCK_MONOTONIC nanoseconds at capture; while `coarse_time` is set,
+    /// the kernel's coarse stamp ([`PacketView::narrow_time`]).
+    pub timestamp_ns: u64,
+    pub ifindex: u32,
+    /// Where its data lies in the datagram's data (the UDP header first),
+    /// in bytes.
+    pub offset: u32,
+    /// Data bytes the fragment carries on the wire.
+    pub len: u32,
+    /// More fragments follow (IPv4 MF, IPv6 M).
+    pub more: bool,
+    /// The captured data: the first `data.len() <= len` bytes of it (a
+    /// capture path may leave out what lies past the snap length).
+    pub data: &'a [u8],
+    pub coarse_time: bool,
+    /// The port's format and packing: known on the first fragment (offset
+    /// 0), whose record the program writes once the port is known.
+    pub encoding: Encoding,
+}
+
+impl FragmentView<'_> {
+    /// As [`PacketView::narrow_time`].
+    pub fn narrow_time(&mut self, read_ns: u64, tick_ns: u64) {
+        if self.coarse_time {
+            self.timestamp_ns = crate::clock::narrow_coarse(self.timestamp_ns, read_ns, tick_ns);
+            self.coarse_time = false;
+        }
+    }
+
+    pub(crate) fn is_v4(&self) -> bool {
+        self.key.src.is_ipv4()
+    }
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use std::{io::Write, path::PathBuf, process::Output, time::Duration};
 use tempfile::NamedTempFile;
 use test_support::{Agent, VethNs, agent_command, pin_dir, privileged};
 use udp_agent::{
-    cli::{Command, RunArgs},
-    config_file::{CliError, parse_from},
+    config::file::{CliError, parse_from},
+    config::{Command, RunArgs},
 };
 
 fn file(text: &str) -> NamedTempFile {
@@ -236,7 +236,7 @@ fn long_lists_are_condensed() {
 
 #[test]
 fn an_oversized_file_is_refused_before_it_is_parsed() {
-    let limit = udp_agent::config_file::MAX_FILE_BYTES as usize;
+    let limit = udp_agent::config::file::MAX_FILE_BYTES as usize;
     // Valid TOML: a comment line repeated past the limit.
     let line = "# padding padding padding padding padding padding padding padding\n";
     let mut text = "iface = [\"eth0\"]\n".to_owned();

@@ -360,6 +360,11 @@ fn all(a: &AllArgs) -> Result<()> {
     let mut report = Report {
         mode: if a.quick { "quick" } else { "full" }.into(),
         command: a.command.clone(),
+        revision: std::process::Command::new(&a.agent)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default(),
         machine: Machine::detect(),
         started_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -134,6 +134,9 @@ impl Machine {
 pub struct Report {
     pub mode: String,
     pub command: String,
+    /// What the agent binary says of itself (`udp-agent --version`: the
+    /// release and the git commit it was built from).
+    pub revision: String,
     pub machine: Machine,
     pub started_unix: u64,
     pub duration_s: f64,

@@ -110,7 +110,12 @@ pub fn bench(route: RouteChoice, quick: bool) -> Result<()> {
         ran.elapsed().as_secs_f64(),
         display(&json)
     );
-    result.context("the benchmark failed; see its output above")
+    result.context("the benchmark failed; see its output above")?;
+    if !quick {
+        crate::readme::update(&root.join("README.md"), &json)?;
+        println!("bench: README.md's Performance table now shows this run");
+    }
+    Ok(())
 }
 
 fn display(p: &Path) -> String {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod package;
+mod readme;
 mod toolchain;
 mod venv;
 
@@ -74,6 +75,9 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Write the README's Performance table from a full benchmark's
+    /// target/bench/results.json (`cargo xtask bench` does this itself).
+    Readme,
 }
 
 fn main() -> ExitCode {
@@ -91,6 +95,13 @@ fn main() -> ExitCode {
             println!("package: {}", deb.display());
         }),
         Cmd::Bench { quick } => bench::bench(cli.route, quick),
+        Cmd::Readme => {
+            let root = root();
+            readme::update(
+                &root.join("README.md"),
+                &host_target_dir(&root).join("bench").join("results.json"),
+            )
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,12 @@
 //! costs one load, one compare and one store per sixteen bytes, and a
 //! chunk with escapes (JSON text has a quote every few bytes) writes all of
 //! them in one pass over its bit mask, with one check for room.
+//!
+//! Why not serde_json's escaper: with these functions written over
+//! `serde_json::to_writer` instead (same output, checked by the tests
+//! below), one interleaved run of `examples/format_speed.rs` (Intel Xeon,
+//! 3 × 9 rounds) measured a whole `text` event at 2.47× the CPU, `syslog`
+//! at 2.28× and `json` at 1.26× (`bench/RESULTS.md`, "The JSON escaper").
 
 /// What follows the backslash for each byte a JSON string must escape
 /// (`u`: `\\u00XX`), 0 for the bytes written as they are: control

@@ -1,4 +1,4 @@
-//! A captured packet as a PutEvents request entry (DESIGN.md, "The event").
+//! A captured packet as a PutEvents request entry (the README's "The event").
 //!
 //! `Detail` keys are PascalCase as in the article and are a contract: users'
 //! rules match on them, so keys are only ever added, never renamed.

@@ -9,8 +9,8 @@
 //! talks to a network ([`Sink::durable`]), the spool ([`crate::spool`])
 //! holds each batch on disk until that acknowledgement; a batch whose
 //! `Ack` is dropped without `done` is released back to it, stays there, and
-//! is sent again by the next run. A new sink is one new module implementing [`Sink`], plus its
-//! line in [`build`].
+//! is sent again by the next run. A new sink is one new module implementing
+//! [`Sink`], plus its line where `run` builds the selected one.
 //!
 //! How `--sink` and `--event-bus` combine ([`select`]) is decided in one
 //! place so that nobody is surprised:
@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     encode::{DEFAULT_EVENT_BUS, Entry},
-    stats::{PipelineStats, Sample},
+    stats::Sample,
 };
 
 /// `--sink`.
@@ -206,34 +206,6 @@ pub trait Sink: Send {
         input: mpsc::Receiver<Delivery>,
         shutdown: watch::Receiver<bool>,
     ) -> SinkRun;
-}
-
-/// Builds the selected sink from `run`'s settings (the one place that names
-/// every sink).
-pub async fn build(
-    selected: Selected,
-    args: &crate::cli::RunArgs,
-    pipeline: Arc<PipelineStats>,
-) -> anyhow::Result<Box<dyn Sink>> {
-    use anyhow::Context as _;
-    Ok(match selected {
-        Selected::Stdout => Box::new(stdout::StdoutSink::new(
-            pipeline,
-            args.eventbridge.drain_timeout,
-            args.max_entry_bytes as usize,
-        )),
-        Selected::EventBridge => {
-            let settings = eventbridge::Settings::from_args(args);
-            let client = settings
-                .connect()
-                .await
-                .context("configuring the EventBridge sink")?;
-            Box::new(
-                eventbridge::EventBridgeSink::new(settings, client, pipeline)
-                    .context("configuring the EventBridge sink")?,
-            )
-        }
-    })
 }
 
 #[cfg(test)]

@@ -57,12 +57,6 @@ use crate::{
 
 pub use self::store::Store;
 
-/// Default --spool-dir: the systemd unit's StateDirectory.
-pub const DEFAULT_DIR: &str = "/var/lib/udp-agent/spool";
-/// Default --spool-max-bytes.
-pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
-/// Default --spool-max-age.
-pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// How often the task refreshes its gauges and checks the sync interval.
 const TICK: Duration = Duration::from_millis(100);
 /// Batches taken from the handoff per write.

@@ -22,9 +22,6 @@ use std::{
 
 use crate::encode::Entry;
 
-/// Default --dead-letter-max-bytes.
-pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
-
 #[derive(Debug)]
 pub struct DeadLetter {
     path: PathBuf,
@@ -134,6 +131,9 @@ pub fn line(f: &Failed) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// Far more than any test writes.
+    const DEFAULT_MAX_BYTES: u64 = 256 << 20;
+
     use std::{sync::Arc, time::UNIX_EPOCH};
 
     use super::*;

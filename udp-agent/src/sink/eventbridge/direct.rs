@@ -64,10 +64,12 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use super::{config::Connection, retry::Backoff, service::EntryResult};
+use super::{
+    retry::Backoff,
+    settings::Connection,
+    transport::{EntryResult, PutEventsResult},
+};
 use crate::encode::{Entry, push_json_bytes};
-
-type PutEventsResult = Result<Vec<EntryResult>, SdkError<PutEventsError, HttpResponse>>;
 
 /// The service name in SigV4 credential scopes.
 const SERVICE: &str = "events";
@@ -723,7 +725,7 @@ impl CacheInner {
                     humantime::format_duration(REFRESH_TIMEOUT)
                 )
             })
-            .and_then(|r| r.map_err(|e| crate::loader::error_chain(&e)));
+            .and_then(|r| r.map_err(|e| crate::logging::error_chain(&e)));
         let now = SystemTime::now();
         let mut r = self.refresh.lock().expect("refresh lock");
         r.running = false;

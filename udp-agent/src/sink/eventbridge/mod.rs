@@ -2,7 +2,7 @@
 //! concurrently, inside the account's quota, and without losing or
 //! duplicating events when AWS pushes back.
 //!
-//! Laid out like vector's AWS sinks, smaller: [`config`] (flags, client),
+//! Laid out like vector's AWS sinks, smaller: [`settings`] (settings, client),
 //! [`service`] (the call and its partial failures), [`direct`] (the same
 //! call without the SDK's per-request machinery: the hot path), [`retry`]
 //! (what to retry, backoff), plus [`rate_limit`], [`cost_guard`],
@@ -56,14 +56,15 @@
 //! answer without readable results is resent once, then counted delivered
 //! (`unconfirmed`): at most one duplicate per entry.
 
-pub mod config;
 pub mod cost_guard;
 pub mod dead_letter;
 pub mod direct;
 pub mod rate_limit;
 pub mod retry;
 pub mod service;
+pub mod settings;
 pub mod stats;
+pub mod transport;
 
 use std::{
     future::Future,
@@ -74,7 +75,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use aws_sdk_eventbridge::Client;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
     task::JoinSet,
@@ -82,16 +82,18 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-pub use self::{
-    config::{ConfigError, Connection, Settings},
-    stats::EventBridgeStats,
-};
 use self::{
     cost_guard::SharedCostGuard,
     dead_letter::{DeadLetter, Failed},
     direct::Direct,
     rate_limit::RateLimiter,
     retry::{Backoff, Retry},
+    service::Service,
+    transport::PutEvents,
+};
+pub use self::{
+    settings::{ConfigError, Connection, Settings},
+    stats::EventBridgeStats,
 };
 use crate::{
     encode::Entry,
@@ -126,8 +128,7 @@ pub const MAX_AGE_CODE: &str = "SpoolMaxAge";
 
 /// A configured sink, ready to [`run`].
 pub struct EventBridgeSink {
-    client: Client,
-    direct: Option<Direct>,
+    transport: Arc<dyn PutEvents>,
     settings: Settings,
     dead_letter: Option<DeadLetter>,
     stats: Arc<EventBridgeStats>,
@@ -153,15 +154,28 @@ impl EventBridgeSink {
                 Direct::new(
                     &connection,
                     settings.request_timeout,
-                    config::CONNECT_TIMEOUT,
+                    settings::CONNECT_TIMEOUT,
                     settings.max_in_flight.max(1),
                 )
             })
             .flatten();
+        let service = Service {
+            client: connection.client,
+            direct,
+            endpoint_id: settings.endpoint_id.clone(),
+        };
+        Self::with_transport(settings, Arc::new(service), pipeline)
+    }
+
+    /// A sink that sends through `transport` (a test's fake, say).
+    pub fn with_transport(
+        settings: Settings,
+        transport: Arc<dyn PutEvents>,
+        pipeline: Arc<PipelineStats>,
+    ) -> Result<Self, ConfigError> {
         Ok(Self {
             dead_letter: settings.open_dead_letter()?,
-            direct,
-            client: connection.client,
+            transport,
             cost_guard: Arc::new(SharedCostGuard::new(settings.max_events_per_hour)),
             limiter: RateLimiter::new(settings.max_requests_per_second).map(Arc::new),
             settings,
@@ -216,9 +230,7 @@ impl Sink for EventBridgeSink {
 
 /// What the request tasks share.
 struct Shared {
-    client: Client,
-    direct: Option<Direct>,
-    endpoint_id: Option<String>,
+    transport: Arc<dyn PutEvents>,
     max_retries: Option<u32>,
     max_age: Option<Duration>,
     backoff: Backoff,
@@ -303,8 +315,7 @@ async fn run_here(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let EventBridgeSink {
-        client,
-        direct,
+        transport,
         settings,
         dead_letter,
         stats,
@@ -314,9 +325,7 @@ async fn run_here(
     } = sink;
     let rate = settings.max_requests_per_second;
     let shared = Arc::new(Shared {
-        client,
-        direct,
-        endpoint_id: settings.endpoint_id.clone(),
+        transport,
         max_retries: settings.max_retries,
         max_age: settings.max_age,
         backoff: settings.backoff,
@@ -611,16 +620,7 @@ async fn deliver(
             }
             stats.requests.fetch_add(1, Relaxed);
             let _in_flight = InFlight::new(&stats.in_flight);
-            // Boxed: the SDK's future is tens of kilobytes, and inline it
-            // would make every spawned request task that large (copied
-            // into the task on each spawn).
-            Box::pin(service::put_events(
-                &shared.client,
-                shared.direct.as_ref(),
-                &entries,
-                shared.endpoint_id.as_deref(),
-            ))
-            .await
+            shared.transport.put_events(&entries).await
         };
         let Some(result) = unless(&mut signals.cancelled, attempt).await else {
             return shared.stop(held, entries, ack);
@@ -885,5 +885,79 @@ mod tests {
         // Nothing old: nothing moves.
         assert!(take_expired(&mut entries, Duration::from_secs(3600), now).is_empty());
         assert_eq!(entries.len(), 3);
+    }
+
+    /// A transport that fails every request with a connection error until
+    /// its `failures` run out, then accepts everything.
+    struct Flaky {
+        failures: std::sync::atomic::AtomicU32,
+        calls: AtomicU64,
+    }
+
+    impl PutEvents for Flaky {
+        fn put_events<'a>(
+            &'a self,
+            entries: &'a [Entry],
+        ) -> std::pin::Pin<Box<dyn Future<Output = transport::PutEventsResult> + Send + 'a>>
+        {
+            use aws_sdk_eventbridge::error::{ConnectorError, SdkError};
+            self.calls.fetch_add(1, Relaxed);
+            let fail = self
+                .failures
+                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            Box::pin(async move {
+                if fail {
+                    return Err(SdkError::dispatch_failure(ConnectorError::io(
+                        std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into(),
+                    )));
+                }
+                Ok(vec![transport::EntryResult::Accepted; entries.len()])
+            })
+        }
+    }
+
+    /// Through the transport seam, without HTTP: a batch is resent after
+    /// every failure (no attempt limit by default) until it is delivered,
+    /// and then acknowledged.
+    #[tokio::test]
+    async fn a_batch_is_resent_until_the_transport_takes_it() {
+        let flaky = Arc::new(Flaky {
+            failures: 25.into(),
+            calls: AtomicU64::new(0),
+        });
+        let settings = Settings {
+            max_requests_per_second: 0,
+            backoff: Backoff {
+                base: Duration::from_millis(1),
+                cap: Duration::from_millis(2),
+            },
+            ..Settings::default()
+        };
+        let pipeline = Arc::new(PipelineStats::default());
+        let sink =
+            EventBridgeSink::with_transport(settings, flaky.clone(), pipeline.clone()).unwrap();
+        let counters = sink.counters();
+        let (tx, rx) = mpsc::channel(4);
+        let (ack_tx, mut acks) = mpsc::unbounded_channel();
+        let held = crate::sink::Held {
+            segment: 1,
+            index: 0,
+            entries: 3,
+        };
+        let now = SystemTime::now();
+        tx.send(Delivery {
+            entries: vec![entry_at(now); 3],
+            ack: Ack::spooled(held, ack_tx),
+        })
+        .await
+        .unwrap();
+        drop(tx);
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        run(sink, rx, stop_rx).await;
+        assert_eq!(flaky.calls.load(Relaxed), 26);
+        assert_eq!(counters.delivered.load(Relaxed), 3);
+        assert_eq!(counters.failed.load(Relaxed), 0);
+        assert_eq!(acks.recv().await, Some(crate::sink::Settled::Done(held)));
     }
 }

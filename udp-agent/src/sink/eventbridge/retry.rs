@@ -9,6 +9,10 @@
 
 use std::time::Duration;
 
+// The SDK's own lists of throttling and transient error codes, so that the
+// sink retries exactly what the SDK's standard retry mode would; server
+// faults (5xx) are told by their status, as the SDK does.
+use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
 use aws_sdk_eventbridge::{
     config::http::HttpResponse,
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
@@ -31,32 +35,6 @@ pub enum Retry {
     /// (`unconfirmed`).
     Ambiguous,
 }
-
-/// Error codes that mean "too fast". EventBridge uses
-/// `ThrottlingException`; the others are the AWS-wide throttling codes the
-/// SDKs' standard retry mode recognises, in case a proxy or a future API
-/// version uses them.
-const THROTTLING_CODES: &[&str] = &[
-    "ThrottlingException",
-    "Throttling",
-    "ThrottledException",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "LimitExceededException",
-    "SlowDown",
-];
-
-/// Error codes of transient server-side faults.
-const TRANSIENT_CODES: &[&str] = &[
-    "InternalFailure",
-    "InternalException",
-    "InternalServerError",
-    "ServiceUnavailable",
-    "ServiceUnavailableException",
-    "RequestTimeout",
-    "RequestTimeoutException",
-];
 
 /// Per-entry error codes of a partial failure (`FailedEntryCount > 0`) that
 /// are worth resending: EventBridge documents `ThrottlingException` and
@@ -105,10 +83,10 @@ pub fn classify(err: &SdkError<PutEventsError, HttpResponse>) -> Retry {
                 return Retry::Ambiguous;
             }
             if let Some(code) = s.err().code() {
-                if THROTTLING_CODES.contains(&code) {
+                if THROTTLING_ERRORS.contains(&code) {
                     return Retry::Throttled;
                 }
-                if TRANSIENT_CODES.contains(&code) {
+                if TRANSIENT_ERRORS.contains(&code) {
                     return Retry::Transient;
                 }
             }

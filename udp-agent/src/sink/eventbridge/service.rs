@@ -1,4 +1,5 @@
-//! One PutEvents call and the reading of its answer.
+//! The PutEvents transport of `udp-agent run` ([`Service`]) and the
+//! reading of an answer.
 //!
 //! A PutEvents response lists one result per request entry, in order: an
 //! `EventId` for an accepted entry, or an `ErrorCode`/`ErrorMessage`. A
@@ -6,46 +7,51 @@
 //! (`FailedEntryCount > 0`); [`split`] sorts the entries into delivered,
 //! worth resending (only those, like vector's `RetryPartial`), and given up.
 
-use aws_sdk_eventbridge::{
-    Client,
-    config::http::HttpResponse,
-    error::SdkError,
-    operation::put_events::PutEventsError,
-    primitives::DateTime,
-    types::{PutEventsRequestEntry, PutEventsResultEntry},
-};
+use std::{future::Future, pin::Pin};
 
-use super::{dead_letter::Failed, direct::Direct, retry::is_retryable_entry_code};
+use aws_sdk_eventbridge::{Client, primitives::DateTime, types::PutEventsRequestEntry};
+
+pub use super::transport::EntryResult;
+use super::{
+    dead_letter::Failed,
+    direct::Direct,
+    retry::is_retryable_entry_code,
+    transport::{PutEvents, PutEventsResult},
+};
 use crate::encode::Entry;
 
-/// What the service said about one entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EntryResult {
-    Accepted,
-    Failed { code: String, message: String },
+/// The PutEvents transport of `udp-agent run`: the SDK's client, with the
+/// direct path ([`Direct`]) taking over once it knows the endpoint.
+pub struct Service {
+    pub client: Client,
+    pub direct: Option<Direct>,
+    /// Global endpoint ID sent as `EndpointId` (SigV4a: the SDK only).
+    pub endpoint_id: Option<String>,
 }
 
-impl From<&PutEventsResultEntry> for EntryResult {
-    fn from(r: &PutEventsResultEntry) -> Self {
-        match r.error_code() {
-            None => EntryResult::Accepted,
-            Some(code) => EntryResult::Failed {
-                code: code.to_owned(),
-                message: r.error_message().unwrap_or_default().to_owned(),
-            },
-        }
+impl PutEvents for Service {
+    fn put_events<'a>(
+        &'a self,
+        entries: &'a [Entry],
+    ) -> Pin<Box<dyn Future<Output = PutEventsResult> + Send + 'a>> {
+        Box::pin(put_events(
+            &self.client,
+            self.direct.as_ref(),
+            entries,
+            self.endpoint_id.as_deref(),
+        ))
     }
 }
 
 /// Sends `entries` as one PutEvents request: through `direct` once it knows
 /// the endpoint, through the SDK otherwise (the first request, which
 /// teaches `direct` the endpoint, and every request with an `endpoint_id`).
-pub async fn put_events(
+async fn put_events(
     client: &Client,
     direct: Option<&Direct>,
     entries: &[Entry],
     endpoint_id: Option<&str>,
-) -> Result<Vec<EntryResult>, SdkError<PutEventsError, HttpResponse>> {
+) -> PutEventsResult {
     if let Some(direct) = direct
         && endpoint_id.is_none()
         && direct.ready()
@@ -208,23 +214,6 @@ mod tests {
         assert_eq!(out.delivered, 1);
         assert_eq!(details(&out.retry), [r#"{"n":1}"#, r#"{"n":2}"#]);
         assert!(out.retry.iter().all(|f| f.code == MISSING_RESULT));
-    }
-
-    #[test]
-    fn results_are_read_from_the_sdk_shape() {
-        let ok = PutEventsResultEntry::builder().event_id("e-1").build();
-        let bad = PutEventsResultEntry::builder()
-            .error_code("MalformedDetail")
-            .error_message("Detail is malformed.")
-            .build();
-        assert_eq!(EntryResult::from(&ok), EntryResult::Accepted);
-        assert_eq!(
-            EntryResult::from(&bad),
-            EntryResult::Failed {
-                code: "MalformedDetail".into(),
-                message: "Detail is malformed.".into()
-            }
-        );
     }
 
     #[test]

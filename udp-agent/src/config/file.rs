@@ -35,7 +35,7 @@ use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, parser::ValueS
 use thiserror::Error;
 
 use crate::{
-    cli::Cli,
+    config::Cli,
     ports::{PortRange, compact},
 };
 

@@ -1,4 +1,5 @@
-//! From flags to a configured sink: [`Settings`], and the SDK client.
+//! What the EventBridge sink is configured with ([`Settings`], built from
+//! the flags by [`crate::config::sink`]), and the SDK client.
 //!
 //! Region and credentials come from the standard AWS chain and are checked
 //! once, at start-up ([`Settings::connect`]): a missing Region or missing
@@ -17,25 +18,9 @@ use aws_sdk_eventbridge::{
 use thiserror::Error;
 use tracing::info;
 
-use super::{
-    dead_letter::{self, DeadLetter},
-    retry::Backoff,
-};
-use crate::cli::RunArgs;
-use crate::loader::error_chain;
+use super::{dead_letter::DeadLetter, retry::Backoff};
+use crate::logging::error_chain;
 
-/// Default --max-in-flight: requests in flight = request rate × latency, so
-/// 32 carry the default 300 requests/s at up to 100 ms each (AWS answers in
-/// tens of ms from EC2), and ~140,000 events/s at local-endpoint latency.
-/// Raise it with --max-put-events-per-second.
-pub const DEFAULT_MAX_IN_FLIGHT: u32 = 32;
-/// Default --max-put-events-per-second: under the smallest Regional
-/// "PutEvents throttle limit in transactions per second" quota (400/s),
-/// burst included (see [`super::rate_limit`]).
-pub const DEFAULT_MAX_PUT_EVENTS_PER_SECOND: u32 = 300;
-/// Default --max-events-per-hour: about US$1 an hour at US$1.00 per
-/// million custom events.
-pub const DEFAULT_MAX_EVENTS_PER_HOUR: u64 = 1_000_000;
 /// Longest wait for the credential chain at start-up (IMDS included).
 const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(30);
 /// TCP connect timeout of each attempt.
@@ -67,28 +52,6 @@ pub struct Settings {
     pub max_request_bytes: usize,
 }
 
-impl Default for Settings {
-    /// The flags' defaults.
-    fn default() -> Self {
-        Self {
-            region: None,
-            endpoint_url: None,
-            endpoint_id: None,
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT as usize,
-            max_requests_per_second: DEFAULT_MAX_PUT_EVENTS_PER_SECOND,
-            max_events_per_hour: DEFAULT_MAX_EVENTS_PER_HOUR,
-            max_retries: None,
-            max_age: Some(crate::spool::DEFAULT_MAX_AGE),
-            backoff: Backoff::default(),
-            request_timeout: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(10),
-            dead_letter: None,
-            dead_letter_max_bytes: dead_letter::DEFAULT_MAX_BYTES,
-            max_request_bytes: super::MAX_REQUEST_BYTES,
-        }
-    }
-}
-
 /// The SDK client, and the credential chain it was built with: the sink's
 /// direct path ([`super::direct`]) signs with the same credentials.
 #[derive(Clone, Debug)]
@@ -115,26 +78,6 @@ pub enum ConfigError {
 }
 
 impl Settings {
-    pub fn from_args(args: &RunArgs) -> Self {
-        let a = &args.eventbridge;
-        Self {
-            region: a.region.clone(),
-            endpoint_url: a.endpoint_url.clone(),
-            endpoint_id: a.endpoint_id.clone(),
-            max_in_flight: a.max_in_flight as usize,
-            max_requests_per_second: a.max_put_events_per_second,
-            max_events_per_hour: a.max_events_per_hour,
-            max_retries: a.max_retries,
-            max_age: Some(args.spool.spool_max_age),
-            backoff: Backoff::default(),
-            request_timeout: a.request_timeout,
-            drain_timeout: a.drain_timeout,
-            dead_letter: a.dead_letter.clone(),
-            dead_letter_max_bytes: a.dead_letter_max_bytes,
-            max_request_bytes: args.max_entry_bytes as usize,
-        }
-    }
-
     /// Loads the standard AWS configuration chain, checks that it yields a
     /// Region and credentials, and builds the client.
     pub async fn connect(&self) -> Result<Connection, ConfigError> {
@@ -199,94 +142,5 @@ impl Settings {
                 })
             })
             .transpose()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::*;
-    use crate::cli::{Cli, Command};
-
-    fn run_args(extra: &[&str]) -> crate::cli::RunArgs {
-        let mut argv = vec!["udp-agent", "run", "--iface", "lo"];
-        argv.extend_from_slice(extra);
-        match Cli::try_parse_from(argv).unwrap().command {
-            Command::Run(a) => a,
-            _ => unreachable!(),
-        }
-    }
-
-    #[test]
-    fn flag_defaults_match_settings_defaults() {
-        let args = run_args(&[]);
-        let s = Settings::from_args(&args);
-        let d = Settings::default();
-        assert_eq!(s.max_in_flight, 32);
-        assert_eq!(s.max_requests_per_second, 300);
-        assert_eq!(s.max_events_per_hour, 1_000_000);
-        assert_eq!(s.max_retries, None);
-        assert_eq!(s.max_age, Some(Duration::from_secs(24 * 3600)));
-        assert_eq!(s.max_age, d.max_age);
-        assert_eq!(s.dead_letter_max_bytes, 256 << 20);
-        assert_eq!(s.request_timeout, d.request_timeout);
-        assert_eq!(s.drain_timeout, Duration::from_secs(10));
-        assert_eq!(args.sink, crate::sink::SinkKind::Auto);
-        assert_eq!(args.event_bus, None);
-    }
-
-    #[test]
-    fn flags_reach_the_settings() {
-        let args = run_args(&[
-            "--sink",
-            "eventbridge",
-            "--event-bus",
-            "orders",
-            "--endpoint-url",
-            "http://127.0.0.1:4010",
-            "--endpoint-id",
-            "abcde.veo",
-            "--max-in-flight",
-            "2",
-            "--max-put-events-per-second",
-            "0",
-            "--max-events-per-hour",
-            "0",
-            "--max-retries",
-            "3",
-            "--request-timeout",
-            "1500ms",
-            "--drain-timeout",
-            "2s",
-            "--dead-letter",
-            "/tmp/dead.ndjson",
-        ]);
-        args.validate().unwrap();
-        let s = Settings::from_args(&args);
-        assert_eq!(s.endpoint_url.as_deref(), Some("http://127.0.0.1:4010"));
-        assert_eq!(s.endpoint_id.as_deref(), Some("abcde.veo"));
-        assert_eq!(s.max_in_flight, 2);
-        assert_eq!(s.max_requests_per_second, 0);
-        assert_eq!(s.max_events_per_hour, 0);
-        assert_eq!(s.max_retries, Some(3));
-        assert_eq!(s.request_timeout, Duration::from_millis(1500));
-        assert_eq!(s.drain_timeout, Duration::from_secs(2));
-        assert_eq!(s.dead_letter, Some(PathBuf::from("/tmp/dead.ndjson")));
-        assert_eq!(args.event_bus.as_deref(), Some("orders"));
-    }
-
-    #[test]
-    fn bad_values_are_refused_before_start() {
-        assert!(run_args(&["--endpoint-id", "bad/id"]).validate().is_err());
-        assert!(
-            run_args(&["--endpoint-url", "127.0.0.1:4010"])
-                .validate()
-                .is_err()
-        );
-        assert!(run_args(&["--event-bus", ""]).validate().is_err());
-        assert!(run_args(&["--request-timeout", "0s"]).validate().is_err());
-        let argv = ["udp-agent", "run", "--iface", "lo", "--max-in-flight", "0"];
-        assert!(Cli::try_parse_from(argv).is_err());
     }
 }
