@@ -12,9 +12,9 @@
 //! read; [`hotplug`] keeps the program attached to interfaces that come and
 //! go; [`metrics`] serves them all to Prometheus, and [`health`] tells a
 //! load balancer whether to send traffic; [`pipeline`] wires the stages
-//! together for `udp-agent run`, configured by [`cli`] (and
-//! [`config_file`]) and logging through [`logging`]; [`manual`] makes the
-//! manual pages and shell completions from [`cli`].
+//! together for `udp-agent run`, configured by [`config`] (flags, defaults
+//! and the config file) and logging through [`logging`]; [`manual`] makes
+//! the manual pages and shell completions from [`config`].
 
 pub mod afxdp;
 pub mod batch;
@@ -36,7 +36,6 @@ pub mod ports;
 pub mod privileges;
 pub mod reassembly;
 pub mod record;
-pub mod ring;
 pub mod sink;
 pub mod spool;
 pub mod stats;

@@ -52,7 +52,6 @@ use crate::{
     privileges,
     reassembly::{self, Reassembler},
     record::Packet,
-    ring::Ring,
     sink::{
         self, Delivery, Limits, Selected, Sink, SinkStats, eventbridge::EventBridgeSink,
         stdout::StdoutSink,
@@ -150,7 +149,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     })?;
     firewall.apply(&mut control)?;
     let ring = match ebpf.take_map("EVENTS") {
-        Some(Map::RingBuf(map)) => Ring::new(map).context("mapping the EVENTS ring buffer")?,
+        Some(map @ Map::RingBuf(_)) => {
+            capture::Ring::try_from(map).context("mapping the EVENTS ring buffer")?
+        }
         _ => bail!("the eBPF object has no EVENTS ring buffer"),
     };
 

@@ -11,15 +11,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use std::{os::fd::AsRawFd, sync::Arc, time::Duration};
 
-use aya::{Ebpf, TestRun, TestRunOptions, maps::Map};
+use aya::{Ebpf, TestRun, TestRunOptions};
 use udp_agent::{
+    capture::Ring,
     clock,
     control::{Action, Control, Limits, PortSettings, parse_net},
     loader,
     ports::PortRange,
     reassembly::{self, Reassembler},
     record::{self, Packet, Record},
-    ring::Ring,
     stats::PipelineStats,
 };
 use udp_ebpf_common::{
@@ -70,10 +70,8 @@ macro_rules! kernel_or_skip {
 impl Kernel {
     fn load(ring_bytes: u32) -> Self {
         let mut ebpf = loader::load(ring_bytes).expect("load XDP object");
-        let Some(Map::RingBuf(events)) = ebpf.take_map("EVENTS") else {
-            panic!("no EVENTS ring buffer");
-        };
-        let ring = Ring::new(events).expect("map the ring");
+        let events = ebpf.take_map("EVENTS").expect("an EVENTS map");
+        let ring = Ring::try_from(events).expect("map the ring");
         let control = Control::take_unpinned(&mut ebpf).unwrap();
         let mut k = Self {
             ebpf,
@@ -132,7 +130,7 @@ impl Kernel {
     /// Raw ring records, in order.
     fn raw_records(&mut self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        while let Some(item) = self.ring.read() {
+        while let Some(item) = self.ring.next() {
             out.push(item.to_vec());
         }
         out
@@ -329,41 +327,26 @@ fn records_wrap_around_the_ring_many_times_whole_and_in_order() {
 }
 
 #[test]
-fn read_records_are_freed_in_batches_and_when_the_reader_catches_up() {
-    // 64 KiB ring: 630 slots of 104 bytes; the reader publishes every 4 KiB.
+fn a_read_record_frees_its_slot() {
+    // 64 KiB ring: 630 slots of 104 bytes.
     let mut k = kernel_or_skip!(64 * 1024);
-    assert_eq!(k.ring.batch_bytes(), 4096);
     let frame = v4(b"hello").build();
     for _ in 0..631 {
         k.run(&frame);
     }
     assert_eq!(k.counter(counter::RING_FULL), 1, "{:?}", k.counters());
-    // One record read, not yet published: the kernel still sees a full ring.
-    assert!(k.ring.read().is_some());
+    // One record read: its slot is free again.
+    assert!(k.ring.next().is_some());
+    k.run(&frame);
+    assert_eq!(k.counter(counter::RING_FULL), 1, "{:?}", k.counters());
     k.run(&frame);
     assert_eq!(k.counter(counter::RING_FULL), 2, "{:?}", k.counters());
-    // Published: its slot is free again.
-    k.ring.publish();
-    k.run(&frame);
-    assert_eq!(k.counter(counter::RING_FULL), 2, "{:?}", k.counters());
-    // Read a batch's worth (40 × 104 bytes ≥ 4 KiB): the next read publishes.
-    for _ in 0..40 {
-        assert!(k.ring.read().is_some());
-    }
-    assert!(k.ring.read().is_some());
-    for _ in 0..40 {
-        k.run(&frame);
-    }
-    assert_eq!(k.counter(counter::RING_FULL), 2, "{:?}", k.counters());
-    k.run(&frame);
-    assert_eq!(k.counter(counter::RING_FULL), 3, "{:?}", k.counters());
-    // Reading to the end publishes everything: the whole ring is free.
-    let left = k.raw_records().len();
-    assert_eq!(left, 631 + 40 - 42);
+    // Reading to the end frees the whole ring.
+    assert_eq!(k.raw_records().len(), 630);
     for _ in 0..630 {
         k.run(&frame);
     }
-    assert_eq!(k.counter(counter::RING_FULL), 3, "{:?}", k.counters());
+    assert_eq!(k.counter(counter::RING_FULL), 2, "{:?}", k.counters());
     assert_eq!(k.raw_records().len(), 630);
 }
 
@@ -428,8 +411,8 @@ fn a_reader_on_another_cpu_waiting_edge_triggered_is_never_left_asleep() {
             pin_to_cpu(1);
         }
         loop {
-            while let Some(r) = ring.read() {
-                let p = record::decode(r).expect("decodable record");
+            while let Some(r) = ring.next() {
+                let p = record::decode(&r).expect("decodable record");
                 seqs.push(u32::from_be_bytes(p.payload[..4].try_into().unwrap()));
             }
             let finished = done.load(std::sync::atomic::Ordering::SeqCst);
@@ -439,9 +422,9 @@ fn a_reader_on_another_cpu_waiting_edge_triggered_is_never_left_asleep() {
             if n == 0 {
                 // Asleep for 2 s: allowed only once the producer is done and
                 // nothing is left.
-                if let Some(r) = ring.read() {
+                if let Some(r) = ring.next() {
                     stalls += 1;
-                    let p = record::decode(r).expect("decodable record");
+                    let p = record::decode(&r).expect("decodable record");
                     seqs.push(u32::from_be_bytes(p.payload[..4].try_into().unwrap()));
                     continue;
                 }
@@ -477,10 +460,10 @@ fn a_reader_that_caught_up_polls_readable_at_the_next_record() {
     k.run(&frame);
     k.run(&frame);
     assert!(k.readable());
-    assert!(k.ring.read().is_some());
+    assert!(k.ring.next().is_some());
     assert!(k.readable(), "one record left");
-    assert!(k.ring.read().is_some());
-    assert!(k.ring.read().is_none());
+    assert!(k.ring.next().is_some());
+    assert!(k.ring.next().is_none());
     assert!(!k.readable());
 }
 
