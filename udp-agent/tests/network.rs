@@ -742,6 +742,61 @@ fn restart_after_kill9_cleans_stale_pins_and_captures() {
     );
 }
 
+/// Whether `ip link` shows an XDP program on `iface`.
+fn xdp_attached(iface: &str) -> bool {
+    let out = std::process::Command::new("ip")
+        .args(["link", "show", "dev", iface])
+        .output()
+        .expect("ip link show");
+    assert!(out.status.success(), "ip link show dev {iface}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+#[test]
+fn sigterm_at_any_moment_of_start_up_leaves_no_pins_and_no_program() {
+    let test = "startterm";
+    if !privileged(test) {
+        return;
+    }
+    let ns = VethNs::new(test);
+    let pins = pin_dir(test);
+    let port = PORT.to_string();
+    // From before the handlers exist (the default action ends the process
+    // before it made anything) through loading, pinning and attaching to
+    // capturing.
+    for delay_ms in [0, 1, 3, 10, 30, 60, 100, 200, 400, 800] {
+        let mut agent = Agent::spawn(&ns.host_if, &pins, &["--port", &port]);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let stopped = agent.terminate();
+        let by_sigterm = test_support::exit_signal(&stopped.status) == Some(libc::SIGTERM);
+        assert!(
+            stopped.status.success() || by_sigterm,
+            "SIGTERM {delay_ms} ms after the start: {}; stderr:\n{}",
+            stopped.status,
+            stopped.stderr
+        );
+        assert!(
+            !pins.exists(),
+            "SIGTERM {delay_ms} ms after the start left {}; stderr:\n{}",
+            pins.display(),
+            stopped.stderr
+        );
+        assert!(
+            !xdp_attached(&ns.host_if),
+            "SIGTERM {delay_ms} ms after the start left a program on {}; stderr:\n{}",
+            ns.host_if,
+            stopped.stderr
+        );
+    }
+    // Nothing left in the way of the next agent.
+    let mut agent = Agent::run(&ns.host_if, &pins, &["--port", &port]);
+    ns.warm_up(&agent, false, WARM_V4, PORT);
+    let stopped = agent.terminate();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(!pins.exists());
+    assert!(!xdp_attached(&ns.host_if));
+}
+
 #[test]
 fn a_second_agent_on_a_live_pin_dir_is_refused_and_the_first_keeps_capturing() {
     let test = "second";
