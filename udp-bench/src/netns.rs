@@ -30,10 +30,28 @@ pub fn create() -> Result<VethNs> {
         .context("creating the benchmark's namespace and veth pair")
 }
 
-/// Removes namespaces (and their links) left by benchmark processes that
-/// no longer exist.
+/// Removes namespaces (and their links), and agents' pin directories
+/// (`/sys/fs/bpf/udp-bench-<pid>-<n>`), left by benchmark processes that no
+/// longer exist.
 pub fn remove_leftovers() {
     test_support::netns::remove_leftovers(Owner::Bench);
+    let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("udp-bench-")
+            .and_then(|rest| rest.split('-').next())
+            .filter(|pid| pid.parse::<u32>().is_ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("removing leftover pin directory /sys/fs/bpf/{name}");
+            test_support::agent::remove_pins(&e.path());
+        }
+    }
 }
 
 /// Turns generic receive offload on or off for `ifname` in the root
