@@ -39,10 +39,21 @@
 //! only counters are kept (and entries with a retryable fault, which must be
 //! remembered to be accepted later), so a long benchmark's memory stays flat.
 //!
-//! It is built to be fast: one lock per request (none when not recording),
-//! no per-request logging.
+//! With `record_latency`, every entry whose payload carries a send time
+//! stamped by udp-bench's sender ([`latency::stamp`]) adds its
+//! send-to-acknowledged time to a histogram ([`FakeEventBridge::latency`]).
+//!
+//! It is built to be fast, as the benchmark's endpoint must be: one lock per
+//! request (none when not recording), entries' strings borrowed from the
+//! request where they can be, each `Detail` read once without building it,
+//! no per-request logging. [`blocking::FakeEventBridge`] serves on a runtime
+//! of its own, for callers that are not async.
+
+pub mod blocking;
+pub mod latency;
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     net::SocketAddr,
     sync::{
@@ -59,8 +70,11 @@ use hyper::{
     server::conn::http1, service::service_fn,
 };
 use hyper_util::rt::TokioIo;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::IgnoredAny};
+use serde_json::value::RawValue;
 use tokio::{net::TcpListener, task::JoinSet};
+
+use crate::latency::{Histogram, Latency, stamp};
 
 /// PutEvents takes at most 10 entries per request (AWS quota "PutEvents
 /// entries per request").
@@ -104,6 +118,9 @@ pub struct Config {
     /// Requests the quota lets through at once (0: a tenth of a second's
     /// worth, at least one).
     pub quota_burst: u64,
+    /// Record the send-to-acknowledged latency of entries whose payload
+    /// carries a send time ([`latency::stamp`]).
+    pub record_latency: bool,
 }
 
 impl Default for Config {
@@ -122,6 +139,7 @@ impl Default for Config {
             unreadable_every: 0,
             quota_per_second: 0,
             quota_burst: 0,
+            record_latency: false,
         }
     }
 }
@@ -156,6 +174,11 @@ impl Config {
     /// The fault this endpoint injects for an entry with this `Detail`, a pure
     /// function of the seed and the fractions, so tests can predict it.
     pub fn entry_fault(&self, detail: &str) -> Option<Fault> {
+        // Without faults, no hash: it costs more than the rest of an
+        // entry's handling.
+        if self.permanent_fraction <= 0.0 && self.retryable_fraction <= 0.0 {
+            return None;
+        }
         let h = hash(self.seed, detail.as_bytes());
         // The top 53 bits as a uniform number in [0, 1).
         let x = (h >> 11) as f64 / (1u64 << 53) as f64;
@@ -233,6 +256,8 @@ pub struct Stats {
     pub endpoint_id_requests: u64,
     /// Requests signed with SigV4a (`AWS4-ECDSA-P256-SHA256`).
     pub sigv4a_requests: u64,
+    /// Entries whose latency was recorded (with `record_latency`).
+    pub entries_stamped: u64,
 }
 
 #[derive(Default)]
@@ -248,6 +273,7 @@ struct Counters {
     entries_rejected: AtomicU64,
     endpoint_id_requests: AtomicU64,
     sigv4a_requests: AtomicU64,
+    entries_stamped: AtomicU64,
 }
 
 impl Counters {
@@ -264,6 +290,7 @@ impl Counters {
             entries_rejected: self.entries_rejected.load(Relaxed),
             endpoint_id_requests: self.endpoint_id_requests.load(Relaxed),
             sigv4a_requests: self.sigv4a_requests.load(Relaxed),
+            entries_stamped: self.entries_stamped.load(Relaxed),
         }
     }
 }
@@ -275,6 +302,7 @@ struct State {
     /// The quota's GCRA: when the bucket is next empty (theoretical
     /// arrival time), and the start of the clock.
     quota: Mutex<Option<Instant>>,
+    latency: Histogram,
 }
 
 impl State {
@@ -319,6 +347,7 @@ impl FakeEventBridge {
             counters: Counters::default(),
             records: Mutex::new(HashMap::new()),
             quota: Mutex::new(None),
+            latency: Histogram::default(),
         });
         let server = Some(tokio::spawn(serve(listener, state.clone())));
         Ok(Self {
@@ -377,6 +406,17 @@ impl FakeEventBridge {
             .filter(|r| r.accepted > 0)
             .cloned()
             .collect()
+    }
+
+    /// Send-to-acknowledged latency of the stamped entries since the start
+    /// or the last [`reset_latency`](Self::reset_latency) (with
+    /// `record_latency`).
+    pub fn latency(&self) -> Latency {
+        self.state.latency.snapshot()
+    }
+
+    pub fn reset_latency(&self) {
+        self.state.latency.reset();
     }
 
     /// Stops the server now.
@@ -452,57 +492,93 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Reply {
     }
 }
 
+/// Strings are borrowed from the request body where they have no escapes
+/// (`Source`, `DetailType`, `EventBusName` usually); `Detail`, JSON in a
+/// JSON string, always has some.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct PutEventsRequest {
-    #[serde(default)]
-    entries: Vec<RequestEntry>,
-    endpoint_id: Option<String>,
+struct PutEventsRequest<'a> {
+    #[serde(default, borrow)]
+    entries: Vec<RequestEntry<'a>>,
+    #[serde(borrow)]
+    endpoint_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct RequestEntry {
-    source: Option<String>,
-    detail_type: Option<String>,
-    detail: Option<String>,
-    event_bus_name: Option<String>,
-    time: Option<serde_json::Value>,
-    #[serde(default)]
-    resources: Vec<String>,
+struct RequestEntry<'a> {
+    #[serde(borrow)]
+    source: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    detail_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    detail: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event_bus_name: Option<Cow<'a, str>>,
+    /// As sent (epoch seconds, a number or a string of one), read only
+    /// for a record.
+    #[serde(borrow)]
+    time: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    resources: Vec<Cow<'a, str>>,
 }
 
-impl RequestEntry {
+/// What the endpoint reads of a `Detail`: its `Payload`, where a send time
+/// may be stamped. Every other member is skipped unread.
+#[derive(Deserialize)]
+struct DetailPayload<'a> {
+    #[serde(rename = "Payload", borrow)]
+    payload: Option<Cow<'a, str>>,
+}
+
+/// A `Detail` that is a JSON object, and its `Payload` if that is a string.
+fn read_detail(detail: &str) -> Option<Option<Cow<'_, str>>> {
+    // An object, not another JSON value (an array would also fill a
+    // struct).
+    if !detail.trim_start().starts_with('{') {
+        return None;
+    }
+    match serde_json::from_str::<DetailPayload>(detail) {
+        Ok(d) => Some(d.payload),
+        // Valid JSON all the same (a `Payload` that is no string, or
+        // given twice) is a valid Detail without a stamp.
+        Err(_) => serde_json::from_str::<IgnoredAny>(detail)
+            .ok()
+            .map(|_| None),
+    }
+}
+
+impl RequestEntry<'_> {
     /// Size as AWS counts it against the 256 KB request limit.
     fn aws_size(&self) -> usize {
-        let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let len = |s: &Option<Cow<str>>| s.as_ref().map_or(0, |s| s.len());
         self.time.as_ref().map_or(0, |_| TIME_SIZE)
             + len(&self.source)
             + len(&self.detail_type)
             + len(&self.detail)
-            + self.resources.iter().map(String::len).sum::<usize>()
+            + self.resources.iter().map(|r| r.len()).sum::<usize>()
     }
 
-    /// The refusal a real endpoint would give a malformed entry.
-    fn invalid(&self) -> Option<(&'static str, &'static str)> {
-        let missing = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
+    /// The refusal a real endpoint would give a malformed entry, or the
+    /// send time stamped in a valid one's payload.
+    fn check(&self) -> Result<Option<u64>, (&'static str, &'static str)> {
+        let missing = |s: &Option<Cow<str>>| s.as_deref().is_none_or(str::is_empty);
         if missing(&self.source) || missing(&self.detail_type) || missing(&self.detail) {
-            return Some((
+            return Err((
                 "InvalidArgument",
                 "Source, DetailType and Detail are required",
             ));
         }
-        let detail = self.detail.as_deref().unwrap_or_default();
-        match serde_json::from_str::<serde_json::Value>(detail) {
-            Ok(serde_json::Value::Object(_)) => None,
-            _ => Some(("MalformedDetail", "Detail is malformed.")),
+        match read_detail(self.detail.as_deref().unwrap_or_default()) {
+            Some(payload) => Ok(payload.as_deref().and_then(stamp::read)),
+            None => Err(("MalformedDetail", "Detail is malformed.")),
         }
     }
 
     fn time_seconds(&self) -> Option<f64> {
-        match &self.time {
-            Some(serde_json::Value::Number(n)) => n.as_f64(),
-            Some(serde_json::Value::String(s)) => s.parse().ok(),
+        match serde_json::from_str(self.time?.get()).ok()? {
+            serde_json::Value::Number(n) => n.as_f64(),
+            serde_json::Value::String(s) => s.parse().ok(),
             _ => None,
         }
     }
@@ -519,32 +595,45 @@ struct PutEventsResponse {
 #[serde(rename_all = "PascalCase")]
 struct ResultEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
-    event_id: Option<String>,
+    event_id: Option<EventId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error_code: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error_message: Option<&'static str>,
 }
 
+/// `<request>-fake-<index>`, written out as the response is (no string of
+/// its own per entry).
+struct EventId {
+    request_no: u64,
+    index: usize,
+}
+
+impl Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!(
+            "{:08x}-fake-{:04x}",
+            self.request_no, self.index
+        ))
+    }
+}
+
 async fn put_events(state: &State, req: Request<Incoming>) -> Reply {
     let c = &state.counters;
     let config = &state.config;
     let n = c.requests.fetch_add(1, Relaxed) + 1;
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let target = header("x-amz-target");
-    if header("authorization").starts_with("AWS4-ECDSA-P256-SHA256") {
+    let header = |name: &str| req.headers().get(name).map(HeaderValue::as_bytes);
+    let is_put_events = header("x-amz-target") == Some(b"AWSEvents.PutEvents");
+    if header("authorization").is_some_and(|a| a.starts_with(b"AWS4-ECDSA-P256-SHA256")) {
         c.sigv4a_requests.fetch_add(1, Relaxed);
     }
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return Err(DropConnection),
     };
+    // The moment the request arrived whole: the end of a stamped entry's
+    // latency (answering adds no more than the work below).
+    let arrived_ns = config.record_latency.then(stamp::monotonic_ns);
     if !config.delay.is_zero() {
         tokio::time::sleep(config.delay).await;
     }
@@ -553,7 +642,7 @@ async fn put_events(state: &State, req: Request<Incoming>) -> Reply {
         c.dropped.fetch_add(1, Relaxed);
         return Err(DropConnection);
     }
-    if target != "AWSEvents.PutEvents" {
+    if !is_put_events {
         c.invalid_requests.fetch_add(1, Relaxed);
         return Ok(aws_error(
             StatusCode::BAD_REQUEST,
@@ -623,7 +712,7 @@ async fn put_events(state: &State, req: Request<Incoming>) -> Reply {
         ));
     }
 
-    let results = decide(state, n, &request.entries);
+    let results = decide(state, n, &request.entries, arrived_ns);
     let failed = results.iter().filter(|r| r.error_code.is_some()).count() as u32;
     c.entries_rejected.fetch_add(u64::from(failed), Relaxed);
     c.entries_accepted
@@ -642,51 +731,65 @@ async fn put_events(state: &State, req: Request<Incoming>) -> Reply {
         failed_entry_count: failed,
         entries: results,
     };
-    Ok(json(StatusCode::OK, serde_json::to_vec(&response)))
+    // Room for the whole answer at once: about 40 bytes an entry.
+    let mut out = Vec::with_capacity(32 + 48 * response.entries.len());
+    Ok(json(
+        StatusCode::OK,
+        serde_json::to_writer(&mut out, &response).map(|()| out),
+    ))
 }
 
 /// What an entry meets before its history is looked at.
 enum Plan {
-    Accept,
+    /// Accept; the send time stamped in its payload, if any.
+    Accept(Option<u64>),
     Fail(&'static str, &'static str),
     /// Fail while the entry has been refused fewer than `retryable_attempts`
     /// times, then accept.
-    FailFirst(Fault),
+    FailFirst(Fault, Option<u64>),
 }
 
-/// Decides each entry's fate and records it, under at most one lock.
-fn decide(state: &State, request_no: u64, entries: &[RequestEntry]) -> Vec<ResultEntry> {
+/// Decides each entry's fate and records it, under at most one lock; with
+/// `arrived_ns`, records the latency of every stamped entry accepted.
+fn decide(
+    state: &State,
+    request_no: u64,
+    entries: &[RequestEntry],
+    arrived_ns: Option<u64>,
+) -> Vec<ResultEntry> {
     let config = &state.config;
     let plans: Vec<Plan> = entries
         .iter()
-        .map(|e| match e.invalid() {
-            Some((code, message)) => Plan::Fail(code, message),
-            None => match config.entry_fault(e.detail.as_deref().unwrap_or_default()) {
+        .map(|e| match e.check() {
+            Err((code, message)) => Plan::Fail(code, message),
+            Ok(sent) => match config.entry_fault(e.detail.as_deref().unwrap_or_default()) {
                 Some(f @ Fault::Permanent(_)) => Plan::Fail(f.code(), f.message()),
-                Some(f @ Fault::Retryable(_)) => Plan::FailFirst(f),
-                None => Plan::Accept,
+                Some(f @ Fault::Retryable(_)) => Plan::FailFirst(f, sent),
+                None => Plan::Accept(sent),
             },
         })
         .collect();
-    let lock = config.record || plans.iter().any(|p| matches!(p, Plan::FailFirst(_)));
+    let lock = config.record || plans.iter().any(|p| matches!(p, Plan::FailFirst(..)));
     let mut records = lock.then(|| state.records.lock().expect("records lock"));
-    entries
+    let mut stamped = 0;
+    let results = entries
         .iter()
         .zip(plans)
         .enumerate()
         .map(|(i, (entry, plan))| {
-            let remember = config.record || matches!(plan, Plan::FailFirst(_));
+            let remember = config.record || matches!(plan, Plan::FailFirst(..));
             let mut record = match records.as_mut() {
                 Some(records) if remember => Some(record_of(records, entry)),
                 _ => None,
             };
             let refused = record.as_ref().map_or(0, |r| r.rejected);
-            let failure = match plan {
-                Plan::Accept => None,
-                Plan::Fail(code, message) => Some((code, message)),
-                Plan::FailFirst(f) => {
-                    (refused < config.retryable_attempts).then(|| (f.code(), f.message()))
-                }
+            let (failure, sent) = match plan {
+                Plan::Accept(sent) => (None, sent),
+                Plan::Fail(code, message) => (Some((code, message)), None),
+                Plan::FailFirst(f, sent) => (
+                    (refused < config.retryable_attempts).then(|| (f.code(), f.message())),
+                    sent,
+                ),
             };
             match failure {
                 Some((code, message)) => {
@@ -704,15 +807,26 @@ fn decide(state: &State, request_no: u64, entries: &[RequestEntry]) -> Vec<Resul
                     if let Some(r) = record.as_mut() {
                         r.accepted += 1;
                     }
+                    if let (Some(arrived), Some(sent)) = (arrived_ns, sent) {
+                        state.latency.record(arrived.saturating_sub(sent));
+                        stamped += 1;
+                    }
                     ResultEntry {
-                        event_id: Some(format!("{request_no:08x}-fake-{i:04x}")),
+                        event_id: Some(EventId {
+                            request_no,
+                            index: i,
+                        }),
                         error_code: None,
                         error_message: None,
                     }
                 }
             }
         })
-        .collect()
+        .collect();
+    if stamped > 0 {
+        state.counters.entries_stamped.fetch_add(stamped, Relaxed);
+    }
+    results
 }
 
 fn record_of<'a>(
@@ -728,11 +842,12 @@ fn record_of<'a>(
 }
 
 fn new_record(entry: &RequestEntry) -> EntryRecord {
+    let owned = |s: &Option<Cow<str>>| s.as_deref().map(str::to_owned);
     EntryRecord {
-        source: entry.source.clone().unwrap_or_default(),
-        detail_type: entry.detail_type.clone().unwrap_or_default(),
-        detail: entry.detail.clone().unwrap_or_default(),
-        event_bus_name: entry.event_bus_name.clone(),
+        source: owned(&entry.source).unwrap_or_default(),
+        detail_type: owned(&entry.detail_type).unwrap_or_default(),
+        detail: owned(&entry.detail).unwrap_or_default(),
+        event_bus_name: owned(&entry.event_bus_name),
         time: entry.time_seconds(),
         accepted: 0,
         rejected: 0,

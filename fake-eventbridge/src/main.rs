@@ -59,6 +59,11 @@ struct Args {
     /// worth).
     #[arg(long, default_value_t = 0)]
     quota_burst: u64,
+    /// Record the send-to-acknowledged latency of entries whose payload
+    /// carries a send time stamped by udp-bench's sender; the quantiles are
+    /// printed with the counters on exit.
+    #[arg(long)]
+    record_latency: bool,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +82,7 @@ fn main() -> ExitCode {
         unreadable_every: args.unreadable_every,
         quota_per_second: args.quota,
         quota_burst: args.quota_burst,
+        record_latency: args.record_latency,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -108,11 +114,16 @@ fn main() -> ExitCode {
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        let stats = fake.stats();
         eprintln!(
             "{}",
-            serde_json::to_string(&stats).expect("serialising counters cannot fail")
+            serde_json::to_string(&fake.stats()).expect("serialising counters cannot fail")
         );
+        if args.record_latency {
+            eprintln!(
+                "{}",
+                serde_json::to_string(&fake.latency()).expect("serialising quantiles cannot fail")
+            );
+        }
         ExitCode::SUCCESS
     })
 }

@@ -258,3 +258,91 @@ async fn answers_after_the_delay() {
     assert_eq!(r.status, 200);
     assert!(started.elapsed() >= Duration::from_millis(200));
 }
+
+#[tokio::test]
+async fn a_detail_must_be_one_json_object() {
+    let fake = FakeEventBridge::start(Config::default()).await.unwrap();
+    let details = [
+        (r#"[1]"#, false),
+        (r#"{"a":1} x"#, false),
+        (r#"{"a":"#, false),
+        (r#"  {"Payload":1}"#, true),
+        (r#"{"Payload":"a","Payload":"b"}"#, true),
+        (r#"{"Payload":null,"x":[{"y":"\u00e9"}]}"#, true),
+    ];
+    let body = json!({ "Entries": details.iter().map(|(d, _)| entry(d)).collect::<Vec<_>>() });
+    let r = put_events(&fake, &body).await.unwrap();
+    for (i, (detail, valid)) in details.iter().enumerate() {
+        let result = &r.body["Entries"][i];
+        if *valid {
+            assert!(result["EventId"].is_string(), "{detail}: {result}");
+        } else {
+            assert_eq!(result["ErrorCode"], "MalformedDetail", "{detail}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn records_the_latency_of_stamped_entries_it_accepts() {
+    use base64::{Engine as _, engine::general_purpose::STANDARD};
+    use fake_eventbridge::latency::stamp;
+
+    let age = Duration::from_millis(50);
+    let stamped = |seq: u64| {
+        let mut payload = vec![b'x'; 64];
+        stamp::write(
+            &mut payload,
+            stamp::monotonic_ns() - age.as_nanos() as u64,
+            seq,
+        );
+        json!({ "Payload": STANDARD.encode(&payload) }).to_string()
+    };
+    let unstamped = json!({ "Payload": STANDARD.encode(b"no stamp here, long enough to decode") });
+    let body = json!({ "Entries": [
+        entry(&stamped(1)),
+        entry(&stamped(2)),
+        entry(&unstamped.to_string()),
+    ]});
+
+    let fake = FakeEventBridge::start(Config {
+        record: false,
+        record_latency: true,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(put_events(&fake, &body).await.unwrap().status, 200);
+    let latency = fake.latency();
+    assert_eq!(latency.samples, 2, "{latency:?}");
+    assert_eq!(fake.stats().entries_stamped, 2);
+    // Sent `age` before the request: no less than that (the histogram's
+    // buckets are within a few percent).
+    assert!(
+        latency.p50_ns >= 0.95 * age.as_nanos() as f64,
+        "{latency:?}"
+    );
+    assert!(fake.records().is_empty(), "counters only");
+    fake.reset_latency();
+    assert_eq!(fake.latency().samples, 0);
+
+    // Without record_latency nothing is timed.
+    let fake = FakeEventBridge::start(Config::default()).await.unwrap();
+    assert_eq!(put_events(&fake, &body).await.unwrap().status, 200);
+    assert_eq!(fake.latency().samples, 0);
+    assert_eq!(fake.stats().entries_stamped, 0);
+}
+
+#[test]
+fn the_blocking_fake_serves_pauses_and_resumes_on_its_own_runtime() {
+    use std::net::TcpStream as StdStream;
+
+    let mut fake = fake_eventbridge::blocking::FakeEventBridge::start(Config::default()).unwrap();
+    let addr = fake.addr();
+    assert_eq!(fake.url(), format!("http://{addr}"));
+    StdStream::connect(addr).expect("listening");
+    fake.pause();
+    assert!(StdStream::connect(addr).is_err(), "refused while paused");
+    fake.resume().unwrap();
+    StdStream::connect(addr).expect("listening again");
+    assert_eq!(fake.stats().requests, 0);
+}

@@ -3,12 +3,10 @@
 //! zero-copy), checked byte for byte, with the kernel's and the sockets'
 //! counters adding up.
 //!
-//! Topology and cleanup as in `network.rs` (support::VethNs, Agent): the
-//! agent in the root namespace on the root-side end, senders in the
-//! namespace, every sender bounded. Needs root and an agent built with its
+//! Topology and cleanup as in `network.rs` (`test_support::{VethNs,
+//! Agent}`): the agent in the root namespace on the root-side end, senders
+//! in the namespace, every sender bounded. Needs root and an agent built with its
 //! XDP object; otherwise each test prints `SKIPPED:` and returns.
-
-mod support;
 
 use std::{
     collections::BTreeMap,
@@ -17,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use support::{
+use test_support::{
     Agent, Event, Expected, VethNs, assert_event, counters_line, ctl_ok, pattern, pin_dir,
     privileged, stats,
 };

@@ -7,12 +7,10 @@
 //! the last test runs an agent configured by a file on a veth pair (root
 //! only, otherwise `SKIPPED:`).
 
-mod support;
-
 use std::{io::Write, path::PathBuf, process::Output, time::Duration};
 
-use support::{Agent, VethNs, agent_command, pin_dir, privileged};
 use tempfile::NamedTempFile;
+use test_support::{Agent, VethNs, agent_command, pin_dir, privileged};
 use udp_agent::{
     config::file::{CliError, parse_from},
     config::{Command, RunArgs},
@@ -313,7 +311,7 @@ fn the_environment_overrides_the_file_and_flags_override_both() {
         ],
     ));
     assert!(!err.contains("ring-bytes"), "{err}");
-    if support::is_root() {
+    if test_support::is_root() {
         assert!(
             err.contains("unknown interface `alsomissing0`"),
             "env list over file list: {err}"
@@ -385,7 +383,7 @@ fn the_start_up_line_names_port_ranges() {
         line.contains("ports=\"5160,20000,20002,") && line.contains("1001 ranges, 1001 ports"),
         "{line}"
     );
-    assert_eq!(support::ports_list(&pins).len(), 1001);
+    assert_eq!(test_support::ports_list(&pins).len(), 1001);
     let stopped = agent.terminate();
     assert!(stopped.status.success(), "{}", stopped.stderr);
 }

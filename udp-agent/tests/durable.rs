@@ -12,9 +12,6 @@
 //! (198.18.0.0/15, no default route); every sender is bounded; namespaces,
 //! pins, spool directories and tmpfs mounts are removed on drop.
 
-mod ops;
-mod support;
-
 use std::{
     collections::BTreeMap,
     fs,
@@ -25,9 +22,9 @@ use std::{
 };
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use fake_eventbridge::{Config as FakeConfig, FakeEventBridge};
-use ops::{Samples, metrics_addr, scrape_until};
-use support::{Agent, VethNs, exit_signal, pin_dir, privileged, wait_counter};
+use fake_eventbridge::{Config as FakeConfig, blocking::FakeEventBridge};
+use test_support::metrics::{Samples, metrics_addr, scrape_until};
+use test_support::{Agent, VethNs, exit_signal, pin_dir, privileged, wait_counter};
 
 const PORT: u16 = 5514;
 const SRC: u16 = 41514;
@@ -35,19 +32,14 @@ const BUS: &str = "durable-test";
 
 /// The fake endpoint, on a runtime of its own (the tests are synchronous).
 struct Endpoint {
-    rt: tokio::runtime::Runtime,
     fake: FakeEventBridge,
 }
 
 impl Endpoint {
     fn start(config: FakeConfig) -> Endpoint {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let fake = rt.block_on(FakeEventBridge::start(config)).unwrap();
-        Endpoint { rt, fake }
+        Endpoint {
+            fake: FakeEventBridge::start(config).unwrap(),
+        }
     }
 
     fn url(&self) -> String {
@@ -56,11 +48,11 @@ impl Endpoint {
 
     /// The endpoint goes away: connections refused.
     fn down(&mut self) {
-        self.rt.block_on(self.fake.pause());
+        self.fake.pause();
     }
 
     fn up(&mut self) {
-        self.rt.block_on(self.fake.resume()).unwrap();
+        self.fake.resume().unwrap();
     }
 
     /// Payload → times accepted.
@@ -507,7 +499,7 @@ fn a_full_disk_stops_intake_counted_and_resumes_when_space_returns() {
     let check = VethNs::new("durable-full2");
     let pins2 = pin_dir("durable-full2");
     let again = self::agent(&check, &pins2, &ep.url(), &spool, &[]);
-    let s = ops::scrape(metrics_addr(&again));
+    let s = test_support::metrics::scrape(metrics_addr(&again));
     assert_eq!(s.count("udp_agent_spool_torn_records_total"), 0);
 }
 
@@ -576,7 +568,7 @@ fn sigterm_with_a_stdout_nobody_reads_respects_the_drain_timeout() {
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
     // SAFETY: both fds are new and owned here from now on.
     let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let child = support::agent_command()
+    let child = test_support::agent_command()
         .args([
             "run",
             "--iface",
@@ -635,8 +627,8 @@ fn sigterm_with_a_stdout_nobody_reads_respects_the_drain_timeout() {
     assert!(stderr.contains("nobody reads stdout"), "{stderr}");
     assert!(!pins.exists(), "the pins were removed");
     // What was captured is accounted for: written, or counted undelivered.
-    let pipeline = support::counters_line(&stderr, "pipeline counters:").unwrap();
-    let sink = support::counters_line(&stderr, "sink counters:").unwrap();
+    let pipeline = test_support::counters_line(&stderr, "pipeline counters:").unwrap();
+    let sink = test_support::counters_line(&stderr, "sink counters:").unwrap();
     assert!(sink["undelivered"] > 0, "{sink:?}");
     assert_eq!(
         pipeline["decoded"],
@@ -645,7 +637,8 @@ fn sigterm_with_a_stdout_nobody_reads_respects_the_drain_timeout() {
     );
 }
 
-/// A child agent killed, and its pin directory removed, when dropped.
+/// A child agent killed, and its pin directory and lock file removed, when
+/// dropped.
 struct Killed {
     child: std::process::Child,
     pins: PathBuf,
@@ -655,11 +648,6 @@ impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Ok(entries) = fs::read_dir(&self.pins) {
-            for e in entries.flatten() {
-                let _ = fs::remove_file(e.path());
-            }
-        }
-        let _ = fs::remove_dir(&self.pins);
+        test_support::agent::remove_pins(&self.pins);
     }
 }

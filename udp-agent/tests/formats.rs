@@ -11,15 +11,13 @@
 //! Needs root, an agent built with its XDP object, and `logger` (Debian's
 //! bsdutils, installed by `.ci/run`); otherwise each test prints `SKIPPED:`.
 
-mod support;
-
 use std::{
     process::{Command, Stdio},
     time::Duration,
 };
 
 use serde_json::json;
-use support::{Agent, Event, VethNs, ctl_ok, payload_of, pin_dir, privileged, wait_counter};
+use test_support::{Agent, Event, VethNs, ctl_ok, payload_of, pin_dir, privileged, wait_counter};
 
 const SYSLOG_PORT: u16 = 5514;
 const WARM: u16 = 40010;

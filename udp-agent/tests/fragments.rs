@@ -8,16 +8,13 @@
 //! Needs root and an agent built with its XDP object; otherwise each test
 //! prints `SKIPPED:` and returns.
 
-mod ops;
-mod support;
-
 use std::{
     net::{SocketAddr, UdpSocket},
     time::Duration,
 };
 
-use ops::{metrics_addr, scrape_until};
-use support::{
+use test_support::metrics::{metrics_addr, scrape_until};
+use test_support::{
     Agent, Event, Expected, TIMEOUT, VethNs, assert_event, bind_udp, pattern, pin_dir, privileged,
 };
 use udp_ebpf_common::frame::FrameBuilder;
@@ -162,7 +159,7 @@ fn the_host_still_gets_what_is_passed_and_not_what_is_consumed() {
     assert_eq!(&buf[..n], &big[..]);
     agent.wait_from(43000, 1);
     // Drop: every fragment is consumed; the host gets nothing.
-    support::ctl_ok(
+    test_support::ctl_ok(
         &agent.pin_dir,
         &["ports", "add", &PORT.to_string(), "--action", "drop"],
     );

@@ -2,22 +2,19 @@
 //! back, one that does not exist yet.
 //!
 //! Topology: network namespaces made here, each joined to the root
-//! namespace by a veth pair from `ops::Pair` (198.18.240.0/30 to
-//! 198.18.247.0/30, no default route), which, unlike `support::VethNs`, can
-//! be deleted and created again under the same names. The agent runs in the
-//! root namespace; senders in the namespaces send a bounded number of
-//! datagrams. Everything is removed when a test ends, also when it fails.
+//! namespace by a veth pair (`test_support::VethNs`: 198.18.0.0/15, no
+//! default route) that a test deletes and creates again under the same
+//! names. The agent runs in the root namespace; senders in the namespaces
+//! send a bounded number of datagrams. Everything is removed when a test
+//! ends, also when it fails.
 //!
 //! Needs root and an agent built with its XDP object; otherwise each test
 //! prints `SKIPPED:` and returns.
 
-mod ops;
-mod support;
-
 use std::{collections::BTreeSet, time::Duration};
 
-use ops::{Pair, metrics_addr, scrape, scrape_until};
-use support::{Agent, TIMEOUT, pin_dir, privileged};
+use test_support::metrics::{metrics_addr, scrape, scrape_until};
+use test_support::{Agent, TIMEOUT, VethNs, pin_dir, privileged};
 
 const PORT: u16 = 5170;
 
@@ -31,7 +28,7 @@ fn attached_series(iface: &str) -> String {
 
 /// The value of the `udp_agent_xdp_attached` series of `iface` (whatever
 /// its mode label).
-fn attached_value(s: &ops::Samples, iface: &str) -> Option<f64> {
+fn attached_value(s: &test_support::metrics::Samples, iface: &str) -> Option<f64> {
     let m = s.matching(&attached_series(iface));
     assert!(m.len() <= 1, "several attached series for {iface}: {m:?}");
     m.first().map(|(_, v)| *v)
@@ -43,7 +40,7 @@ fn an_interface_that_goes_away_and_comes_back_is_attached_again() {
     if !privileged(test) {
         return;
     }
-    let pair = Pair::new(true);
+    let pair = VethNs::new(test);
     let pins = pin_dir(test);
     let mut agent = Agent::run(
         &pair.host_if,
@@ -51,7 +48,7 @@ fn an_interface_that_goes_away_and_comes_back_is_attached_again() {
         &["--port", &PORT.to_string(), "--metrics-addr", "127.0.0.1:0"],
     );
     let addr = metrics_addr(&agent);
-    pair.warm_up(&agent, 40170, PORT);
+    pair.warm_up(&agent, false, 40170, PORT);
     assert_eq!(attached_value(&scrape(addr), &pair.host_if), Some(1.0));
 
     // Gone: the agent says so, keeps running, and reports it detached.
@@ -86,9 +83,9 @@ fn an_interface_that_goes_away_and_comes_back_is_attached_again() {
         )),
         1
     );
-    pair.warm_up(&agent, 40171, PORT);
+    pair.warm_up(&agent, false, 40171, PORT);
     const N: usize = 50;
-    pair.send_udp(41170, PORT, &payloads("after", N));
+    pair.send_udp(false, 41170, PORT, &payloads("after", N));
     let evs = agent.wait_from(41170, N);
     assert_eq!(evs.len(), N, "each datagram once");
     for e in &evs {
@@ -113,8 +110,8 @@ fn several_interfaces_are_captured_and_named() {
     if !privileged(test) {
         return;
     }
-    let a = Pair::new(true);
-    let b = Pair::new(true);
+    let a = VethNs::new(test);
+    let b = VethNs::new(test);
     let pins = pin_dir(test);
     let agent = Agent::run(
         &a.host_if,
@@ -127,11 +124,11 @@ fn several_interfaces_are_captured_and_named() {
             .unwrap_or_else(|| panic!("no attach line for {name}:\n{}", agent.stderr_text()));
         assert!(line.contains("attached"), "{line}");
     }
-    a.warm_up(&agent, 40172, PORT);
-    b.warm_up(&agent, 40173, PORT);
+    a.warm_up(&agent, false, 40172, PORT);
+    b.warm_up(&agent, false, 40173, PORT);
     const N: usize = 20;
-    a.send_udp(41172, PORT, &payloads("a", N));
-    b.send_udp(41173, PORT, &payloads("b", N));
+    a.send_udp(false, 41172, PORT, &payloads("a", N));
+    b.send_udp(false, 41173, PORT, &payloads("b", N));
     for (pair, src) in [(&a, 41172), (&b, 41173)] {
         let evs = agent.wait_from(src, N);
         assert_eq!(evs.len(), N);
@@ -149,12 +146,12 @@ fn waits_for_an_interface_that_does_not_exist_yet() {
     if !privileged(test) {
         return;
     }
-    let pair = Pair::new(false);
+    let pair = VethNs::without_link(test);
     assert!(!pair.link_exists());
     let pins = pin_dir(test);
 
     // Without --wait-for-iface a missing interface stays an error.
-    let out = support::agent_command()
+    let out = test_support::agent_command()
         .args(["run", "--iface", &pair.host_if, "--port", "9"])
         .arg("--pin-dir")
         .arg(&pins)
@@ -197,8 +194,8 @@ fn waits_for_an_interface_that_does_not_exist_yet() {
     agent
         .stderr_line("interface appeared", TIMEOUT)
         .unwrap_or_else(|| panic!("no `appeared` line:\n{}", agent.stderr_text()));
-    pair.warm_up(&agent, 40174, PORT);
-    pair.send_udp(41174, PORT, &[b"late but here".to_vec()]);
+    pair.warm_up(&agent, false, 40174, PORT);
+    pair.send_udp(false, 41174, PORT, &[b"late but here".to_vec()]);
     let evs = agent.wait_from(41174, 1);
     assert_eq!(evs[0].payload, b"late but here");
     assert_eq!(evs[0].interface, pair.host_if);

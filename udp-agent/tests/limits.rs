@@ -3,8 +3,6 @@
 //! namespace. Counts come from the agent's own output and its kernel
 //! counters, and are printed so the run shows what was measured.
 
-mod support;
-
 use std::{
     io::ErrorKind,
     net::{IpAddr, SocketAddr},
@@ -13,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{Agent, VethNs, bind_udp, ctl_ok, privileged, stats, wait_until};
+use test_support::{Agent, VethNs, bind_udp, ctl_ok, privileged, stats, wait_until};
 
 /// Sends `rate` datagrams per second for `secs` seconds from `src` to
 /// `dst`, on a schedule (a late packet is sent at once, not skipped), and
@@ -87,7 +85,7 @@ fn port_limit_holds_a_steady_flood_to_rate_times_time_plus_burst() {
         return;
     }
     let ns = VethNs::new("limit");
-    let pin = support::pin_dir("limit");
+    let pin = test_support::pin_dir("limit");
     let port = 7100;
     let agent = Agent::run(
         &ns.host_if,
@@ -120,7 +118,7 @@ fn a_flooding_source_cannot_starve_a_quiet_one() {
         return;
     }
     let ns = VethNs::new("source");
-    let pin = support::pin_dir("source");
+    let pin = test_support::pin_dir("source");
     let port = 7200;
     let agent = Agent::run(
         &ns.host_if,
@@ -175,7 +173,7 @@ fn denied_sources_produce_nothing_until_removed() {
         return;
     }
     let ns = VethNs::new("deny");
-    let pin = support::pin_dir("deny");
+    let pin = test_support::pin_dir("deny");
     let agent = Agent::run(&ns.host_if, &pin, &["--port", "7300"]);
     ns.warm_up(&agent, false, 43000, 7300);
     let before = agent.events().len();
@@ -185,7 +183,7 @@ fn denied_sources_produce_nothing_until_removed() {
     assert!(listed.contains(&format!("deny {me}")), "{listed}");
     let payloads: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_be_bytes().to_vec()).collect();
     ns.send_udp(false, 43001, 7300, &payloads);
-    let denied = support::wait_counter(&pin, "denied", 100);
+    let denied = test_support::wait_counter(&pin, "denied", 100);
     assert_eq!(denied, 100);
     // IPv6 from the same namespace is another source: still captured.
     ns.send_udp(true, 43002, 7300, &[b"v6".to_vec()]);
@@ -207,7 +205,7 @@ fn a_rate_changed_at_runtime_applies_to_the_next_packets() {
         return;
     }
     let ns = VethNs::new("rchange");
-    let pin = support::pin_dir("rchange");
+    let pin = test_support::pin_dir("rchange");
     let agent = Agent::run(
         &ns.host_if,
         &pin,
@@ -244,7 +242,7 @@ fn drop_action_consumes_the_datagram_so_no_port_unreachable_comes_back() {
         return;
     }
     let ns = VethNs::new("drop");
-    let pin = support::pin_dir("drop");
+    let pin = test_support::pin_dir("drop");
     // Nothing listens on these ports on the host: with `pass`, the host's
     // stack answers ICMP port unreachable, which a connected UDP socket
     // reports as ECONNREFUSED; with `drop`, the agent is the only receiver.
@@ -276,7 +274,7 @@ fn drop_action_consumes_the_datagram_so_no_port_unreachable_comes_back() {
     // Both were captured.
     assert_eq!(agent.wait_from(45001, 1).len(), 1);
     assert_eq!(agent.wait_from(45002, 1).len(), 1);
-    assert_eq!(support::wait_counter(&pin, "consumed", 1), 1);
+    assert_eq!(test_support::wait_counter(&pin, "consumed", 1), 1);
 }
 
 #[test]
@@ -285,10 +283,10 @@ fn bad_firewall_values_are_refused_and_change_nothing() {
         return;
     }
     let ns = VethNs::new("badval");
-    let pin = support::pin_dir("badval");
+    let pin = test_support::pin_dir("badval");
     let _agent = Agent::run(&ns.host_if, &pin, &["--port", "7600"]);
     let fail = |args: &[&str], needle: &str| {
-        let out = support::ctl(&pin, args);
+        let out = test_support::ctl(&pin, args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(err.contains(needle), "{args:?}: {err}");
@@ -310,7 +308,7 @@ fn bad_firewall_values_are_refused_and_change_nothing() {
     let ports = ctl_ok(&pin, &["ports", "list"]);
     assert!(!ports.contains("7601"), "{ports}");
     // And the agent refuses bad flags at start-up.
-    let out = support::agent_command()
+    let out = test_support::agent_command()
         .args([
             "run",
             "--iface",

@@ -1,18 +1,15 @@
 //! The Prometheus endpoint, the health check and the logs, as an operator
 //! and a load balancer see them: an agent attached to a veth pair
-//! (support::VethNs, or ops::Pair where the link must go away: a namespace
-//! joined by a veth pair, addresses from 198.18.0.0/15, no default route),
-//! bounded senders, and `/metrics` and `/healthz` fetched with a plain HTTP
-//! GET. The EventBridge sink talks to the fake PutEvents endpoint on
+//! (`test_support::VethNs`: a namespace joined by a veth pair, addresses
+//! from 198.18.0.0/15, no default route; a test may delete the link and
+//! create it again), bounded senders, and `/metrics` and `/healthz` fetched
+//! with a plain HTTP GET. The EventBridge sink talks to the fake PutEvents endpoint on
 //! loopback, stopped and started again to play an outage.
 //!
 //! Needs root and an agent built with its XDP object; otherwise each test
 //! prints `SKIPPED:` and returns. The EventBridge series are checked without
 //! privileges: a real sink against the fake PutEvents endpoint on loopback,
 //! rendered through the same collector.
-
-mod ops;
-mod support;
 
 use std::{
     fs,
@@ -21,9 +18,9 @@ use std::{
     time::Duration,
 };
 
-use ops::{Pair, Samples, http_get, metrics_addr, scrape_until};
 use serde_json::{Value, json};
-use support::{Agent, TIMEOUT, VethNs, agent_command, pin_dir, privileged};
+use test_support::metrics::{Samples, http_get, metrics_addr, scrape_until};
+use test_support::{Agent, TIMEOUT, VethNs, agent_command, pin_dir, privileged};
 
 /// The port the datagrams under test go to; warm-ups go to `WARM_PORT`, so
 /// that the per-port series of `PORT` counts exactly what a test sent.
@@ -366,7 +363,7 @@ fn healthz_is_503_while_the_interface_is_gone() {
     if !privileged(test) {
         return;
     }
-    let pair = Pair::new(true);
+    let pair = VethNs::new(test);
     let pins = pin_dir(test);
     let agent = Agent::run(
         &pair.host_if,
@@ -374,7 +371,7 @@ fn healthz_is_503_while_the_interface_is_gone() {
         &["--port", &PORT.to_string(), "--health-addr", "127.0.0.1:0"],
     );
     let addr = health_addr(&agent);
-    pair.warm_up(&agent, WARM_SRC, PORT);
+    pair.warm_up(&agent, false, WARM_SRC, PORT);
     let (status, v) = healthz(addr);
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["status"], "ok", "{v}");
@@ -416,13 +413,12 @@ fn healthz_is_503_while_the_sink_endpoint_is_down() {
     if !privileged(test) {
         return;
     }
-    use fake_eventbridge::{Config as FakeConfig, FakeEventBridge};
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    use fake_eventbridge::{Config as FakeConfig, blocking::FakeEventBridge};
     let start = |listen: SocketAddr| {
-        rt.block_on(FakeEventBridge::start(FakeConfig {
+        FakeEventBridge::start(FakeConfig {
             listen,
             ..FakeConfig::default()
-        }))
+        })
         .unwrap_or_else(|e| panic!("starting the fake endpoint on {listen}: {e}"))
     };
     let fake = start("127.0.0.1:0".parse().unwrap());

@@ -23,8 +23,6 @@
 //! `SKIPPED:` and returns. The EventBridge/SQS calls of the test itself are
 //! made by `tests/moto_client.py` with boto3.
 
-mod support;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::{self, File},
@@ -38,7 +36,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use support::{
+use test_support::{
     Agent, Event, Expected, VethNs, assert_event, ctl_ok, pattern, payload_of, pin_dir, privileged,
     wait_counter,
 };
@@ -140,7 +138,8 @@ impl Moto {
     /// Starts the server and waits until it answers HTTP.
     fn start(python: &Path) -> Moto {
         let port = free_local_port();
-        let log = std::env::temp_dir().join(format!("udp-agent-moto-{}.log", support::unique_id()));
+        let log =
+            std::env::temp_dir().join(format!("udp-agent-moto-{}.log", test_support::unique_id()));
         let out = File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
         let err = out.try_clone().expect("dup of the moto log");
         let mut cmd = Command::new(python);

@@ -1,8 +1,8 @@
 //! Ring 3: the agent binary attached to a real interface, fed by real
 //! senders, asserted on the lines it prints.
 //!
-//! Each test builds its own topology (support::VethNs): a network namespace
-//! joined to the root namespace by a veth pair, addressed from
+//! Each test builds its own topology (`test_support::VethNs`): a network
+//! namespace joined to the root namespace by a veth pair, addressed from
 //! 198.18.0.0/15 and fd00::/8, without a default route. The agent runs in the
 //! root namespace attached to the root-side end (so `udp-agent ports` and
 //! `stats` reach its pins); senders run in the namespace: real UDP sockets,
@@ -14,8 +14,6 @@
 //! at build time); otherwise each test prints `SKIPPED:` and returns. The
 //! command-line error test runs everywhere.
 
-mod support;
-
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -24,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{
+use test_support::{
     Agent, Event, Expected, VethNs, assert_event, counter, ctl_ok, pattern, pin_dir, ports_list,
     privileged, stats, wait_counter,
 };
@@ -515,7 +513,7 @@ fn crafted_frames(test: &str, mode: &str) {
             truncated: false,
             interface: &ns.host_if,
         };
-        for diff in support::event_diff(evs[0], &exp) {
+        for diff in test_support::event_diff(evs[0], &exp) {
             wrong.push(format!("{what}: {diff}"));
         }
     }
@@ -691,7 +689,7 @@ fn restart_after_kill9_cleans_stale_pins_and_captures() {
     ns.warm_up(&first, false, WARM_V4, PORT);
     let killed = first.stop(libc::SIGKILL);
     assert_eq!(
-        support::exit_signal(&killed.status),
+        test_support::exit_signal(&killed.status),
         Some(libc::SIGKILL),
         "{}",
         killed.status
@@ -744,6 +742,61 @@ fn restart_after_kill9_cleans_stale_pins_and_captures() {
     );
 }
 
+/// Whether `ip link` shows an XDP program on `iface`.
+fn xdp_attached(iface: &str) -> bool {
+    let out = std::process::Command::new("ip")
+        .args(["link", "show", "dev", iface])
+        .output()
+        .expect("ip link show");
+    assert!(out.status.success(), "ip link show dev {iface}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+#[test]
+fn sigterm_at_any_moment_of_start_up_leaves_no_pins_and_no_program() {
+    let test = "startterm";
+    if !privileged(test) {
+        return;
+    }
+    let ns = VethNs::new(test);
+    let pins = pin_dir(test);
+    let port = PORT.to_string();
+    // From before the handlers exist (the default action ends the process
+    // before it made anything) through loading, pinning and attaching to
+    // capturing.
+    for delay_ms in [0, 1, 3, 10, 30, 60, 100, 200, 400, 800] {
+        let mut agent = Agent::spawn(&ns.host_if, &pins, &["--port", &port]);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let stopped = agent.terminate();
+        let by_sigterm = test_support::exit_signal(&stopped.status) == Some(libc::SIGTERM);
+        assert!(
+            stopped.status.success() || by_sigterm,
+            "SIGTERM {delay_ms} ms after the start: {}; stderr:\n{}",
+            stopped.status,
+            stopped.stderr
+        );
+        assert!(
+            !pins.exists(),
+            "SIGTERM {delay_ms} ms after the start left {}; stderr:\n{}",
+            pins.display(),
+            stopped.stderr
+        );
+        assert!(
+            !xdp_attached(&ns.host_if),
+            "SIGTERM {delay_ms} ms after the start left a program on {}; stderr:\n{}",
+            ns.host_if,
+            stopped.stderr
+        );
+    }
+    // Nothing left in the way of the next agent.
+    let mut agent = Agent::run(&ns.host_if, &pins, &["--port", &port]);
+    ns.warm_up(&agent, false, WARM_V4, PORT);
+    let stopped = agent.terminate();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(!pins.exists());
+    assert!(!xdp_attached(&ns.host_if));
+}
+
 #[test]
 fn a_second_agent_on_a_live_pin_dir_is_refused_and_the_first_keeps_capturing() {
     let test = "second";
@@ -756,7 +809,7 @@ fn a_second_agent_on_a_live_pin_dir_is_refused_and_the_first_keeps_capturing() {
     let mut first = Agent::run(&ns.host_if, &pins, &["--port", &port]);
     ns.warm_up(&first, false, WARM_V4, PORT);
 
-    let out = support::agent_command()
+    let out = test_support::agent_command()
         .args(["run", "--iface", &ns.host_if, "--port", "9"])
         .arg("--pin-dir")
         .arg(&pins)
@@ -795,7 +848,7 @@ fn a_second_agent_on_a_live_pin_dir_is_refused_and_the_first_keeps_capturing() {
 fn run_expecting_failure(args: &[&str]) -> Output {
     let pins = pin_dir("cli-errors");
     let started = Instant::now();
-    let out = support::agent_command()
+    let out = test_support::agent_command()
         .arg("run")
         .args(args)
         .arg("--pin-dir")
@@ -849,7 +902,7 @@ fn command_line_errors_are_clear() {
 
     let out = run_expecting_failure(&["--iface", "doesnotexist0", "--port", "9"]);
     let err = stderr_of(&out);
-    if support::is_root() {
+    if test_support::is_root() {
         assert!(
             err.contains("unknown interface") && err.contains("doesnotexist0"),
             "stderr for an unknown interface: {err}"
@@ -877,7 +930,7 @@ fn pin_dir_is_accepted_after_every_control_subcommand() {
     ];
     let mut wrong = Vec::new();
     for args in forms {
-        let out = support::agent_command()
+        let out = test_support::agent_command()
             .args(args)
             .stdin(std::process::Stdio::null())
             .output()
@@ -896,5 +949,15 @@ fn pin_dir_is_accepted_after_every_control_subcommand() {
         wrong.is_empty(),
         "--pin-dir not honoured:\n{}",
         wrong.join("\n")
+    );
+}
+
+/// The agent these tests run is the binary Cargo built for them (the
+/// support crate cannot name it at build time, so it looks it up).
+#[test]
+fn the_agent_under_test_is_the_one_cargo_built() {
+    assert_eq!(
+        test_support::agent::agent_bin(),
+        Path::new(env!("CARGO_BIN_EXE_udp-agent"))
     );
 }

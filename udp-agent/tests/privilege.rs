@@ -33,34 +33,31 @@
 //!   (the unit's RuntimeDirectory= makes the whole directory the user's;
 //!   the agent has no flag to put its lock elsewhere);
 //! * a network namespace joined to the root namespace by a veth pair
-//!   (198.18.200.0/24 in /30s, fd00:198:18::/48, no default route): the
-//!   agent attaches to the root end, a thread inside the namespace sends.
+//!   (`test_support::VethNs`: 198.18.0.0/15 and fd00::/8, no default
+//!   route): the agent attaches to the root end, a thread inside the
+//!   namespace sends.
 //!
 //! Everything is removed on drop, also when a test panics.
 
 use std::{
     ffi::CString,
     fs::{self, File},
-    io::{BufRead, BufReader, Read},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
-    os::{
-        fd::AsRawFd,
-        unix::fs::{MetadataExt, PermissionsExt},
-    },
+    net::Ipv4Addr,
+    os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{
-        Arc, Mutex, OnceLock,
-        atomic::{AtomicU32, Ordering},
-    },
-    thread::{self, JoinHandle},
+    process::{Command, ExitStatus, Stdio},
+    thread,
     time::{Duration, Instant},
 };
 
-use base64::{Engine as _, engine::general_purpose::STANDARD};
 use serde_json::Value;
-
-const AGENT: &str = env!("CARGO_BIN_EXE_udp-agent");
+use test_support::{
+    Event, TIMEOUT, VethNs,
+    agent::{LOCK_DIR, START_TIMEOUT, agent_bin, agent_has_object, lock_path, skip_unless},
+    is_root,
+    process::Proc,
+    unique_id,
+};
 
 /// The unprivileged user the agent runs as (nobody / nogroup).
 const AGENT_UID: u32 = 65534;
@@ -70,20 +67,9 @@ const OTHER_UID: u32 = 65533;
 /// setpriv's names for what deploy/udp-agent.service grants.
 const CAPS: [&str; 3] = ["bpf", "net_admin", "perfmon"];
 
-/// The agent's lock directory (`control::LOCK_DIR`).
-const LOCK_DIR: &str = "/run/udp-agent";
-
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-const TIMEOUT: Duration = Duration::from_secs(10);
-
 // ---------------------------------------------------------------------------
 // Skip rule
 // ---------------------------------------------------------------------------
-
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn runs(program: &str, arg: &str) -> bool {
     Command::new(program)
@@ -92,20 +78,6 @@ fn runs(program: &str, arg: &str) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// Whether the agent binary carries its XDP object (an embedded ELF file
-/// for EM_BPF, 247).
-fn agent_has_object() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        let Ok(bin) = fs::read(AGENT) else {
-            return false;
-        };
-        const MAGIC: &[u8] = b"\x7fELF\x02\x01\x01";
-        bin.windows(20)
-            .any(|w| w.starts_with(MAGIC) && w[18] == 247 && w[19] == 0)
-    })
 }
 
 /// True if the test can run; otherwise prints `SKIPPED: reason`.
@@ -118,44 +90,18 @@ fn can_run(test: &str) -> bool {
         Some("ip is not installed (Debian: iproute2)".to_string())
     } else if !agent_has_object() {
         Some(format!(
-            "{AGENT} was built without its XDP object (set UDP_EBPF_OBJECT, e.g. through `cargo xtask test`)"
+            "{} was built without its XDP object (set UDP_EBPF_OBJECT, e.g. through `cargo xtask test`)",
+            agent_bin().display()
         ))
     } else {
         None
     };
-    match reason {
-        None => true,
-        Some(r) => {
-            println!("SKIPPED: {r} ({test})");
-            false
-        }
-    }
+    skip_unless(test, reason)
 }
 
 // ---------------------------------------------------------------------------
 // The lab: netns + veth + private bpffs + lock file
 // ---------------------------------------------------------------------------
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running `ip {}`: {e}", args.join(" ")));
-    assert!(
-        out.status.success(),
-        "`ip {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-}
-
-fn ip_quiet(args: &[&str]) {
-    let _ = Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
 
 fn chown(path: &Path, uid: u32) {
     std::os::unix::fs::chown(path, Some(uid), Some(uid))
@@ -166,9 +112,6 @@ fn chmod(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
 }
-
-/// Which /30 of 198.18.200.0/24 a lab uses; unique within this process.
-static SLOT: AtomicU32 = AtomicU32::new(0);
 
 /// How the lab prepares bpffs.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -187,12 +130,8 @@ enum Bpffs {
 
 /// Everything one test sets up; removed on drop.
 struct Lab {
-    netns: String,
-    host_if: String,
-    host4: Ipv4Addr,
-    peer4: Ipv4Addr,
-    host6: Ipv6Addr,
-    peer6: Ipv6Addr,
+    /// The namespace and the veth pair (removed by their own drop).
+    net: VethNs,
     root: PathBuf,
     bpffs: PathBuf,
     pin_dir: PathBuf,
@@ -201,98 +140,22 @@ struct Lab {
 
 impl Lab {
     fn new(bpffs_prep: Bpffs) -> Self {
-        let slot = SLOT.fetch_add(1, Ordering::Relaxed);
-        assert!(slot < 64, "too many labs for 198.18.200.0/24");
-        let pid = std::process::id();
-        let tag = format!("{}{slot}", pid % 100_000);
-        let base = 4 * slot as u8;
-        let root = PathBuf::from(format!("/run/udp-agent-priv-{pid}-{slot}"));
+        let root = PathBuf::from(format!("/run/udp-agent-priv-{}", unique_id()));
         let bpffs = root.join("bpf");
+        let pin_dir = bpffs.join("udp-agent").join("pins");
         let lab = Lab {
-            netns: format!("udpprv-{pid}-{slot}"),
-            host_if: format!("upv{tag}h"),
-            host4: Ipv4Addr::new(198, 18, 200, base + 1),
-            peer4: Ipv4Addr::new(198, 18, 200, base + 2),
-            host6: format!("fd00:198:18:{:x}::1", 0x200 + slot)
-                .parse()
-                .unwrap(),
-            peer6: format!("fd00:198:18:{:x}::2", 0x200 + slot)
-                .parse()
-                .unwrap(),
-            pin_dir: bpffs.join("udp-agent").join("pins"),
-            lock_file: PathBuf::new(),
+            net: VethNs::new("privilege"),
+            lock_file: lock_path(&pin_dir),
+            pin_dir,
             root,
             bpffs,
         };
-        let mut lab = lab;
-        lab.lock_file = lock_path(&lab.pin_dir);
         // From here on, Drop cleans up whatever was made.
-        lab.make_network();
         lab.make_bpffs(bpffs_prep);
         if bpffs_prep != Bpffs::Open {
             lab.make_lock_file();
         }
         lab
-    }
-
-    /// The namespace's end of the veth pair.
-    fn peer_if(&self) -> String {
-        format!("{}p", self.host_if.trim_end_matches('h'))
-    }
-
-    fn make_network(&self) {
-        let peer_if = self.peer_if();
-        ip(&["netns", "add", &self.netns]);
-        ip(&[
-            "link",
-            "add",
-            &self.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer_if,
-            "netns",
-            &self.netns,
-        ]);
-        let n = &self.netns;
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/30", self.host4),
-            "dev",
-            &self.host_if,
-        ]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/64", self.host6),
-            "dev",
-            &self.host_if,
-            "nodad",
-        ]);
-        ip(&["link", "set", &self.host_if, "up"]);
-        ip(&[
-            "-n",
-            n,
-            "addr",
-            "add",
-            &format!("{}/30", self.peer4),
-            "dev",
-            &peer_if,
-        ]);
-        ip(&[
-            "-n",
-            n,
-            "addr",
-            "add",
-            &format!("{}/64", self.peer6),
-            "dev",
-            &peer_if,
-            "nodad",
-        ]);
-        ip(&["-n", n, "link", "set", &peer_if, "up"]);
-        ip(&["-n", n, "link", "set", "lo", "up"]);
     }
 
     fn make_bpffs(&self, prep: Bpffs) {
@@ -347,40 +210,15 @@ impl Lab {
 
     fn has_xdp(&self) -> bool {
         let out = Command::new("ip")
-            .args(["-d", "link", "show", "dev", &self.host_if])
+            .args(["-d", "link", "show", "dev", &self.net.host_if])
             .output()
             .expect("ip link show");
         String::from_utf8_lossy(&out.stdout).contains("xdp")
-    }
-
-    /// Sends each payload once to `to`, from a thread inside the namespace.
-    fn send(&self, to: SocketAddr, payloads: &[Vec<u8>]) {
-        let netns = self.netns.clone();
-        let payloads = payloads.to_vec();
-        let from: SocketAddr = match to.ip() {
-            IpAddr::V4(_) => (self.peer4, 0).into(),
-            IpAddr::V6(_) => (self.peer6, 0).into(),
-        };
-        thread::spawn(move || {
-            let ns = File::open(format!("/var/run/netns/{netns}")).expect("open netns");
-            // SAFETY: a valid namespace fd; setns only affects this thread.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let sock = UdpSocket::bind(from).expect("bind in netns");
-            for p in &payloads {
-                sock.send_to(p, to).expect("send_to");
-            }
-        })
-        .join()
-        .expect("sender thread");
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        // Deleting the namespace deletes the veth pair with it.
-        ip_quiet(&["netns", "del", &self.netns]);
-        ip_quiet(&["link", "del", &self.host_if]);
         if let Ok(target) = CString::new(self.bpffs.as_os_str().as_encoded_bytes()) {
             // SAFETY: a NUL-terminated path.
             unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
@@ -404,16 +242,6 @@ impl Drop for Lab {
     }
 }
 
-/// The agent's instance lock for `pin_dir` (control.rs `lock_path`).
-fn lock_path(pin_dir: &Path) -> PathBuf {
-    let name: String = pin_dir
-        .to_string_lossy()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    Path::new(LOCK_DIR).join(format!("{name}.lock"))
-}
-
 // ---------------------------------------------------------------------------
 // The agent as an unprivileged user
 // ---------------------------------------------------------------------------
@@ -433,7 +261,7 @@ fn as_user(uid: u32, caps: &[&str], args: &[&str]) -> Command {
         .arg(format!("--bounding-set=-all{set}"))
         .arg("--no-new-privs")
         .arg("--")
-        .arg(AGENT)
+        .arg(agent_bin())
         .args(args)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
@@ -444,7 +272,7 @@ fn as_user(uid: u32, caps: &[&str], args: &[&str]) -> Command {
 
 /// `udp-agent args…` as root, with a clean environment.
 fn as_root(args: &[&str]) -> Command {
-    let mut cmd = Command::new(AGENT);
+    let mut cmd = Command::new(agent_bin());
     cmd.args(args)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
@@ -460,10 +288,7 @@ fn ctl_as_root(args: &[&str]) -> std::process::Output {
 
 /// A running agent; killed on drop.
 struct Agent {
-    child: Child,
-    events: Arc<Mutex<Vec<String>>>,
-    log: Arc<Mutex<String>>,
-    readers: Vec<JoinHandle<()>>,
+    proc: Proc,
 }
 
 impl Agent {
@@ -476,7 +301,7 @@ impl Agent {
             &[
                 "run",
                 "--iface",
-                &lab.host_if,
+                &lab.net.host_if,
                 "--port",
                 &port,
                 "--pin-dir",
@@ -494,7 +319,7 @@ impl Agent {
             &[
                 "run",
                 "--iface",
-                &lab.host_if,
+                &lab.net.host_if,
                 "--pin-dir",
                 &pin_dir.to_string_lossy(),
                 "--sink",
@@ -507,45 +332,16 @@ impl Agent {
     }
 
     fn spawn(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the agent");
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::new(Mutex::new(String::new()));
-        let stdout = child.stdout.take().unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let ev = events.clone();
-        let lg = log.clone();
-        let readers = vec![
-            thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    ev.lock().unwrap().push(line);
-                }
-            }),
-            thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = stderr.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    lg.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            }),
-        ];
-        Agent {
-            child,
-            events,
-            log,
-            readers,
-        }
+        let proc = Proc::spawn("udp-agent", &mut cmd, false).unwrap_or_else(|e| panic!("{e:#}"));
+        Agent { proc }
+    }
+
+    fn pid(&self) -> i32 {
+        self.proc.pid().expect("a running agent")
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.proc.stderr_text()
     }
 
     /// Waits for the `capturing` log line, which the agent writes once it
@@ -553,15 +349,11 @@ impl Agent {
     /// earlier dies of the signal rather than shutting down).
     fn wait_capturing(&mut self, lab: &Lab) {
         self.wait_attached(lab);
-        let deadline = Instant::now() + START_TIMEOUT;
-        while !self.log().contains("capturing") {
-            assert!(
-                Instant::now() < deadline,
-                "no `capturing` line within {START_TIMEOUT:?}; its log:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            self.proc.stderr().wait_for("capturing", START_TIMEOUT),
+            "no `capturing` line within {START_TIMEOUT:?}; its log:\n{}",
+            self.log()
+        );
     }
 
     /// Waits until the program is attached; panics if the agent exits or
@@ -569,11 +361,11 @@ impl Agent {
     fn wait_attached(&mut self, lab: &Lab) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                self.join_readers();
+            if let Some(exit) = self.proc.wait(Duration::ZERO) {
                 panic!(
-                    "the agent exited ({status}) before attaching; its log:\n{}",
-                    self.log()
+                    "the agent exited ({}) before attaching; its log:\n{}",
+                    exit.status,
+                    exit.stderr_text()
                 );
             }
             if lab.has_xdp() {
@@ -590,62 +382,47 @@ impl Agent {
 
     /// Waits for the agent to exit by itself.
     fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                self.join_readers();
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
+        match self.proc.wait(timeout) {
+            Some(exit) => exit.status,
+            None => panic!(
                 "the agent did not exit within {timeout:?}; its log:\n{}",
                 self.log()
-            );
-            thread::sleep(Duration::from_millis(50));
+            ),
         }
     }
 
     fn stop(&mut self) -> ExitStatus {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.proc
+            .signal(libc::SIGTERM)
+            .unwrap_or_else(|e| panic!("SIGTERM to the agent: {e}"));
         self.wait_exit(TIMEOUT)
     }
 
-    fn join_readers(&mut self) {
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
+    /// The events printed so far.
+    fn events(&self) -> Vec<Event> {
+        self.proc
+            .stdout()
+            .snapshot()
+            .iter()
+            .map(|line| Event::parse(line).unwrap_or_else(|e| panic!("bad stdout line: {e}")))
+            .collect()
     }
 
-    /// Payloads of the events printed so far.
+    /// Payloads of the events printed so far, with their `Detail`.
     fn payloads(&self) -> Vec<(Vec<u8>, Value)> {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|line| {
-                let entry: Value = serde_json::from_str(line)
-                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
-                let detail: Value = serde_json::from_str(
-                    entry["Detail"].as_str().expect("Detail is a JSON string"),
-                )
-                .expect("Detail parses");
-                let payload = STANDARD
-                    .decode(detail["Payload"].as_str().expect("Payload"))
-                    .expect("Payload is base64");
-                (payload, detail)
-            })
+        self.events()
+            .into_iter()
+            .map(|e| (e.payload, e.detail))
             .collect()
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        // Killed outright: the lab removes what it leaves.
+        if self.proc.signal(libc::SIGKILL).is_ok() {
+            self.proc.wait(Duration::from_secs(10));
         }
-        self.join_readers();
     }
 }
 
@@ -688,8 +465,8 @@ fn nobody_with_bpf_net_admin_perfmon_captures() {
         if missing4.is_empty() && missing6.is_empty() {
             break;
         }
-        lab.send((lab.host4, port).into(), &missing4);
-        lab.send((lab.host6, port).into(), &missing6);
+        lab.net.send_udp(false, 0, port, &missing4);
+        lab.net.send_udp(true, 0, port, &missing6);
         let round_end = Instant::now() + Duration::from_secs(2);
         while Instant::now() < round_end.min(deadline) {
             let got = agent.payloads();
@@ -705,16 +482,16 @@ fn nobody_with_bpf_net_admin_perfmon_captures() {
             panic!(
                 "no event with payload {:?}; events: {:#?}; log:\n{}",
                 String::from_utf8_lossy(w),
-                agent.events.lock().unwrap(),
+                agent.proc.stdout().snapshot(),
                 agent.log()
             );
         };
         assert_eq!(detail["Destination"]["Port"], u64::from(port));
-        assert_eq!(detail["Interface"], lab.host_if.as_str());
+        assert_eq!(detail["Interface"], lab.net.host_if.as_str());
         let from = if w.starts_with(b"priv-v4") {
-            lab.peer4.to_string()
+            lab.net.ns_v4.to_string()
         } else {
-            lab.peer6.to_string()
+            lab.net.ns_v6.to_string()
         };
         assert_eq!(detail["Source"]["Address"], from.as_str());
     }
@@ -912,7 +689,7 @@ fn every_spelling_of_the_pin_directory_is_one_instance() {
     let lab = Lab::new(Bpffs::Open);
     let mut first = Agent::start_as_root(&lab, &lab.pin_dir, &["--port", "5514"]);
     first.wait_capturing(&lab);
-    let pid = first.child.id();
+    let pid = first.pid();
 
     // A symbolic link to the pin directory inside bpffs, and one to bpffs
     // from outside it.
@@ -950,12 +727,14 @@ fn every_spelling_of_the_pin_directory_is_one_instance() {
 
     // The first one still captures.
     let payload = b"still here".to_vec();
-    lab.send((lab.host4, 5514).into(), std::slice::from_ref(&payload));
+    lab.net
+        .send_udp(false, 0, 5514, std::slice::from_ref(&payload));
     let deadline = Instant::now() + TIMEOUT;
     while !first.payloads().iter().any(|(p, _)| *p == payload) {
         assert!(Instant::now() < deadline, "no event; log:\n{}", first.log());
         thread::sleep(Duration::from_millis(20));
-        lab.send((lab.host4, 5514).into(), std::slice::from_ref(&payload));
+        lab.net
+            .send_udp(false, 0, 5514, std::slice::from_ref(&payload));
     }
 
     let status = first.stop();

@@ -26,11 +26,9 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use test_support::agent::{START_TIMEOUT, clean_command, remove_pins};
 
-use crate::proc::{Exit, Memory, Proc, counters_line, pin_command, sut_cpu};
-
-/// How long an agent may take to load, verify and attach.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::proc::{Exit, Memory, Proc, ProcExt, counters_line, pin_command, sut_cpu};
 
 static PIN_COUNTER: AtomicUsize = AtomicUsize::new(0);
 static EXTRA_AGENT_ARGS: OnceLock<Vec<String>> = OnceLock::new();
@@ -105,16 +103,14 @@ impl Agent {
             std::process::id(),
             PIN_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        let mut cmd = Command::new(bin);
+        let mut cmd = clean_command(bin);
+        // The benchmark's own AWS settings only (EventBridge sink).
         for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy().into_owned();
-            if k.starts_with("UDP_AGENT_") || k.starts_with("AWS_") {
+            if k.to_string_lossy().starts_with("AWS_") {
                 cmd.env_remove(k);
             }
         }
-        cmd.env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .arg("run")
+        cmd.arg("run")
             .args(["--iface", iface, "--port", &port.to_string()])
             .arg("--pin-dir")
             .arg(&pin_dir)
@@ -184,20 +180,20 @@ impl Agent {
     /// counters and exits.
     pub fn stop(mut self) -> Result<AgentCounters> {
         let exit = self.proc.stop(libc::SIGTERM, Duration::from_secs(60));
-        let kernel = counters_line(&exit.stderr, "kernel counters:");
-        let pipeline = counters_line(&exit.stderr, "pipeline counters:");
+        let stderr = exit.stderr_text();
+        let kernel = counters_line(&stderr, "kernel counters:");
+        let pipeline = counters_line(&stderr, "pipeline counters:");
         let (Some(kernel), Some(pipeline)) = (kernel, pipeline) else {
             bail!(
-                "udp-agent exited ({}) without its counter lines; stderr:\n{}",
+                "udp-agent exited ({}) without its counter lines; stderr:\n{stderr}",
                 exit.code,
-                exit.stderr.join("\n")
             );
         };
         Ok(AgentCounters {
             kernel,
             pipeline,
-            eventbridge: counters_line(&exit.stderr, "sink counters:").unwrap_or_default(),
-            xsk: counters_line(&exit.stderr, "af_xdp counters:").unwrap_or_default(),
+            eventbridge: counters_line(&stderr, "sink counters:").unwrap_or_default(),
+            xsk: counters_line(&stderr, "af_xdp counters:").unwrap_or_default(),
             max_rss_kib: exit.max_rss_kib,
             cpu_s: exit.cpu_s,
             exit_code: exit.code,
@@ -213,19 +209,7 @@ impl Drop for Agent {
         if let Some(dir) = &self.spool_dir {
             let _ = fs::remove_dir_all(dir);
         }
-        if let Ok(entries) = fs::read_dir(&self.pin_dir) {
-            for e in entries.flatten() {
-                let _ = fs::remove_file(e.path());
-            }
-            let _ = fs::remove_dir(&self.pin_dir);
-        }
-        let name: String = self
-            .pin_dir
-            .to_string_lossy()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let _ = fs::remove_file(Path::new("/run/udp-agent").join(format!("{name}.lock")));
+        remove_pins(&self.pin_dir);
     }
 }
 

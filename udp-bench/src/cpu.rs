@@ -111,7 +111,8 @@ pub struct CpuResults {
 fn baseline_step(env: &Env, frame: &[u8], rate: u64, secs: Duration) -> Result<Sent> {
     check_interrupted()?;
     let prog = bpf::load_xdp_drop().context("loading the XDP_DROP baseline")?;
-    let ifindex = crate::netns::ifindex(&env.ns.host_if)?;
+    let ifindex = crate::netns::ifindex(&env.ns.host_if)
+        .with_context(|| format!("interface {}", env.ns.host_if))?;
     let _link = bpf::attach_native(prog.as_fd(), ifindex)
         .with_context(|| format!("attaching the XDP_DROP baseline to {}", env.ns.host_if))?;
     let count = ((rate as f64 * secs.as_secs_f64()) as u64).max(1);

@@ -4,7 +4,8 @@
 //! The agent (EventBridge sink, client-side quota limit and cost guard off)
 //! and the article's script (`bench/article.py`: raw socket, one
 //! `put_events` per datagram) run one after the other against the same
-//! timing endpoint ([`crate::endpoint`]). For each:
+//! endpoint ([`start_endpoint`]: `fake-eventbridge` in this process, counters
+//! only, timing every stamped entry). For each:
 //!
 //! 1. sustained rate: the highest offered rate whose datagrams are all
 //!    acknowledged (loss under 0.1%), found like scenario 2's (double, then
@@ -27,25 +28,25 @@
 //! 144k–196k events/s either way.
 //!
 //! In full mode the agent's throughput is cross-checked against the
-//! project's `fake-eventbridge` binary (counters only).
+//! `fake-eventbridge` binary (counters only) in a process of its own.
 
 use std::{
     io::{Read, Write},
-    net::TcpStream,
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
+use fake_eventbridge::{Config, blocking::FakeEventBridge as Endpoint, latency::Latency};
 use serde::Serialize;
 
 use crate::{
     capture::PORT,
     contenders::{Agent, AgentCounters, Sink},
-    endpoint::{Endpoint, Latency},
     netns::VethNs,
-    proc::{Proc, check_interrupted, pin_command, sleep, sut_cpu},
+    proc::{Proc, ProcExt, check_interrupted, pin_command, pin_to_cpu, sleep, sut_cpu},
     report::{Row, duration_ns, mib, thousands},
     search::{self, Found, Plan, Probe},
     traffic::{self, Sent},
@@ -238,6 +239,31 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// The scenario's PutEvents endpoint on `listen`: `fake-eventbridge`,
+/// counters only, recording the latency of every stamped entry, served by
+/// two worker threads on CPU 0, the outside world's CPU (see
+/// [`crate::proc::sut_cpu`]).
+pub fn start_endpoint(listen: SocketAddr) -> Result<Endpoint> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .on_thread_start(|| pin_to_cpu(0))
+        .enable_all()
+        .build()
+        .context("the endpoint's runtime")?;
+    let config = Config {
+        listen,
+        record: false,
+        record_latency: true,
+        ..Config::default()
+    };
+    Endpoint::start_on(config, rt).with_context(|| format!("starting the endpoint on {listen}"))
+}
+
+/// On loopback, any free port.
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
 /// Something that counts acknowledged entries.
 trait Acks {
     fn acks(&self) -> Result<u64>;
@@ -245,7 +271,7 @@ trait Acks {
 
 impl Acks for Endpoint {
     fn acks(&self) -> Result<u64> {
-        Ok(self.accepted())
+        Ok(self.stats().entries_accepted)
     }
 }
 
@@ -376,7 +402,7 @@ fn latency_run(
         Duration::from_secs(20),
     )?;
     endpoint.reset_latency();
-    let before = endpoint.accepted();
+    let before = endpoint.stats().entries_accepted;
     let count = ((rate * duration.as_secs_f64()) as u64).max(1);
     let offered = traffic::send_paced(ns, frame, rate, count, duration * 2, 2_000_000_000)?;
     let after = settle(
@@ -440,10 +466,10 @@ fn throughput_and_latency(
         min_latency_pps,
         cpu_seconds,
     } = *who;
-    let (cpu0, acks0) = (cpu_seconds(), endpoint.accepted());
+    let (cpu0, acks0) = (cpu_seconds(), endpoint.stats().entries_accepted);
     let tp = search(env.ns, endpoint, frame, start_pps, s, what)?;
     let cpu_us_per_event =
-        (cpu_seconds() - cpu0) * 1e6 / (endpoint.accepted() - acks0).max(1) as f64;
+        (cpu_seconds() - cpu0) * 1e6 / (endpoint.stats().entries_accepted - acks0).max(1) as f64;
     eprintln!(
         "bench: forward: {what}: {} events/s without loss, {cpu_us_per_event:.1} µs CPU/event",
         thousands(tp.events_per_s),
@@ -633,7 +659,7 @@ fn spool_run(
     )?;
     warm_up(env.ns, endpoint, frame, spooling.name())
         .with_context(|| format!("agent stderr:\n{}", agent.stderr_text()))?;
-    let (cpu0, acks0) = (agent.cpu_seconds(), endpoint.accepted());
+    let (cpu0, acks0) = (agent.cpu_seconds(), endpoint.stats().entries_accepted);
     let tp = search(
         env.ns,
         endpoint,
@@ -642,8 +668,8 @@ fn spool_run(
         s,
         spooling.name(),
     )?;
-    let cpu_us_per_event =
-        (agent.cpu_seconds() - cpu0) * 1e6 / (endpoint.accepted() - acks0).max(1) as f64;
+    let cpu_us_per_event = (agent.cpu_seconds() - cpu0) * 1e6
+        / (endpoint.stats().entries_accepted - acks0).max(1) as f64;
     eprintln!(
         "bench: forward: {}: {} events/s without loss, {cpu_us_per_event:.2} µs CPU/event",
         spooling.name(),
@@ -690,14 +716,14 @@ fn replay_run(env: &Env, frame: &[u8], s: &Settings) -> Result<Replay> {
     // Written to the spool a few milliseconds after capture.
     sleep(Duration::from_secs(1))?;
     let spool_bytes = dir_bytes(&dir.0);
-    let endpoint = Endpoint::start_at(&format!("127.0.0.1:{port}"))?;
+    let endpoint = start_endpoint(SocketAddr::from(([127, 0, 0, 1], port)))?;
     let cpu0 = agent.cpu_seconds();
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut first: Option<(Instant, u64)> = None;
     let mut last = (Instant::now(), 0);
     while Instant::now() < deadline {
         check_interrupted()?;
-        let acks = endpoint.accepted();
+        let acks = endpoint.stats().entries_accepted;
         if acks > 0 && first.is_none() {
             first = Some((Instant::now(), acks));
         }
@@ -742,7 +768,7 @@ fn replay_run(env: &Env, frame: &[u8], s: &Settings) -> Result<Replay> {
 
 pub fn run(env: &Env, s: &Settings) -> Result<(ForwardResults, Vec<Row>)> {
     let frame = traffic::udp_frame(env.ns, PORT, PAYLOAD);
-    let endpoint = Endpoint::start()?;
+    let endpoint = start_endpoint(loopback())?;
     let agent = agent_run(env, &endpoint, &frame, s)?;
     let mut spool = Vec::new();
     for &spooling in &s.spooling {
@@ -750,7 +776,7 @@ pub fn run(env: &Env, s: &Settings) -> Result<(ForwardResults, Vec<Row>)> {
     }
     drop(endpoint);
     let replay = Some(replay_run(env, &frame, s)?);
-    let endpoint = Endpoint::start()?;
+    let endpoint = start_endpoint(loopback())?;
     let (article, article_skipped) = match env.python {
         Some(py) => (Some(article_run(env, py, &endpoint, &frame, s)?), None),
         None => (

@@ -21,7 +21,6 @@ mod bpf;
 mod capture;
 mod contenders;
 mod cpu;
-mod endpoint;
 mod forward;
 mod fragments;
 mod kernel;
@@ -102,8 +101,9 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         max_seconds: u64,
     },
-    /// The timing PutEvents endpoint on 127.0.0.1, until Ctrl-C; prints its
-    /// URL and, every second, entries acknowledged and latency quantiles.
+    /// Scenario 3's PutEvents endpoint (`fake-eventbridge`, timing stamped
+    /// entries) on 127.0.0.1, until Ctrl-C; prints its URL and, every
+    /// second, entries acknowledged and latency quantiles.
     Endpoint,
     /// An experiment on scenario 2's rig: contenders measured in interleaved
     /// rounds at one asked rate (no search), each step printed, then the
@@ -189,7 +189,7 @@ struct AllArgs {
 }
 
 fn main() -> ExitCode {
-    proc::install_signal_handlers();
+    proc::install_interrupt_handlers();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::All(a) => all(&a),
@@ -262,15 +262,16 @@ fn main() -> ExitCode {
 }
 
 fn endpoint_forever() -> Result<()> {
-    let e = endpoint::Endpoint::start()?;
+    let e = forward::start_endpoint("127.0.0.1:0".parse()?)?;
     println!("listening on {}", e.url());
     while !proc::interrupted() {
         std::thread::sleep(Duration::from_secs(1));
         let l = e.latency();
+        let s = e.stats();
         println!(
             "accepted {} requests {} latency p50 {} p99 {}",
-            e.accepted(),
-            e.requests(),
+            s.entries_accepted,
+            s.requests,
             report::duration_ns(l.p50_ns),
             report::duration_ns(l.p99_ns)
         );
@@ -310,7 +311,7 @@ fn run_rounds(
     let self_exe = std::env::current_exe().context("locating udp-bench")?;
     netns::remove_leftovers();
     traffic::restore_leftover_settings();
-    let ns = netns::VethNs::new().context("creating the benchmark's namespace and veth pair")?;
+    let ns = netns::create()?;
     let rig = traffic::Rig::prepare(&ns, &traffic::udp_frame(&ns, capture::PORT, size));
     if let Some(why) = &rig.fallback_reason {
         eprintln!("bench: live-frames sender unavailable ({why}); AF_PACKET sender");
@@ -423,8 +424,7 @@ fn all(a: &AllArgs) -> Result<()> {
     } else if net {
         netns::remove_leftovers();
         traffic::restore_leftover_settings();
-        let ns =
-            netns::VethNs::new().context("creating the benchmark's namespace and veth pair")?;
+        let ns = netns::create()?;
         eprintln!(
             "bench: namespace {} ({} {}) ⇄ root ({} {})",
             ns.netns, ns.ns_if, ns.ns_v4, ns.host_if, ns.host_v4

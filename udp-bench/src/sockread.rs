@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use test_support::socket::MmsgHeaders;
 
 use crate::proc::interrupted;
 
@@ -36,23 +37,8 @@ fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> 
 }
 
 fn recv_batch(fd: i32, bufs: &mut [Vec<u8>], flags: i32) -> io::Result<(usize, u64)> {
-    let mut iov: Vec<libc::iovec> = bufs
-        .iter_mut()
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: b.len(),
-        })
-        .collect();
-    // SAFETY: zeroed mmsghdrs are valid; the iovecs outlive the call.
-    let mut msgs: Vec<libc::mmsghdr> = iov
-        .iter_mut()
-        .map(|v| {
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_iov = v;
-            m.msg_hdr.msg_iovlen = 1;
-            m
-        })
-        .collect();
+    let mut headers = MmsgHeaders::new(bufs);
+    let msgs = &mut headers.msgs;
     // SAFETY: valid fd and message array of the stated length.
     let n = unsafe {
         libc::recvmmsg(

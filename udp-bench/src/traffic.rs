@@ -4,9 +4,10 @@
 //! CPU 0 (where the veth's receive path, XDP included, then runs too).
 //!
 //! * [`send_paced`]: our paced `AF_PACKET` sender (`sendmmsg`, at most 16
-//!   frames per burst) offering a fixed rate. It writes a CLOCK_MONOTONIC
-//!   timestamp and a sequence number into every payload just before it is
-//!   sent, so the endpoint can compute latency.
+//!   frames per burst) offering a fixed rate. It stamps a CLOCK_MONOTONIC
+//!   send time and a sequence number into every payload just before it is
+//!   sent (`fake_eventbridge::latency::stamp`), so the endpoint can
+//!   compute latency.
 //! * [`trafgen`]: netsniff-ng's trafgen at full speed (its TX ring), the
 //!   flood check. trafgen cannot offer a fixed rate above ~100k packets/s:
 //!   0.6.8's `--rate Npps` sends each second's N packets back to back at
@@ -14,29 +15,25 @@
 //!   nanosleep per packet (about 100k packets/s at most here).
 
 use std::{
-    ffi::CString,
-    fs, io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    fs,
+    os::fd::AsRawFd,
     path::Path,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
+use fake_eventbridge::latency::stamp;
 use serde::Serialize;
-use udp_ebpf_common::frame::FrameBuilder;
+use test_support::{RawSocket, frame::FrameBuilder, netns::ifindex};
 
 use crate::{
     bpf,
     netns::{self, VethNs},
-    proc::{Proc, interrupted, ksoftirqd_ns, monotonic_ns, pin_to_cpu},
+    proc::{Proc, interrupted, ksoftirqd_ns, pin_to_cpu},
 };
 
 /// Ethernet + IPv4 (no options) + UDP headers.
 pub const HEADERS: usize = 14 + 20 + 8;
-/// First bytes of a timestamped payload.
-pub const MAGIC: &[u8; 4] = b"UBT1";
-/// Magic, timestamp, sequence number.
-pub const STAMP_LEN: usize = 4 + 8 + 8;
 
 /// A UDP datagram from the namespace's address to the root side's, port
 /// 40000 → `port`, with a printable payload of `len` bytes (checksums
@@ -166,103 +163,8 @@ pub fn write_trafgen_config(dir: &Path, name: &str, frame: &[u8]) -> Result<std:
     Ok(path)
 }
 
-/// An `AF_PACKET` socket bound to one interface of the current namespace.
-struct PacketSocket {
-    fd: OwnedFd,
-}
-
-impl PacketSocket {
-    fn open(ifname: &str) -> io::Result<PacketSocket> {
-        let name = CString::new(ifname).map_err(io::Error::other)?;
-        // SAFETY: valid C string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // Protocol 0: this socket only sends.
-        // SAFETY: plain syscall.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: an all-zero sockaddr_ll is valid; fields set below.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: valid fd and a sockaddr_ll of the stated size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // Skip the qdisc like trafgen does: frames go straight to the driver.
-        let one: libc::c_int = 1;
-        // SAFETY: valid fd and an int of the stated size.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_QDISC_BYPASS,
-                (&one as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        Ok(PacketSocket { fd })
-    }
-
-    /// Sends every frame in `frames`; returns how many went out.
-    fn send_batch(&self, frames: &mut [Vec<u8>]) -> io::Result<usize> {
-        let mut iov: Vec<libc::iovec> = frames
-            .iter_mut()
-            .map(|f| libc::iovec {
-                iov_base: f.as_mut_ptr().cast(),
-                iov_len: f.len(),
-            })
-            .collect();
-        // SAFETY: zeroed mmsghdrs are valid; the iovecs outlive the call.
-        let mut msgs: Vec<libc::mmsghdr> = iov
-            .iter_mut()
-            .map(|v| {
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_iov = v;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
-        let mut done = 0;
-        while done < msgs.len() {
-            // SAFETY: valid fd and message array of the stated length.
-            let n = unsafe {
-                libc::sendmmsg(
-                    self.fd.as_raw_fd(),
-                    msgs[done..].as_mut_ptr(),
-                    (msgs.len() - done) as u32,
-                    0,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::ENOBUFS) {
-                    std::thread::yield_now();
-                    continue;
-                }
-                return Err(e);
-            }
-            done += n as usize;
-        }
-        Ok(done)
-    }
-}
-
 /// Sends `count` copies of `frame` (a frame from [`udp_frame`] with at
-/// least [`STAMP_LEN`] payload bytes) at `rate` packets/s from the
+/// least [`stamp::LEN`] payload bytes) at `rate` packets/s from the
 /// namespace, each stamped with CLOCK_MONOTONIC and its sequence number
 /// starting at `first_seq`. Stops at `max` whatever was sent.
 pub fn send_paced(
@@ -273,7 +175,7 @@ pub fn send_paced(
     max: Duration,
     first_seq: u64,
 ) -> Result<Sent> {
-    if frame.len() < HEADERS + STAMP_LEN {
+    if frame.len() < HEADERS + stamp::LEN {
         bail!("frame too short for a timestamp");
     }
     let ifname = v.ns_if.clone();
@@ -290,16 +192,15 @@ pub fn send_paced(
         max_burst: BATCH,
     };
     pace.run(v, move || {
-        let sock = PacketSocket::open(&ifname).context("AF_PACKET socket")?;
+        let sock = RawSocket::open(&ifname).context("AF_PACKET socket")?;
+        // Skip the qdisc like trafgen does: frames go straight to the driver.
+        sock.bypass_qdisc().context("PACKET_QDISC_BYPASS")?;
         let mut frames = vec![template; BATCH as usize];
         Ok(move |sent: u64, n: u64| {
             let n = n as usize;
-            let now = monotonic_ns();
+            let now = stamp::monotonic_ns();
             for (i, f) in frames[..n].iter_mut().enumerate() {
-                let p = &mut f[HEADERS..HEADERS + STAMP_LEN];
-                p[..4].copy_from_slice(MAGIC);
-                p[4..12].copy_from_slice(&now.to_le_bytes());
-                p[12..20].copy_from_slice(&(first_seq + sent + i as u64).to_le_bytes());
+                stamp::write(&mut f[HEADERS..], now, first_seq + sent + i as u64);
             }
             Ok(sock.send_batch(&mut frames[..n])? as u64)
         })
@@ -417,12 +318,7 @@ pub fn send_live(v: &VethNs, frame: &[u8], rate: f64, count: u64, max: Duration)
         max_burst: per_call,
     };
     pace.run(v, move || {
-        let name = CString::new(ifname.as_str())?;
-        // SAFETY: valid C string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            bail!("{ifname}: {}", io::Error::last_os_error());
-        }
+        let ifindex = ifindex(&ifname).with_context(|| format!("interface {ifname}"))?;
         let prog = bpf::load_xdp_tx().context("loading the XDP_TX sender program")?;
         Ok(move |_sent: u64, n: u64| {
             bpf::test_run_live(prog.as_raw_fd(), &frame, ifindex, n as u32)
