@@ -86,8 +86,20 @@ impl Endpoint {
                 return got;
             }
             if Instant::now() > deadline {
+                // Where they stopped: the kernel's, the pipeline's and the
+                // spool's counters, when the agent still serves them.
+                let counters = if agent.stderr_text().contains("metrics: serving http://") {
+                    test_support::metrics::scrape(metrics_addr(agent))
+                        .text
+                        .lines()
+                        .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                } else {
+                    String::new()
+                };
                 panic!(
-                    "{missing} of {} datagrams never reached the endpoint ({:?}); agent stderr:\n{}",
+                    "{missing} of {} datagrams never reached the endpoint ({:?}); agent metrics:\n{counters}\nagent stderr:\n{}",
                     sent.len(),
                     self.fake.stats(),
                     agent.stderr_text()
