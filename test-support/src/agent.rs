@@ -82,7 +82,7 @@ pub fn skip_reason() -> Option<String> {
     }
     if !agent_has_object() {
         return Some(format!(
-            "{} was built without its XDP object (build with UDP_EBPF_OBJECT set, e.g. `cargo xtask build`)",
+            "{} was built without its XDP object (built with AYA_BUILD_SKIP=1; a plain `cargo build` embeds it)",
             agent_bin().display()
         ));
     }

@@ -10,8 +10,8 @@
 //! sender sends a bounded number of datagrams; the namespace, the link and
 //! the agent are removed when the test ends, also when it fails.
 //!
-//! Needs root and an agent built with its XDP object (`UDP_EBPF_OBJECT` set
-//! at build time); otherwise each test prints `SKIPPED:` and returns. The
+//! Needs root and an agent built with its XDP object (any build but one
+//! with `AYA_BUILD_SKIP=1`); otherwise each test prints `SKIPPED:` and returns. The
 //! command-line error test runs everywhere.
 
 use std::{

@@ -90,7 +90,7 @@ fn can_run(test: &str) -> bool {
         Some("ip is not installed (Debian: iproute2)".to_string())
     } else if !agent_has_object() {
         Some(format!(
-            "{} was built without its XDP object (set UDP_EBPF_OBJECT, e.g. through `cargo xtask test`)",
+            "{} was built without its XDP object (built with AYA_BUILD_SKIP=1; a plain `cargo build` embeds it)",
             agent_bin().display()
         ))
     } else {
