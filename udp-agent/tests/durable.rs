@@ -148,7 +148,18 @@ fn agent(ns: &VethNs, pins: &Path, url: &str, spool: &Path, extra: &[&str]) -> A
 /// Resolves ARP before the datagrams under test: one datagram to a port
 /// that is not enabled, seen by the program.
 fn warm_up(ns: &VethNs, pins: &Path) {
-    ns.send_udp(false, SRC, 7, &[b"warm-up".to_vec()]);
+    // Sent again every 200 ms (at most 25 times): the first can be lost
+    // while the namespace resolves the host's address.
+    for _ in 0..25 {
+        ns.send_udp(false, SRC, 7, &[b"warm-up".to_vec()]);
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < deadline {
+            if test_support::counter(pins, "port_disabled") > 0 {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
     wait_counter(pins, "port_disabled", 1);
 }
 
