@@ -22,6 +22,8 @@
 //! * [`event`]: one stdout line of the agent, parsed as a user reads it.
 //! * [`control`]: `udp-agent ports`/`stats` against a running agent.
 //! * [`metrics`]: the agent's `/metrics`, scraped.
+//! * [`host`]: a small disk to fill ([`Tmpfs`]), and the calling thread's
+//!   CPU clock for the benchmarks and speed examples.
 //!
 //! Nothing here sleeps for correctness: every wait polls a condition with a
 //! deadline and panics (or errs) with what it observed when it passes.
@@ -29,6 +31,7 @@
 pub mod agent;
 pub mod control;
 pub mod event;
+pub mod host;
 pub mod metrics;
 pub mod netns;
 pub mod process;
@@ -43,6 +46,7 @@ use std::{
 pub use agent::{Agent, Stopped, agent_command, exit_signal, is_root, pin_dir, privileged};
 pub use control::{counter, ctl, ctl_ok, ports_list, stats, wait_counter};
 pub use event::{Event, Expected, assert_event, event_diff, payload_of};
+pub use host::{Tmpfs, thread_cpu_ns};
 pub use netns::VethNs;
 pub use process::counters_line;
 pub use socket::{RawSocket, bind_udp};

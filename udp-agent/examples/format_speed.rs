@@ -18,22 +18,13 @@
 
 use std::time::Duration;
 
+use test_support::thread_cpu_ns;
 use udp_agent::{
     clock::WallClock,
     encode::{Encoder, pack::PackSettings},
     record::Packet,
 };
 use udp_ebpf_common::{Encoding, Format};
-
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 fn packet(payload: &[u8], format: Format, pack: bool) -> Packet {
     Packet {

@@ -21,6 +21,7 @@
 
 use std::{hint::black_box, sync::Arc};
 
+use test_support::thread_cpu_ns;
 use udp_agent::{
     clock::WallClock,
     encode::Encoder,
@@ -42,16 +43,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn header(wire_len: usize, ports: (u16, u16)) -> RecordHeader {

@@ -10,19 +10,10 @@
 use std::hint::black_box;
 
 use syslog_loose::{Variant, parse_message_with_year};
+use test_support::thread_cpu_ns;
 use udp_agent::encode::syslog;
 
 const CORPUS: &str = include_str!("../tests/data/syslog_corpus.txt");
-
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 fn main() {
     let env = |k: &str, d: usize| {

@@ -16,7 +16,6 @@ use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -24,7 +23,7 @@ use std::{
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use fake_eventbridge::{Config as FakeConfig, blocking::FakeEventBridge};
 use test_support::metrics::{Samples, metrics_addr, scrape_until};
-use test_support::{Agent, VethNs, exit_signal, pin_dir, privileged, wait_counter};
+use test_support::{Agent, Tmpfs, VethNs, exit_signal, pin_dir, privileged, wait_counter};
 
 const PORT: u16 = 5514;
 const SRC: u16 = 41514;
@@ -415,39 +414,6 @@ fn a_torn_last_record_is_counted_skipped_and_blocks_nothing() {
         |s| s.count("udp_agent_spool_batches") == 0,
     );
     assert_eq!(s.count("udp_agent_spool_torn_records_total"), 1);
-}
-
-/// A tmpfs for one test, unmounted on drop.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir.path())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mounting a tmpfs at {}", dir.path().display());
-        Tmpfs(dir)
-    }
-
-    fn path(&self) -> &Path {
-        self.0.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0.path()).status();
-    }
 }
 
 #[test]

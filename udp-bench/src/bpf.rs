@@ -319,14 +319,7 @@ pub struct TestRun {
     pub cpu_ns: f64,
 }
 
-/// CPU time of the calling thread, in nanoseconds.
-pub fn thread_cpu_ns() -> u64 {
-    // SAFETY: an all-zero timespec is valid; clock_gettime fills it.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: valid clock id and out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use test_support::thread_cpu_ns;
 
 /// Runs program `fd` `repeat` times over `frame`.
 pub fn test_run(fd: RawFd, frame: &[u8], repeat: u32) -> io::Result<TestRun> {

@@ -1365,17 +1365,6 @@ mod full_disk {
             .collect()
     }
 
-    /// A tmpfs mounted for one test, unmounted when dropped.
-    struct Tmpfs(tempfile::TempDir);
-
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg(self.0.path())
-                .status();
-        }
-    }
-
     /// A disk that fills up: writes fail and are counted, the segment keeps
     /// only whole records, and once what it holds is acknowledged its space
     /// comes back and writing goes on.
@@ -1386,22 +1375,13 @@ mod full_disk {
             FsyncPolicy::Interval(Duration::from_millis(1)),
             FsyncPolicy::Always,
         ] {
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } != 0 {
+            if !test_support::is_root() {
                 println!("SKIPPED: needs root to mount a tmpfs");
                 return;
             }
-            let fs = Tmpfs(tempfile::tempdir().unwrap());
-            assert!(
-                std::process::Command::new("mount")
-                    .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-                    .arg(fs.0.path())
-                    .status()
-                    .unwrap()
-                    .success()
-            );
+            let fs = test_support::Tmpfs::mount("256k");
             let cfg = Config {
-                dir: fs.0.path().join("spool"),
+                dir: fs.path().join("spool"),
                 max_bytes: 1 << 30,
                 full: FullPolicy::DropNewest,
                 fsync,

@@ -237,49 +237,20 @@ mod tests {
         assert_eq!(codes(&path), ["D", "E"]);
     }
 
-    /// A tmpfs mounted for one test, unmounted when dropped.
-    struct Tmpfs(tempfile::TempDir);
-
-    impl Tmpfs {
-        /// `None` unless root (mounting needs it).
-        fn mount(size: &str) -> Option<Tmpfs> {
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } != 0 {
-                println!("SKIPPED: needs root to mount a tmpfs");
-                return None;
-            }
-            let dir = tempfile::tempdir().unwrap();
-            let ok = std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(dir.path())
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "mount -t tmpfs failed");
-            Some(Tmpfs(dir))
-        }
-    }
-
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg(self.0.path())
-                .status();
-        }
-    }
-
     /// A write that fails part-way on a full disk leaves the file ending
     /// in a whole line, and once there is room again appends go on.
     #[test]
     fn a_full_disk_leaves_no_partial_line() {
-        let Some(fs) = Tmpfs::mount("64k") else {
+        if !test_support::is_root() {
+            println!("SKIPPED: needs root to mount a tmpfs");
             return;
-        };
-        let path = fs.0.path().join("dead.ndjson");
+        }
+        let fs = test_support::Tmpfs::mount("64k");
+        let path = fs.path().join("dead.ndjson");
         let dl = DeadLetter::open(&path, DEFAULT_MAX_BYTES).unwrap();
         dl.write(&[failed("A")]).unwrap();
         // Fill the rest of the disk.
-        let filler = fs.0.path().join("filler");
+        let filler = fs.path().join("filler");
         let mut f = File::create(&filler).unwrap();
         let chunk = vec![b'x'; 1024];
         while f.write_all(&chunk).is_ok() {}
