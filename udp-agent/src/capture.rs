@@ -29,7 +29,7 @@ use crate::{
 /// its slot back to the kernel. A hand-written reader that publishes its
 /// position once per 64 KiB instead saved 0–3.6% of the agent's CPU per
 /// packet in a same-run A/B (bench/RESULTS.md, "The ring reader"): not
-/// enough to keep 260 lines of unsafe code.
+/// enough to keep a 263-line module with nine `unsafe` blocks.
 pub type Ring = RingBuf<MapData>;
 
 /// Records drained per wake-up before yielding to other tasks, so a flood
