@@ -15,6 +15,9 @@
 //! ```text
 //! cargo run --release -p udp-agent --example format_speed
 //! ```
+//!
+//! With `JSON=1` it prints one JSON document instead of the table: every
+//! row's per-round figures, for `udp-bench` (the bench's format rows).
 
 use std::time::Duration;
 
@@ -132,50 +135,75 @@ fn main() {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
         })
         .unwrap_or_default();
-    println!("CPU: {cpu}; {rounds} rounds of {n} events, medians");
-    println!(
-        "| payload | bytes | format | ns CPU/datagram | × base64 | entry bytes/datagram | datagrams/entry |"
-    );
-    println!("|---|---|---|---|---|---|---|");
-    let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
+    let json = std::env::var_os("JSON").is_some_and(|v| v == "1");
+    if !json {
+        println!("CPU: {cpu}; {rounds} rounds of {n} events, medians");
+        println!(
+            "| payload | bytes | format | ns CPU/datagram | × base64 | entry bytes/datagram | datagrams/entry |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+    }
+    let mut rows = Vec::new();
     for (i, (name, payload, format, pack)) in cases.iter().enumerate() {
         let base = cases
             .iter()
             .position(|(n, _, f, p)| n == name && *f == Format::Base64 && !p)
             .unwrap();
-        // Entry bytes per datagram, as AWS counts them, and datagrams per
-        // entry.
-        let mut e = Encoder::new("udp.raw", "UdpPacket", "default", WallClock::now());
-        e.name_interface(1, "eth0");
-        e.set_packing(PackSettings {
-            max_bytes: 64 * 1024,
-            linger: Duration::from_secs(3600),
-        });
-        let view = packets[i].view();
-        let (mut bytes, mut events) = (0usize, 0usize);
-        const SIZED: usize = 100_000;
-        for _ in 0..SIZED {
-            if let Some(entry) = e.push(&view) {
-                bytes += entry.aws_size();
-                events += 1;
-            }
-        }
-        while let Some(entry) = e.pop_pack() {
-            bytes += entry.aws_size();
-            events += 1;
-        }
+        let (bytes, per_entry) = sizes(&packets[i]);
         let label = if *pack {
             format!("{} packed", format.name())
         } else {
             format.name().to_owned()
         };
+        let ns = median(&mut samples[i].clone());
+        let base_ns = median(&mut samples[base].clone());
+        if json {
+            rows.push(serde_json::json!({
+                "payload": name,
+                "bytes": payload.len(),
+                "format": format.name(),
+                "packed": pack,
+                "ns": samples[i],
+                "base64_ns": samples[base],
+                "entry_bytes": bytes,
+                "per_entry": per_entry,
+            }));
+        } else {
+            println!(
+                "| {name} | {} | {label} | {ns:.0} | {:.2} | {bytes:.0} | {per_entry:.1} |",
+                payload.len(),
+                ns / base_ns,
+            );
+        }
+    }
+    if json {
         println!(
-            "| {name} | {} | {label} | {:.0} | {:.2} | {:.0} | {:.1} |",
-            payload.len(),
-            medians[i],
-            medians[i] / medians[base],
-            bytes as f64 / SIZED as f64,
-            SIZED as f64 / events as f64
+            "{}",
+            serde_json::json!({"cpu": cpu, "rounds": rounds, "n": n, "rows": rows})
         );
     }
+}
+
+/// Entry bytes per datagram, as AWS counts them, and datagrams per entry.
+fn sizes(packet: &Packet) -> (f64, f64) {
+    let mut e = Encoder::new("udp.raw", "UdpPacket", "default", WallClock::now());
+    e.name_interface(1, "eth0");
+    e.set_packing(PackSettings {
+        max_bytes: 64 * 1024,
+        linger: Duration::from_secs(3600),
+    });
+    let view = packet.view();
+    let (mut bytes, mut events) = (0usize, 0usize);
+    const SIZED: usize = 100_000;
+    for _ in 0..SIZED {
+        if let Some(entry) = e.push(&view) {
+            bytes += entry.aws_size();
+            events += 1;
+        }
+    }
+    while let Some(entry) = e.pop_pack() {
+        bytes += entry.aws_size();
+        events += 1;
+    }
+    (bytes as f64 / SIZED as f64, SIZED as f64 / events as f64)
 }

@@ -99,14 +99,26 @@ impl Settings {
 }
 
 /// One frame to measure.
-struct Case {
-    name: &'static str,
-    frame: Vec<u8>,
+pub(crate) struct Case {
+    pub(crate) name: &'static str,
+    pub(crate) frame: Vec<u8>,
     /// Payload bytes captured per repetition (`None`: not captured).
-    captured_payload: Option<usize>,
+    pub(crate) captured_payload: Option<usize>,
     /// The target that applies: `Some(1.5)` for "≤ 1.5× the floor",
     /// `Some(-300.0)` for "≤ 300 ns".
     target: Option<Target>,
+}
+
+impl Case {
+    /// A frame that is not captured, with no target.
+    pub(crate) fn uncaptured(name: &'static str, frame: Vec<u8>) -> Case {
+        Case {
+            name,
+            frame,
+            captured_payload: None,
+            target: None,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -119,7 +131,7 @@ fn payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + 3) as u8).collect()
 }
 
-fn cases() -> Vec<Case> {
+pub(crate) fn cases() -> Vec<Case> {
     let v4 = |port: u16, len: usize| {
         FrameBuilder::ipv4(SRC4, DST4)
             .udp(40000, port, &payload(len))
@@ -225,8 +237,13 @@ pub(crate) struct Loaded {
 }
 
 impl Loaded {
-    fn ring_full(&self) -> Result<u64> {
-        Ok(self.counters.get(&counter::RING_FULL, 0)?.iter().sum())
+    pub(crate) fn ring_full(&self) -> Result<u64> {
+        self.counter(counter::RING_FULL)
+    }
+
+    /// One of the program's counters, summed over the CPUs.
+    pub(crate) fn counter(&self, index: u32) -> Result<u64> {
+        Ok(self.counters.get(&index, 0)?.iter().sum())
     }
 
     pub(crate) fn load(object: &Path, ring_bytes: u32) -> Result<Loaded> {
@@ -265,7 +282,7 @@ impl Loaded {
     }
 }
 
-fn raise_memlock() {
+pub(crate) fn raise_memlock() {
     let rlim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
@@ -471,7 +488,7 @@ fn redirect_vs_ring(object: &Path, s: &Settings) -> Result<(RedirectResult, Row)
 type Runs = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
 
 /// One `BPF_PROG_TEST_RUN` that must return XDP_PASS.
-fn run_checked(case: &Case, fd: i32, repeat: u32) -> Result<bpf::TestRun> {
+pub(crate) fn run_checked(case: &Case, fd: i32, repeat: u32) -> Result<bpf::TestRun> {
     let r = bpf::test_run(fd, &case.frame, repeat)?;
     if r.retval != XDP_PASS {
         bail!("{}: returned {} (expected XDP_PASS)", case.name, r.retval);
@@ -481,7 +498,7 @@ fn run_checked(case: &Case, fd: i32, repeat: u32) -> Result<bpf::TestRun> {
 
 /// Ring bytes one record of `payload` bytes takes: an 8-byte ring header,
 /// the 64-byte record header and the payload's size class.
-fn record_slot(payload: usize) -> u64 {
+pub(crate) fn record_slot(payload: usize) -> u64 {
     u64::from(ring_slot_bytes(payload.min(MAX_CAPTURE as usize) as u32))
 }
 

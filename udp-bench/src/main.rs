@@ -4,8 +4,10 @@
 //! summary table (markdown on stdout, JSON to `--json`):
 //!
 //! 1. [`kernel`]: the XDP program's cost per packet under
-//!    `BPF_PROG_TEST_RUN`, against an XDP_PASS floor; [`fragments`]: its
-//!    cost per IP fragment, and the agent's CPU per reassembled datagram;
+//!    `BPF_PROG_TEST_RUN`, against an XDP_PASS floor; [`kernel_log`]: what
+//!    `--kernel-log` costs when off; [`fragments`]: its cost per IP
+//!    fragment, and the agent's CPU per reassembled datagram; [`formats`]:
+//!    the agent's CPU per datagram for each payload format;
 //! 2. [`capture`]: the highest lossless capture rate over a veth pair,
 //!    against tcpdump and a plain UDP socket;
 //! 3. [`forward`]: the forwarding rate and latency to a local PutEvents
@@ -21,9 +23,11 @@ mod bpf;
 mod capture;
 mod contenders;
 mod cpu;
+mod formats;
 mod forward;
 mod fragments;
 mod kernel;
+mod kernel_log;
 mod netns;
 mod proc;
 mod report;
@@ -76,6 +80,28 @@ enum Cmd {
         /// Measurements per case (overrides the default).
         #[arg(long)]
         runs: Option<usize>,
+    },
+    /// Scenario 1's `--kernel-log` rows only: the agent's object with the
+    /// log off against the object built without it (JSON on stdout).
+    KernelLog {
+        #[arg(long)]
+        object: PathBuf,
+        /// The object built without the `kernel-log` feature.
+        #[arg(long)]
+        object_without_log: PathBuf,
+        #[arg(long)]
+        quick: bool,
+        /// Measurements per case (overrides the default).
+        #[arg(long)]
+        runs: Option<usize>,
+    },
+    /// Scenario 1's format rows only: udp-agent's `examples/format_speed`
+    /// (JSON on stdout).
+    Formats {
+        #[arg(long)]
+        format_speed: PathBuf,
+        #[arg(long)]
+        quick: bool,
     },
     /// Scenario 1's fragment rows only: the XDP object's cost per IP
     /// fragment, and with --reassembly-speed the agent's CPU per
@@ -186,6 +212,14 @@ struct AllArgs {
     /// agent's CPU per reassembled datagram (scenario 1).
     #[arg(long)]
     reassembly_speed: Option<PathBuf>,
+    /// The XDP object built without the `kernel-log` feature, for the rows
+    /// of what `--kernel-log` costs when off (scenario 1).
+    #[arg(long)]
+    object_without_log: Option<PathBuf>,
+    /// udp-agent's `examples/format_speed` binary, for the rows of the
+    /// agent's CPU per datagram for each format (scenario 1).
+    #[arg(long)]
+    format_speed: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -216,6 +250,24 @@ fn main() -> ExitCode {
             kernel::run(&object, &s)
                 .map(|(r, _)| println!("{}", serde_json::to_string_pretty(&r).expect("json")))
         }
+        Cmd::KernelLog {
+            object,
+            object_without_log,
+            quick,
+            runs,
+        } => {
+            let mut s = kernel::Settings::new(quick);
+            if let Some(r) = runs {
+                s.runs = r;
+            }
+            kernel_log::run(&object, &object_without_log, &s)
+                .map(|(r, _)| println!("{}", serde_json::to_string_pretty(&r).expect("json")))
+        }
+        Cmd::Formats {
+            format_speed,
+            quick,
+        } => formats::run(&format_speed, &formats::Settings::new(quick))
+            .map(|(r, _)| println!("{}", serde_json::to_string_pretty(&r).expect("json"))),
         Cmd::Fragments {
             object,
             quick,
@@ -372,7 +424,9 @@ fn all(a: &AllArgs) -> Result<()> {
         duration_s: 0.0,
         rows: Vec::new(),
         kernel: serde_json::Value::Null,
+        kernel_log: serde_json::Value::Null,
         fragments: serde_json::Value::Null,
+        formats: serde_json::Value::Null,
         capture: serde_json::Value::Null,
         cpu: serde_json::Value::Null,
         forward: serde_json::Value::Null,
@@ -394,6 +448,20 @@ fn all(a: &AllArgs) -> Result<()> {
                 failed.push(format!("kernel: {e:#}"));
             }
         }
+        if let Some(without) = &a.object_without_log {
+            eprintln!("bench: scenario 1: --kernel-log off against no log at all");
+            match kernel_log::run(&a.object, without, &kernel::Settings::new(a.quick)) {
+                Ok((r, rs)) => {
+                    report.kernel_log = serde_json::to_value(&r)?;
+                    rows.extend(rs);
+                }
+                Err(e) => {
+                    proc::check_interrupted()?;
+                    eprintln!("bench: scenario 1 (kernel log) failed: {e:#}");
+                    failed.push(format!("kernel log: {e:#}"));
+                }
+            }
+        }
         eprintln!("bench: scenario 1: IP fragments (BPF_PROG_TEST_RUN; the agent's reassembly)");
         let s = fragments::Settings::new(a.quick);
         match fragments::run(&a.object, a.reassembly_speed.as_deref(), &s) {
@@ -405,6 +473,20 @@ fn all(a: &AllArgs) -> Result<()> {
                 proc::check_interrupted()?;
                 eprintln!("bench: scenario 1 (fragments) failed: {e:#}");
                 failed.push(format!("fragments: {e:#}"));
+            }
+        }
+        if let Some(bin) = &a.format_speed {
+            eprintln!("bench: scenario 1: the agent's CPU per datagram for each payload format");
+            match formats::run(bin, &formats::Settings::new(a.quick)) {
+                Ok((r, rs)) => {
+                    report.formats = serde_json::to_value(&r)?;
+                    rows.extend(rs);
+                }
+                Err(e) => {
+                    proc::check_interrupted()?;
+                    eprintln!("bench: scenario 1 (formats) failed: {e:#}");
+                    failed.push(format!("formats: {e:#}"));
+                }
             }
         }
     }

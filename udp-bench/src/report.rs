@@ -143,7 +143,9 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Scenario details (per-run numbers, search steps, loss locations).
     pub kernel: serde_json::Value,
+    pub kernel_log: serde_json::Value,
     pub fragments: serde_json::Value,
+    pub formats: serde_json::Value,
     pub capture: serde_json::Value,
     /// CPU per packet at a fixed rate (`cpu`).
     pub cpu: serde_json::Value,

@@ -3,8 +3,10 @@
 //! `target/bench/results.json` (and `results.md`).
 //!
 //! What is built: the XDP object and the release agent with it embedded
-//! (exactly what `cargo xtask build` makes), the agent's
-//! `reassembly_speed` example, the `fake-eventbridge` and `udp-bench`
+//! (exactly what `cargo xtask build` makes), the object again without its
+//! `kernel-log` feature (in `target/bpf-no-log`), the agent's
+//! `reassembly_speed` and `format_speed` examples, the `fake-eventbridge`
+//! and `udp-bench`
 //! binaries, and the Python venv with boto3 for the article's
 //! script (`bench/article.py`). The benchmark needs root; `--quick` is the
 //! CI smoke test (short runs, numbers not judged).
@@ -29,18 +31,21 @@ pub fn bench(route: RouteChoice, quick: bool) -> Result<()> {
         );
     }
     let object = crate::ebpf(route)?;
+    let without_log = crate::ebpf_without_log(route)?;
     let agent = crate::build(route, false)?;
-    // The agent's reassembly, measured in-process.
-    let mut example = crate::cargo_with_ebpf(route)?;
-    example.args([
+    // The agent's reassembly and payload formats, measured in-process.
+    let mut examples = crate::cargo_with_ebpf(route)?;
+    examples.args([
         "build",
         "--release",
         "-p",
         "udp-agent",
         "--example",
         "reassembly_speed",
+        "--example",
+        "format_speed",
     ]);
-    run_checked(&mut example).context("building examples/reassembly_speed failed")?;
+    run_checked(&mut examples).context("building the agent's speed examples failed")?;
     let mut drivers = cargo();
     drivers.current_dir(&root).args([
         "build",
@@ -79,6 +84,10 @@ pub fn bench(route: RouteChoice, quick: bool) -> Result<()> {
         .arg(root.join("bench").join("article.py"))
         .arg("--reassembly-speed")
         .arg(release.join("examples").join("reassembly_speed"))
+        .arg("--format-speed")
+        .arg(release.join("examples").join("format_speed"))
+        .arg("--object-without-log")
+        .arg(&without_log)
         .arg("--json")
         .arg(&json)
         .arg("--markdown")

@@ -197,6 +197,13 @@ fn ebpf(route: RouteChoice) -> Result<PathBuf> {
     toolchain::build_ebpf(&root(), &route)
 }
 
+/// The XDP object without its `kernel-log` feature (the bench's baseline
+/// for what the log costs when off).
+fn ebpf_without_log(route: RouteChoice) -> Result<PathBuf> {
+    let route = toolchain::ensure(route)?;
+    toolchain::build_ebpf_without_log(&root(), &route)
+}
+
 /// A host cargo command whose udp-agent build script builds the XDP object
 /// with `route`, which is checked (and as root installed) first.
 fn cargo_with_ebpf(route: RouteChoice) -> Result<Command> {

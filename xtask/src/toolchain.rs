@@ -231,12 +231,28 @@ fn install_linker_rustup(_probe: &Probe) -> Result<()> {
 
 /// Build the XDP program; returns the absolute path of the object.
 pub fn build_ebpf(root: &Path, route: &Route) -> Result<PathBuf> {
-    let target_dir = target_dir(root);
-    run_checked(&mut route.build_command(root, &target_dir)).context(
+    build_object(
+        route.build_command(root, &target_dir(root)),
+        &target_dir(root),
+    )
+}
+
+/// The object built without its `kernel-log` feature, for the bench row of
+/// what the log costs when off. It has a target directory of its own
+/// (`bpf-no-log` beside `bpf`), so it never replaces the agent's object.
+pub fn build_ebpf_without_log(root: &Path, route: &Route) -> Result<PathBuf> {
+    let dir = target_dir(root).with_file_name("bpf-no-log");
+    let mut cmd = route.build_command(root, &dir);
+    cmd.arg("--no-default-features");
+    build_object(cmd, &dir)
+}
+
+fn build_object(mut cmd: Command, target_dir: &Path) -> Result<PathBuf> {
+    run_checked(&mut cmd).context(
         "building the eBPF program (udp-ebpf) failed; see the compiler output above. \
          `cargo xtask setup` shows which toolchain was used",
     )?;
-    let object = object_path(&target_dir);
+    let object = object_path(target_dir);
     let meta = fs::metadata(&object).with_context(|| {
         format!(
             "the eBPF build succeeded but {} is missing",

@@ -1,0 +1,194 @@
+//! Scenario 1 — the agent's CPU per datagram for each payload format,
+//! against base64 of the same payload in the same run: udp-agent's
+//! `examples/format_speed` (encode the datagram into its entry and write
+//! the entry's line, on this thread's CPU clock, formats interleaved round
+//! by round), run as a child process with `JSON=1`.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context, Result, ensure};
+use serde::{Deserialize, Serialize};
+
+use crate::report::{Row, Summary};
+
+/// Datagrams per round and rounds.
+pub struct Settings {
+    pub datagrams: usize,
+    pub rounds: usize,
+}
+
+impl Settings {
+    pub fn new(quick: bool) -> Settings {
+        if quick {
+            Settings {
+                datagrams: 5_000,
+                rounds: 5,
+            }
+        } else {
+            Settings {
+                datagrams: 20_000,
+                rounds: 15,
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Output {
+    cpu: String,
+    rows: Vec<OutputRow>,
+}
+
+#[derive(Deserialize)]
+struct OutputRow {
+    payload: String,
+    bytes: usize,
+    format: String,
+    packed: bool,
+    ns: Vec<f64>,
+    base64_ns: Vec<f64>,
+    entry_bytes: f64,
+    per_entry: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FormatResult {
+    pub payload: String,
+    pub bytes: usize,
+    pub format: String,
+    pub packed: bool,
+    pub ns: Summary,
+    pub base64_ns: Summary,
+    /// ns / base64 ns, round by round.
+    pub ratio: Summary,
+    pub entry_bytes_per_datagram: f64,
+    pub datagrams_per_entry: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FormatResults {
+    pub cpu: String,
+    pub datagrams: usize,
+    pub rounds: usize,
+    pub rows: Vec<FormatResult>,
+}
+
+pub fn run(bin: &Path, s: &Settings) -> Result<(FormatResults, Vec<Row>)> {
+    let out = Command::new(bin)
+        .env("JSON", "1")
+        .env("N", s.datagrams.to_string())
+        .env("ROUNDS", s.rounds.to_string())
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    ensure!(
+        out.status.success(),
+        "{} failed: {}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o: Output = serde_json::from_slice(&out.stdout).context("reading format_speed's JSON")?;
+    let rows = o
+        .rows
+        .into_iter()
+        .map(|r| {
+            let ratio: Vec<f64> = r.ns.iter().zip(&r.base64_ns).map(|(a, b)| a / b).collect();
+            FormatResult {
+                payload: r.payload,
+                bytes: r.bytes,
+                format: r.format,
+                packed: r.packed,
+                ns: Summary::of(&r.ns),
+                base64_ns: Summary::of(&r.base64_ns),
+                ratio: Summary::of(&ratio),
+                entry_bytes_per_datagram: r.entry_bytes,
+                datagrams_per_entry: r.per_entry,
+            }
+        })
+        .collect::<Vec<_>>();
+    for r in &rows {
+        eprintln!(
+            "bench: formats: {:<12} {:>4} B {:<15} {:>5.0} ns/datagram, {:.2}× base64",
+            r.payload,
+            r.bytes,
+            label(r),
+            r.ns.median,
+            r.ratio.median
+        );
+    }
+    let results = FormatResults {
+        cpu: o.cpu,
+        datagrams: s.datagrams,
+        rounds: s.rounds,
+        rows,
+    };
+    let rows = table(&results);
+    Ok((results, rows))
+}
+
+fn label(r: &FormatResult) -> String {
+    if r.packed {
+        format!("{} packed", r.format)
+    } else {
+        r.format.clone()
+    }
+}
+
+/// What `format_speed` calls a payload, for a reader.
+fn describe(payload: &str) -> &str {
+    match payload {
+        "syslog 3164" => "RFC 3164 syslog line",
+        "syslog 5424" => "RFC 5424 line with structured data",
+        "json" => "JSON document",
+        "binary" => "random payload",
+        other => other,
+    }
+}
+
+/// Issue 16's goals: `text` and `hex` within 1.2× of base64, `syslog` and
+/// `json` within 2×; packing base64 has none.
+fn target(r: &FormatResult) -> Option<f64> {
+    match r.format.as_str() {
+        "text" | "hex" => Some(1.2),
+        "syslog" | "json" => Some(2.0),
+        _ => None,
+    }
+}
+
+fn table(r: &FormatResults) -> Vec<Row> {
+    r.rows
+        .iter()
+        .filter(|f| f.format != "base64" || f.packed)
+        .map(|f| {
+            let mut row = Row::new(
+                1,
+                format!(
+                    "agent CPU per datagram, format `{}`: {}-byte {}",
+                    label(f),
+                    f.bytes,
+                    describe(&f.payload)
+                ),
+                "ns/datagram",
+            );
+            row.ours = format!("{:.0} ns (±{:.0}%)", f.ns.median, f.ns.spread_pct());
+            row.peer = format!("base64 {:.0} ns", f.base64_ns.median);
+            row.ours_value = Some(f.ns.median);
+            row.peer_value = Some(f.base64_ns.median);
+            row.ratio = Some(f.ratio.median);
+            row.ratio_note = "lower is better".into();
+            if let Some(t) = target(f) {
+                row.target = Some(format!("≤ {t}× base64"));
+                row.met = Some(f.ratio.median <= t);
+            }
+            row.note = format!(
+                "examples/format_speed: encode and write the line, this thread's CPU clock, median of {} interleaved rounds of {} (round ratios {:.2}–{:.2}); {:.0} entry bytes per datagram, {:.1} datagrams per entry",
+                r.rounds,
+                r.datagrams,
+                f.ratio.min,
+                f.ratio.max,
+                f.entry_bytes_per_datagram,
+                f.datagrams_per_entry
+            );
+            row
+        })
+        .collect()
+}
