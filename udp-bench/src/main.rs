@@ -212,6 +212,12 @@ struct AllArgs {
     /// agent's CPU per reassembled datagram (scenario 1).
     #[arg(long)]
     reassembly_speed: Option<PathBuf>,
+    /// Scenario 4 alone: the soak's rate (default: scenario 2's highest
+    /// lossless 64-byte rate, else 200,000 pps) and length in seconds.
+    #[arg(long)]
+    soak_pps: Option<u64>,
+    #[arg(long)]
+    soak_seconds: Option<u64>,
     /// The XDP object built without the `kernel-log` feature, for the rows
     /// of what `--kernel-log` costs when off (scenario 1).
     #[arg(long)]
@@ -616,7 +622,10 @@ fn all(a: &AllArgs) -> Result<()> {
         if wanted("memory") {
             // The soak runs at the highest lossless 64-byte rate found;
             // without scenario 2, at a rate well inside the target.
-            let rate = soak_rate.unwrap_or(200_000);
+            let rate = a.soak_pps.or(soak_rate).unwrap_or(200_000);
+            if let Some(s) = a.soak_seconds {
+                csettings.soak = Duration::from_secs(s);
+            }
             eprintln!(
                 "bench: scenario 4: {} s soak at {rate} pps",
                 csettings.soak.as_secs()
