@@ -107,12 +107,25 @@ fn escape_into<const TWICE: bool>(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
             dst = out.as_mut_ptr();
         }
         let mut start = 0;
+        // The plain run before each escape is copied sixteen bytes at a
+        // time (one load and one store; a copy of the run's own length is
+        // a call to `memcpy` per escape), from the input where sixteen
+        // bytes follow the run's start, and the store's overshoot is
+        // overwritten by what comes next. The room made above covers it:
+        // at most `15 * widest` bytes written in the chunk before a run,
+        // plus sixteen.
+        let whole = i + 32 <= n;
         while m != 0 {
             let j = m.trailing_zeros() as usize;
             // SAFETY: within the room made above; `start..j` is inside
-            // the chunk.
+            // the chunk, and with `whole` sixteen bytes of `bytes` follow
+            // `i + start`.
             unsafe {
-                std::ptr::copy_nonoverlapping(chunk.as_ptr().add(start), dst.add(len), j - start);
+                if whole {
+                    copy16(bytes.as_ptr().add(i + start), dst.add(len));
+                } else {
+                    copy_short(chunk.as_ptr().add(start), dst.add(len), j - start);
+                }
             }
             len += j - start;
             // SAFETY: as above.
@@ -122,7 +135,11 @@ fn escape_into<const TWICE: bool>(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
         }
         // SAFETY: as above.
         unsafe {
-            std::ptr::copy_nonoverlapping(chunk.as_ptr().add(start), dst.add(len), 16 - start);
+            if whole {
+                copy16(bytes.as_ptr().add(i + start), dst.add(len));
+            } else {
+                copy_short(chunk.as_ptr().add(start), dst.add(len), 16 - start);
+            }
         }
         len += 16 - start;
         i += 16;
@@ -150,6 +167,48 @@ fn escape_into<const TWICE: bool>(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
     // SAFETY: `len` bytes are initialised.
     unsafe { out.set_len(len) };
     added
+}
+
+/// Copies sixteen bytes from `src` to `dst` (unaligned).
+///
+/// # Safety
+/// Sixteen bytes readable at `src` and writable at `dst`, not overlapping.
+#[inline(always)]
+unsafe fn copy16(src: *const u8, dst: *mut u8) {
+    // SAFETY: the caller's.
+    unsafe {
+        dst.cast::<[u8; 16]>()
+            .write_unaligned(src.cast::<[u8; 16]>().read_unaligned())
+    };
+}
+
+/// Copies `n` (at most sixteen) bytes from `src` to `dst`, without a call
+/// to `memcpy` for these short runs.
+///
+/// # Safety
+/// `n` bytes readable at `src` and writable at `dst`, not overlapping.
+#[inline(always)]
+unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
+    // SAFETY: the caller's; each copy stays within the first `n` bytes.
+    unsafe {
+        if n >= 8 {
+            dst.cast::<u64>()
+                .write_unaligned(src.cast::<u64>().read_unaligned());
+            dst.add(n - 8)
+                .cast::<u64>()
+                .write_unaligned(src.add(n - 8).cast::<u64>().read_unaligned());
+        } else if n >= 4 {
+            dst.cast::<u32>()
+                .write_unaligned(src.cast::<u32>().read_unaligned());
+            dst.add(n - 4)
+                .cast::<u32>()
+                .write_unaligned(src.add(n - 4).cast::<u32>().read_unaligned());
+        } else {
+            for k in 0..n {
+                *dst.add(k) = *src.add(k);
+            }
+        }
+    }
 }
 
 /// Writes the escape of `b` (a byte `ESCAPE` flags) at `dst + len`:
