@@ -555,39 +555,78 @@ pub struct SdParam<'a> {
 
 /// Every parameter of structured data that [`sd_len`] accepted, in order.
 pub fn sd_params(sd: &[u8]) -> Vec<SdParam<'_>> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < sd.len() {
-        // `[` SD-ID
-        i += 1;
-        let n = sd_name(&sd[i..]).unwrap_or(0);
-        let id = &sd[i..i + n];
-        i += n;
-        let mut any = false;
-        while sd[i] == b' ' {
-            i += 1;
-            let n = sd_name(&sd[i..]).unwrap_or(0);
-            let name = &sd[i..i + n];
-            // `="`
-            i += n + 2;
-            let start = i;
-            while sd[i] != b'"' {
-                i += if sd[i] == b'\\' { 2 } else { 1 };
-            }
-            out.push(SdParam {
-                id,
-                param: Some((name, &sd[start..i])),
-            });
-            any = true;
-            i += 1;
+    SdParams::new(sd).collect()
+}
+
+/// [`sd_params`] one at a time, so a caller can keep them where it likes
+/// (the encoder keeps a few on the stack).
+pub struct SdParams<'a> {
+    sd: &'a [u8],
+    i: usize,
+    /// The SD-ID of the element whose parameters are being read, if one
+    /// is open (`i` is then at the space before its next parameter).
+    open: Option<&'a [u8]>,
+}
+
+impl<'a> SdParams<'a> {
+    /// Structured data that [`sd_len`] accepted.
+    pub fn new(sd: &'a [u8]) -> Self {
+        Self {
+            sd,
+            i: 0,
+            open: None,
         }
-        if !any {
-            out.push(SdParam { id, param: None });
-        }
-        // `]`
-        i += 1;
     }
-    out
+}
+
+impl<'a> Iterator for SdParams<'a> {
+    type Item = SdParam<'a>;
+
+    fn next(&mut self) -> Option<SdParam<'a>> {
+        let sd = self.sd;
+        let id = match self.open {
+            Some(id) => id,
+            None => {
+                if self.i >= sd.len() {
+                    return None;
+                }
+                // `[` SD-ID
+                self.i += 1;
+                let n = sd_name(&sd[self.i..]).unwrap_or(0);
+                let id = &sd[self.i..self.i + n];
+                self.i += n;
+                if sd[self.i] != b' ' {
+                    // `]`: an element without parameters.
+                    self.i += 1;
+                    return Some(SdParam { id, param: None });
+                }
+                id
+            }
+        };
+        // ` ` PARAM-NAME `="` value `"`
+        let mut i = self.i + 1;
+        let n = sd_name(&sd[i..]).unwrap_or(0);
+        let name = &sd[i..i + n];
+        i += n + 2;
+        let start = i;
+        while sd[i] != b'"' {
+            i += if sd[i] == b'\\' { 2 } else { 1 };
+        }
+        let value = &sd[start..i];
+        i += 1;
+        if sd[i] == b' ' {
+            self.open = Some(id);
+        } else {
+            // `]`
+            self.open = None;
+            i += 1;
+        }
+        self.i = i;
+        Some(SdParam {
+            id,
+            param: Some((name, value)),
+        })
+    }
 }
 
 /// A PARAM-VALUE with its escapes (`\"`, `\\`, `\]`) undone; any other
