@@ -582,6 +582,9 @@ impl<'a> SdParams<'a> {
 impl<'a> Iterator for SdParams<'a> {
     type Item = SdParam<'a>;
 
+    // Inlined: a parameter returned through memory and read back at once
+    // waits on the stores that wrote it.
+    #[inline]
     fn next(&mut self) -> Option<SdParam<'a>> {
         let sd = self.sd;
         let id = match self.open {
