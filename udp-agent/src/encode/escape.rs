@@ -144,7 +144,26 @@ fn escape_into<const TWICE: bool>(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
         len += 16 - start;
         i += 16;
     }
-    // Fewer than sixteen bytes left.
+    // Fewer than sixteen bytes left: most often none needs escaping (a
+    // short field, the end of a line), so they are tested at once and
+    // copied, and only otherwise escaped one at a time.
+    let rest = n - i;
+    if rest > 0 {
+        // SAFETY: `i < n`, and `i >= n - 16` when `n >= 16`.
+        let m = unsafe {
+            if n >= 16 {
+                escapes16(&*bytes.as_ptr().add(n - 16).cast::<[u8; 16]>()) >> (16 - rest)
+            } else {
+                u32::from(any_escape_short(bytes.as_ptr(), n))
+            }
+        };
+        if m == 0 {
+            // SAFETY: within the invariant's room; `rest` bytes at `i`.
+            unsafe { copy_short(bytes.as_ptr().add(i), dst.add(len), rest) };
+            len += rest;
+            i = n;
+        }
+    }
     while i < n {
         let b = bytes[i];
         i += 1;
@@ -256,6 +275,37 @@ unsafe fn write_escape<const TWICE: bool>(
         }
     }
     (len, added)
+}
+
+/// Whether any of the `n` (1 to 15) bytes at `p` needs escaping: two
+/// overlapping loads of 8, 4 or 1 to 3 bytes cover them all, tested
+/// together as sixteen bytes (a byte tested twice is no matter).
+///
+/// # Safety
+/// `n` bytes readable at `p`, `0 < n < 16`.
+#[inline(always)]
+unsafe fn any_escape_short(p: *const u8, n: usize) -> bool {
+    // SAFETY: the caller's; every read stays within the `n` bytes.
+    let (lo, hi) = unsafe {
+        if n >= 8 {
+            (
+                p.cast::<u64>().read_unaligned(),
+                p.add(n - 8).cast::<u64>().read_unaligned(),
+            )
+        } else if n >= 4 {
+            let a = u64::from(p.cast::<u32>().read_unaligned());
+            let b = u64::from(p.add(n - 4).cast::<u32>().read_unaligned());
+            (a | b << 32, a | b << 32)
+        } else {
+            let x = u64::from(*p) | u64::from(*p.add(n / 2)) << 8 | u64::from(*p.add(n - 1)) << 16;
+            let x = x | x << 24 | x << 48;
+            (x, x)
+        }
+    };
+    let mut chunk = [0u8; 16];
+    chunk[..8].copy_from_slice(&lo.to_ne_bytes());
+    chunk[8..].copy_from_slice(&hi.to_ne_bytes());
+    escapes16(&chunk) != 0
 }
 
 /// Bit `j` set for each byte `chunk[j]` that needs escaping.
