@@ -373,10 +373,14 @@ fn write_structured_data(w: &mut DetailWriter, sd: &[u8], ascii: bool) {
     fn value<'a>(p: &syslog::SdParam<'a>) -> &'a [u8] {
         p.param.map_or(&[], |p| p.1)
     }
-    // Equal byte strings, the same slice (an element's SD-ID, for each of
-    // its parameters) without comparing bytes.
+    // Equal byte strings: the same slice (an element's SD-ID, for each of
+    // its parameters) without comparing bytes, and different names of
+    // one length (`old-state`, `new-state`) mostly told apart by their
+    // ends before a call to `bcmp`.
     fn same(a: &[u8], b: &[u8]) -> bool {
-        a.len() == b.len() && (a.as_ptr() == b.as_ptr() || a == b)
+        a.len() == b.len()
+            && (a.as_ptr() == b.as_ptr()
+                || (a.first() == b.first() && a.last() == b.last() && a == b))
     }
     fn same_name(a: Option<&[u8]>, b: Option<&[u8]>) -> bool {
         match (a, b) {
@@ -396,6 +400,7 @@ fn write_structured_data(w: &mut DetailWriter, sd: &[u8], ascii: bool) {
             })
         });
     let sorted;
+    let sorted_here = !many.is_empty() || !grouped;
     let params = if grouped {
         params
     } else {
@@ -419,10 +424,15 @@ fn write_structured_data(w: &mut DetailWriter, sd: &[u8], ascii: bool) {
                 i += 1;
                 continue;
             };
-            let count = params[i..]
-                .iter()
-                .take_while(|p| same(p.id, id) && same_name(p.param.map(|p| p.0), Some(name)))
-                .count();
+            // Grouped as they came, each name is there once in its SD-ID.
+            let count = if sorted_here {
+                params[i..]
+                    .iter()
+                    .take_while(|p| same(p.id, id) && same_name(p.param.map(|p| p.0), Some(name)))
+                    .count()
+            } else {
+                1
+            };
             let values = &params[i..i + count];
             i += count;
             if !first {

@@ -143,18 +143,12 @@ fn rfc5424(pri: u8, rest: &[u8]) -> Option<Message<'_>> {
     if !(1..=2).contains(&digits) || rest[0] == b'0' || rest.get(digits) != Some(&b' ') {
         return None;
     }
-    let mut r = &rest[digits + 1..];
-    let mut field = || {
-        let end = r.iter().position(|&c| c == b' ')?;
-        let f = &r[..end];
-        r = &r[end + 1..];
-        (!f.is_empty()).then_some(f)
-    };
-    let timestamp = field()?;
-    let hostname = field()?;
-    let app_name = field()?;
-    let proc_id = field()?;
-    let msg_id = field()?;
+    let r = &rest[digits + 1..];
+    let (timestamp, r) = header_field(r)?;
+    let (hostname, r) = header_field(r)?;
+    let (app_name, r) = header_field(r)?;
+    let (proc_id, r) = header_field(r)?;
+    let (msg_id, r) = header_field(r)?;
     let (structured_data, after) = match r.first() {
         Some(b'-') => (None, &r[1..]),
         Some(b'[') => {
@@ -181,6 +175,15 @@ fn rfc5424(pri: u8, rest: &[u8]) -> Option<Message<'_>> {
         structured_data,
         message: trim_end(message),
     })
+}
+
+/// An RFC 5424 header field (not empty) and what follows its space. A
+/// function of its own, not a closure over the rest: the position then
+/// stays in a register instead of memory as the bytes are scanned.
+#[inline]
+fn header_field(r: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = r.iter().position(|&c| c == b' ')?;
+    (end > 0).then(|| (&r[..end], &r[end + 1..]))
 }
 
 /// RFC 5424's NILVALUE.
@@ -535,12 +538,14 @@ fn sd_len(b: &[u8]) -> Option<usize> {
 }
 
 /// An SD-ID or PARAM-NAME's length (1 to 32 bytes, none of ` =]"`).
+#[inline]
 fn sd_name(b: &[u8]) -> Option<usize> {
-    let n = b
-        .iter()
-        .take(33)
-        .take_while(|c| !matches!(c, b' ' | b'=' | b']' | b'"'))
-        .count();
+    // A plain loop, inlined into the two walks over structured data
+    // (each name is measured twice).
+    let mut n = 0;
+    while n < b.len() && n <= 32 && !matches!(b[n], b' ' | b'=' | b']' | b'"') {
+        n += 1;
+    }
     (1..=32).contains(&n).then_some(n)
 }
 
