@@ -310,7 +310,7 @@ unsafe fn any_escape_short(p: *const u8, n: usize) -> bool {
 
 /// Bit `j` set for each byte `chunk[j]` that needs escaping.
 #[inline(always)]
-fn escapes16(chunk: &[u8; 16]) -> u32 {
+pub(super) fn escapes16(chunk: &[u8; 16]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{

@@ -20,6 +20,7 @@ use udp_ebpf_common::Format;
 use super::{
     Detail,
     escape::{push_escaped, push_escaped_twice},
+    json,
     syslog::{self, Stamp},
 };
 
@@ -272,13 +273,15 @@ fn write_base64(w: &mut DetailWriter, payload: &[u8]) {
 }
 
 /// The payload as JSON text, if it is one JSON value (object, array or
-/// scalar, surrounding whitespace allowed). Checked by serde_json without
-/// building the value; the text itself goes into the Detail, so the value
+/// scalar, surrounding whitespace allowed). Checked without building the
+/// value ([`json::is_one_value`], serde_json's answer; serde_json itself
+/// for deep nesting); the text itself goes into the Detail, so the value
 /// is exactly the one sent (numbers keep all their digits).
 fn as_json(payload: &[u8]) -> Option<&str> {
     let text = std::str::from_utf8(payload).ok()?;
-    serde_json::from_str::<IgnoredAny>(text).ok()?;
-    Some(text)
+    let json = json::is_one_value(payload)
+        .unwrap_or_else(|| serde_json::from_str::<IgnoredAny>(text).is_ok());
+    json.then_some(text)
 }
 
 /// The `Syslog` object. Absent fields are left out (a rule's `exists`
