@@ -485,33 +485,40 @@ fn push_iso8601(out: &mut String, s: &Stamp<'_>, received: SystemTime) {
         let of_day = minutes.rem_euclid(1440);
         (h, mi) = ((of_day / 60) as u8, (of_day % 60) as u8);
     }
-    let two = |out: &mut String, n: u8| {
-        out.push(char::from(b'0' + n / 10));
-        out.push(char::from(b'0' + n % 10));
+    // Written into a buffer and appended once: a `push` per character
+    // costs a capacity check and a length update each.
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    let mut put = |bytes: &[u8]| {
+        buf[n..n + bytes.len()].copy_from_slice(bytes);
+        n += bytes.len();
     };
+    let two = |v: u8| [b'0' + v / 10, b'0' + v % 10];
     if (0..=9999).contains(&y) {
         let y = y as u16;
-        two(out, (y / 100) as u8);
-        two(out, (y % 100) as u8);
+        put(&two((y / 100) as u8));
+        put(&two((y % 100) as u8));
     } else {
-        out.push_str(itoa::Buffer::new().format(y));
+        put(itoa::Buffer::new().format(y).as_bytes());
     }
-    out.push('-');
-    two(out, mo);
-    out.push('-');
-    two(out, d);
-    out.push('T');
-    two(out, h);
-    out.push(':');
-    two(out, mi);
-    out.push(':');
-    two(out, s.second);
+    put(b"-");
+    put(&two(mo));
+    put(b"-");
+    put(&two(d));
+    put(b"T");
+    put(&two(h));
+    put(b":");
+    put(&two(mi));
+    put(b":");
+    put(&two(s.second));
     if !s.fraction.is_empty() {
-        out.push('.');
-        // ASCII digits (checked by the parser).
-        out.push_str(std::str::from_utf8(s.fraction).unwrap_or_default());
+        put(b".");
+        // ASCII digits (checked by the parser), at most nine.
+        put(s.fraction);
     }
     if s.offset_minutes.is_some() {
-        out.push('Z');
+        put(b"Z");
     }
+    // ASCII digits and punctuation, and the fraction's ASCII digits.
+    out.push_str(std::str::from_utf8(&buf[..n]).unwrap_or_default());
 }
