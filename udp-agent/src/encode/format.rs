@@ -286,7 +286,7 @@ fn as_json(payload: &[u8]) -> Option<&str> {
 
 /// The `Syslog` object. Absent fields are left out (a rule's `exists`
 /// tells them apart); `Message` is always there. `ascii`: the payload is
-/// ASCII. Returns where the message's escaped text is in `w` (see
+/// ASCII (so is every field). Returns where the message's escaped text is in `w` (see
 /// [`DetailWriter::string_span`]), when it was UTF-8.
 fn write_syslog(
     w: &mut DetailWriter,
@@ -342,8 +342,8 @@ fn write_syslog(
 /// repeated in a message is merged, so the object has no duplicate keys.
 /// `ascii`: the payload is ASCII.
 fn write_structured_data(w: &mut DetailWriter, sd: &[u8], ascii: bool) {
-    // A few parameters (the usual case) are kept on the stack; more go
-    // into a vector, always sorted (below).
+    // A few parameters (the usual case) are kept on the stack, more in a
+    // vector.
     const FEW: usize = 16;
     let mut few = [syslog::SdParam {
         id: &[],
@@ -361,15 +361,7 @@ fn write_structured_data(w: &mut DetailWriter, sd: &[u8], ascii: bool) {
         few[n] = p;
         n += 1;
     }
-    let params: &[syslog::SdParam<'_>] = if many.is_empty() {
-        &few[..n]
-    } else {
-        many.extend(all);
-        // Written in groups of one SD-ID, then one name: a stable sort
-        // groups them, keeping values in order.
-        many.sort_by(|a, b| (a.id, name(a)).cmp(&(b.id, name(b))));
-        &many
-    };
+    many.extend(all);
     fn name<'a>(p: &syslog::SdParam<'a>) -> Option<&'a [u8]> {
         p.param.map(|p| p.0)
     }
@@ -392,25 +384,25 @@ fn write_structured_data(w: &mut DetailWriter, sd: &[u8], ascii: bool) {
             _ => false,
         }
     }
-    // Usually they come grouped (each SD-ID once, each name once in it),
-    // checked pairwise; otherwise a stable sort groups them.
-    let grouped = !many.is_empty()
-        || (1..params.len()).all(|i| {
+    // Written in groups of one SD-ID, then one name. Usually they come so
+    // (each SD-ID once, each name once in it), checked pairwise for a
+    // few; otherwise a stable sort groups them, keeping values in order.
+    let few = &few[..n];
+    let grouped = many.is_empty()
+        && (1..few.len()).all(|i| {
             (0..i).all(|k| {
-                !same(params[k].id, params[i].id)
-                    || (same(params[i - 1].id, params[i].id)
-                        && !same_name(name(&params[k]), name(&params[i])))
+                !same(few[k].id, few[i].id)
+                    || (same(few[i - 1].id, few[i].id) && !same_name(name(&few[k]), name(&few[i])))
             })
         });
-    let sorted;
-    let sorted_here = !many.is_empty() || !grouped;
     let params = if grouped {
-        params
+        few
     } else {
-        let mut v = params.to_vec();
-        v.sort_by(|a, b| (a.id, name(a)).cmp(&(b.id, name(b))));
-        sorted = v;
-        &sorted[..]
+        if many.is_empty() {
+            many.extend_from_slice(few);
+        }
+        many.sort_by(|a, b| (a.id, name(a)).cmp(&(b.id, name(b))));
+        &many[..]
     };
     lit!(w, r#"{"#);
     let mut i = 0;
@@ -428,13 +420,13 @@ fn write_structured_data(w: &mut DetailWriter, sd: &[u8], ascii: bool) {
                 continue;
             };
             // Grouped as they came, each name is there once in its SD-ID.
-            let count = if sorted_here {
+            let count = if grouped {
+                1
+            } else {
                 params[i..]
                     .iter()
                     .take_while(|p| same(p.id, id) && same_name(p.param.map(|p| p.0), Some(name)))
                     .count()
-            } else {
-                1
             };
             let values = &params[i..i + count];
             i += count;
