@@ -107,12 +107,25 @@ fn escape_into<const TWICE: bool>(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
             dst = out.as_mut_ptr();
         }
         let mut start = 0;
+        // The plain run before each escape is copied sixteen bytes at a
+        // time (one load and one store; a copy of the run's own length is
+        // a call to `memcpy` per escape), from the input where sixteen
+        // bytes follow the run's start, and the store's overshoot is
+        // overwritten by what comes next. The room made above covers it:
+        // at most `15 * widest` bytes written in the chunk before a run,
+        // plus sixteen.
+        let whole = i + 32 <= n;
         while m != 0 {
             let j = m.trailing_zeros() as usize;
             // SAFETY: within the room made above; `start..j` is inside
-            // the chunk.
+            // the chunk, and with `whole` sixteen bytes of `bytes` follow
+            // `i + start`.
             unsafe {
-                std::ptr::copy_nonoverlapping(chunk.as_ptr().add(start), dst.add(len), j - start);
+                if whole {
+                    copy16(bytes.as_ptr().add(i + start), dst.add(len));
+                } else {
+                    copy_short(chunk.as_ptr().add(start), dst.add(len), j - start);
+                }
             }
             len += j - start;
             // SAFETY: as above.
@@ -122,12 +135,35 @@ fn escape_into<const TWICE: bool>(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
         }
         // SAFETY: as above.
         unsafe {
-            std::ptr::copy_nonoverlapping(chunk.as_ptr().add(start), dst.add(len), 16 - start);
+            if whole {
+                copy16(bytes.as_ptr().add(i + start), dst.add(len));
+            } else {
+                copy_short(chunk.as_ptr().add(start), dst.add(len), 16 - start);
+            }
         }
         len += 16 - start;
         i += 16;
     }
-    // Fewer than sixteen bytes left.
+    // Fewer than sixteen bytes left: most often none needs escaping (a
+    // short field, the end of a line), so they are tested at once and
+    // copied, and only otherwise escaped one at a time.
+    let rest = n - i;
+    if rest > 0 {
+        // SAFETY: `i < n`, and `i >= n - 16` when `n >= 16`.
+        let m = unsafe {
+            if n >= 16 {
+                escapes16(&*bytes.as_ptr().add(n - 16).cast::<[u8; 16]>()) >> (16 - rest)
+            } else {
+                u32::from(any_escape_short(bytes.as_ptr(), n))
+            }
+        };
+        if m == 0 {
+            // SAFETY: within the invariant's room; `rest` bytes at `i`.
+            unsafe { copy_short(bytes.as_ptr().add(i), dst.add(len), rest) };
+            len += rest;
+            i = n;
+        }
+    }
     while i < n {
         let b = bytes[i];
         i += 1;
@@ -150,6 +186,48 @@ fn escape_into<const TWICE: bool>(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
     // SAFETY: `len` bytes are initialised.
     unsafe { out.set_len(len) };
     added
+}
+
+/// Copies sixteen bytes from `src` to `dst` (unaligned).
+///
+/// # Safety
+/// Sixteen bytes readable at `src` and writable at `dst`, not overlapping.
+#[inline(always)]
+unsafe fn copy16(src: *const u8, dst: *mut u8) {
+    // SAFETY: the caller's.
+    unsafe {
+        dst.cast::<[u8; 16]>()
+            .write_unaligned(src.cast::<[u8; 16]>().read_unaligned())
+    };
+}
+
+/// Copies `n` (at most sixteen) bytes from `src` to `dst`, without a call
+/// to `memcpy` for these short runs.
+///
+/// # Safety
+/// `n` bytes readable at `src` and writable at `dst`, not overlapping.
+#[inline(always)]
+unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
+    // SAFETY: the caller's; each copy stays within the first `n` bytes.
+    unsafe {
+        if n >= 8 {
+            dst.cast::<u64>()
+                .write_unaligned(src.cast::<u64>().read_unaligned());
+            dst.add(n - 8)
+                .cast::<u64>()
+                .write_unaligned(src.add(n - 8).cast::<u64>().read_unaligned());
+        } else if n >= 4 {
+            dst.cast::<u32>()
+                .write_unaligned(src.cast::<u32>().read_unaligned());
+            dst.add(n - 4)
+                .cast::<u32>()
+                .write_unaligned(src.add(n - 4).cast::<u32>().read_unaligned());
+        } else {
+            for k in 0..n {
+                *dst.add(k) = *src.add(k);
+            }
+        }
+    }
 }
 
 /// Writes the escape of `b` (a byte `ESCAPE` flags) at `dst + len`:
@@ -199,9 +277,40 @@ unsafe fn write_escape<const TWICE: bool>(
     (len, added)
 }
 
+/// Whether any of the `n` (1 to 15) bytes at `p` needs escaping: two
+/// overlapping loads of 8, 4 or 1 to 3 bytes cover them all, tested
+/// together as sixteen bytes (a byte tested twice is no matter).
+///
+/// # Safety
+/// `n` bytes readable at `p`, `0 < n < 16`.
+#[inline(always)]
+unsafe fn any_escape_short(p: *const u8, n: usize) -> bool {
+    // SAFETY: the caller's; every read stays within the `n` bytes.
+    let (lo, hi) = unsafe {
+        if n >= 8 {
+            (
+                p.cast::<u64>().read_unaligned(),
+                p.add(n - 8).cast::<u64>().read_unaligned(),
+            )
+        } else if n >= 4 {
+            let a = u64::from(p.cast::<u32>().read_unaligned());
+            let b = u64::from(p.add(n - 4).cast::<u32>().read_unaligned());
+            (a | b << 32, a | b << 32)
+        } else {
+            let x = u64::from(*p) | u64::from(*p.add(n / 2)) << 8 | u64::from(*p.add(n - 1)) << 16;
+            let x = x | x << 24 | x << 48;
+            (x, x)
+        }
+    };
+    let mut chunk = [0u8; 16];
+    chunk[..8].copy_from_slice(&lo.to_ne_bytes());
+    chunk[8..].copy_from_slice(&hi.to_ne_bytes());
+    escapes16(&chunk) != 0
+}
+
 /// Bit `j` set for each byte `chunk[j]` that needs escaping.
 #[inline(always)]
-fn escapes16(chunk: &[u8; 16]) -> u32 {
+pub(super) fn escapes16(chunk: &[u8; 16]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{

@@ -20,6 +20,7 @@ use udp_ebpf_common::Format;
 use super::{
     Detail,
     escape::{push_escaped, push_escaped_twice},
+    json,
     syslog::{self, Stamp},
 };
 
@@ -56,7 +57,12 @@ pub(super) use lit;
 /// counts).
 pub struct DetailWriter {
     pub(super) text: String,
-    pub(super) added: usize,
+    /// A `u32` (a Detail is at most a few hundred KB): two `usize`
+    /// counters bumped together, this and the text's length, are merged
+    /// by the compiler into one 16-byte load and store, and that load
+    /// waits for the scalar store of the length just before it (a failed
+    /// store-to-load forward at every literal, seen in perf).
+    pub(super) added: u32,
 }
 
 impl DetailWriter {
@@ -76,23 +82,57 @@ impl DetailWriter {
     /// literals).
     pub fn lit(&mut self, escaped: &str, added: usize) {
         self.text.push_str(escaped);
-        self.added += added;
+        self.add(added);
+    }
+
+    fn add(&mut self, n: usize) {
+        self.added += n as u32;
     }
 
     /// A JSON string value: `s` quoted and escaped, then escaped again.
     pub fn string(&mut self, s: &str) {
+        self.string_span(s);
+    }
+
+    /// [`string`](Self::string), returning where the escaped text between
+    /// the quotes lies in [`text`](Self::text) and what escaping it twice
+    /// added (so an equal run of a later string can be copied from there).
+    fn string_span(&mut self, s: &str) -> (std::ops::Range<usize>, usize) {
         self.text.push_str("\\\"");
-        self.added += 2 + push_escaped_twice(&mut self.text, s);
+        let start = self.text.len();
+        let added = push_escaped_twice(&mut self.text, s);
+        let end = self.text.len();
         self.text.push_str("\\\"");
+        self.add(2 + added);
+        (start..end, added)
     }
 
     /// [`string`](Self::string) of bytes that may not be UTF-8 (a syslog
     /// field): invalid sequences become U+FFFD (the bytes are kept in
-    /// `Text`/`Payload` beside it).
-    pub fn string_lossy(&mut self, b: &[u8]) {
+    /// `Text`/`Payload` beside it). `ascii`: `b` is known to be ASCII (cut
+    /// from an ASCII payload), so it needs no check.
+    pub fn string_lossy(&mut self, b: &[u8], ascii: bool) {
+        self.string_lossy_span(b, ascii);
+    }
+
+    /// [`string_lossy`](Self::string_lossy) with
+    /// [`string_span`](Self::string_span)'s answer, when `b` was UTF-8.
+    fn string_lossy_span(
+        &mut self,
+        b: &[u8],
+        ascii: bool,
+    ) -> Option<(std::ops::Range<usize>, usize)> {
+        if ascii {
+            debug_assert!(b.is_ascii());
+            // SAFETY: ASCII is UTF-8 (the caller's word that `b` is ASCII).
+            return Some(self.string_span(unsafe { std::str::from_utf8_unchecked(b) }));
+        }
         match std::str::from_utf8(b) {
-            Ok(s) => self.string(s),
-            Err(_) => self.string(&String::from_utf8_lossy(b)),
+            Ok(s) => Some(self.string_span(s)),
+            Err(_) => {
+                self.string(&String::from_utf8_lossy(b));
+                None
+            }
         }
     }
 
@@ -100,17 +140,17 @@ impl DetailWriter {
     pub fn json(&mut self, json: &str) {
         let before = self.text.len();
         push_escaped(&mut self.text, json);
-        self.added += self.text.len() - before - json.len();
+        self.add(self.text.len() - before - json.len());
     }
 
     /// Bytes of the text the JSON would have (what AWS counts).
     pub fn json_len(&self) -> usize {
-        self.text.len() - self.added
+        self.text.len() - self.added as usize
     }
 
     pub fn finish(self) -> Detail {
         Detail {
-            json_len: self.text.len() - self.added,
+            json_len: self.text.len() - self.added as usize,
             escaped: self.text,
         }
     }
@@ -149,20 +189,67 @@ pub fn write_payload(
             }
         }
         Format::Syslog => {
+            // One check of the whole payload spares one per field: every
+            // field of an ASCII payload is ASCII.
+            let ascii = payload.is_ascii();
+            let text = if ascii {
+                // SAFETY: ASCII is UTF-8.
+                Some(unsafe { std::str::from_utf8_unchecked(payload) })
+            } else {
+                std::str::from_utf8(payload).ok()
+            };
+            let m = syslog::parse(payload);
             lit!(w, r#",\"Syslog\":"#);
-            write_syslog(w, &syslog::parse(payload), received);
-            match std::str::from_utf8(payload) {
-                Ok(text) => {
+            let message = write_syslog(w, &m, received, ascii);
+            match text {
+                Some(text) => {
                     lit!(w, r#",\"Text\":"#);
-                    w.string(text);
+                    write_text(w, text, m.message, message);
                 }
-                Err(_) => write_base64(w, payload),
+                None => write_base64(w, payload),
             }
             return Format::Syslog;
         }
     }
     write_base64(w, payload);
     Format::Base64
+}
+
+/// The syslog line as a string. The message is usually most of the line
+/// and was just written, escaped the same way, as the `Message` field:
+/// `message` says where (and what escaping it added), and that run is
+/// copied rather than escaped again.
+fn write_text(
+    w: &mut DetailWriter,
+    text: &str,
+    message: &[u8],
+    escaped: Option<(std::ops::Range<usize>, usize)>,
+) {
+    // Where `message` lies in `text`, if it is a part of it (it borrows
+    // from the payload) on character boundaries.
+    let at = message.as_ptr() as usize;
+    let start = at.wrapping_sub(text.as_ptr() as usize);
+    let end = start.wrapping_add(message.len());
+    let parts = match escaped {
+        Some((run, added)) if !message.is_empty() && start <= end && end <= text.len() => {
+            match (text.get(..start), text.get(end..)) {
+                (Some(head), Some(tail)) => Some((head, run, added, tail)),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let Some((head, run, added, tail)) = parts else {
+        w.string(text);
+        return;
+    };
+    w.text.push_str("\\\"");
+    let mut more = 2 + added;
+    more += push_escaped_twice(&mut w.text, head);
+    w.text.extend_from_within(run);
+    more += push_escaped_twice(&mut w.text, tail);
+    w.text.push_str("\\\"");
+    w.add(more);
 }
 
 /// `,"Format":"<name>"`.
@@ -186,18 +273,27 @@ fn write_base64(w: &mut DetailWriter, payload: &[u8]) {
 }
 
 /// The payload as JSON text, if it is one JSON value (object, array or
-/// scalar, surrounding whitespace allowed). Checked by serde_json without
-/// building the value; the text itself goes into the Detail, so the value
+/// scalar, surrounding whitespace allowed). Checked without building the
+/// value ([`json::is_one_value`], serde_json's answer; serde_json itself
+/// for deep nesting); the text itself goes into the Detail, so the value
 /// is exactly the one sent (numbers keep all their digits).
 fn as_json(payload: &[u8]) -> Option<&str> {
     let text = std::str::from_utf8(payload).ok()?;
-    serde_json::from_str::<IgnoredAny>(text).ok()?;
-    Some(text)
+    let json = json::is_one_value(payload)
+        .unwrap_or_else(|| serde_json::from_str::<IgnoredAny>(text).is_ok());
+    json.then_some(text)
 }
 
 /// The `Syslog` object. Absent fields are left out (a rule's `exists`
-/// tells them apart); `Message` is always there.
-fn write_syslog(w: &mut DetailWriter, m: &syslog::Message<'_>, received: SystemTime) {
+/// tells them apart); `Message` is always there. `ascii`: the payload is
+/// ASCII (so is every field). Returns where the message's escaped text is in `w` (see
+/// [`DetailWriter::string_span`]), when it was UTF-8.
+fn write_syslog(
+    w: &mut DetailWriter,
+    m: &syslog::Message<'_>,
+    received: SystemTime,
+    ascii: bool,
+) -> Option<(std::ops::Range<usize>, usize)> {
     let mut num = itoa::Buffer::new();
     lit!(w, r#"{"#);
     if let (Some(facility), Some(severity)) = (m.facility(), m.severity()) {
@@ -209,7 +305,7 @@ fn write_syslog(w: &mut DetailWriter, m: &syslog::Message<'_>, received: SystemT
     }
     if let Some(ts) = m.timestamp {
         lit!(w, r#"\"Timestamp\":"#);
-        w.string_lossy(ts);
+        w.string_lossy(ts, ascii);
         lit!(w, r#","#);
     }
     if let Some(stamp) = &m.stamp {
@@ -226,41 +322,88 @@ fn write_syslog(w: &mut DetailWriter, m: &syslog::Message<'_>, received: SystemT
         if let Some(v) = value {
             // Every key above has two escaped quotes.
             w.lit(key, 2);
-            w.string_lossy(v);
+            w.string_lossy(v, ascii);
             lit!(w, r#","#);
         }
     }
     if let Some(sd) = m.structured_data {
         lit!(w, r#"\"StructuredData\":"#);
-        write_structured_data(w, sd);
+        write_structured_data(w, sd, ascii);
         lit!(w, r#","#);
     }
     lit!(w, r#"\"Message\":"#);
-    w.string_lossy(m.message);
+    let message = w.string_lossy_span(m.message, ascii);
     lit!(w, r#"}"#);
+    message
 }
 
 /// `{"SD-ID":{"name":"value",…},…}`. A name repeated within an element
 /// (RFC 5424 allows it) becomes an array of its values, and an SD-ID
 /// repeated in a message is merged, so the object has no duplicate keys.
-fn write_structured_data(w: &mut DetailWriter, sd: &[u8]) {
-    let mut params = syslog::sd_params(sd);
-    // Written in groups of one SD-ID, then one name. Usually they come so
-    // (each SD-ID once, each name once in it), checked pairwise for a
-    // few; otherwise a stable sort groups them, keeping values in order.
+/// `ascii`: the payload is ASCII.
+fn write_structured_data(w: &mut DetailWriter, sd: &[u8], ascii: bool) {
+    // A few parameters (the usual case) are kept on the stack, more in a
+    // vector.
+    const FEW: usize = 16;
+    let mut few = [syslog::SdParam {
+        id: &[],
+        param: None,
+    }; FEW];
+    let mut n = 0;
+    let mut all = syslog::SdParams::new(sd);
+    let mut many = Vec::new();
+    for p in all.by_ref() {
+        if n == FEW {
+            many.extend_from_slice(&few);
+            many.push(p);
+            break;
+        }
+        few[n] = p;
+        n += 1;
+    }
+    many.extend(all);
     fn name<'a>(p: &syslog::SdParam<'a>) -> Option<&'a [u8]> {
         p.param.map(|p| p.0)
     }
-    let grouped = params.len() <= 16
-        && (1..params.len()).all(|i| {
+    fn value<'a>(p: &syslog::SdParam<'a>) -> &'a [u8] {
+        p.param.map_or(&[], |p| p.1)
+    }
+    // Equal byte strings: the same slice (an element's SD-ID, for each of
+    // its parameters) without comparing bytes, and different names of
+    // one length (`old-state`, `new-state`) mostly told apart by their
+    // ends before a call to `bcmp`.
+    fn same(a: &[u8], b: &[u8]) -> bool {
+        a.len() == b.len()
+            && (a.as_ptr() == b.as_ptr()
+                || (a.first() == b.first() && a.last() == b.last() && a == b))
+    }
+    fn same_name(a: Option<&[u8]>, b: Option<&[u8]>) -> bool {
+        match (a, b) {
+            (Some(a), Some(b)) => same(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+    // Written in groups of one SD-ID, then one name. Usually they come so
+    // (each SD-ID once, each name once in it), checked pairwise for a
+    // few; otherwise a stable sort groups them, keeping values in order.
+    let few = &few[..n];
+    let grouped = many.is_empty()
+        && (1..few.len()).all(|i| {
             (0..i).all(|k| {
-                params[k].id != params[i].id
-                    || (params[i - 1].id == params[i].id && name(&params[k]) != name(&params[i]))
+                !same(few[k].id, few[i].id)
+                    || (same(few[i - 1].id, few[i].id) && !same_name(name(&few[k]), name(&few[i])))
             })
         });
-    if !grouped {
-        params.sort_by(|a, b| (a.id, name(a)).cmp(&(b.id, name(b))));
-    }
+    let params = if grouped {
+        few
+    } else {
+        if many.is_empty() {
+            many.extend_from_slice(few);
+        }
+        many.sort_by(|a, b| (a.id, name(a)).cmp(&(b.id, name(b))));
+        &many[..]
+    };
     lit!(w, r#"{"#);
     let mut i = 0;
     while i < params.len() {
@@ -268,35 +411,40 @@ fn write_structured_data(w: &mut DetailWriter, sd: &[u8]) {
         if i > 0 {
             lit!(w, r#","#);
         }
-        w.string_lossy(id);
+        w.string_lossy(id, ascii);
         lit!(w, r#":{"#);
         let mut first = true;
-        while i < params.len() && params[i].id == id {
+        while i < params.len() && same(params[i].id, id) {
             let Some((name, _)) = params[i].param else {
                 i += 1;
                 continue;
             };
-            let values: Vec<&[u8]> = params[i..]
-                .iter()
-                .take_while(|p| p.id == id && p.param.map(|p| p.0) == Some(name))
-                .filter_map(|p| p.param.map(|p| p.1))
-                .collect();
-            i += values.len();
+            // Grouped as they came, each name is there once in its SD-ID.
+            let count = if grouped {
+                1
+            } else {
+                params[i..]
+                    .iter()
+                    .take_while(|p| same(p.id, id) && same_name(p.param.map(|p| p.0), Some(name)))
+                    .count()
+            };
+            let values = &params[i..i + count];
+            i += count;
             if !first {
                 lit!(w, r#","#);
             }
             first = false;
-            w.string_lossy(name);
+            w.string_lossy(name, ascii);
             lit!(w, r#":"#);
-            if let [value] = values[..] {
-                w.string_lossy(&syslog::sd_unescape(value));
+            if let [one] = values {
+                w.string_lossy(&syslog::sd_unescape(value(one)), ascii);
             } else {
                 lit!(w, r#"["#);
-                for (k, value) in values.iter().enumerate() {
+                for (k, p) in values.iter().enumerate() {
                     if k > 0 {
                         lit!(w, r#","#);
                     }
-                    w.string_lossy(&syslog::sd_unescape(value));
+                    w.string_lossy(&syslog::sd_unescape(value(p)), ascii);
                 }
                 lit!(w, r#"]"#);
             }
@@ -329,33 +477,40 @@ fn push_iso8601(out: &mut String, s: &Stamp<'_>, received: SystemTime) {
         let of_day = minutes.rem_euclid(1440);
         (h, mi) = ((of_day / 60) as u8, (of_day % 60) as u8);
     }
-    let two = |out: &mut String, n: u8| {
-        out.push(char::from(b'0' + n / 10));
-        out.push(char::from(b'0' + n % 10));
+    // Written into a buffer and appended once: a `push` per character
+    // costs a capacity check and a length update each.
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    let mut put = |bytes: &[u8]| {
+        buf[n..n + bytes.len()].copy_from_slice(bytes);
+        n += bytes.len();
     };
+    let two = |v: u8| [b'0' + v / 10, b'0' + v % 10];
     if (0..=9999).contains(&y) {
         let y = y as u16;
-        two(out, (y / 100) as u8);
-        two(out, (y % 100) as u8);
+        put(&two((y / 100) as u8));
+        put(&two((y % 100) as u8));
     } else {
-        out.push_str(itoa::Buffer::new().format(y));
+        put(itoa::Buffer::new().format(y).as_bytes());
     }
-    out.push('-');
-    two(out, mo);
-    out.push('-');
-    two(out, d);
-    out.push('T');
-    two(out, h);
-    out.push(':');
-    two(out, mi);
-    out.push(':');
-    two(out, s.second);
+    put(b"-");
+    put(&two(mo));
+    put(b"-");
+    put(&two(d));
+    put(b"T");
+    put(&two(h));
+    put(b":");
+    put(&two(mi));
+    put(b":");
+    put(&two(s.second));
     if !s.fraction.is_empty() {
-        out.push('.');
-        // ASCII digits (checked by the parser).
-        out.push_str(std::str::from_utf8(s.fraction).unwrap_or_default());
+        put(b".");
+        // ASCII digits (checked by the parser), at most nine.
+        put(s.fraction);
     }
     if s.offset_minutes.is_some() {
-        out.push('Z');
+        put(b"Z");
     }
+    // ASCII digits and punctuation, and the fraction's ASCII digits.
+    out.push_str(std::str::from_utf8(&buf[..n]).unwrap_or_default());
 }

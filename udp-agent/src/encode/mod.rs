@@ -9,6 +9,7 @@
 
 mod escape;
 mod format;
+mod json;
 pub mod pack;
 pub mod syslog;
 
