@@ -6,10 +6,13 @@
 
 use std::{path::Path, process::Command};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::report::{Row, Summary};
+use crate::{
+    proc,
+    report::{Row, Summary},
+};
 
 /// Datagrams per round and rounds.
 pub struct Settings {
@@ -74,19 +77,13 @@ pub struct FormatResults {
 }
 
 pub fn run(bin: &Path, s: &Settings) -> Result<(FormatResults, Vec<Row>)> {
-    let out = Command::new(bin)
-        .env("JSON", "1")
-        .env("N", s.datagrams.to_string())
-        .env("ROUNDS", s.rounds.to_string())
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    ensure!(
-        out.status.success(),
-        "{} failed: {}",
-        bin.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let o: Output = serde_json::from_slice(&out.stdout).context("reading format_speed's JSON")?;
+    let o: Output = serde_json::from_value(proc::json_output(
+        Command::new(bin)
+            .env("JSON", "1")
+            .env("N", s.datagrams.to_string())
+            .env("ROUNDS", s.rounds.to_string()),
+    )?)
+    .context("format_speed's JSON")?;
     let rows = o
         .rows
         .into_iter()

@@ -35,7 +35,7 @@ use udp_ebpf_common::{
 use crate::{
     bpf,
     kernel::{self, DST4, Loaded, OTHER_PORT, PORT, SRC4},
-    proc::{check_interrupted, sut_cpu, with_cpu},
+    proc::{self, check_interrupted, sut_cpu, with_cpu},
     report::{Row, Summary},
 };
 /// The datagram of the fragment cases: 8,000 payload bytes, which a
@@ -339,21 +339,13 @@ fn measure(k: &mut Loaded, fd: i32, floor: i32, s: &Settings) -> Result<Vec<Case
 }
 
 fn agent(bin: &Path, s: &Settings) -> Result<AgentResult> {
-    let out = Command::new(bin)
-        .env("N", s.agent_datagrams.to_string())
-        .env("ROUNDS", s.agent_rounds.to_string())
-        .env("SIZE", SIZE.to_string())
-        .env("MTU", MTU.to_string())
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    ensure!(
-        out.status.success(),
-        "{} failed: {}",
-        bin.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("reading reassembly_speed's JSON")?;
+    let v = proc::json_output(
+        Command::new(bin)
+            .env("N", s.agent_datagrams.to_string())
+            .env("ROUNDS", s.agent_rounds.to_string())
+            .env("SIZE", SIZE.to_string())
+            .env("MTU", MTU.to_string()),
+    )?;
     let list = |k: &str| -> Result<Vec<f64>> {
         v[k].as_array()
             .with_context(|| format!("no `{k}` in reassembly_speed's output"))?

@@ -77,6 +77,27 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Whether `case` is measured (`only`).
+    pub(crate) fn wants(&self, case: &Case) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| case.name.contains(o.as_str()))
+    }
+
+    /// Calls per run and repetitions per call for `case`: one call of
+    /// `repeat`, or for a capture as many calls as it takes for
+    /// `capture_repeat` records to fit in 90% of the ring each time.
+    pub(crate) fn calls(&self, case: &Case) -> (u32, u32) {
+        match case.captured_payload {
+            None => (1, self.repeat),
+            Some(p) => {
+                let fit = (u64::from(self.ring_bytes) * 9 / 10 / record_slot(p)).max(1) as u32;
+                let per_call = fit.min(self.capture_repeat);
+                (self.capture_repeat.div_ceil(per_call), per_call)
+            }
+        }
+    }
+
     pub fn new(quick: bool) -> Settings {
         if quick {
             Settings {
@@ -462,20 +483,11 @@ fn redirect_vs_ring(object: &Path, s: &Settings) -> Result<(RedirectResult, Row)
         "kernel: consumed port, 1,472 B payload: AF_XDP redirect vs the ring path (live frames, over an XDP_DROP floor)",
         "ns/packet",
     );
-    row.ours = format!(
-        "redirect {:.1} ns over the floor (±{:.0}%)",
-        r.redirect_over_floor_ns.median,
-        r.redirect_over_floor_ns.spread_pct()
+    row.ns_versus(
+        ("redirect over the floor ", &r.redirect_over_floor_ns),
+        ("ring over the floor ", &r.ring_over_floor_ns),
+        r.redirect_over_floor_ns.median / r.ring_over_floor_ns.median,
     );
-    row.peer = format!(
-        "ring {:.1} ns over the floor (±{:.0}%)",
-        r.ring_over_floor_ns.median,
-        r.ring_over_floor_ns.spread_pct()
-    );
-    row.ours_value = Some(r.redirect_over_floor_ns.median);
-    row.peer_value = Some(r.ring_over_floor_ns.median);
-    row.ratio = Some(r.redirect_over_floor_ns.median / r.ring_over_floor_ns.median);
-    row.ratio_note = "lower is better".into();
     row.note = format!(
         "per frame with the live-frames run itself: redirect {:.1} ns, ring {:.1} ns, floor {:.1} ns; the redirect includes the copy into the socket's UMEM (copy mode; zero-copy drivers skip it)",
         r.redirect_ns.median, r.ring_ns.median, r.floor_ns.median
@@ -498,7 +510,7 @@ pub(crate) fn run_checked(case: &Case, fd: i32, repeat: u32) -> Result<bpf::Test
 
 /// Ring bytes one record of `payload` bytes takes: an 8-byte ring header,
 /// the 64-byte record header and the payload's size class.
-pub(crate) fn record_slot(payload: usize) -> u64 {
+fn record_slot(payload: usize) -> u64 {
     u64::from(ring_slot_bytes(payload.min(MAX_CAPTURE as usize) as u32))
 }
 
@@ -560,10 +572,7 @@ fn measure(k: &mut Loaded, fd: i32, floor: i32, s: &Settings) -> Result<Vec<Case
     let mut out = Vec::new();
     for case in cases() {
         check_interrupted()?;
-        if s.only
-            .as_ref()
-            .is_some_and(|o| !case.name.contains(o.as_str()))
-        {
+        if !s.wants(&case) {
             continue;
         }
         let ring_path = ring_path_for(k, &case)?;
@@ -582,14 +591,7 @@ fn measure(k: &mut Loaded, fd: i32, floor: i32, s: &Settings) -> Result<Vec<Case
             drain(k);
         }
         let full_before = k.ring_full()?;
-        let (calls, per_call) = match case.captured_payload {
-            None => (1, s.repeat),
-            Some(p) => {
-                let fit = (u64::from(s.ring_bytes) * 9 / 10 / record_slot(p)).max(1) as u32;
-                let per_call = fit.min(s.capture_repeat);
-                (s.capture_repeat.div_ceil(per_call), per_call)
-            }
-        };
+        let (calls, per_call) = s.calls(&case);
         let repeat = calls * per_call;
         let (mut records, mut ring_path_records) = (0, 0);
         let mut raw: Runs = Default::default();

@@ -122,10 +122,7 @@ fn measure(on: &mut Loaded, off: &mut Loaded, s: &Settings) -> Result<Vec<Kernel
     let mut out = Vec::new();
     for case in cases() {
         check_interrupted()?;
-        if s.only
-            .as_ref()
-            .is_some_and(|o| !case.name.contains(o.as_str()))
-        {
+        if !s.wants(&case) {
             continue;
         }
         // Warm caches and both JIT images, untimed.
@@ -133,14 +130,7 @@ fn measure(on: &mut Loaded, off: &mut Loaded, s: &Settings) -> Result<Vec<Kernel
             kernel::run_checked(&case, fd, 1000)?;
             kernel::drain(k);
         }
-        let (calls, per_call) = match case.captured_payload {
-            None => (1, s.repeat),
-            Some(p) => {
-                let fit = (u64::from(s.ring_bytes) * 9 / 10 / kernel::record_slot(p)).max(1) as u32;
-                let per_call = fit.min(s.capture_repeat);
-                (s.capture_repeat.div_ceil(per_call), per_call)
-            }
-        };
+        let (calls, per_call) = s.calls(&case);
         let malformed_before = [
             on.counter(counter::MALFORMED)?,
             off.counter(counter::MALFORMED)?,
@@ -227,20 +217,11 @@ fn rows(r: &KernelLogResults) -> Vec<Row> {
                 format!("kernel: --kernel-log off vs built without it, {}", c.name),
                 "ns/packet",
             );
-            row.ours = format!(
-                "{:.1} ns/packet (±{:.0}%)",
-                c.log_off_ns.median,
-                c.log_off_ns.spread_pct()
+            row.ns_versus(
+                ("log off ", &c.log_off_ns),
+                ("without the log ", &c.without_log_ns),
+                c.ratio.median,
             );
-            row.peer = format!(
-                "without the log {:.1} ns (±{:.0}%)",
-                c.without_log_ns.median,
-                c.without_log_ns.spread_pct()
-            );
-            row.ours_value = Some(c.log_off_ns.median);
-            row.peer_value = Some(c.without_log_ns.median);
-            row.ratio = Some(c.ratio.median);
-            row.ratio_note = "lower is better".into();
             row.target = Some(format!("≤ {TARGET_RATIO}×"));
             row.met = Some(c.ratio.median <= TARGET_RATIO);
             row.note = format!(

@@ -406,15 +406,45 @@ fn have(program: &str) -> bool {
         || Path::new("/usr/sbin").join(program).is_file()
 }
 
+/// What the scenarios of `all` have given: their rows, and what failed.
+#[derive(Default)]
+struct Outcome {
+    rows: Vec<Row>,
+    failed: Vec<String>,
+}
+
+impl Outcome {
+    /// Keeps a scenario's rows and returns its details for the report, or
+    /// notes its failure (the other scenarios still run) and returns null.
+    /// An interrupt ends the run.
+    fn take<T: serde::Serialize>(
+        &mut self,
+        what: &str,
+        result: Result<(T, Vec<Row>)>,
+    ) -> Result<serde_json::Value> {
+        match result {
+            Ok((details, rows)) => {
+                self.rows.extend(rows);
+                Ok(serde_json::to_value(&details)?)
+            }
+            Err(e) => {
+                proc::check_interrupted()?;
+                eprintln!("bench: {what} failed: {e:#}");
+                self.failed.push(format!("{what}: {e:#}"));
+                Ok(serde_json::Value::Null)
+            }
+        }
+    }
+}
+
 fn all(a: &AllArgs) -> Result<()> {
     require_root()?;
     let started = Instant::now();
     let wanted = |s: &str| a.only.is_empty() || a.only.iter().any(|o| o == s);
     let self_exe = std::env::current_exe().context("locating udp-bench")?;
     contenders::set_extra_agent_args(a.agent_args.clone());
-    let mut rows: Vec<Row> = Vec::new();
+    let mut outcome = Outcome::default();
     let mut skipped = Vec::new();
-    let mut failed = Vec::new();
     let mut report = Report {
         mode: if a.quick { "quick" } else { "full" }.into(),
         command: a.command.clone(),
@@ -443,57 +473,21 @@ fn all(a: &AllArgs) -> Result<()> {
 
     if wanted("kernel") {
         eprintln!("bench: scenario 1: kernel cost (BPF_PROG_TEST_RUN)");
-        match kernel::run(&a.object, &kernel::Settings::new(a.quick)) {
-            Ok((r, rs)) => {
-                report.kernel = serde_json::to_value(&r)?;
-                rows.extend(rs);
-            }
-            Err(e) => {
-                proc::check_interrupted()?;
-                eprintln!("bench: scenario 1 failed: {e:#}");
-                failed.push(format!("kernel: {e:#}"));
-            }
-        }
+        let r = kernel::run(&a.object, &kernel::Settings::new(a.quick));
+        report.kernel = outcome.take("kernel", r)?;
         if let Some(without) = &a.object_without_log {
             eprintln!("bench: scenario 1: --kernel-log off against no log at all");
-            match kernel_log::run(&a.object, without, &kernel::Settings::new(a.quick)) {
-                Ok((r, rs)) => {
-                    report.kernel_log = serde_json::to_value(&r)?;
-                    rows.extend(rs);
-                }
-                Err(e) => {
-                    proc::check_interrupted()?;
-                    eprintln!("bench: scenario 1 (kernel log) failed: {e:#}");
-                    failed.push(format!("kernel log: {e:#}"));
-                }
-            }
+            let r = kernel_log::run(&a.object, without, &kernel::Settings::new(a.quick));
+            report.kernel_log = outcome.take("kernel log", r)?;
         }
         eprintln!("bench: scenario 1: IP fragments (BPF_PROG_TEST_RUN; the agent's reassembly)");
         let s = fragments::Settings::new(a.quick);
-        match fragments::run(&a.object, a.reassembly_speed.as_deref(), &s) {
-            Ok((r, rs)) => {
-                report.fragments = serde_json::to_value(&r)?;
-                rows.extend(rs);
-            }
-            Err(e) => {
-                proc::check_interrupted()?;
-                eprintln!("bench: scenario 1 (fragments) failed: {e:#}");
-                failed.push(format!("fragments: {e:#}"));
-            }
-        }
+        let r = fragments::run(&a.object, a.reassembly_speed.as_deref(), &s);
+        report.fragments = outcome.take("fragments", r)?;
         if let Some(bin) = &a.format_speed {
             eprintln!("bench: scenario 1: the agent's CPU per datagram for each payload format");
-            match formats::run(bin, &formats::Settings::new(a.quick)) {
-                Ok((r, rs)) => {
-                    report.formats = serde_json::to_value(&r)?;
-                    rows.extend(rs);
-                }
-                Err(e) => {
-                    proc::check_interrupted()?;
-                    eprintln!("bench: scenario 1 (formats) failed: {e:#}");
-                    failed.push(format!("formats: {e:#}"));
-                }
-            }
+            let r = formats::run(bin, &formats::Settings::new(a.quick));
+            report.formats = outcome.take("formats", r)?;
         }
     }
 
@@ -553,23 +547,15 @@ fn all(a: &AllArgs) -> Result<()> {
                 "bench: scenario 2: lossless capture rate ({})",
                 cenv.sender.describe()
             );
-            match capture::run(&cenv, &csettings) {
-                Ok((r, rs)) => {
-                    soak_rate = r
-                        .searches
-                        .iter()
-                        .find(|s| s.contender == capture::Contender::Agent && s.payload == 64)
-                        .and_then(|s| s.lossless_pps.or(s.search_pps))
-                        .map(|pps| pps as u64);
-                    report.capture = serde_json::to_value(&r)?;
-                    rows.extend(rs);
-                }
-                Err(e) => {
-                    proc::check_interrupted()?;
-                    eprintln!("bench: scenario 2 failed: {e:#}");
-                    failed.push(format!("capture: {e:#}"));
-                }
-            }
+            let r = capture::run(&cenv, &csettings).inspect(|(r, _)| {
+                soak_rate = r
+                    .searches
+                    .iter()
+                    .find(|s| s.contender == capture::Contender::Agent && s.payload == 64)
+                    .and_then(|s| s.lossless_pps.or(s.search_pps))
+                    .map(|pps| pps as u64);
+            });
+            report.capture = outcome.take("capture", r)?;
         }
         if wanted("cpu") {
             let rig = prepare_rig();
@@ -583,17 +569,7 @@ fn all(a: &AllArgs) -> Result<()> {
                 s.rate,
                 cenv.sender.describe()
             );
-            match cpu::run(&cenv, &s) {
-                Ok((r, rs)) => {
-                    report.cpu = serde_json::to_value(&r)?;
-                    rows.extend(rs);
-                }
-                Err(e) => {
-                    proc::check_interrupted()?;
-                    eprintln!("bench: scenario 2 (CPU per packet) failed: {e:#}");
-                    failed.push(format!("cpu: {e:#}"));
-                }
-            }
+            report.cpu = outcome.take("cpu", cpu::run(&cenv, &s))?;
         }
         if wanted("forward") {
             eprintln!("bench: scenario 3: forwarding rate (agent → local PutEvents endpoint)");
@@ -604,20 +580,12 @@ fn all(a: &AllArgs) -> Result<()> {
                 fake_eventbridge: a.fake_eventbridge.as_deref(),
                 ns: &ns,
             };
-            match forward::run(&fenv, &forward::Settings::new(a.quick)) {
-                Ok((r, rs)) => {
-                    if let Some(why) = &r.article_skipped {
-                        skipped.push(format!("article.py: {why}"));
-                    }
-                    report.forward = serde_json::to_value(&r)?;
-                    rows.extend(rs);
+            let r = forward::run(&fenv, &forward::Settings::new(a.quick)).inspect(|(r, _)| {
+                if let Some(why) = &r.article_skipped {
+                    skipped.push(format!("article.py: {why}"));
                 }
-                Err(e) => {
-                    proc::check_interrupted()?;
-                    eprintln!("bench: scenario 3 failed: {e:#}");
-                    failed.push(format!("forward: {e:#}"));
-                }
-            }
+            });
+            report.forward = outcome.take("forward", r)?;
         }
         if wanted("memory") {
             // The soak runs at the highest lossless 64-byte rate found;
@@ -632,22 +600,14 @@ fn all(a: &AllArgs) -> Result<()> {
             );
             let rig = prepare_rig();
             cenv.sender = rig.sender;
-            match capture::soak(&cenv, rate, csettings.soak) {
-                Ok((s, row)) => {
-                    report.memory = serde_json::to_value(&s)?;
-                    rows.push(row);
-                }
-                Err(e) => {
-                    proc::check_interrupted()?;
-                    eprintln!("bench: scenario 4 failed: {e:#}");
-                    failed.push(format!("memory: {e:#}"));
-                }
-            }
+            let r = capture::soak(&cenv, rate, csettings.soak).map(|(s, row)| (s, vec![row]));
+            report.memory = outcome.take("memory", r)?;
         }
         let _ = std::fs::remove_dir_all(&workdir);
         drop(ns);
     }
 
+    let Outcome { mut rows, failed } = outcome;
     rows.sort_by_key(|r| r.scenario);
     report.rows = rows;
     report.skipped = skipped;

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result, ensure};
 pub use test_support::process::{
     Exit, Proc, check_interrupted, counters_line, install_interrupt_handlers, interrupted,
 };
@@ -203,6 +203,19 @@ pub fn memory(pid: i32) -> Option<Memory> {
         rss_kib: field("VmRSS:")?,
         anon_kib: field("RssAnon:")?,
     })
+}
+
+/// Runs `cmd` (one of udp-agent's speed examples, in its JSON mode) to the
+/// end and returns what it printed, as JSON.
+pub fn json_output(cmd: &mut Command) -> Result<serde_json::Value> {
+    let name = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().with_context(|| format!("running {name}"))?;
+    ensure!(
+        out.status.success(),
+        "{name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).with_context(|| format!("reading {name}'s JSON"))
 }
 
 #[cfg(test)]

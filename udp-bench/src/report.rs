@@ -82,6 +82,23 @@ impl Row {
     }
 }
 
+impl Row {
+    /// Two timings in ns set side by side, lower is better: `ours` and
+    /// `peer` are the cells' words before each median (shown with its
+    /// spread), `ratio` the caller's (run by run, or of the medians).
+    pub fn ns_versus(&mut self, ours: (&str, &Summary), peer: (&str, &Summary), ratio: f64) {
+        let cell = |(words, s): (&str, &Summary)| {
+            format!("{words}{:.1} ns (±{:.0}%)", s.median, s.spread_pct())
+        };
+        self.ours = cell(ours);
+        self.peer = cell(peer);
+        self.ours_value = Some(ours.1.median);
+        self.peer_value = Some(peer.1.median);
+        self.ratio = Some(ratio);
+        self.ratio_note = "lower is better".into();
+    }
+}
+
 /// Machine the benchmark ran on.
 #[derive(Clone, Debug, Serialize)]
 pub struct Machine {
