@@ -308,6 +308,42 @@ unsafe fn any_escape_short(p: *const u8, n: usize) -> bool {
     escapes16(&chunk) != 0
 }
 
+/// `b` (at most sixteen bytes) at the start of a sixteen-byte buffer
+/// padded with spaces, loaded with two overlapping copies of fixed size
+/// (no call to `memcpy` for a few bytes). Test the buffer with
+/// [`escapes16`]: the padding needs no escaping.
+#[inline(always)]
+pub(super) fn load_short(b: &[u8]) -> [u8; 16] {
+    let n = b.len();
+    assert!(n <= 16);
+    let mut buf = [b' '; 16];
+    if n >= 8 {
+        buf[..8].copy_from_slice(&b[..8]);
+        buf[n - 8..n].copy_from_slice(&b[n - 8..]);
+    } else if n >= 4 {
+        buf[..4].copy_from_slice(&b[..4]);
+        buf[n - 4..n].copy_from_slice(&b[n - 4..]);
+    } else if n > 0 {
+        buf[0] = b[0];
+        buf[n / 2] = b[n / 2];
+        buf[n - 1] = b[n - 1];
+    }
+    buf
+}
+
+/// How many bytes of `b` a JSON string must escape, sixteen at a time.
+pub(super) fn count_escapes(b: &[u8]) -> usize {
+    let (chunks, rest) = b.as_chunks::<16>();
+    let n: usize = chunks
+        .iter()
+        .map(|c| escapes16(c).count_ones() as usize)
+        .sum();
+    n + rest
+        .iter()
+        .filter(|&&c| ESCAPE[usize::from(c)] != 0)
+        .count()
+}
+
 /// Bit `j` set for each byte `chunk[j]` that needs escaping.
 #[inline(always)]
 pub(super) fn escapes16(chunk: &[u8; 16]) -> u32 {
@@ -410,6 +446,35 @@ mod tests {
                         "{s:?}"
                     );
                 }
+            }
+        }
+    }
+
+    /// A short string's buffer holds it, then spaces.
+    #[test]
+    fn loads_short_strings() {
+        let s = b"0123456789abcdef";
+        for n in 0..=16 {
+            let buf = load_short(&s[..n]);
+            assert_eq!(buf[..n], s[..n]);
+            assert!(buf[n..].iter().all(|&c| c == b' '), "{n}");
+        }
+    }
+
+    /// The count is the bytes serde_json escapes, at every length.
+    #[test]
+    fn counts_the_bytes_to_escape() {
+        let s: Vec<u8> = (0u8..0x80)
+            .chain(b"\"\\ab\x01\xc3\xa9".iter().copied())
+            .collect();
+        for start in 0..20 {
+            for end in start..s.len() {
+                let b = &s[start..end];
+                let want = b
+                    .iter()
+                    .filter(|&&c| c < 0x20 || c == b'"' || c == b'\\')
+                    .count();
+                assert_eq!(count_escapes(b), want, "{start}..{end}");
             }
         }
     }
