@@ -111,7 +111,7 @@ impl DetailWriter {
     /// [`string`](Self::string), returning where the escaped text between
     /// the quotes lies in [`text`](Self::text) and what escaping it twice
     /// added (so an equal run of a later string can be copied from there).
-    #[inline]
+    #[inline(always)]
     fn string_span(&mut self, s: &str) -> (std::ops::Range<usize>, usize) {
         // Most syslog fields are short and need no escaping: tested and
         // copied sixteen bytes at once, without a call to the escaper.
@@ -126,6 +126,12 @@ impl DetailWriter {
                 return (start..end, 0);
             }
         }
+        self.string_span_escaped(s)
+    }
+
+    /// [`string_span`](Self::string_span) through the escaper.
+    #[inline(never)]
+    fn string_span_escaped(&mut self, s: &str) -> (std::ops::Range<usize>, usize) {
         self.text.push_str("\\\"");
         let start = self.text.len();
         let added = push_escaped_twice(&mut self.text, s);
@@ -145,6 +151,7 @@ impl DetailWriter {
 
     /// [`string_lossy`](Self::string_lossy) with
     /// [`string_span`](Self::string_span)'s answer, when `b` was UTF-8.
+    #[inline(always)]
     fn string_lossy_span(
         &mut self,
         b: &[u8],
