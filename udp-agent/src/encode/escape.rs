@@ -309,26 +309,31 @@ unsafe fn any_escape_short(p: *const u8, n: usize) -> bool {
 }
 
 /// `b` (at most sixteen bytes) at the start of a sixteen-byte buffer
-/// padded with spaces, loaded with two overlapping copies of fixed size
-/// (no call to `memcpy` for a few bytes). Test the buffer with
-/// [`escapes16`]: the padding needs no escaping.
+/// padded with spaces. Built from two overlapping loads of 8, 4 or 1 byte
+/// shifted into place in a `u128` (copies into a buffer at a variable
+/// offset are merged by the compiler into a call to `memcpy`). Test the
+/// buffer with [`escapes16`]: the padding needs no escaping.
 #[inline(always)]
 pub(super) fn load_short(b: &[u8]) -> [u8; 16] {
     let n = b.len();
     assert!(n <= 16);
-    let mut buf = [b' '; 16];
-    if n >= 8 {
-        buf[..8].copy_from_slice(&b[..8]);
-        buf[n - 8..n].copy_from_slice(&b[n - 8..]);
-    } else if n >= 4 {
-        buf[..4].copy_from_slice(&b[..4]);
-        buf[n - 4..n].copy_from_slice(&b[n - 4..]);
+    let v = if let (Some(lo), Some(hi)) = (b.first_chunk::<8>(), b.last_chunk::<8>()) {
+        // The overlapping bytes are equal in both, so OR keeps them.
+        u128::from(u64::from_le_bytes(*lo)) | u128::from(u64::from_le_bytes(*hi)) << ((n - 8) * 8)
+    } else if let (Some(lo), Some(hi)) = (b.first_chunk::<4>(), b.last_chunk::<4>()) {
+        u128::from(u32::from_le_bytes(*lo)) | u128::from(u32::from_le_bytes(*hi)) << ((n - 4) * 8)
     } else if n > 0 {
-        buf[0] = b[0];
-        buf[n / 2] = b[n / 2];
-        buf[n - 1] = b[n - 1];
-    }
-    buf
+        u128::from(b[0])
+            | u128::from(b[n / 2]) << (n / 2 * 8)
+            | u128::from(b[n - 1]) << ((n - 1) * 8)
+    } else {
+        0
+    };
+    // Spaces after the `n` bytes (none when there are sixteen).
+    let spaces = u128::from_le_bytes([b' '; 16])
+        .checked_shl(n as u32 * 8)
+        .unwrap_or(0);
+    (v | spaces).to_le_bytes()
 }
 
 /// How many bytes of `b` a JSON string must escape, sixteen at a time.

@@ -398,15 +398,6 @@ fn write_structured_data(
     fn value<'a>(p: &syslog::SdParam<'a>) -> &'a [u8] {
         p.param.map_or(&[], |p| p.1)
     }
-    // Equal byte strings: the same slice (an element's SD-ID, for each of
-    // its parameters) without comparing bytes, and different names of
-    // one length (`old-state`, `new-state`) mostly told apart by their
-    // ends before a call to `bcmp`.
-    fn same(a: &[u8], b: &[u8]) -> bool {
-        a.len() == b.len()
-            && (a.as_ptr() == b.as_ptr()
-                || (a.first() == b.first() && a.last() == b.last() && a == b))
-    }
     fn same_name(a: Option<&[u8]>, b: Option<&[u8]>) -> bool {
         match (a, b) {
             (Some(a), Some(b)) => same(a, b),
@@ -524,7 +515,7 @@ fn write_plain_structured_data(w: &mut DetailWriter, params: &[syslog::SdParam<'
         let mut first = true;
         // Consecutive elements of one SD-ID are one run, as in
         // `write_structured_data`.
-        while i < params.len() && params[i].id == id {
+        while i < params.len() && same(params[i].id, id) {
             if let Some((name, value)) = params[i].param {
                 if first {
                     lit!(w, r#"\""#);
@@ -542,6 +533,15 @@ fn write_plain_structured_data(w: &mut DetailWriter, params: &[syslog::SdParam<'
         lit!(w, r#"}"#);
     }
     lit!(w, r#"}"#);
+}
+
+/// Equal byte strings: the same slice (an element's SD-ID, for each of its
+/// parameters) without comparing bytes, and different names of one length
+/// (`old-state`, `new-state`) mostly told apart by their ends before a
+/// call to `bcmp`.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && (a.as_ptr() == b.as_ptr() || (a.first() == b.first() && a.last() == b.last() && a == b))
 }
 
 /// The stamp as ISO 8601: in UTC (`…Z`) when it named its zone, as the
