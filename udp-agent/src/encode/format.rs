@@ -105,7 +105,9 @@ impl DetailWriter {
 
     /// A JSON string value: `s` quoted and escaped, then escaped again.
     pub fn string(&mut self, s: &str) {
-        self.string_span(s);
+        // A `text` payload or another long string: straight to the
+        // escaper (the short-field test is for syslog fields).
+        self.string_span_escaped(s);
     }
 
     /// [`string`](Self::string), returning where the escaped text between
