@@ -308,6 +308,47 @@ unsafe fn any_escape_short(p: *const u8, n: usize) -> bool {
     escapes16(&chunk) != 0
 }
 
+/// `b` (at most sixteen bytes) at the start of a sixteen-byte buffer
+/// padded with spaces. Built from two overlapping loads of 8, 4 or 1 byte
+/// shifted into place in a `u128` (copies into a buffer at a variable
+/// offset are merged by the compiler into a call to `memcpy`). Test the
+/// buffer with [`escapes16`]: the padding needs no escaping.
+#[inline(always)]
+pub(super) fn load_short(b: &[u8]) -> [u8; 16] {
+    let n = b.len();
+    assert!(n <= 16);
+    let v = if let (Some(lo), Some(hi)) = (b.first_chunk::<8>(), b.last_chunk::<8>()) {
+        // The overlapping bytes are equal in both, so OR keeps them.
+        u128::from(u64::from_le_bytes(*lo)) | u128::from(u64::from_le_bytes(*hi)) << ((n - 8) * 8)
+    } else if let (Some(lo), Some(hi)) = (b.first_chunk::<4>(), b.last_chunk::<4>()) {
+        u128::from(u32::from_le_bytes(*lo)) | u128::from(u32::from_le_bytes(*hi)) << ((n - 4) * 8)
+    } else if n > 0 {
+        u128::from(b[0])
+            | u128::from(b[n / 2]) << (n / 2 * 8)
+            | u128::from(b[n - 1]) << ((n - 1) * 8)
+    } else {
+        0
+    };
+    // Spaces after the `n` bytes (none when there are sixteen).
+    let spaces = u128::from_le_bytes([b' '; 16])
+        .checked_shl(n as u32 * 8)
+        .unwrap_or(0);
+    (v | spaces).to_le_bytes()
+}
+
+/// How many bytes of `b` a JSON string must escape, sixteen at a time.
+pub(super) fn count_escapes(b: &[u8]) -> usize {
+    let (chunks, rest) = b.as_chunks::<16>();
+    let n: usize = chunks
+        .iter()
+        .map(|c| escapes16(c).count_ones() as usize)
+        .sum();
+    n + rest
+        .iter()
+        .filter(|&&c| ESCAPE[usize::from(c)] != 0)
+        .count()
+}
+
 /// Bit `j` set for each byte `chunk[j]` that needs escaping.
 #[inline(always)]
 pub(super) fn escapes16(chunk: &[u8; 16]) -> u32 {
@@ -410,6 +451,35 @@ mod tests {
                         "{s:?}"
                     );
                 }
+            }
+        }
+    }
+
+    /// A short string's buffer holds it, then spaces.
+    #[test]
+    fn loads_short_strings() {
+        let s = b"0123456789abcdef";
+        for n in 0..=16 {
+            let buf = load_short(&s[..n]);
+            assert_eq!(buf[..n], s[..n]);
+            assert!(buf[n..].iter().all(|&c| c == b' '), "{n}");
+        }
+    }
+
+    /// The count is the bytes serde_json escapes, at every length.
+    #[test]
+    fn counts_the_bytes_to_escape() {
+        let s: Vec<u8> = (0u8..0x80)
+            .chain(b"\"\\ab\x01\xc3\xa9".iter().copied())
+            .collect();
+        for start in 0..20 {
+            for end in start..s.len() {
+                let b = &s[start..end];
+                let want = b
+                    .iter()
+                    .filter(|&&c| c < 0x20 || c == b'"' || c == b'\\')
+                    .count();
+                assert_eq!(count_escapes(b), want, "{start}..{end}");
             }
         }
     }

@@ -117,6 +117,10 @@ impl Packs {
     /// datagram's own, when the datagram would take it past the limit (the
     /// datagram then starts the next), or the oldest, when too many are
     /// open. `overhead` is what an entry counts besides its Detail.
+    // Inlined into `Encoder::push`: left to the compiler's heuristics, it
+    // is not once the syslog writer grows (30 instructions more per
+    // packed datagram, measured with callgrind).
+    #[inline]
     pub fn push(
         &mut self,
         p: &PacketView<'_>,

@@ -101,6 +101,12 @@ impl Stamp<'_> {
 
 /// Reads a syslog message. Never fails: see the module's comment.
 pub fn parse(payload: &[u8]) -> Message<'_> {
+    parse_with(payload, &mut SdList::new())
+}
+
+/// [`parse`], also keeping in `sd` the parameters of the structured data
+/// (when the message has some), found as it is checked.
+pub fn parse_with<'a>(payload: &'a [u8], sd: &mut SdList<'a>) -> Message<'a> {
     let Some((pri, rest)) = priority(payload) else {
         // A BSD header without its priority (what a relay may forward).
         return rfc3164(None, payload).unwrap_or(Message {
@@ -108,7 +114,7 @@ pub fn parse(payload: &[u8]) -> Message<'_> {
             ..Message::default()
         });
     };
-    if let Some(m) = rfc5424(pri, rest).or_else(|| rfc3164(Some(pri), rest)) {
+    if let Some(m) = rfc5424(pri, rest, sd).or_else(|| rfc3164(Some(pri), rest)) {
         return m;
     }
     Message {
@@ -133,7 +139,7 @@ fn priority(b: &[u8]) -> Option<(u8, &[u8])> {
     (pri <= 191).then(|| (pri as u8, &rest[digits + 1..]))
 }
 
-fn rfc5424(pri: u8, rest: &[u8]) -> Option<Message<'_>> {
+fn rfc5424<'a>(pri: u8, rest: &'a [u8], sd: &mut SdList<'a>) -> Option<Message<'a>> {
     // VERSION: a non-zero number of at most two digits ("1" today).
     let digits = rest
         .iter()
@@ -152,7 +158,7 @@ fn rfc5424(pri: u8, rest: &[u8]) -> Option<Message<'_>> {
     let (structured_data, after) = match r.first() {
         Some(b'-') => (None, &r[1..]),
         Some(b'[') => {
-            let n = sd_len(r)?;
+            let n = sd_len(r, sd)?;
             (Some(&r[..n]), &r[n..])
         }
         _ => return None,
@@ -536,11 +542,17 @@ fn trim_end(b: &[u8]) -> &[u8] {
 /// more `[SD-ID *(SP PARAM-NAME="value")]`. Loose where senders are (any
 /// byte but the delimiters in names, anything escaped in values), strict
 /// about the delimiters, so [`sd_params`] can walk it without checks.
-fn sd_len(b: &[u8]) -> Option<usize> {
+/// Keeps the parameters it finds in `list` (valid when it answers).
+fn sd_len<'a>(b: &'a [u8], list: &mut SdList<'a>) -> Option<usize> {
+    list.n = 0;
+    list.complete = true;
     let mut i = 0;
     while b.get(i) == Some(&b'[') {
         i += 1;
+        let id_start = i;
         i += sd_name(&b[i..])?;
+        let id = &b[id_start..i];
+        let mut params = 0;
         loop {
             match b.get(i)? {
                 b']' => {
@@ -549,11 +561,14 @@ fn sd_len(b: &[u8]) -> Option<usize> {
                 }
                 b' ' => {
                     i += 1;
+                    let name_start = i;
                     i += sd_name(&b[i..])?;
+                    let name = &b[name_start..i];
                     if b.get(i..i + 2)? != b"=\"" {
                         return None;
                     }
                     i += 2;
+                    let value_start = i;
                     loop {
                         i = find_any(b, i, [b'"', b'\\']);
                         match b.get(i)? {
@@ -561,13 +576,68 @@ fn sd_len(b: &[u8]) -> Option<usize> {
                             _ => break,
                         }
                     }
+                    list.push(SdParam {
+                        id,
+                        param: Some((name, &b[value_start..i])),
+                    });
+                    params += 1;
                     i += 1;
                 }
                 _ => return None,
             }
         }
+        if params == 0 {
+            list.push(SdParam { id, param: None });
+        }
     }
     (i > 0).then_some(i)
+}
+
+/// The parameters of structured data as [`parse_with`] found them, in
+/// order ([`sd_params`]'s answer), when there are at most
+/// [`SdList::CAP`]: the encoder then reads them without walking the
+/// structured data again. Kept on the stack.
+pub struct SdList<'a> {
+    params: [SdParam<'a>; SdList::CAP],
+    n: usize,
+    /// All the parameters fitted.
+    complete: bool,
+}
+
+impl<'a> SdList<'a> {
+    pub const CAP: usize = 16;
+
+    pub fn new() -> Self {
+        Self {
+            params: [SdParam {
+                id: &[],
+                param: None,
+            }; Self::CAP],
+            n: 0,
+            complete: false,
+        }
+    }
+
+    fn push(&mut self, p: SdParam<'a>) {
+        match self.params.get_mut(self.n) {
+            Some(slot) => {
+                *slot = p;
+                self.n += 1;
+            }
+            None => self.complete = false,
+        }
+    }
+
+    /// Every parameter, if they all fitted.
+    pub fn params(&self) -> Option<&[SdParam<'a>]> {
+        self.complete.then(|| &self.params[..self.n])
+    }
+}
+
+impl Default for SdList<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// An SD-ID or PARAM-NAME's length (1 to 32 bytes, none of ` =]"`).
@@ -1109,8 +1179,10 @@ mod tests {
     #[test]
     fn structured_data_params_and_escapes() {
         let sd = br#"[a@1 x="1" x="2\"q\]" y="\\n"][a@1 z="3"][b@2]"#;
-        assert_eq!(sd_len(sd), Some(sd.len()));
+        let mut list = SdList::new();
+        assert_eq!(sd_len(sd, &mut list), Some(sd.len()));
         let params = sd_params(sd);
+        assert_eq!(list.params(), Some(&params[..]));
         let pairs: Vec<(String, Option<(String, String)>)> = params
             .iter()
             .map(|p| {
@@ -1139,7 +1211,12 @@ mod tests {
             b"[a  x=\"1\"]",
             b"x",
         ] {
-            assert_eq!(sd_len(bad), None, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                sd_len(bad, &mut SdList::new()),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
