@@ -162,9 +162,8 @@ fn string(b: &[u8], mut i: usize) -> Option<usize> {
     loop {
         // Sixteen bytes at a time to the next quote, backslash or control
         // character.
-        while i + 16 <= b.len() {
-            // SAFETY: sixteen bytes at `i`.
-            let chunk = unsafe { &*b.as_ptr().add(i).cast::<[u8; 16]>() };
+        while let Some(chunk) = b.get(i..i + 16) {
+            let chunk: &[u8; 16] = chunk.try_into().expect("sixteen bytes");
             let m = super::escape::escapes16(chunk);
             if m != 0 {
                 i += m.trailing_zeros() as usize;
