@@ -135,7 +135,8 @@ fn measure(on: &mut Loaded, off: &mut Loaded, s: &Settings) -> Result<Vec<Kernel
             on.counter(counter::MALFORMED)?,
             off.counter(counter::MALFORMED)?,
         ];
-        let (mut records, mut full) = ([0u64; 2], [on.ring_full()?, off.ring_full()?]);
+        let full_before = [on.ring_full()?, off.ring_full()?];
+        let mut records = [0u64; 2];
         let (mut ns_on, mut ns_off, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..s.runs {
             check_interrupted()?;
@@ -161,7 +162,10 @@ fn measure(on: &mut Loaded, off: &mut Loaded, s: &Settings) -> Result<Vec<Kernel
         let repeat = calls * per_call;
         let want = u64::from(repeat) * s.runs as u64;
         if case.captured_payload.is_some() {
-            full = [on.ring_full()? - full[0], off.ring_full()? - full[1]];
+            let full = [
+                on.ring_full()? - full_before[0],
+                off.ring_full()? - full_before[1],
+            ];
             ensure!(
                 records == [want; 2] && full == [0; 2],
                 "{}: records {records:?}, ring_full {full:?} for {want} captures each",
