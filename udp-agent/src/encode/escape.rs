@@ -336,6 +336,19 @@ pub(super) fn load_short(b: &[u8]) -> [u8; 16] {
     (v | spaces).to_le_bytes()
 }
 
+/// `b` is ASCII: sixteen bytes at a time, ORed together and tested once
+/// (`<[u8]>::is_ascii` compiles to a test per byte here: 4% of an RFC
+/// 5424 event's time in perf, against under 0.5% for this).
+pub(super) fn is_ascii(b: &[u8]) -> bool {
+    let (chunks, rest) = b.as_chunks::<16>();
+    let all = chunks
+        .iter()
+        .fold(u128::from_le_bytes(load_short(rest)), |a, c| {
+            a | u128::from_le_bytes(*c)
+        });
+    all & u128::from_le_bytes([0x80; 16]) == 0
+}
+
 /// How many bytes of `b` a JSON string must escape, sixteen at a time.
 pub(super) fn count_escapes(b: &[u8]) -> usize {
     let (chunks, rest) = b.as_chunks::<16>();
@@ -510,6 +523,24 @@ mod tests {
             let mut single = String::new();
             push_escaped(&mut single, s);
             assert_eq!(single, once[1..once.len() - 1], "{s:?}");
+        }
+    }
+
+    /// One non-ASCII byte anywhere in slices of every length up to three
+    /// chunks and a tail, and none.
+    #[test]
+    fn ascii_check_matches_std() {
+        for len in 0..=50 {
+            let plain = vec![b'a'; len];
+            assert!(is_ascii(&plain), "{len}");
+            for at in 0..len {
+                for high in [0x80, 0xC3, 0xFF] {
+                    let mut b = plain.clone();
+                    b[at] = high;
+                    assert!(!is_ascii(&b), "{len} {at} {high:#x}");
+                    assert_eq!(is_ascii(&b[..at]), b[..at].is_ascii());
+                }
+            }
         }
     }
 }

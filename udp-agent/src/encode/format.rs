@@ -19,7 +19,7 @@ use udp_ebpf_common::Format;
 
 use super::{
     Detail,
-    escape::{count_escapes, escapes16, load_short, push_escaped, push_escaped_twice},
+    escape::{count_escapes, escapes16, is_ascii, load_short, push_escaped, push_escaped_twice},
     json,
     syslog::{self, Stamp},
 };
@@ -90,6 +90,25 @@ impl DetailWriter {
         let v = unsafe { self.text.as_mut_vec() };
         v.extend_from_slice(buf);
         v.truncate(len + n);
+    }
+
+    /// Appends `b`, ASCII that needs no escaping (checked by the caller):
+    /// up to 32 bytes as one or two sixteen-byte stores.
+    #[inline(always)]
+    fn copy_ascii(&mut self, b: &[u8]) {
+        debug_assert!(b.is_ascii() && count_escapes(b) == 0);
+        if b.len() <= 16 {
+            self.push16(&load_short(b), b.len());
+        } else if let (Some(head), Some(tail), true) =
+            (b.first_chunk::<16>(), b.last_chunk::<16>(), b.len() <= 32)
+        {
+            self.push16(head, b.len() - 16);
+            self.push16(tail, 16);
+        } else {
+            // SAFETY: ASCII is UTF-8 (the caller's word that `b` is ASCII).
+            self.text
+                .push_str(unsafe { std::str::from_utf8_unchecked(b) });
+        }
     }
 
     /// Escaped text whose escaping added `added` bytes (use [`lit!`] for
@@ -262,7 +281,7 @@ pub fn write_payload(
 fn write_syslog_payload(w: &mut DetailWriter, payload: &[u8], received: SystemTime) {
     // One check of the whole payload spares one per field: every
     // field of an ASCII payload is ASCII.
-    let ascii = payload.is_ascii();
+    let ascii = is_ascii(payload);
     let text = if ascii {
         // SAFETY: ASCII is UTF-8.
         Some(unsafe { std::str::from_utf8_unchecked(payload) })
@@ -272,7 +291,16 @@ fn write_syslog_payload(w: &mut DetailWriter, payload: &[u8], received: SystemTi
     let mut sd = syslog::SdList::new();
     let m = syslog::parse_with(payload, &mut sd);
     lit!(w, r#",\"Syslog\":"#);
-    let message = write_syslog(w, &m, &sd, received, ascii);
+    if let Some(text) = text
+        && ascii
+        && let Some(plain) = PlainLine::of(payload, &m, &sd)
+    {
+        write_syslog::<true>(w, &m, &sd, received, ascii);
+        lit!(w, r#",\"Text\":"#);
+        write_plain_text(w, text, &plain);
+        return;
+    }
+    let message = write_syslog::<false>(w, &m, &sd, received, ascii);
     match text {
         Some(text) => {
             lit!(w, r#",\"Text\":"#);
@@ -280,6 +308,71 @@ fn write_syslog_payload(w: &mut DetailWriter, payload: &[u8], received: SystemTi
         }
         None => write_base64(w, payload),
     }
+}
+
+/// An ASCII syslog line in which nothing up to the message's end needs
+/// escaping but the quotes around its structured data's values (the usual
+/// line): its fields are copied as they are, without a test each, and its
+/// `Text` is copied in runs between those quotes.
+struct PlainLine<'p, 'a> {
+    /// Where the message ends in the payload; what follows (the line ends
+    /// and NULs trimmed from it) is escaped as usual.
+    message_end: usize,
+    /// The structured data's parameters in the order sent (none without
+    /// structured data).
+    params: &'p [syslog::SdParam<'a>],
+}
+
+impl<'p, 'a> PlainLine<'p, 'a> {
+    /// `m`, parsed from `payload` (ASCII), if it is such a line.
+    fn of(payload: &'a [u8], m: &syslog::Message<'a>, sd: &'p syslog::SdList<'a>) -> Option<Self> {
+        let params = match m.structured_data {
+            Some(_) => sd.params()?,
+            None => &[],
+        };
+        let message_end = offset_in(payload, m.message)? + m.message.len();
+        // Every parameter has its two quotes: as many escapes in all means
+        // none anywhere else, nor a quote or backslash inside a value.
+        let quotes = 2 * params.iter().filter(|p| p.param.is_some()).count();
+        (count_escapes(&payload[..message_end]) == quotes).then_some(Self {
+            message_end,
+            params,
+        })
+    }
+}
+
+/// Where `inner` starts in `outer`, if it is a part of it.
+fn offset_in(outer: &[u8], inner: &[u8]) -> Option<usize> {
+    let at = (inner.as_ptr() as usize).wrapping_sub(outer.as_ptr() as usize);
+    (at <= outer.len() && inner.len() <= outer.len() - at).then_some(at)
+}
+
+/// The `Text` of a [`PlainLine`]: runs copied as they are, each quote of
+/// the structured data written escaped twice (`\\\"`), and the line's
+/// trimmed end escaped.
+fn write_plain_text(w: &mut DetailWriter, text: &str, plain: &PlainLine<'_, '_>) {
+    // `\\\"`, what a quote is in a string value of a kept-escaped Detail;
+    // the JSON text AWS counts has `\"`, two bytes fewer.
+    const QUOTE: &str = r#"\\\""#;
+    let b = text.as_bytes();
+    lit!(w, r#"\""#);
+    let mut from = 0;
+    for p in plain.params {
+        if let Some((_, value)) = p.param {
+            // The value lies between its quotes in the payload.
+            let open = value.as_ptr() as usize - b.as_ptr() as usize - 1;
+            let close = open + 1 + value.len();
+            w.copy_ascii(&b[from..open]);
+            w.lit(QUOTE, 2);
+            w.copy_ascii(&b[open + 1..close]);
+            w.lit(QUOTE, 2);
+            from = close + 1;
+        }
+    }
+    w.copy_ascii(&b[from..plain.message_end]);
+    let added = push_escaped_twice(&mut w.text, &text[plain.message_end..]);
+    w.add(added);
+    lit!(w, r#"\""#);
 }
 
 /// The syslog line as a string. The message is usually most of the line
@@ -354,9 +447,11 @@ fn as_json(payload: &[u8]) -> Option<&str> {
 /// The `Syslog` object. Absent fields are left out (a rule's `exists`
 /// tells them apart); `Message` is always there. `ascii`: the payload is
 /// ASCII (so is every field); `sd`: the structured data's parameters, as
-/// the parser found them. Returns where the message's escaped text is in `w` (see
-/// [`DetailWriter::string_span`]), when it was UTF-8.
-fn write_syslog(
+/// the parser found them; `PLAIN`: the line is a [`PlainLine`], whose
+/// fields are copied without a test. Returns where the message's escaped
+/// text is in `w` (see [`DetailWriter::string_span`]), when it was UTF-8
+/// (and not `PLAIN`).
+fn write_syslog<const PLAIN: bool>(
     w: &mut DetailWriter,
     m: &syslog::Message<'_>,
     sd_list: &syslog::SdList<'_>,
@@ -372,10 +467,20 @@ fn write_syslog(
         w.plain(num.format(severity));
         lit!(w, r#","#);
     }
+    // A field's string value and the comma after it.
+    let field = |w: &mut DetailWriter, b: &[u8]| {
+        if PLAIN {
+            lit!(w, r#"\""#);
+            w.copy_ascii(b);
+            lit!(w, r#"\","#);
+        } else {
+            w.string_lossy(b, ascii);
+            lit!(w, r#","#);
+        }
+    };
     if let Some(ts) = m.timestamp {
         lit!(w, r#"\"Timestamp\":"#);
-        w.string_lossy(ts, ascii);
-        lit!(w, r#","#);
+        field(w, ts);
     }
     if let Some(stamp) = &m.stamp {
         lit!(w, r#"\"Time\":\""#);
@@ -391,14 +496,19 @@ fn write_syslog(
         if let Some(v) = value {
             // Every key above has two escaped quotes.
             w.lit(key, 2);
-            w.string_lossy(v, ascii);
-            lit!(w, r#","#);
+            field(w, v);
         }
     }
     if let Some(sd) = m.structured_data {
         lit!(w, r#"\"StructuredData\":"#);
-        write_structured_data(w, sd, sd_list.params(), ascii);
+        write_structured_data(w, sd, sd_list.params(), ascii, PLAIN);
         lit!(w, r#","#);
+    }
+    if PLAIN {
+        lit!(w, r#"\"Message\":\""#);
+        w.copy_ascii(m.message);
+        lit!(w, r#"\"}"#);
+        return None;
     }
     lit!(w, r#"\"Message\":"#);
     let message = w.string_lossy_span(m.message, ascii);
@@ -411,12 +521,14 @@ fn write_syslog(
 /// repeated in a message is merged, so the object has no duplicate keys.
 /// `few`: the parameters as the parser found them, when there were a few
 /// (the usual case), otherwise they are read from `sd` into a vector.
-/// `ascii`: the payload is ASCII.
+/// `ascii`: the payload is ASCII. `plain`: nothing in `sd` needs escaping
+/// but the quotes around its values (the caller counted).
 fn write_structured_data(
     w: &mut DetailWriter,
     sd: &[u8],
     few: Option<&[syslog::SdParam<'_>]>,
     ascii: bool,
+    plain: bool,
 ) {
     let mut many = Vec::new();
     let few = few.unwrap_or_else(|| {
@@ -459,11 +571,10 @@ fn write_structured_data(
     // around its values (two per parameter), and no value has an SD
     // escape (a backslash would be counted): then ids, names and values
     // are copied as they are, without a call to the escaper for each.
-    let utf8 = ascii || std::str::from_utf8(sd).is_ok();
-    if grouped
-        && utf8
-        && count_escapes(sd) == 2 * params.iter().filter(|p| p.param.is_some()).count()
-    {
+    let plain = plain
+        || (ascii || std::str::from_utf8(sd).is_ok())
+            && count_escapes(sd) == 2 * params.iter().filter(|p| p.param.is_some()).count();
+    if grouped && plain {
         write_plain_structured_data(w, params);
         return;
     }
@@ -591,11 +702,14 @@ fn push_iso8601(out: &mut String, s: &Stamp<'_>, received: SystemTime) {
     };
     let (mut y, mut mo, mut d, mut h, mut mi) = (year, s.month, s.day, s.hour, s.minute);
     if let Some(offset) = s.offset_minutes {
-        let minutes = (syslog::days_from_civil(year, s.month, s.day) * 24 + i64::from(s.hour)) * 60
-            + i64::from(s.minute)
-            - i64::from(offset);
-        (y, mo, d) = syslog::civil_from_days(minutes.div_euclid(1440));
-        let of_day = minutes.rem_euclid(1440);
+        let of_day = i64::from(s.hour) * 60 + i64::from(s.minute) - i64::from(offset);
+        if !(0..1440).contains(&of_day) {
+            // Another day in UTC: the date goes through a day count (most
+            // stamps stay on their day, and skip the two conversions).
+            let minutes = syslog::days_from_civil(year, s.month, s.day) * 1440 + of_day;
+            (y, mo, d) = syslog::civil_from_days(minutes.div_euclid(1440));
+        }
+        let of_day = of_day.rem_euclid(1440);
         (h, mi) = ((of_day / 60) as u8, (of_day % 60) as u8);
     }
     // Written into a buffer and appended once: a `push` per character
@@ -637,4 +751,45 @@ fn push_iso8601(out: &mut String, s: &Stamp<'_>, received: SystemTime) {
     // digits (checked by the parser); a check here costs as much as the
     // rest of the stamp.
     out.push_str(unsafe { std::str::from_utf8_unchecked(&buf[..n]) });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stamp with a zone is written in UTC: on its own day, or across a
+    /// day, month, year or leap-day boundary, as the whole minute count says.
+    #[test]
+    fn zoned_stamps_move_to_utc_across_days() {
+        for (year, month, day) in [(2026, 1, 1), (2024, 2, 29), (2026, 2, 28), (2026, 12, 31)] {
+            for (hour, minute) in [(0, 0), (0, 29), (12, 0), (23, 59)] {
+                for offset in (-14 * 60..=14 * 60).step_by(30) {
+                    let stamp = Stamp {
+                        year: Some(year as u16),
+                        month,
+                        day,
+                        hour,
+                        minute,
+                        second: 7,
+                        fraction: b"25",
+                        offset_minutes: Some(offset as i16),
+                    };
+                    let minutes = syslog::days_from_civil(year, month, day) * 1440
+                        + i64::from(hour) * 60
+                        + i64::from(minute)
+                        - offset;
+                    let (y, m, d) = syslog::civil_from_days(minutes.div_euclid(1440));
+                    let of_day = minutes.rem_euclid(1440);
+                    let want = format!(
+                        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:07.25Z",
+                        of_day / 60,
+                        of_day % 60
+                    );
+                    let mut got = String::new();
+                    push_iso8601(&mut got, &stamp, SystemTime::UNIX_EPOCH);
+                    assert_eq!(got, want, "{stamp:?}");
+                }
+            }
+        }
+    }
 }

@@ -353,11 +353,21 @@ fn payload_room(format: udp_ebpf_common::Format, len: usize) -> usize {
     use udp_ebpf_common::Format::*;
     match format {
         Base64 => len.div_ceil(3) * 4,
-        Text | Json => len + len / 8 + 16,
+        // Or base64, when the payload is not UTF-8 text or not JSON.
+        Text | Json => (len + len / 8 + 16).max(len.div_ceil(3) * 4),
         Hex => len * 2,
         // The parsed fields beside the text, and the message twice.
         Syslog => len * 2 + len / 4 + 200,
     }
+}
+
+/// Room to reserve for a Detail: the members every event has, with both
+/// addresses IPv6 at their longest (264 bytes escaped), and the payload's
+/// part. Short by a few bytes, the Detail would be copied into a second
+/// allocation as its last member is written: a sixth of a base64 event's
+/// cost.
+fn detail_room(p: &PacketView<'_>, interface: &Member) -> usize {
+    272 + interface.escaped.len() + payload_room(p.encoding.format, p.payload.len())
 }
 
 /// The rest of an endpoint object after its `{"Address":"`: the address,
@@ -376,9 +386,7 @@ fn write_endpoint(w: &mut DetailWriter, ip: &IpAddr, port: u16) {
 /// check (escaped text and length both). `time` is the capture's wall
 /// clock time.
 fn detail_json(p: &PacketView<'_>, interface: &Member, time: SystemTime) -> Detail {
-    let mut w = DetailWriter::with_capacity(
-        200 + interface.escaped.len() + payload_room(p.encoding.format, p.payload.len()),
-    );
+    let mut w = DetailWriter::with_capacity(detail_room(p, interface));
     let mut num = itoa::Buffer::new();
     lit!(w, r#"{\"Destination\":{\"Address\":\""#);
     write_endpoint(&mut w, &p.dst, p.dst_port);
@@ -695,6 +703,48 @@ mod formats {
             d.as_object_mut().unwrap().remove(k);
         }
         d
+    }
+
+    /// A Detail is written into the one allocation [`detail_room`] asks
+    /// for, with the longest addresses: each format with the payloads it
+    /// is meant for, and the fallbacks to base64. (A format that escapes
+    /// grows the Detail once for text dense with quotes, such as JSON on a
+    /// `text` port, and a `syslog` port for bytes that are not UTF-8.)
+    #[test]
+    fn details_fit_the_room_reserved() {
+        use Format::*;
+        let syslog3164: &[u8] = b"<134>Nov 27 23:42:18 web01 nginx[2211]: 198.51.100.7 - - [27/Nov/2026:23:42:18 +0000] \"GET /api/v1/orders?id=8812 HTTP/1.1\" 200 5123 \"-\" \"Mozilla/5.0 (X11; Linux x86_64)\" rt=0.012\n";
+        let syslog5424: &[u8] = br#"<165>1 2026-11-27T23:42:18.123+01:00 router1 rpd 1234 BGP_STATE [junos@2636.1.1.1.2.40 peer-name="192.0.2.1" old-state="Established" new-state="Idle"] BGP peer 192.0.2.1 changed state"#;
+        let json: &[u8] = br#"{"ts":"2026-11-27T23:42:18.123Z","level":"error","msg":"payment declined","order":8812,"tags":["card","retry"]}"#;
+        let cases: [(&[u8], &[Format]); 6] = [
+            (b"hello", &[Base64, Text, Hex, Json, Syslog]),
+            (syslog3164, &[Base64, Text, Hex, Json, Syslog]),
+            (syslog5424, &[Base64, Text, Hex, Syslog]),
+            (json, &[Base64, Hex, Json]),
+            (&[0xA5; 200], &[Base64, Text, Hex, Json]),
+            (&[b'x'; 1400], &[Base64, Text, Hex, Json, Syslog]),
+        ];
+        let mut e = encoder();
+        for (payload, formats) in cases {
+            for &format in formats {
+                let mut p = packet(format, payload);
+                p.src = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe".parse().unwrap();
+                p.dst = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+                p.src_port = 65535;
+                p.dst_port = 65535;
+                let view = p.view();
+                let at = e.interface(p.ifindex);
+                let room = detail_room(&view, &e.interfaces[at].1);
+                let d = e.encode(&p).detail;
+                assert_eq!(
+                    d.escaped.capacity(),
+                    room,
+                    "{format:?} {:?}: {} bytes",
+                    String::from_utf8_lossy(payload),
+                    d.escaped.len()
+                );
+            }
+        }
     }
 
     #[test]
