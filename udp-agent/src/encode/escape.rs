@@ -193,7 +193,7 @@ fn escape_into<const TWICE: bool>(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
 /// # Safety
 /// Sixteen bytes readable at `src` and writable at `dst`, not overlapping.
 #[inline(always)]
-unsafe fn copy16(src: *const u8, dst: *mut u8) {
+pub(super) unsafe fn copy16(src: *const u8, dst: *mut u8) {
     // SAFETY: the caller's.
     unsafe {
         dst.cast::<[u8; 16]>()
@@ -207,7 +207,7 @@ unsafe fn copy16(src: *const u8, dst: *mut u8) {
 /// # Safety
 /// `n` bytes readable at `src` and writable at `dst`, not overlapping.
 #[inline(always)]
-unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
+pub(super) unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
     // SAFETY: the caller's; each copy stays within the first `n` bytes.
     unsafe {
         if n >= 8 {

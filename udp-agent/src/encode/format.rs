@@ -19,7 +19,10 @@ use udp_ebpf_common::Format;
 
 use super::{
     Detail,
-    escape::{count_escapes, escapes16, is_ascii, load_short, push_escaped, push_escaped_twice},
+    escape::{
+        copy_short, copy16, count_escapes, escapes16, is_ascii, load_short, push_escaped,
+        push_escaped_twice,
+    },
     json,
     syslog::{self, Stamp},
 };
@@ -93,21 +96,33 @@ impl DetailWriter {
     }
 
     /// Appends `b`, ASCII that needs no escaping (checked by the caller):
-    /// up to 32 bytes as one or two sixteen-byte stores.
+    /// up to 32 bytes as two overlapping copies of a fixed size each (a
+    /// buffer padded to sixteen bytes and cut back, as `push16` stores,
+    /// costs a shift of 128 bits by a variable amount to build).
     #[inline(always)]
     fn copy_ascii(&mut self, b: &[u8]) {
         debug_assert!(b.is_ascii() && count_escapes(b) == 0);
-        if b.len() <= 16 {
-            self.push16(&load_short(b), b.len());
-        } else if let (Some(head), Some(tail), true) =
-            (b.first_chunk::<16>(), b.last_chunk::<16>(), b.len() <= 32)
-        {
-            self.push16(head, b.len() - 16);
-            self.push16(tail, 16);
-        } else {
+        let n = b.len();
+        if n > 32 {
             // SAFETY: ASCII is UTF-8 (the caller's word that `b` is ASCII).
             self.text
                 .push_str(unsafe { std::str::from_utf8_unchecked(b) });
+            return;
+        }
+        // SAFETY: `b` is ASCII (the caller's word), so the text stays
+        // UTF-8; the copies write within the 32 bytes reserved, and the
+        // length covers exactly the `n` bytes written.
+        unsafe {
+            let v = self.text.as_mut_vec();
+            v.reserve(32);
+            let dst = v.as_mut_ptr().add(v.len());
+            if n <= 16 {
+                copy_short(b.as_ptr(), dst, n);
+            } else {
+                copy16(b.as_ptr(), dst);
+                copy16(b.as_ptr().add(n - 16), dst.add(n - 16));
+            }
+            v.set_len(v.len() + n);
         }
     }
 
@@ -467,20 +482,23 @@ fn write_syslog<const PLAIN: bool>(
         w.plain(num.format(severity));
         lit!(w, r#","#);
     }
-    // A field's string value and the comma after it.
-    let field = |w: &mut DetailWriter, b: &[u8]| {
+    // A field's key, string value and the comma after it. Each key is
+    // given as written before a value the escaper quotes, and with its
+    // value's opening quote (for a `PLAIN` line's copied value).
+    let field = |w: &mut DetailWriter, (key, quoted): (&str, &str), b: &[u8]| {
         if PLAIN {
-            lit!(w, r#"\""#);
+            // Three escaped quotes.
+            w.lit(quoted, 3);
             w.copy_ascii(b);
             lit!(w, r#"\","#);
         } else {
+            w.lit(key, 2);
             w.string_lossy(b, ascii);
             lit!(w, r#","#);
         }
     };
     if let Some(ts) = m.timestamp {
-        lit!(w, r#"\"Timestamp\":"#);
-        field(w, ts);
+        field(w, (r#"\"Timestamp\":"#, r#"\"Timestamp\":\""#), ts);
     }
     if let Some(stamp) = &m.stamp {
         lit!(w, r#"\"Time\":\""#);
@@ -488,15 +506,13 @@ fn write_syslog<const PLAIN: bool>(
         lit!(w, r#"\","#);
     }
     for (key, value) in [
-        (r#"\"Hostname\":"#, m.hostname),
-        (r#"\"AppName\":"#, m.app_name),
-        (r#"\"ProcId\":"#, m.proc_id),
-        (r#"\"MsgId\":"#, m.msg_id),
+        ((r#"\"Hostname\":"#, r#"\"Hostname\":\""#), m.hostname),
+        ((r#"\"AppName\":"#, r#"\"AppName\":\""#), m.app_name),
+        ((r#"\"ProcId\":"#, r#"\"ProcId\":\""#), m.proc_id),
+        ((r#"\"MsgId\":"#, r#"\"MsgId\":\""#), m.msg_id),
     ] {
         if let Some(v) = value {
-            // Every key above has two escaped quotes.
-            w.lit(key, 2);
-            field(w, v);
+            field(w, key, v);
         }
     }
     if let Some(sd) = m.structured_data {
@@ -633,46 +649,48 @@ fn write_structured_data(
 /// structured data in which nothing needs escaping.
 fn write_plain_structured_data(w: &mut DetailWriter, params: &[syslog::SdParam<'_>]) {
     fn copy(w: &mut DetailWriter, b: &[u8]) {
-        debug_assert!(std::str::from_utf8(b).is_ok());
-        if b.len() <= 16 {
-            w.push16(&load_short(b), b.len());
+        if b.is_ascii() {
+            w.copy_ascii(b);
             return;
         }
+        debug_assert!(std::str::from_utf8(b).is_ok());
         // SAFETY: `b` is cut from UTF-8 structured data at its ASCII
         // delimiters (the caller checked the whole is UTF-8), so it is
         // UTF-8 itself.
         w.text.push_str(unsafe { std::str::from_utf8_unchecked(b) });
     }
-    lit!(w, r#"{"#);
+    debug_assert!(!params.is_empty());
+    lit!(w, r#"{\""#);
     let mut i = 0;
     while i < params.len() {
         let id = params[i].id;
-        if i > 0 {
-            lit!(w, r#",\""#);
-        } else {
-            lit!(w, r#"\""#);
-        }
         copy(w, id);
         lit!(w, r#"\":{"#);
-        let mut first = true;
+        // A value's closing quote is written with what follows it.
+        let mut open = false;
         // Consecutive elements of one SD-ID are one run, as in
         // `write_structured_data`.
         while i < params.len() && same(params[i].id, id) {
             if let Some((name, value)) = params[i].param {
-                if first {
-                    lit!(w, r#"\""#);
+                if open {
+                    lit!(w, r#"\",\""#);
                 } else {
-                    lit!(w, r#",\""#);
+                    lit!(w, r#"\""#);
                 }
-                first = false;
                 copy(w, name);
                 lit!(w, r#"\":\""#);
                 copy(w, value);
-                lit!(w, r#"\""#);
+                open = true;
             }
             i += 1;
         }
-        lit!(w, r#"}"#);
+        // The run's object closed, and the next run's key opened.
+        match (open, i < params.len()) {
+            (true, true) => lit!(w, r#"\"},\""#),
+            (true, false) => lit!(w, r#"\"}"#),
+            (false, true) => lit!(w, r#"},\""#),
+            (false, false) => lit!(w, r#"}"#),
+        }
     }
     lit!(w, r#"}"#);
 }
