@@ -24,6 +24,8 @@
 //! * [`metrics`]: the agent's `/metrics`, scraped.
 //! * [`host`]: a small disk to fill ([`Tmpfs`]), and the calling thread's
 //!   CPU clock for the benchmarks and speed examples.
+//! * [`payloads`]: the syslog, JSON and binary payloads the format
+//!   benchmarks share.
 //!
 //! Nothing here sleeps for correctness: every wait polls a condition with a
 //! deadline and panics (or errs) with what it observed when it passes.
@@ -34,6 +36,7 @@ pub mod event;
 pub mod host;
 pub mod metrics;
 pub mod netns;
+pub mod payloads;
 pub mod process;
 pub mod socket;
 

@@ -21,7 +21,7 @@
 
 use std::time::Duration;
 
-use test_support::thread_cpu_ns;
+use test_support::{payloads, thread_cpu_ns};
 use udp_agent::{
     clock::WallClock,
     encode::{Encoder, pack::PackSettings},
@@ -74,18 +74,12 @@ fn main() {
     };
     let n = env("N", 20_000);
     let rounds = env("ROUNDS", 15);
-    let syslog3164 = b"<134>Nov 27 23:42:18 web01 nginx[2211]: 198.51.100.7 - - [27/Nov/2026:23:42:18 +0000] \"GET /api/v1/orders?id=8812 HTTP/1.1\" 200 5123 \"-\" \"Mozilla/5.0 (X11; Linux x86_64)\" rt=0.012\n".to_vec();
-    let syslog5424 = br#"<165>1 2026-11-27T23:42:18.123+01:00 router1 rpd 1234 BGP_STATE [junos@2636.1.1.1.2.40 peer-name="192.0.2.1" old-state="Established" new-state="Idle"] BGP peer 192.0.2.1 changed state"#.to_vec();
-    let json = br#"{"ts":"2026-11-27T23:42:18.123Z","level":"error","service":"checkout","msg":"payment declined","order":8812,"amount":129.95,"tags":["card","retry"],"trace":"4bf92f3577b34da6a3ce929d0e0e4736"}"#.to_vec();
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let binary: Vec<u8> = (0..200)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect();
+    let (syslog3164, syslog5424, json) = (
+        payloads::SYSLOG_3164.to_vec(),
+        payloads::SYSLOG_5424.to_vec(),
+        payloads::JSON_DOC.to_vec(),
+    );
+    let binary = payloads::binary();
     let cases: Vec<(&str, &[u8], Format, bool)> = vec![
         ("syslog 3164", &syslog3164, Format::Base64, false),
         ("syslog 3164", &syslog3164, Format::Text, false),

@@ -28,7 +28,9 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use test_support::agent::{START_TIMEOUT, clean_command, remove_pins};
 
-use crate::proc::{Exit, Memory, Proc, ProcExt, counters_line, pin_command, sut_cpu};
+use crate::proc::{
+    Exit, Memory, Proc, ProcExt, counters_line, pin_command, sut_cpu, threads_cpu_ns,
+};
 
 static PIN_COUNTER: AtomicUsize = AtomicUsize::new(0);
 static EXTRA_AGENT_ARGS: OnceLock<Vec<String>> = OnceLock::new();
@@ -170,6 +172,11 @@ impl Agent {
 
     pub fn cpu_seconds(&self) -> f64 {
         self.proc.cpu_seconds().unwrap_or(0.0)
+    }
+
+    /// Nanoseconds its threads have run so far ([`threads_cpu_ns`]).
+    pub fn threads_cpu_ns(&self) -> u64 {
+        self.proc.pid().and_then(threads_cpu_ns).unwrap_or(0)
     }
 
     pub fn stderr_text(&self) -> String {

@@ -1,5 +1,6 @@
-//! Scenario 1 — the agent's CPU per datagram for each payload format,
-//! against base64 of the same payload in the same run: udp-agent's
+//! Scenario 1 — the encoder's CPU per datagram for each payload format,
+//! against base64 of the same payload in the same run (the whole agent's:
+//! [`crate::format_cpu`]): udp-agent's
 //! `examples/format_speed` (encode the datagram into its entry and write
 //! the entry's line, on this thread's CPU clock, formats interleaved round
 //! by round), run as a child process with `JSON=1`.
@@ -159,7 +160,7 @@ fn table(r: &FormatResults) -> Vec<Row> {
             let mut row = Row::new(
                 1,
                 format!(
-                    "agent CPU per datagram, format `{}`: {}-byte {}",
+                    "encoder CPU per datagram, format `{}`: {}-byte {}",
                     label(f),
                     f.bytes,
                     describe(&f.payload)

@@ -23,6 +23,7 @@ mod bpf;
 mod capture;
 mod contenders;
 mod cpu;
+mod format_cpu;
 mod formats;
 mod forward;
 mod fragments;
@@ -189,8 +190,8 @@ struct AllArgs {
     /// Scratch directory (trafgen configurations).
     #[arg(long, default_value = "/tmp")]
     workdir: PathBuf,
-    /// Scenarios to run (default: all): kernel, capture, cpu, forward,
-    /// memory.
+    /// Scenarios to run (default: all): kernel, capture, cpu, format-cpu,
+    /// forward, memory.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Extra flags for every `udp-agent run` (experiments), e.g.
@@ -463,6 +464,7 @@ fn all(a: &AllArgs) -> Result<()> {
         kernel_log: serde_json::Value::Null,
         fragments: serde_json::Value::Null,
         formats: serde_json::Value::Null,
+        format_cpu: serde_json::Value::Null,
         capture: serde_json::Value::Null,
         cpu: serde_json::Value::Null,
         forward: serde_json::Value::Null,
@@ -491,7 +493,11 @@ fn all(a: &AllArgs) -> Result<()> {
         }
     }
 
-    let net = wanted("capture") || wanted("cpu") || wanted("forward") || wanted("memory");
+    let net = wanted("capture")
+        || wanted("cpu")
+        || wanted("format-cpu")
+        || wanted("forward")
+        || wanted("memory");
     let tools_missing: Vec<&str> = ["trafgen", "tcpdump", "ip"]
         .into_iter()
         .filter(|t| !have(t))
@@ -570,6 +576,16 @@ fn all(a: &AllArgs) -> Result<()> {
                 cenv.sender.describe()
             );
             report.cpu = outcome.take("cpu", cpu::run(&cenv, &s))?;
+        }
+        if wanted("format-cpu") {
+            let rig = prepare_rig();
+            cenv.sender = rig.sender;
+            let s = format_cpu::Settings::new(a.quick);
+            eprintln!(
+                "bench: scenario 2: the whole agent's CPU per datagram for each payload format, at {} pps",
+                s.rate
+            );
+            report.format_cpu = outcome.take("format cpu", format_cpu::run(&cenv, &s))?;
         }
         if wanted("forward") {
             eprintln!("bench: scenario 3: forwarding rate (agent → local PutEvents endpoint)");

@@ -133,6 +133,22 @@ pub fn cpu_seconds(pid: i32) -> Option<f64> {
     Some((utime + stime) / hz)
 }
 
+/// Nanoseconds the threads of process `pid` have run, summed over its
+/// live threads' `/proc/PID/task/TID/schedstat` (nanoseconds, where
+/// `/proc/PID/stat` counts clock ticks of 10 ms).
+pub fn threads_cpu_ns(pid: i32) -> Option<u64> {
+    let mut total = 0;
+    for e in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let stat = fs::read_to_string(e.path().join("schedstat")).unwrap_or_default();
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(total)
+}
+
 /// Nanoseconds `ksoftirqd/<cpu>` has run (`/proc/PID/schedstat`): the
 /// kernel's receive work that did not run in the sender's context.
 pub fn ksoftirqd_ns(cpu: usize) -> Option<u64> {

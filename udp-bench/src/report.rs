@@ -166,6 +166,8 @@ pub struct Report {
     pub capture: serde_json::Value,
     /// CPU per packet at a fixed rate (`cpu`).
     pub cpu: serde_json::Value,
+    /// The whole agent's CPU per datagram for each payload format (`cpu`).
+    pub format_cpu: serde_json::Value,
     pub forward: serde_json::Value,
     pub memory: serde_json::Value,
     /// Scenarios that could not run, and why.

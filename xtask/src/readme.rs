@@ -17,14 +17,17 @@ const BEGIN: &str = "<!-- performance:begin";
 
 /// The rows a user reads first, by the start of their names: the cost of
 /// a port that is off and of a capture, of the kernel log when off, of the
-/// parsed formats against base64, capture and forwarding rates
+/// parsed formats against base64 (the encoder alone and the whole agent),
+/// capture and forwarding rates
 /// against the peers, delivery through the spool, and memory.
 const SHOWN: &[&str] = &[
     "kernel: UDP to a disabled port",
     "kernel: enabled port, 64 B payload (IPv4)",
     "kernel: enabled port, 1,472 B payload (IPv4)",
     "kernel: --kernel-log off vs built without it, enabled port, 64 B",
-    "agent CPU per datagram, format `syslog`: 180-byte",
+    "encoder CPU per datagram, format `syslog`: 183-byte",
+    "encoder CPU per datagram, format `json`",
+    "agent CPU per datagram, format `syslog`: 183-byte",
     "agent CPU per datagram, format `json`",
     "lossless capture rate",
     "CPU per packet at 200,000 pps, 1400 B (udp-agent --action drop",
