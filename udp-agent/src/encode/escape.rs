@@ -526,6 +526,29 @@ mod tests {
         }
     }
 
+    /// Text made of plain bytes, quotes, backslashes and multi-byte
+    /// characters only (chunks dense with escapes), escaped once
+    /// as serde_json escapes it, into buffers of every fill level.
+    #[test]
+    fn quotes_and_backslashes_escape_as_serde_does() {
+        let pieces = ["a", "\"", "\\", "é", "bcdefgh", "\"\"\"\"\"\"\"\"\"", "😀"];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..2000 {
+            let mut s = String::new();
+            while s.len() < round % 97 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                s.push_str(pieces[(seed % pieces.len() as u64) as usize]);
+            }
+            let once = serde_json::to_string(&s).unwrap();
+            let mut out = "x".repeat(round % 31);
+            let before = out.len();
+            push_escaped(&mut out, &s);
+            assert_eq!(out[before..], once[1..once.len() - 1], "{s:?}");
+        }
+    }
+
     /// One non-ASCII byte anywhere in slices of every length up to three
     /// chunks and a tail, and none.
     #[test]
