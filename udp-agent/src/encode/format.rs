@@ -591,7 +591,7 @@ fn write_structured_data(
         || (ascii || std::str::from_utf8(sd).is_ok())
             && count_escapes(sd) == 2 * params.iter().filter(|p| p.param.is_some()).count();
     if grouped && plain {
-        write_plain_structured_data(w, params);
+        write_plain_structured_data(w, params, ascii);
         return;
     }
     lit!(w, r#"{"#);
@@ -646,10 +646,11 @@ fn write_structured_data(
 
 /// [`write_structured_data`]'s object for parameters that came grouped
 /// (an SD-ID's run of parameters, each name once in it), from UTF-8
-/// structured data in which nothing needs escaping.
-fn write_plain_structured_data(w: &mut DetailWriter, params: &[syslog::SdParam<'_>]) {
-    fn copy(w: &mut DetailWriter, b: &[u8]) {
-        if b.is_ascii() {
+/// structured data in which nothing needs escaping (`ascii`: from an ASCII
+/// payload).
+fn write_plain_structured_data(w: &mut DetailWriter, params: &[syslog::SdParam<'_>], ascii: bool) {
+    let copy = |w: &mut DetailWriter, b: &[u8]| {
+        if ascii {
             w.copy_ascii(b);
             return;
         }
@@ -658,7 +659,7 @@ fn write_plain_structured_data(w: &mut DetailWriter, params: &[syslog::SdParam<'
         // delimiters (the caller checked the whole is UTF-8), so it is
         // UTF-8 itself.
         w.text.push_str(unsafe { std::str::from_utf8_unchecked(b) });
-    }
+    };
     debug_assert!(!params.is_empty());
     lit!(w, r#"{\""#);
     let mut i = 0;
