@@ -23,6 +23,7 @@ use test_support::{frame::FrameBuilder, payloads};
 use crate::{
     capture::{Env, PORT},
     contenders::{Agent, Sink},
+    formats,
     proc::{check_interrupted, sleep},
     report::{Row, Summary, thousands},
     traffic::HEADERS,
@@ -196,15 +197,6 @@ pub fn run(env: &Env, s: &Settings) -> Result<(FormatCpuResults, Vec<Row>)> {
     Ok((results, rows))
 }
 
-/// Issue 16's goals, as in scenario 1's format rows.
-fn target(format: &str) -> Option<f64> {
-    match format {
-        "text" | "hex" => Some(1.2),
-        "syslog" | "json" => Some(2.0),
-        _ => None,
-    }
-}
-
 fn rows(r: &FormatCpuResults) -> Vec<Row> {
     r.costs
         .iter()
@@ -217,16 +209,13 @@ fn rows(r: &FormatCpuResults) -> Vec<Row> {
                 ),
                 "µs/datagram",
             );
-            row.ours = format!("{:.2} µs (±{:.0}%)", c.us.median, c.us.spread_pct());
-            row.peer = format!("base64 {:.2} µs", c.base64_us.median);
-            row.ours_value = Some(c.us.median);
-            row.peer_value = Some(c.base64_us.median);
-            row.ratio = Some(c.ratio.median);
-            row.ratio_note = "lower is better".into();
-            if let Some(t) = target(c.format) {
-                row.target = Some(format!("≤ {t}× base64"));
-                row.met = Some(c.ratio.median <= t);
-            }
+            formats::versus_base64(
+                &mut row,
+                c.format,
+                (&c.us, &c.base64_us),
+                c.ratio.median,
+                ("µs", 2),
+            );
             row.note = format!(
                 "process CPU per entry written at {} datagrams/s (stdout sink to /dev/null; the kernel's share, the same for every format, left out), median of {} rounds (round ratios {:.2}–{:.2}); rounds that lost datagrams: {}",
                 thousands(r.rate as f64),
