@@ -364,8 +364,8 @@ fn payload_room(format: udp_ebpf_common::Format, len: usize) -> usize {
 /// Room to reserve for a Detail: the members every event has, with both
 /// addresses IPv6 at their longest (264 bytes escaped), and the payload's
 /// part. Short by a few bytes, the Detail would be copied into a second
-/// allocation as its last member is written: a sixth of a base64 event's
-/// cost.
+/// allocation as its last member is written (a base64 event took 30% more
+/// time so: 198 against 153 ns in `examples/format_speed`).
 fn detail_room(p: &PacketView<'_>, interface: &Member) -> usize {
     272 + interface.escaped.len() + payload_room(p.encoding.format, p.payload.len())
 }
@@ -713,15 +713,14 @@ mod formats {
     #[test]
     fn details_fit_the_room_reserved() {
         use Format::*;
-        let syslog3164: &[u8] = b"<134>Nov 27 23:42:18 web01 nginx[2211]: 198.51.100.7 - - [27/Nov/2026:23:42:18 +0000] \"GET /api/v1/orders?id=8812 HTTP/1.1\" 200 5123 \"-\" \"Mozilla/5.0 (X11; Linux x86_64)\" rt=0.012\n";
-        let syslog5424: &[u8] = br#"<165>1 2026-11-27T23:42:18.123+01:00 router1 rpd 1234 BGP_STATE [junos@2636.1.1.1.2.40 peer-name="192.0.2.1" old-state="Established" new-state="Idle"] BGP peer 192.0.2.1 changed state"#;
-        let json: &[u8] = br#"{"ts":"2026-11-27T23:42:18.123Z","level":"error","msg":"payment declined","order":8812,"tags":["card","retry"]}"#;
+        use test_support::payloads;
+        let binary = payloads::binary();
         let cases: [(&[u8], &[Format]); 6] = [
             (b"hello", &[Base64, Text, Hex, Json, Syslog]),
-            (syslog3164, &[Base64, Text, Hex, Json, Syslog]),
-            (syslog5424, &[Base64, Text, Hex, Syslog]),
-            (json, &[Base64, Hex, Json]),
-            (&[0xA5; 200], &[Base64, Text, Hex, Json]),
+            (payloads::SYSLOG_3164, &[Base64, Text, Hex, Json, Syslog]),
+            (payloads::SYSLOG_5424, &[Base64, Text, Hex, Syslog]),
+            (payloads::JSON_DOC, &[Base64, Hex, Json]),
+            (&binary, &[Base64, Text, Hex, Json]),
             (&[b'x'; 1400], &[Base64, Text, Hex, Json, Syslog]),
         ];
         let mut e = encoder();

@@ -596,7 +596,7 @@ fn sd_len<'a>(b: &'a [u8], list: &mut SdList<'a>) -> Option<usize> {
 /// order ([`sd_params`]'s answer), when there are at most
 /// [`SdList::CAP`]: the encoder then reads them without walking the
 /// structured data again. Kept on the stack, its slots not written until
-/// used (filling all sixteen first was 48 stores per message).
+/// used.
 pub struct SdList<'a> {
     params: arrayvec::ArrayVec<SdParam<'a>, { SdList::CAP }>,
     /// All the parameters fitted.
