@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
-use test_support::{frame::FrameBuilder, payloads};
+use test_support::payloads;
 
 use crate::{
     capture::{Env, PORT},
@@ -26,7 +26,7 @@ use crate::{
     formats,
     proc::{check_interrupted, sleep},
     report::{Row, Summary, thousands},
-    traffic::HEADERS,
+    traffic::{self, HEADERS},
 };
 
 pub struct Settings {
@@ -143,12 +143,7 @@ pub fn run(env: &Env, s: &Settings) -> Result<(FormatCpuResults, Vec<Row>)> {
     let cases = cases();
     let frames: Vec<Vec<u8>> = cases
         .iter()
-        .map(|(_, payload, _)| {
-            FrameBuilder::ipv4(env.ns.ns_v4.octets(), env.ns.host_v4.octets())
-                .macs(env.ns.host_mac, env.ns.ns_mac)
-                .udp(40000, PORT, payload)
-                .build()
-        })
+        .map(|(_, payload, _)| traffic::udp_frame_of(env.ns, PORT, payload))
         .collect();
     // steps[case][format][round]
     let mut steps: Vec<Vec<Vec<StepCost>>> = cases

@@ -41,9 +41,14 @@ pub const HEADERS: usize = 14 + 20 + 8;
 pub fn udp_frame(v: &VethNs, port: u16, len: usize) -> Vec<u8> {
     let text = b"<13>Nov 27 23:42:18 web01 app[2203]: request served in 12ms status=200 ";
     let payload: Vec<u8> = text.iter().copied().cycle().take(len).collect();
+    udp_frame_of(v, port, &payload)
+}
+
+/// [`udp_frame`] carrying `payload`.
+pub fn udp_frame_of(v: &VethNs, port: u16, payload: &[u8]) -> Vec<u8> {
     FrameBuilder::ipv4(v.ns_v4.octets(), v.host_v4.octets())
         .macs(v.host_mac, v.ns_mac)
-        .udp(40000, port, &payload)
+        .udp(40000, port, payload)
         .build()
 }
 
