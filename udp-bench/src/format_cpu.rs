@@ -8,10 +8,10 @@
 //! payload at a fixed rate well inside its lossless rate, and divides the
 //! CPU time its threads ran from the traffic's start to 300 ms after its
 //! end (capture loop, decoding, encoding, batching, the sink's writes; in
-//! nanoseconds, from each thread's schedstat) by the entries it wrote. The kernel's share (the XDP program and the ring
-//! write, on the sender's CPU) is the same for every format and is left
-//! out, so the ratios are the process's alone: the highest a user would
-//! see. Formats run in turn within a round, rounds interleave, and each
+//! nanoseconds, from each thread's schedstat) by the entries it wrote.
+//! The kernel's share (the XDP program and the ring write, on the sender's
+//! CPU) is the same for every format and is left out, so the ratios are
+//! the process's alone: the highest a user would see. Formats run in turn within a round, rounds interleave, and each
 //! row is the median of the per-round ratios.
 
 use std::time::Duration;
