@@ -350,16 +350,69 @@ pub(super) fn is_ascii(b: &[u8]) -> bool {
 }
 
 /// How many bytes of `b` a JSON string must escape, sixteen at a time.
+/// On x86-64 the matches are summed in byte lanes and added up once per
+/// 255 chunks (`psadbw`): a bit count per chunk compiles, without the
+/// `popcnt` feature the baseline lacks, to ~15 instructions, which was
+/// 4% of a syslog event's instructions.
 pub(super) fn count_escapes(b: &[u8]) -> usize {
     let (chunks, rest) = b.as_chunks::<16>();
-    let n: usize = chunks
-        .iter()
-        .map(|c| escapes16(c).count_ones() as usize)
-        .sum();
-    n + rest
-        .iter()
-        .filter(|&&c| ESCAPE[usize::from(c)] != 0)
-        .count()
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            _mm_add_epi64, _mm_cvtsi128_si64, _mm_sad_epu8, _mm_setzero_si128, _mm_srli_si128,
+            _mm_sub_epi8,
+        };
+        // SAFETY: SSE2 is always there on x86-64; each load reads one
+        // chunk of `b` (or a copy of its rest).
+        unsafe {
+            let zero = _mm_setzero_si128();
+            let mut sums = zero;
+            // At most 255 matches per byte lane before they are added up.
+            for block in chunks.chunks(255) {
+                let mut lanes = zero;
+                for c in block {
+                    // A match is 0xFF (-1) in its lane.
+                    lanes = _mm_sub_epi8(lanes, escape_lanes16(c));
+                }
+                sums = _mm_add_epi64(sums, _mm_sad_epu8(lanes, zero));
+            }
+            // The rest is padded with spaces, which need no escape.
+            let last = _mm_sub_epi8(zero, escape_lanes16(&load_short(rest)));
+            sums = _mm_add_epi64(sums, _mm_sad_epu8(last, zero));
+            let sums = _mm_add_epi64(sums, _mm_srli_si128::<8>(sums));
+            _mm_cvtsi128_si64(sums) as usize
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let n: usize = chunks
+            .iter()
+            .map(|c| escapes16(c).count_ones() as usize)
+            .sum();
+        n + rest
+            .iter()
+            .filter(|&&c| ESCAPE[usize::from(c)] != 0)
+            .count()
+    }
+}
+
+/// Each byte of `chunk` that needs escaping as 0xFF in its lane, others 0.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn escape_lanes16(chunk: &[u8; 16]) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_or_si128, _mm_set1_epi8,
+    };
+    // SAFETY: SSE2 is always there on x86-64; the load reads the 16 bytes
+    // of `chunk`.
+    unsafe {
+        let x = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
+        // Unsigned x <= 0x1F: a control byte.
+        let control = _mm_cmpeq_epi8(_mm_max_epu8(x, _mm_set1_epi8(0x1F)), _mm_set1_epi8(0x1F));
+        let quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\\' as i8));
+        _mm_or_si128(control, _mm_or_si128(quote, backslash))
+    }
 }
 
 /// Bit `j` set for each byte `chunk[j]` that needs escaping.
@@ -367,20 +420,8 @@ pub(super) fn count_escapes(b: &[u8]) -> usize {
 pub(super) fn escapes16(chunk: &[u8; 16]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{
-            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8,
-            _mm_or_si128, _mm_set1_epi8,
-        };
-        // SAFETY: SSE2 is always there on x86-64; the load reads the 16
-        // bytes of `chunk`.
-        unsafe {
-            let x = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
-            // Unsigned x <= 0x1F: a control byte.
-            let control = _mm_cmpeq_epi8(_mm_max_epu8(x, _mm_set1_epi8(0x1F)), _mm_set1_epi8(0x1F));
-            let quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'"' as i8));
-            let backslash = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\\' as i8));
-            _mm_movemask_epi8(_mm_or_si128(control, _mm_or_si128(quote, backslash))) as u32
-        }
+        // SAFETY: SSE2 is always there on x86-64.
+        unsafe { std::arch::x86_64::_mm_movemask_epi8(escape_lanes16(chunk)) as u32 }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -494,6 +535,20 @@ mod tests {
                     .count();
                 assert_eq!(count_escapes(b), want, "{start}..{end}");
             }
+        }
+    }
+
+    /// Long runs where every byte needs escaping: the byte-lane sums are
+    /// added up before any lane can pass 255, at and across that point.
+    #[test]
+    fn counts_long_runs_of_escapes() {
+        for n in [16 * 255 - 1, 16 * 255, 16 * 255 + 1, 16 * 256, 16 * 600 + 7] {
+            let quotes = vec![b'"'; n];
+            assert_eq!(count_escapes(&quotes), n, "{n}");
+            let mixed: Vec<u8> = (0..n).map(|i| [b'"', b'a', b'\\', 0x01][i % 4]).collect();
+            // Three of every four bytes need escaping.
+            let want = n / 4 * 3 + (n % 4).min(1) + (n % 4).saturating_sub(2);
+            assert_eq!(count_escapes(&mixed), want, "{n}");
         }
     }
 
