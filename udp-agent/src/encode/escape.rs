@@ -89,7 +89,7 @@ fn escape_into<const TWICE: bool>(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
     while i + 16 <= n {
         // SAFETY: `i + 16 <= n`: sixteen bytes of `bytes` at `i`.
         let chunk: &[u8; 16] = unsafe { &*bytes.as_ptr().add(i).cast::<[u8; 16]>() };
-        let mut m = escapes16(chunk);
+        let m = escapes16(chunk);
         if m == 0 {
             // SAFETY: the invariant leaves room for sixteen bytes at `len`.
             unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), dst.add(len), 16) };
@@ -106,58 +106,47 @@ fn escape_into<const TWICE: bool>(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
             out.reserve(room);
             dst = out.as_mut_ptr();
         }
-        let mut start = 0;
-        // The plain run before each escape is copied sixteen bytes at a
-        // time (one load and one store; a copy of the run's own length is
-        // a call to `memcpy` per escape), from the input where sixteen
-        // bytes follow the run's start, and the store's overshoot is
-        // overwritten by what comes next. The room made above covers it:
-        // at most `15 * widest` bytes written in the chunk before a run,
-        // plus sixteen.
         let whole = i + 32 <= n;
-        while m != 0 {
-            let j = m.trailing_zeros() as usize;
-            // SAFETY: within the room made above; `start..j` is inside
-            // the chunk, and with `whole` sixteen bytes of `bytes` follow
-            // `i + start`.
-            unsafe {
-                if whole {
-                    copy16(bytes.as_ptr().add(i + start), dst.add(len));
-                } else {
-                    copy_short(chunk.as_ptr().add(start), dst.add(len), j - start);
-                }
-            }
-            len += j - start;
-            // SAFETY: as above.
-            (len, added) = unsafe { write_escape::<TWICE>(dst, len, added, chunk[j]) };
-            start = j + 1;
-            m &= m - 1;
-        }
-        // SAFETY: as above.
-        unsafe {
-            if whole {
-                copy16(bytes.as_ptr().add(i + start), dst.add(len));
-            } else {
-                copy_short(chunk.as_ptr().add(start), dst.add(len), 16 - start);
-            }
-        }
-        len += 16 - start;
+        // SAFETY: the room made above; with `whole`, sixteen bytes of
+        // `bytes` follow every byte of the chunk.
+        (len, added) =
+            unsafe { escape_chunk::<TWICE>(bytes, i, whole, chunk, m, 0, dst, len, added) };
         i += 16;
     }
     // Fewer than sixteen bytes left: most often none needs escaping (a
     // short field, the end of a line), so they are tested at once and
-    // copied, and only otherwise escaped one at a time.
+    // copied. Otherwise, after sixteen bytes or more, they are the end of
+    // the last sixteen, escaped as a chunk (from the first byte not yet
+    // written); in a short string, one at a time.
     let rest = n - i;
     if rest > 0 {
-        // SAFETY: `i < n`, and `i >= n - 16` when `n >= 16`.
-        let m = unsafe {
-            if n >= 16 {
-                escapes16(&*bytes.as_ptr().add(n - 16).cast::<[u8; 16]>()) >> (16 - rest)
+        if n >= 16 {
+            let skip = 16 - rest;
+            // SAFETY: `n >= 16`: the last sixteen bytes of `bytes`.
+            let chunk: &[u8; 16] = unsafe { &*bytes.as_ptr().add(n - 16).cast::<[u8; 16]>() };
+            let m = escapes16(chunk) >> skip << skip;
+            if m == 0 {
+                // SAFETY: within the invariant's room; `rest` bytes at `i`.
+                unsafe { copy_short(bytes.as_ptr().add(i), dst.add(len), rest) };
+                len += rest;
             } else {
-                u32::from(any_escape_short(bytes.as_ptr(), n))
+                let room = 17 + 16 * widest;
+                if out.capacity() - len < room {
+                    // SAFETY: `len` bytes are initialised (all written above).
+                    unsafe { out.set_len(len) };
+                    out.reserve(room);
+                    dst = out.as_mut_ptr();
+                }
+                // SAFETY: the room made above; the chunk's first `skip`
+                // bytes were written, and its escapes from `skip` on are
+                // in `m`.
+                (len, added) = unsafe {
+                    escape_chunk::<TWICE>(bytes, n - 16, false, chunk, m, skip, dst, len, added)
+                };
             }
-        };
-        if m == 0 {
+            i = n;
+        // SAFETY: `n < 16`: the `n` bytes of `bytes`.
+        } else if !unsafe { any_escape_short(bytes.as_ptr(), n) } {
             // SAFETY: within the invariant's room; `rest` bytes at `i`.
             unsafe { copy_short(bytes.as_ptr().add(i), dst.add(len), rest) };
             len += rest;
@@ -186,6 +175,60 @@ fn escape_into<const TWICE: bool>(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
     // SAFETY: `len` bytes are initialised.
     unsafe { out.set_len(len) };
     added
+}
+
+/// Writes the sixteen bytes of `chunk` (the input at `at`) from byte
+/// `start` on, escaping those whose bits are set in `m` (bits below
+/// `start` clear), at `len`; returns the new length and escaping added.
+///
+/// The plain run before each escape is copied sixteen bytes at a time (one
+/// load and one store; a copy of the run's own length is a call to
+/// `memcpy` per escape): from the input when `whole` (sixteen bytes follow
+/// every run's start), and the store's overshoot is overwritten by what
+/// comes next.
+///
+/// # Safety
+/// Room for sixteen bytes at their widest, plus sixteen, at `len`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn escape_chunk<const TWICE: bool>(
+    bytes: &[u8],
+    at: usize,
+    whole: bool,
+    chunk: &[u8; 16],
+    mut m: u32,
+    mut start: usize,
+    dst: *mut u8,
+    mut len: usize,
+    mut added: usize,
+) -> (usize, usize) {
+    while m != 0 {
+        let j = m.trailing_zeros() as usize;
+        // SAFETY: within the caller's room; `start..j` is inside the
+        // chunk, and with `whole` sixteen bytes of `bytes` follow
+        // `at + start`.
+        unsafe {
+            if whole {
+                copy16(bytes.as_ptr().add(at + start), dst.add(len));
+            } else {
+                copy_short(chunk.as_ptr().add(start), dst.add(len), j - start);
+            }
+        }
+        len += j - start;
+        // SAFETY: as above.
+        (len, added) = unsafe { write_escape::<TWICE>(dst, len, added, chunk[j]) };
+        start = j + 1;
+        m &= m - 1;
+    }
+    // SAFETY: as above.
+    unsafe {
+        if whole {
+            copy16(bytes.as_ptr().add(at + start), dst.add(len));
+        } else {
+            copy_short(chunk.as_ptr().add(start), dst.add(len), 16 - start);
+        }
+    }
+    (len + 16 - start, added)
 }
 
 /// Copies sixteen bytes from `src` to `dst` (unaligned).

@@ -95,37 +95,6 @@ impl DetailWriter {
         v.truncate(len + n);
     }
 
-    /// Appends `b`, ASCII that needs no escaping (checked by the caller):
-    /// up to 32 bytes as two overlapping copies of a fixed size each (a
-    /// buffer padded to sixteen bytes and cut back, as `push16` stores,
-    /// costs a shift of 128 bits by a variable amount to build).
-    #[inline(always)]
-    fn copy_ascii(&mut self, b: &[u8]) {
-        debug_assert!(b.is_ascii() && count_escapes(b) == 0);
-        let n = b.len();
-        if n > 32 {
-            // SAFETY: ASCII is UTF-8 (the caller's word that `b` is ASCII).
-            self.text
-                .push_str(unsafe { std::str::from_utf8_unchecked(b) });
-            return;
-        }
-        // SAFETY: `b` is ASCII (the caller's word), so the text stays
-        // UTF-8; the copies write within the 32 bytes reserved, and the
-        // length covers exactly the `n` bytes written.
-        unsafe {
-            let v = self.text.as_mut_vec();
-            v.reserve(32);
-            let dst = v.as_mut_ptr().add(v.len());
-            if n <= 16 {
-                copy_short(b.as_ptr(), dst, n);
-            } else {
-                copy16(b.as_ptr(), dst);
-                copy16(b.as_ptr().add(n - 16), dst.add(n - 16));
-            }
-            v.set_len(v.len() + n);
-        }
-    }
-
     /// Escaped text whose escaping added `added` bytes (use [`lit!`] for
     /// literals).
     pub fn lit(&mut self, escaped: &str, added: usize) {
@@ -248,6 +217,153 @@ impl DetailWriter {
     }
 }
 
+/// A [`DetailWriter`] written through a pointer, length and capacity held
+/// in registers, for runs of short writes (a syslog line's fields, keys and
+/// punctuation): each write of the `String` itself loads the length the
+/// write before it stored, and the stores and loads were the larger part
+/// of those writes' time. The length (and the bytes escaping added) go
+/// back to the writer when the cursor is dropped.
+struct Cursor<'w> {
+    w: &'w mut DetailWriter,
+    ptr: *mut u8,
+    len: usize,
+    cap: usize,
+    added: usize,
+}
+
+impl<'w> Cursor<'w> {
+    #[inline(always)]
+    fn new(w: &'w mut DetailWriter) -> Self {
+        // SAFETY: only whole UTF-8 text is written through the cursor (see
+        // its methods), and the length it sets covers written bytes only.
+        let v = unsafe { w.text.as_mut_vec() };
+        let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
+        Self {
+            w,
+            ptr,
+            len,
+            cap,
+            added: 0,
+        }
+    }
+
+    /// Makes room for `n` more bytes.
+    #[inline(always)]
+    fn room(&mut self, n: usize) {
+        if self.cap - self.len < n {
+            self.grow(n);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, n: usize) {
+        self.sync();
+        self.w.text.reserve(n);
+        self.reload();
+    }
+
+    /// Gives the writer the length and the count written so far.
+    #[inline(always)]
+    fn sync(&mut self) {
+        // SAFETY: the first `len` bytes are written (the writer's text,
+        // then whole UTF-8 pieces appended through the cursor).
+        unsafe { self.w.text.as_mut_vec().set_len(self.len) };
+        self.w.add(self.added);
+        self.added = 0;
+    }
+
+    #[inline(always)]
+    fn reload(&mut self) {
+        // SAFETY: as in `new`.
+        let v = unsafe { self.w.text.as_mut_vec() };
+        (self.ptr, self.len, self.cap) = (v.as_mut_ptr(), v.len(), v.capacity());
+    }
+
+    /// Runs `f` on the writer itself (for a write the cursor does not do).
+    #[inline(always)]
+    fn with_writer<R>(&mut self, f: impl FnOnce(&mut DetailWriter) -> R) -> R {
+        self.sync();
+        let r = f(self.w);
+        self.reload();
+        r
+    }
+
+    /// Appends `b`, whole UTF-8 text (the callers' word).
+    #[inline(always)]
+    fn put(&mut self, b: &[u8]) {
+        self.room(b.len());
+        // SAFETY: `room` made space for `b` after the length.
+        unsafe {
+            std::ptr::copy_nonoverlapping(b.as_ptr(), self.ptr.add(self.len), b.len());
+        }
+        self.len += b.len();
+    }
+
+    /// Text written as it is in both forms (digits).
+    #[inline(always)]
+    fn plain(&mut self, s: &str) {
+        self.put(s.as_bytes());
+    }
+
+    /// Escaped text whose escaping added `added` bytes (use [`lit!`] for
+    /// literals).
+    #[inline(always)]
+    fn lit(&mut self, escaped: &str, added: usize) {
+        self.put(escaped.as_bytes());
+        self.added += added;
+    }
+
+    /// Appends `b`, ASCII that needs no escaping (checked by the caller):
+    /// up to 32 bytes as two overlapping copies of a fixed size each (a
+    /// buffer padded to sixteen bytes and cut back, as `push16` stores,
+    /// costs a shift of 128 bits by a variable amount to build).
+    #[inline(always)]
+    fn copy_ascii(&mut self, b: &[u8]) {
+        debug_assert!(b.is_ascii() && count_escapes(b) == 0);
+        let n = b.len();
+        if n > 32 {
+            self.put(b);
+            return;
+        }
+        self.room(32);
+        // SAFETY: 32 bytes are free after the length; the copies write
+        // within them, and the length covers exactly the `n` written.
+        unsafe {
+            let dst = self.ptr.add(self.len);
+            if n <= 16 {
+                copy_short(b.as_ptr(), dst, n);
+            } else {
+                copy16(b.as_ptr(), dst);
+                copy16(b.as_ptr().add(n - 16), dst.add(n - 16));
+            }
+        }
+        self.len += n;
+    }
+
+    /// Appends a copy of `run`, text written before (escaping `added`).
+    #[inline(always)]
+    fn copy_run(&mut self, run: std::ops::Range<usize>, added: usize) {
+        assert!(run.start <= run.end && run.end <= self.len);
+        let n = run.end - run.start;
+        self.room(n);
+        // SAFETY: `run` lies within the written bytes, wholly before the
+        // space `room` made after them, so the two do not overlap; the
+        // run was written as whole UTF-8 pieces.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.add(run.start), self.ptr.add(self.len), n);
+        }
+        self.len += n;
+        self.added += added;
+    }
+}
+
+impl Drop for Cursor<'_> {
+    fn drop(&mut self) {
+        self.sync();
+    }
+}
+
 /// Appends `,"<Key>":<value>` for `payload` in `format`, the `Format`
 /// member excepted, and returns the format the payload was written in
 /// (`Base64` when it fell back). `received` is the capture's wall-clock
@@ -306,16 +422,11 @@ fn write_syslog_payload(w: &mut DetailWriter, payload: &[u8], received: SystemTi
     let mut sd = syslog::SdList::new();
     let m = syslog::parse_with(payload, &mut sd);
     lit!(w, r#",\"Syslog\":"#);
-    if let Some(text) = text
-        && ascii
-        && let Some(plain) = PlainLine::of(payload, &m, &sd)
-    {
-        write_syslog::<true>(w, &m, &sd, received, ascii);
-        lit!(w, r#",\"Text\":"#);
-        write_plain_text(w, text, &plain);
+    if ascii && let Some(plain) = PlainLine::of(payload, &m, &sd) {
+        write_plain_syslog(w, payload, &m, &plain, received);
         return;
     }
-    let message = write_syslog::<false>(w, &m, &sd, received, ascii);
+    let message = write_syslog(w, &m, &sd, received, ascii);
     match text {
         Some(text) => {
             lit!(w, r#",\"Text\":"#);
@@ -325,14 +436,17 @@ fn write_syslog_payload(w: &mut DetailWriter, payload: &[u8], received: SystemTi
     }
 }
 
-/// An ASCII syslog line in which nothing up to the message's end needs
+/// An ASCII syslog line in which nothing before the message needs
 /// escaping but the quotes around its structured data's values (the usual
-/// line): its fields are copied as they are, without a test each, and its
-/// `Text` is copied in runs between those quotes.
+/// header): its fields are copied as they are, without a test each, and
+/// its `Text` is copied in runs between those quotes.
 struct PlainLine<'p, 'a> {
-    /// Where the message ends in the payload; what follows (the line ends
-    /// and NULs trimmed from it) is escaped as usual.
-    message_end: usize,
+    /// Where the message lies in the payload; what follows it (the line
+    /// ends and NULs trimmed from it) is escaped as usual.
+    message: std::ops::Range<usize>,
+    /// Nothing in the message needs escaping either. Otherwise it goes
+    /// through the escaper once, and its `Text` copies that run.
+    message_plain: bool,
     /// The structured data's parameters in the order sent (none without
     /// structured data).
     params: &'p [syslog::SdParam<'a>],
@@ -345,12 +459,13 @@ impl<'p, 'a> PlainLine<'p, 'a> {
             Some(_) => sd.params()?,
             None => &[],
         };
-        let message_end = offset_in(payload, m.message)? + m.message.len();
+        let start = offset_in(payload, m.message)?;
         // Every parameter has its two quotes: as many escapes in all means
         // none anywhere else, nor a quote or backslash inside a value.
         let quotes = 2 * params.iter().filter(|p| p.param.is_some()).count();
-        (count_escapes(&payload[..message_end]) == quotes).then_some(Self {
-            message_end,
+        (count_escapes(&payload[..start]) == quotes).then(|| Self {
+            message: start..start + m.message.len(),
+            message_plain: count_escapes(m.message) == 0,
             params,
         })
     }
@@ -362,32 +477,105 @@ fn offset_in(outer: &[u8], inner: &[u8]) -> Option<usize> {
     (at <= outer.len() && inner.len() <= outer.len() - at).then_some(at)
 }
 
-/// The `Text` of a [`PlainLine`]: runs copied as they are, each quote of
-/// the structured data written escaped twice (`\\\"`), and the line's
-/// trimmed end escaped.
-fn write_plain_text(w: &mut DetailWriter, text: &str, plain: &PlainLine<'_, '_>) {
+/// The `Syslog` object and the `Text` of a [`PlainLine`] (`payload`, ASCII,
+/// parsed as `m`): fields and runs copied as they are through a [`Cursor`],
+/// the message through the escaper when it needs it, and its `Text` a copy
+/// of that.
+fn write_plain_syslog(
+    w: &mut DetailWriter,
+    payload: &[u8],
+    m: &syslog::Message<'_>,
+    plain: &PlainLine<'_, '_>,
+    received: SystemTime,
+) {
+    let mut c = Cursor::new(w);
+    let mut num = itoa::Buffer::new();
+    lit!(c, r#"{"#);
+    if let (Some(facility), Some(severity)) = (m.facility(), m.severity()) {
+        lit!(c, r#"\"Facility\":"#);
+        c.plain(num.format(facility));
+        lit!(c, r#",\"Severity\":"#);
+        c.plain(num.format(severity));
+        lit!(c, r#","#);
+    }
+    // A field's key with its value's opening quote (three escaped quotes),
+    // the value, and its closing quote and comma. Inlined, so the cursor
+    // stays in registers.
+    #[inline(always)]
+    fn field(c: &mut Cursor<'_>, key: &str, b: &[u8]) {
+        c.lit(key, 3);
+        c.copy_ascii(b);
+        lit!(c, r#"\","#);
+    }
+    if let Some(ts) = m.timestamp {
+        field(&mut c, r#"\"Timestamp\":\""#, ts);
+    }
+    if let Some(stamp) = &m.stamp {
+        lit!(c, r#"\"Time\":\""#);
+        write_iso8601(&mut c, stamp, received);
+        lit!(c, r#"\","#);
+    }
+    for (key, value) in [
+        (r#"\"Hostname\":\""#, m.hostname),
+        (r#"\"AppName\":\""#, m.app_name),
+        (r#"\"ProcId\":\""#, m.proc_id),
+        (r#"\"MsgId\":\""#, m.msg_id),
+    ] {
+        if let Some(v) = value {
+            field(&mut c, key, v);
+        }
+    }
+    if let Some(sd) = m.structured_data {
+        lit!(c, r#"\"StructuredData\":"#);
+        c.with_writer(|w| write_structured_data(w, sd, Some(plain.params), true, true));
+        lit!(c, r#","#);
+    }
+    let message = &payload[plain.message.clone()];
+    let run = if plain.message_plain {
+        lit!(c, r#"\"Message\":\""#);
+        c.copy_ascii(message);
+        lit!(c, r#"\"}"#);
+        None
+    } else {
+        lit!(c, r#"\"Message\":"#);
+        // SAFETY: ASCII is UTF-8 (the payload is ASCII).
+        let message = unsafe { std::str::from_utf8_unchecked(message) };
+        let run = c.with_writer(|w| w.string_span(message));
+        lit!(c, r#"}"#);
+        Some(run)
+    };
     // `\\\"`, what a quote is in a string value of a kept-escaped Detail;
     // the JSON text AWS counts has `\"`, two bytes fewer.
     const QUOTE: &str = r#"\\\""#;
-    let b = text.as_bytes();
-    lit!(w, r#"\""#);
+    lit!(c, r#",\"Text\":\""#);
     let mut from = 0;
     for p in plain.params {
         if let Some((_, value)) = p.param {
             // The value lies between its quotes in the payload.
-            let open = value.as_ptr() as usize - b.as_ptr() as usize - 1;
+            let open = value.as_ptr() as usize - payload.as_ptr() as usize - 1;
             let close = open + 1 + value.len();
-            w.copy_ascii(&b[from..open]);
-            w.lit(QUOTE, 2);
-            w.copy_ascii(&b[open + 1..close]);
-            w.lit(QUOTE, 2);
+            c.copy_ascii(&payload[from..open]);
+            c.lit(QUOTE, 2);
+            c.copy_ascii(&payload[open + 1..close]);
+            c.lit(QUOTE, 2);
             from = close + 1;
         }
     }
-    w.copy_ascii(&b[from..plain.message_end]);
-    let added = push_escaped_twice(&mut w.text, &text[plain.message_end..]);
-    w.add(added);
-    lit!(w, r#"\""#);
+    c.copy_ascii(&payload[from..plain.message.start]);
+    match run {
+        None => c.copy_ascii(message),
+        Some((run, added)) => c.copy_run(run, added),
+    }
+    let tail = &payload[plain.message.end..];
+    if !tail.is_empty() {
+        // SAFETY: ASCII is UTF-8 (the payload is ASCII).
+        let tail = unsafe { std::str::from_utf8_unchecked(tail) };
+        c.with_writer(|w| {
+            let added = push_escaped_twice(&mut w.text, tail);
+            w.add(added);
+        });
+    }
+    lit!(c, r#"\""#);
 }
 
 /// The syslog line as a string. The message is usually most of the line
@@ -462,11 +650,10 @@ fn as_json(payload: &[u8]) -> Option<&str> {
 /// The `Syslog` object. Absent fields are left out (a rule's `exists`
 /// tells them apart); `Message` is always there. `ascii`: the payload is
 /// ASCII (so is every field); `sd`: the structured data's parameters, as
-/// the parser found them; `PLAIN`: the line is a [`PlainLine`], whose
-/// fields are copied without a test. Returns where the message's escaped
-/// text is in `w` (see [`DetailWriter::string_span`]), when it was UTF-8
-/// (and not `PLAIN`).
-fn write_syslog<const PLAIN: bool>(
+/// the parser found them. Returns where the message's escaped text is in
+/// `w` (see [`DetailWriter::string_span`]), when it was UTF-8. A
+/// [`PlainLine`] goes to [`write_plain_syslog`] instead.
+fn write_syslog(
     w: &mut DetailWriter,
     m: &syslog::Message<'_>,
     sd_list: &syslog::SdList<'_>,
@@ -482,34 +669,25 @@ fn write_syslog<const PLAIN: bool>(
         w.plain(num.format(severity));
         lit!(w, r#","#);
     }
-    // A field's key, string value and the comma after it. Each key is
-    // given as written before a value the escaper quotes, and with its
-    // value's opening quote (for a `PLAIN` line's copied value).
-    let field = |w: &mut DetailWriter, (key, quoted): (&str, &str), b: &[u8]| {
-        if PLAIN {
-            // Three escaped quotes.
-            w.lit(quoted, 3);
-            w.copy_ascii(b);
-            lit!(w, r#"\","#);
-        } else {
-            w.lit(key, 2);
-            w.string_lossy(b, ascii);
-            lit!(w, r#","#);
-        }
+    // A field's key, string value and the comma after it.
+    let field = |w: &mut DetailWriter, key: &str, b: &[u8]| {
+        w.lit(key, 2);
+        w.string_lossy(b, ascii);
+        lit!(w, r#","#);
     };
     if let Some(ts) = m.timestamp {
-        field(w, (r#"\"Timestamp\":"#, r#"\"Timestamp\":\""#), ts);
+        field(w, r#"\"Timestamp\":"#, ts);
     }
     if let Some(stamp) = &m.stamp {
         lit!(w, r#"\"Time\":\""#);
-        push_iso8601(&mut w.text, stamp, received);
+        write_iso8601(&mut Cursor::new(w), stamp, received);
         lit!(w, r#"\","#);
     }
     for (key, value) in [
-        ((r#"\"Hostname\":"#, r#"\"Hostname\":\""#), m.hostname),
-        ((r#"\"AppName\":"#, r#"\"AppName\":\""#), m.app_name),
-        ((r#"\"ProcId\":"#, r#"\"ProcId\":\""#), m.proc_id),
-        ((r#"\"MsgId\":"#, r#"\"MsgId\":\""#), m.msg_id),
+        (r#"\"Hostname\":"#, m.hostname),
+        (r#"\"AppName\":"#, m.app_name),
+        (r#"\"ProcId\":"#, m.proc_id),
+        (r#"\"MsgId\":"#, m.msg_id),
     ] {
         if let Some(v) = value {
             field(w, key, v);
@@ -517,14 +695,8 @@ fn write_syslog<const PLAIN: bool>(
     }
     if let Some(sd) = m.structured_data {
         lit!(w, r#"\"StructuredData\":"#);
-        write_structured_data(w, sd, sd_list.params(), ascii, PLAIN);
+        write_structured_data(w, sd, sd_list.params(), ascii, false);
         lit!(w, r#","#);
-    }
-    if PLAIN {
-        lit!(w, r#"\"Message\":\""#);
-        w.copy_ascii(m.message);
-        lit!(w, r#"\"}"#);
-        return None;
     }
     lit!(w, r#"\"Message\":"#);
     let message = w.string_lossy_span(m.message, ascii);
@@ -649,24 +821,24 @@ fn write_structured_data(
 /// structured data in which nothing needs escaping (`ascii`: from an ASCII
 /// payload).
 fn write_plain_structured_data(w: &mut DetailWriter, params: &[syslog::SdParam<'_>], ascii: bool) {
-    let copy = |w: &mut DetailWriter, b: &[u8]| {
+    let mut c = Cursor::new(w);
+    let copy = |c: &mut Cursor<'_>, b: &[u8]| {
         if ascii {
-            w.copy_ascii(b);
+            c.copy_ascii(b);
             return;
         }
         debug_assert!(std::str::from_utf8(b).is_ok());
-        // SAFETY: `b` is cut from UTF-8 structured data at its ASCII
-        // delimiters (the caller checked the whole is UTF-8), so it is
-        // UTF-8 itself.
-        w.text.push_str(unsafe { std::str::from_utf8_unchecked(b) });
+        // `b` is cut from UTF-8 structured data at its ASCII delimiters
+        // (the caller checked the whole is UTF-8), so it is UTF-8 itself.
+        c.put(b);
     };
     debug_assert!(!params.is_empty());
-    lit!(w, r#"{\""#);
+    lit!(c, r#"{\""#);
     let mut i = 0;
     while i < params.len() {
         let id = params[i].id;
-        copy(w, id);
-        lit!(w, r#"\":{"#);
+        copy(&mut c, id);
+        lit!(c, r#"\":{"#);
         // A value's closing quote is written with what follows it.
         let mut open = false;
         // Consecutive elements of one SD-ID are one run, as in
@@ -674,26 +846,26 @@ fn write_plain_structured_data(w: &mut DetailWriter, params: &[syslog::SdParam<'
         while i < params.len() && same(params[i].id, id) {
             if let Some((name, value)) = params[i].param {
                 if open {
-                    lit!(w, r#"\",\""#);
+                    lit!(c, r#"\",\""#);
                 } else {
-                    lit!(w, r#"\""#);
+                    lit!(c, r#"\""#);
                 }
-                copy(w, name);
-                lit!(w, r#"\":\""#);
-                copy(w, value);
+                copy(&mut c, name);
+                lit!(c, r#"\":\""#);
+                copy(&mut c, value);
                 open = true;
             }
             i += 1;
         }
         // The run's object closed, and the next run's key opened.
         match (open, i < params.len()) {
-            (true, true) => lit!(w, r#"\"},\""#),
-            (true, false) => lit!(w, r#"\"}"#),
-            (false, true) => lit!(w, r#"},\""#),
-            (false, false) => lit!(w, r#"}"#),
+            (true, true) => lit!(c, r#"\"},\""#),
+            (true, false) => lit!(c, r#"\"}"#),
+            (false, true) => lit!(c, r#"},\""#),
+            (false, false) => lit!(c, r#"}"#),
         }
     }
-    lit!(w, r#"}"#);
+    lit!(c, r#"}"#);
 }
 
 /// Equal byte strings: the same slice (an element's SD-ID, for each of its
@@ -740,29 +912,11 @@ fn year_month(t: SystemTime) -> (i64, u8) {
 /// The stamp as ISO 8601: in UTC (`…Z`) when it named its zone, as the
 /// sender's local time (no offset) when it did not; the fraction as sent.
 /// A stamp without a year gets the one closest to `received`.
-fn push_iso8601(out: &mut String, s: &Stamp<'_>, received: SystemTime) {
-    let year = match s.year {
-        Some(y) => i64::from(y),
-        None => {
-            let (ry, rm) = year_month(received);
-            s.resolve_year(ry, rm)
-        }
-    };
-    let (mut y, mut mo, mut d, mut h, mut mi) = (year, s.month, s.day, s.hour, s.minute);
-    if let Some(offset) = s.offset_minutes {
-        let of_day = i64::from(s.hour) * 60 + i64::from(s.minute) - i64::from(offset);
-        if !(0..1440).contains(&of_day) {
-            // Another day in UTC: the date goes through a day count (most
-            // stamps stay on their day, and skip the two conversions).
-            let minutes = syslog::days_from_civil(year, s.month, s.day) * 1440 + of_day;
-            (y, mo, d) = syslog::civil_from_days(minutes.div_euclid(1440));
-        }
-        let of_day = of_day.rem_euclid(1440);
-        (h, mi) = ((of_day / 60) as u8, (of_day % 60) as u8);
-    }
-    // Written into a buffer and appended once: a `push` per character
+fn iso8601(s: &Stamp<'_>, received: SystemTime) -> ([u8; 48], usize) {
+    let (y, mo, d, h, mi) = utc_fields(s, received);
+    // Written into a buffer, appended at once: a `push` per character
     // costs a capacity check and a length update each.
-    let mut buf = [0u8; 64];
+    let mut buf = [0u8; 48];
     let mut n = 0;
     let mut put = |bytes: &[u8]| {
         buf[n..n + bytes.len()].copy_from_slice(bytes);
@@ -794,11 +948,87 @@ fn push_iso8601(out: &mut String, s: &Stamp<'_>, received: SystemTime) {
     if s.offset_minutes.is_some() {
         put(b"Z");
     }
+    // ASCII digits and punctuation, and the fraction's ASCII digits
+    // (checked by the parser).
     debug_assert!(buf[..n].is_ascii());
-    // SAFETY: ASCII digits and punctuation, and the fraction's ASCII
-    // digits (checked by the parser); a check here costs as much as the
-    // rest of the stamp.
-    out.push_str(unsafe { std::str::from_utf8_unchecked(&buf[..n]) });
+    (buf, n)
+}
+
+/// [`iso8601`] appended through a cursor. A four-digit year's stamp is
+/// composed in registers and stored a word at a time: stored a byte at a
+/// time into a buffer and copied from it sixteen bytes at a time, each
+/// copy's load waited for the bytes' stores to retire (a failed store
+/// forward, 6% of an RFC 5424 event's time in perf).
+#[inline(always)]
+fn write_iso8601(c: &mut Cursor<'_>, s: &Stamp<'_>, received: SystemTime) {
+    let (y, mo, d, h, mi) = utc_fields(s, received);
+    if !(0..=9999).contains(&y) {
+        let (buf, n) = iso8601(s, received);
+        c.put(&buf[..n]);
+        return;
+    }
+    // Two digits as the little-endian `u16` of their bytes.
+    let two = |v: u8| u64::from(b'0' + v / 10) | u64::from(b'0' + v % 10) << 8;
+    let y = y as u16;
+    // `YYYY-MM-`, `DDTHH:MM`, `:SS.`
+    let date = two((y / 100) as u8)
+        | two((y % 100) as u8) << 16
+        | u64::from(b'-') << 32
+        | two(mo) << 40
+        | u64::from(b'-') << 56;
+    let time =
+        two(d) | u64::from(b'T') << 16 | two(h) << 24 | u64::from(b':') << 40 | two(mi) << 48;
+    let secs = (u64::from(b':') | two(s.second) << 8 | u64::from(b'.') << 24) as u32;
+    // ASCII digits (checked by the parser), at most nine.
+    let fraction = s.fraction;
+    debug_assert!(fraction.len() <= 9 && fraction.is_ascii());
+    c.room(32);
+    // SAFETY: 32 bytes are free after the length: 20 stored here, then at
+    // most nine digits and a `Z`; all ASCII, and the length covers exactly
+    // the bytes meant (the `.` only with a fraction after it).
+    unsafe {
+        let dst = c.ptr.add(c.len);
+        dst.cast::<u64>().write_unaligned(date.to_le());
+        dst.add(8).cast::<u64>().write_unaligned(time.to_le());
+        dst.add(16).cast::<u32>().write_unaligned(secs.to_le());
+        let mut n = 19;
+        if !fraction.is_empty() {
+            copy_short(fraction.as_ptr(), dst.add(20), fraction.len());
+            n = 20 + fraction.len();
+        }
+        if s.offset_minutes.is_some() {
+            *dst.add(n) = b'Z';
+            n += 1;
+        }
+        c.len += n;
+    }
+}
+
+/// A stamp's year, month, day, hour and minute: in UTC when it named its
+/// zone, as sent otherwise; a stamp without a year gets the one closest to
+/// `received`.
+#[inline(always)]
+fn utc_fields(s: &Stamp<'_>, received: SystemTime) -> (i64, u8, u8, u8, u8) {
+    let year = match s.year {
+        Some(y) => i64::from(y),
+        None => {
+            let (ry, rm) = year_month(received);
+            s.resolve_year(ry, rm)
+        }
+    };
+    let (mut y, mut mo, mut d, mut h, mut mi) = (year, s.month, s.day, s.hour, s.minute);
+    if let Some(offset) = s.offset_minutes {
+        let of_day = i64::from(s.hour) * 60 + i64::from(s.minute) - i64::from(offset);
+        if !(0..1440).contains(&of_day) {
+            // Another day in UTC: the date goes through a day count (most
+            // stamps stay on their day, and skip the two conversions).
+            let minutes = syslog::days_from_civil(year, s.month, s.day) * 1440 + of_day;
+            (y, mo, d) = syslog::civil_from_days(minutes.div_euclid(1440));
+        }
+        let of_day = of_day.rem_euclid(1440);
+        (h, mi) = ((of_day / 60) as u8, (of_day % 60) as u8);
+    }
+    (y, mo, d, h, mi)
 }
 
 #[cfg(test)]
@@ -829,6 +1059,50 @@ mod tests {
         }
     }
 
+    /// The cursor's stamp, composed a word at a time, is the buffer's: for
+    /// every fraction length, with and without a zone and a year, and for
+    /// a year that leaves four digits in UTC.
+    #[test]
+    fn stamp_writers_agree() {
+        let received = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
+        let digits = b"123456789";
+        for year in [None, Some(1), Some(2026), Some(9999)] {
+            for n in 0..=9 {
+                for offset in [None, Some(0), Some(-60), Some(330)] {
+                    let stamp = Stamp {
+                        year,
+                        month: 12,
+                        day: 31,
+                        hour: 23,
+                        minute: 59,
+                        second: 58,
+                        fraction: &digits[..n],
+                        offset_minutes: offset,
+                    };
+                    let (buf, len) = iso8601(&stamp, received);
+                    let want = std::str::from_utf8(&buf[..len]).unwrap();
+                    let mut w = DetailWriter::with_capacity(0);
+                    w.text.push('x');
+                    write_iso8601(&mut Cursor::new(&mut w), &stamp, received);
+                    assert_eq!(w.text, format!("x{want}"), "{stamp:?}");
+                }
+            }
+        }
+        let far = Stamp {
+            year: Some(9999),
+            month: 12,
+            day: 31,
+            hour: 23,
+            minute: 59,
+            second: 0,
+            fraction: b"",
+            offset_minutes: Some(-60),
+        };
+        let mut w = DetailWriter::with_capacity(0);
+        write_iso8601(&mut Cursor::new(&mut w), &far, received);
+        assert_eq!(w.text, "10000-01-01T00:59:00Z");
+    }
+
     /// A stamp with a zone is written in UTC: on its own day, or across a
     /// day, month, year or leap-day boundary, as the whole minute count says.
     #[test]
@@ -857,9 +1131,11 @@ mod tests {
                         of_day / 60,
                         of_day % 60
                     );
-                    let mut got = String::new();
-                    push_iso8601(&mut got, &stamp, SystemTime::UNIX_EPOCH);
-                    assert_eq!(got, want, "{stamp:?}");
+                    let (buf, n) = iso8601(&stamp, SystemTime::UNIX_EPOCH);
+                    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), want, "{stamp:?}");
+                    let mut w = DetailWriter::with_capacity(0);
+                    write_iso8601(&mut Cursor::new(&mut w), &stamp, SystemTime::UNIX_EPOCH);
+                    assert_eq!(w.text, want, "{stamp:?}");
                 }
             }
         }

@@ -313,37 +313,7 @@ fn stamp_3164(b: &[u8]) -> Option<(&[u8], Stamp<'_>, &[u8])> {
 
 fn bsd_stamp(b: &[u8]) -> Option<(Stamp<'_>, usize)> {
     let month = month(b.get(..3)?)?;
-    let mut i = 3;
-    let spaces = |i: &mut usize| {
-        let n = b[*i..].iter().take_while(|&&c| c == b' ').count();
-        *i += n;
-        n > 0
-    };
-    if !spaces(&mut i) {
-        return None;
-    }
-    let d = b[i..]
-        .iter()
-        .take(3)
-        .take_while(|c| c.is_ascii_digit())
-        .count();
-    if !(1..=2).contains(&d) {
-        return None;
-    }
-    let day = number(&b[i..i + d])? as u8;
-    i += d;
-    if !spaces(&mut i) {
-        return None;
-    }
-    // A year (Cisco ASA) is four digits and a space; a time has a colon
-    // after two.
-    let mut year = None;
-    if b.len() >= i + 5 && b[i..i + 4].iter().all(u8::is_ascii_digit) && b[i + 4] == b' ' {
-        year = Some(number(&b[i..i + 4])? as u16);
-        i += 5;
-    }
-    let (hour, minute, second) = clock(b.get(i..)?.first_chunk::<8>()?)?;
-    i += 8;
+    let (day, year, (hour, minute, second), mut i) = bsd_usual(b).or_else(|| bsd_loose(b))?;
     let fraction = fraction(&b[i..]);
     if !fraction.is_empty() {
         i += 1 + fraction.len();
@@ -375,6 +345,64 @@ fn bsd_stamp(b: &[u8]) -> Option<(Stamp<'_>, usize)> {
         offset_minutes,
     };
     valid(&stamp).then_some((stamp, i))
+}
+
+/// A BSD stamp's day, year (Cisco ASA), time of day and length, as far as
+/// its time of day.
+type BsdParts = (u8, Option<u16>, (u8, u8, u8), usize);
+
+/// The usual BSD stamp after its month, `Mmm dd hh:mm:ss` (a day below
+/// ten padded with a space), read at fixed places: the day, no year, the
+/// time of day, and the length (15). Anything else is left to
+/// [`bsd_loose`], which reads these the same way.
+#[inline(always)]
+fn bsd_usual(b: &[u8]) -> Option<BsdParts> {
+    let h = b.first_chunk::<15>()?;
+    if h[3] != b' ' || h[6] != b' ' {
+        return None;
+    }
+    let day = if h[4] == b' ' {
+        two_digits(b'0', h[5])?
+    } else {
+        two_digits(h[4], h[5])?
+    };
+    Some((day, None, clock(h[7..].first_chunk::<8>()?)?, 15))
+}
+
+/// The day, year (Cisco ASA), time of day and length of a BSD stamp after
+/// its month, with any number of spaces between its parts.
+fn bsd_loose(b: &[u8]) -> Option<BsdParts> {
+    let mut i = 3;
+    let spaces = |i: &mut usize| {
+        let n = b[*i..].iter().take_while(|&&c| c == b' ').count();
+        *i += n;
+        n > 0
+    };
+    if !spaces(&mut i) {
+        return None;
+    }
+    let d = b[i..]
+        .iter()
+        .take(3)
+        .take_while(|c| c.is_ascii_digit())
+        .count();
+    if !(1..=2).contains(&d) {
+        return None;
+    }
+    let day = number(&b[i..i + d])? as u8;
+    i += d;
+    if !spaces(&mut i) {
+        return None;
+    }
+    // A year (Cisco ASA) is four digits and a space; a time has a colon
+    // after two.
+    let mut year = None;
+    if b.len() >= i + 5 && b[i..i + 4].iter().all(u8::is_ascii_digit) && b[i + 4] == b' ' {
+        year = Some(number(&b[i..i + 4])? as u16);
+        i += 5;
+    }
+    let clock = clock(b.get(i..)?.first_chunk::<8>()?)?;
+    Some((day, year, clock, i + 8))
 }
 
 /// An RFC 3339 stamp at the start of `b` (`2026-11-27T23:42:18.123+01:00`)
