@@ -420,7 +420,8 @@ fn write_syslog_payload(w: &mut DetailWriter, payload: &[u8], received: SystemTi
         std::str::from_utf8(payload).ok()
     };
     let mut sd = syslog::SdList::new();
-    let m = syslog::parse_with(payload, &mut sd);
+    let mut m = syslog::Message::default();
+    syslog::parse_into(payload, &mut sd, &mut m);
     lit!(w, r#",\"Syslog\":"#);
     if ascii && let Some(plain) = PlainLine::of(payload, &m, &sd) {
         write_plain_syslog(w, payload, &m, &plain, received);

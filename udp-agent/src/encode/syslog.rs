@@ -107,20 +107,33 @@ pub fn parse(payload: &[u8]) -> Message<'_> {
 /// [`parse`], also keeping in `sd` the parameters of the structured data
 /// (when the message has some), found as it is checked.
 pub fn parse_with<'a>(payload: &'a [u8], sd: &mut SdList<'a>) -> Message<'a> {
+    let mut m = Message::default();
+    parse_into(payload, sd, &mut m);
+    m
+}
+
+/// [`parse_with`] into `out` (which it overwrites). The encoder's way: a
+/// message returned by value is copied with `memcpy`, and each field the
+/// encoder then reads waits for that copy's wide stores (a failed store
+/// forward, 8% of an RFC 5424 event's time in perf); written here, field
+/// by field, they are read back from the stores that wrote them.
+pub fn parse_into<'a>(payload: &'a [u8], sd: &mut SdList<'a>, out: &mut Message<'a>) {
     let Some((pri, rest)) = priority(payload) else {
         // A BSD header without its priority (what a relay may forward).
-        return rfc3164(None, payload).unwrap_or(Message {
-            message: trim_end(payload),
-            ..Message::default()
-        });
+        if !rfc3164(None, payload, out) {
+            *out = Message {
+                message: trim_end(payload),
+                ..Message::default()
+            };
+        }
+        return;
     };
-    if let Some(m) = rfc5424(pri, rest, sd).or_else(|| rfc3164(Some(pri), rest)) {
-        return m;
-    }
-    Message {
-        pri: Some(pri),
-        message: trim_end(rest),
-        ..Message::default()
+    if !rfc5424(pri, rest, sd, out) && !rfc3164(Some(pri), rest, out) {
+        *out = Message {
+            pri: Some(pri),
+            message: trim_end(rest),
+            ..Message::default()
+        };
     }
 }
 
@@ -139,7 +152,18 @@ fn priority(b: &[u8]) -> Option<(u8, &[u8])> {
     (pri <= 191).then(|| (pri as u8, &rest[digits + 1..]))
 }
 
-fn rfc5424<'a>(pri: u8, rest: &'a [u8], sd: &mut SdList<'a>) -> Option<Message<'a>> {
+/// An RFC 5424 message, into `out` (left as it was when `rest` is not one).
+fn rfc5424<'a>(pri: u8, rest: &'a [u8], sd: &mut SdList<'a>, out: &mut Message<'a>) -> bool {
+    rfc5424_fields(pri, rest, sd, out).is_some()
+}
+
+#[inline(always)]
+fn rfc5424_fields<'a>(
+    pri: u8,
+    rest: &'a [u8],
+    sd: &mut SdList<'a>,
+    out: &mut Message<'a>,
+) -> Option<()> {
     // VERSION: a non-zero number of at most two digits ("1" today).
     let digits = rest
         .iter()
@@ -168,7 +192,7 @@ fn rfc5424<'a>(pri: u8, rest: &'a [u8], sd: &mut SdList<'a>) -> Option<Message<'
         [b' ', msg @ ..] => msg.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(msg),
         _ => return None,
     };
-    Some(Message {
+    *out = Message {
         pri: Some(pri),
         timestamp: nil(timestamp),
         stamp: rfc3339(timestamp)
@@ -180,7 +204,8 @@ fn rfc5424<'a>(pri: u8, rest: &'a [u8], sd: &mut SdList<'a>) -> Option<Message<'
         msg_id: nil(msg_id),
         structured_data,
         message: trim_end(message),
-    })
+    };
+    Some(())
 }
 
 /// An RFC 5424 header field (not empty) and what follows its space. A
@@ -230,15 +255,20 @@ fn nil(field: &[u8]) -> Option<&[u8]> {
     (field != b"-").then_some(field)
 }
 
-fn rfc3164(pri: Option<u8>, rest: &[u8]) -> Option<Message<'_>> {
-    let (hostname, timestamp, stamp, after) = header_3164(rest)?;
-    let mut m = Message {
+/// An RFC 3164 message (or a vendor's variant), into `out` (left as it
+/// was when `rest` has no BSD header).
+fn rfc3164<'a>(pri: Option<u8>, rest: &'a [u8], out: &mut Message<'a>) -> bool {
+    let Some((hostname, timestamp, stamp, after)) = header_3164(rest) else {
+        return false;
+    };
+    *out = Message {
         pri,
         timestamp: Some(timestamp),
         stamp: Some(stamp),
         hostname,
         ..Message::default()
     };
+    let m = out;
     let mut r = trim_start(after);
     if m.hostname.is_none() {
         let (word, tail) = word(r);
@@ -246,7 +276,7 @@ fn rfc3164(pri: Option<u8>, rest: &[u8]) -> Option<Message<'_>> {
             m.app_name = Some(app);
             m.proc_id = pid;
             m.message = trim_end(tail.strip_prefix(b" ").unwrap_or(tail));
-            return Some(m);
+            return true;
         }
         if !word.is_empty() && !word.ends_with(b":") && tail.first() == Some(&b' ') {
             m.hostname = Some(word);
@@ -264,7 +294,7 @@ fn rfc3164(pri: Option<u8>, rest: &[u8]) -> Option<Message<'_>> {
         r = tail.strip_prefix(b" ").unwrap_or(tail);
     }
     m.message = trim_end(r);
-    Some(m)
+    true
 }
 
 /// The stamp of an RFC 3164 header and what precedes it: returns the
