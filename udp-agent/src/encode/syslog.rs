@@ -503,7 +503,9 @@ fn clock(b: &[u8; 8]) -> Option<(u8, u8, u8)> {
 #[inline(always)]
 fn two_digits(tens: u8, ones: u8) -> Option<u8> {
     let (t, o) = (tens.wrapping_sub(b'0'), ones.wrapping_sub(b'0'));
-    (t < 10 && o < 10).then_some(t * 10 + o)
+    // Computed only for digits: `then_some` would compute it for any
+    // byte, which overflows.
+    (t < 10 && o < 10).then(|| t * 10 + o)
 }
 
 /// The digits after a `.` at the start of `b` (one to nine), or nothing.
