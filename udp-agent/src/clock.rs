@@ -98,6 +98,32 @@ impl WallClock {
     }
 }
 
+/// Days since 1970-01-01 of a date in the proleptic Gregorian calendar
+/// (H. Hinnant's `days_from_civil`).
+pub fn days_from_civil(year: i64, month: u8, day: u8) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (i64::from(month) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date `days` after 1970-01-01 (the inverse of [`days_from_civil`]).
+pub fn civil_from_days(days: i64) -> (i64, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +167,24 @@ mod tests {
         assert_eq!(
             clock.to_system_time(5),
             UNIX_EPOCH + Duration::from_nanos(1_000_000_000_000_000_005)
+        );
+    }
+
+    #[test]
+    fn calendar_arithmetic_matches_humantime() {
+        use std::time::{Duration, UNIX_EPOCH};
+        // Every day from 1970 to 2100, and leap years' edges.
+        for days in 0..47_500i64 {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+            let t = UNIX_EPOCH + Duration::from_secs(days as u64 * 86_400);
+            let text = humantime::format_rfc3339_seconds(t).to_string();
+            assert_eq!(text[..10], format!("{y:04}-{m:02}-{d:02}"), "day {days}");
+        }
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(
+            days_from_civil(2000, 2, 29) + 1,
+            days_from_civil(2000, 3, 1)
         );
     }
 }

@@ -26,6 +26,7 @@ use super::{
     json,
     syslog::{self, Stamp},
 };
+use crate::clock;
 
 /// Bytes an escaped literal's escaping added: its `\"` pairs (the only
 /// escapes the Detail's keys and punctuation need). Refuses, at compile
@@ -899,7 +900,7 @@ fn year_month(t: SystemTime) -> (i64, u8) {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() / 86_400);
         let from = SystemTime::UNIX_EPOCH + Duration::from_secs(days * 86_400);
-        let (year, month, _) = syslog::civil_from_days(days as i64);
+        let (year, month, _) = clock::civil_from_days(days as i64);
         last.set(Some((
             from,
             from + Duration::from_secs(86_400),
@@ -1023,8 +1024,8 @@ fn utc_fields(s: &Stamp<'_>, received: SystemTime) -> (i64, u8, u8, u8, u8) {
         if !(0..1440).contains(&of_day) {
             // Another day in UTC: the date goes through a day count (most
             // stamps stay on their day, and skip the two conversions).
-            let minutes = syslog::days_from_civil(year, s.month, s.day) * 1440 + of_day;
-            (y, mo, d) = syslog::civil_from_days(minutes.div_euclid(1440));
+            let minutes = clock::days_from_civil(year, s.month, s.day) * 1440 + of_day;
+            (y, mo, d) = clock::civil_from_days(minutes.div_euclid(1440));
         }
         let of_day = of_day.rem_euclid(1440);
         (h, mi) = ((of_day / 60) as u8, (of_day % 60) as u8);
@@ -1044,8 +1045,8 @@ mod tests {
         let at = |days: i64, secs: u64| {
             SystemTime::UNIX_EPOCH + Duration::from_secs(days as u64 * 86_400 + secs)
         };
-        let nov30 = syslog::days_from_civil(2026, 11, 30);
-        let dec31 = syslog::days_from_civil(2026, 12, 31);
+        let nov30 = clock::days_from_civil(2026, 11, 30);
+        let dec31 = clock::days_from_civil(2026, 12, 31);
         for (t, want) in [
             (at(nov30, 0), (2026, 11)),
             (at(nov30, 86_399), (2026, 11)),
@@ -1121,11 +1122,11 @@ mod tests {
                         fraction: b"25",
                         offset_minutes: Some(offset as i16),
                     };
-                    let minutes = syslog::days_from_civil(year, month, day) * 1440
+                    let minutes = clock::days_from_civil(year, month, day) * 1440
                         + i64::from(hour) * 60
                         + i64::from(minute)
                         - offset;
-                    let (y, m, d) = syslog::civil_from_days(minutes.div_euclid(1440));
+                    let (y, m, d) = clock::civil_from_days(minutes.div_euclid(1440));
                     let of_day = minutes.rem_euclid(1440);
                     let want = format!(
                         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:07.25Z",

@@ -101,22 +101,18 @@ impl Stamp<'_> {
 
 /// Reads a syslog message. Never fails: see the module's comment.
 pub fn parse(payload: &[u8]) -> Message<'_> {
-    parse_with(payload, &mut SdList::new())
-}
-
-/// [`parse`], also keeping in `sd` the parameters of the structured data
-/// (when the message has some), found as it is checked.
-pub fn parse_with<'a>(payload: &'a [u8], sd: &mut SdList<'a>) -> Message<'a> {
     let mut m = Message::default();
-    parse_into(payload, sd, &mut m);
+    parse_into(payload, &mut SdList::new(), &mut m);
     m
 }
 
-/// [`parse_with`] into `out` (which it overwrites). The encoder's way: a
-/// message returned by value is copied with `memcpy`, and each field the
-/// encoder then reads waits for that copy's wide stores (a failed store
-/// forward, 8% of an RFC 5424 event's time in perf); written here, field
-/// by field, they are read back from the stores that wrote them.
+/// [`parse`] into `out` (which it overwrites), also keeping in `sd` the
+/// parameters of the structured data (when the message has some), found
+/// as it is checked. The encoder's way: a message returned by value is
+/// copied with `memcpy`, and each field the encoder then reads waits for
+/// that copy's wide stores (a failed store forward, 8% of an RFC 5424
+/// event's time in perf); written here, field by field, they are read
+/// back from the stores that wrote them.
 pub fn parse_into<'a>(payload: &'a [u8], sd: &mut SdList<'a>, out: &mut Message<'a>) {
     let Some((pri, rest)) = priority(payload) else {
         // A BSD header without its priority (what a relay may forward).
@@ -684,7 +680,7 @@ fn sd_len<'a>(b: &'a [u8], list: &mut SdList<'a>) -> Option<usize> {
     (i > 0).then_some(i)
 }
 
-/// The parameters of structured data as [`parse_with`] found them, in
+/// The parameters of structured data as [`parse_into`] found them, in
 /// order ([`sd_params`]'s answer), when there are at most
 /// [`SdList::CAP`]: the encoder then reads them without walking the
 /// structured data again. Kept on the stack, its slots not written until
@@ -843,32 +839,6 @@ pub fn sd_unescape(value: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         i += 1;
     }
     out.into()
-}
-
-/// Days since 1970-01-01 of a date in the proleptic Gregorian calendar
-/// (H. Hinnant's `days_from_civil`).
-pub fn days_from_civil(year: i64, month: u8, day: u8) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (i64::from(month) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date `days` after 1970-01-01 (the inverse of [`days_from_civil`]).
-pub fn civil_from_days(days: i64) -> (i64, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
@@ -1327,23 +1297,5 @@ mod tests {
         let mut with = stamp(12);
         with.year = Some(2020);
         assert_eq!(with.resolve_year(2027, 1), 2020);
-    }
-
-    #[test]
-    fn calendar_arithmetic_matches_humantime() {
-        use std::time::{Duration, UNIX_EPOCH};
-        // Every day from 1970 to 2100, and leap years' edges.
-        for days in 0..47_500i64 {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-            let t = UNIX_EPOCH + Duration::from_secs(days as u64 * 86_400);
-            let text = humantime::format_rfc3339_seconds(t).to_string();
-            assert_eq!(text[..10], format!("{y:04}-{m:02}-{d:02}"), "day {days}");
-        }
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        assert_eq!(
-            days_from_civil(2000, 2, 29) + 1,
-            days_from_civil(2000, 3, 1)
-        );
     }
 }

@@ -389,26 +389,11 @@ fn amz_dates(now: SystemTime) -> Result<(String, String), BoxError> {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_err(|_| "the clock is before 1970")?
         .as_secs();
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let (y, m, d) = crate::clock::civil_from_days((secs / 86_400) as i64);
     let t = secs % 86_400;
     let date = format!("{y:04}{m:02}{d:02}");
     let full = format!("{date}T{:02}{:02}{:02}Z", t / 3600, t / 60 % 60, t % 60);
     Ok((date, full))
-}
-
-/// The proleptic Gregorian date of a day number since 1970-01-01 (Howard
-/// Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// `Time` as the SDK writes it (Smithy epoch seconds: whole seconds, then
