@@ -491,42 +491,7 @@ fn write_plain_syslog(
     received: SystemTime,
 ) {
     let mut c = Cursor::new(w);
-    let mut num = itoa::Buffer::new();
-    lit!(c, r#"{"#);
-    if let (Some(facility), Some(severity)) = (m.facility(), m.severity()) {
-        lit!(c, r#"\"Facility\":"#);
-        c.plain(num.format(facility));
-        lit!(c, r#",\"Severity\":"#);
-        c.plain(num.format(severity));
-        lit!(c, r#","#);
-    }
-    // A field's key with its value's opening quote (three escaped quotes),
-    // the value, and its closing quote and comma. Inlined, so the cursor
-    // stays in registers.
-    #[inline(always)]
-    fn field(c: &mut Cursor<'_>, key: &str, b: &[u8]) {
-        c.lit(key, 3);
-        c.copy_ascii(b);
-        lit!(c, r#"\","#);
-    }
-    if let Some(ts) = m.timestamp {
-        field(&mut c, r#"\"Timestamp\":\""#, ts);
-    }
-    if let Some(stamp) = &m.stamp {
-        lit!(c, r#"\"Time\":\""#);
-        write_iso8601(&mut c, stamp, received);
-        lit!(c, r#"\","#);
-    }
-    for (key, value) in [
-        (r#"\"Hostname\":\""#, m.hostname),
-        (r#"\"AppName\":\""#, m.app_name),
-        (r#"\"ProcId\":\""#, m.proc_id),
-        (r#"\"MsgId\":\""#, m.msg_id),
-    ] {
-        if let Some(v) = value {
-            field(&mut c, key, v);
-        }
-    }
+    write_header_fields::<true>(&mut c, m, received, true);
     if let Some(sd) = m.structured_data {
         lit!(c, r#"\"StructuredData\":"#);
         c.with_writer(|w| write_structured_data(w, sd, Some(plain.params), true, true));
@@ -649,6 +614,66 @@ fn as_json(payload: &[u8]) -> Option<&str> {
     json.then_some(text)
 }
 
+/// The `Syslog` object's opening and its members before the structured
+/// data: `Facility`, `Severity`, `Timestamp`, `Time`, `Hostname`,
+/// `AppName`, `ProcId`, `MsgId`, each followed by its comma. Absent fields
+/// are left out (a rule's `exists` tells them apart). `PLAIN`: the fields
+/// need no escaping (a [`PlainLine`]'s) and are copied as they are;
+/// otherwise each value goes through the escaper. `ascii`: the payload is
+/// ASCII (so is every field). Inlined, so the cursor stays in registers.
+#[inline(always)]
+fn write_header_fields<const PLAIN: bool>(
+    c: &mut Cursor<'_>,
+    m: &syslog::Message<'_>,
+    received: SystemTime,
+    ascii: bool,
+) {
+    let mut num = itoa::Buffer::new();
+    lit!(c, r#"{"#);
+    if let (Some(facility), Some(severity)) = (m.facility(), m.severity()) {
+        lit!(c, r#"\"Facility\":"#);
+        c.plain(num.format(facility));
+        lit!(c, r#",\"Severity\":"#);
+        c.plain(num.format(severity));
+        lit!(c, r#","#);
+    }
+    // A field's key, its string value and the comma after it. Each key is
+    // given with its value's opening quote, which a plain value is copied
+    // after and the escaper writes itself.
+    #[inline(always)]
+    fn field<const PLAIN: bool>(c: &mut Cursor<'_>, key: &str, b: &[u8], ascii: bool) {
+        if PLAIN {
+            // Three escaped quotes.
+            c.lit(key, 3);
+            c.copy_ascii(b);
+            lit!(c, r#"\","#);
+        } else {
+            // Without the value's opening `\"`: two escaped quotes.
+            c.lit(&key[..key.len() - 2], 2);
+            c.with_writer(|w| w.string_lossy(b, ascii));
+            lit!(c, r#","#);
+        }
+    }
+    if let Some(ts) = m.timestamp {
+        field::<PLAIN>(c, r#"\"Timestamp\":\""#, ts, ascii);
+    }
+    if let Some(stamp) = &m.stamp {
+        lit!(c, r#"\"Time\":\""#);
+        write_iso8601(c, stamp, received);
+        lit!(c, r#"\","#);
+    }
+    for (key, value) in [
+        (r#"\"Hostname\":\""#, m.hostname),
+        (r#"\"AppName\":\""#, m.app_name),
+        (r#"\"ProcId\":\""#, m.proc_id),
+        (r#"\"MsgId\":\""#, m.msg_id),
+    ] {
+        if let Some(v) = value {
+            field::<PLAIN>(c, key, v, ascii);
+        }
+    }
+}
+
 /// The `Syslog` object. Absent fields are left out (a rule's `exists`
 /// tells them apart); `Message` is always there. `ascii`: the payload is
 /// ASCII (so is every field); `sd`: the structured data's parameters, as
@@ -662,39 +687,7 @@ fn write_syslog(
     received: SystemTime,
     ascii: bool,
 ) -> Option<(std::ops::Range<usize>, usize)> {
-    let mut num = itoa::Buffer::new();
-    lit!(w, r#"{"#);
-    if let (Some(facility), Some(severity)) = (m.facility(), m.severity()) {
-        lit!(w, r#"\"Facility\":"#);
-        w.plain(num.format(facility));
-        lit!(w, r#",\"Severity\":"#);
-        w.plain(num.format(severity));
-        lit!(w, r#","#);
-    }
-    // A field's key, string value and the comma after it.
-    let field = |w: &mut DetailWriter, key: &str, b: &[u8]| {
-        w.lit(key, 2);
-        w.string_lossy(b, ascii);
-        lit!(w, r#","#);
-    };
-    if let Some(ts) = m.timestamp {
-        field(w, r#"\"Timestamp\":"#, ts);
-    }
-    if let Some(stamp) = &m.stamp {
-        lit!(w, r#"\"Time\":\""#);
-        write_iso8601(&mut Cursor::new(w), stamp, received);
-        lit!(w, r#"\","#);
-    }
-    for (key, value) in [
-        (r#"\"Hostname\":"#, m.hostname),
-        (r#"\"AppName\":"#, m.app_name),
-        (r#"\"ProcId\":"#, m.proc_id),
-        (r#"\"MsgId\":"#, m.msg_id),
-    ] {
-        if let Some(v) = value {
-            field(w, key, v);
-        }
-    }
+    write_header_fields::<false>(&mut Cursor::new(w), m, received, ascii);
     if let Some(sd) = m.structured_data {
         lit!(w, r#"\"StructuredData\":"#);
         write_structured_data(w, sd, sd_list.params(), ascii, false);

@@ -542,27 +542,23 @@ fn days_in_month(year: i64, month: u8) -> u8 {
 
 /// A month's English abbreviation, in any case (`Nov`, `NOV`).
 fn month(b: &[u8]) -> Option<u8> {
-    // The three letters as one lower-case number, matched at once rather
-    // than compared with each name in turn.
+    // The three letters as one lower-case number, compared with each
+    // name's at once rather than letter by letter.
     const fn key(n: &[u8; 3]) -> u32 {
         u32::from_le_bytes([n[0], n[1], n[2], 0])
     }
-    let n = b.first_chunk::<3>()?;
-    Some(match key(n) | 0x0020_2020 {
-        k if k == key(b"jan") => 1,
-        k if k == key(b"feb") => 2,
-        k if k == key(b"mar") => 3,
-        k if k == key(b"apr") => 4,
-        k if k == key(b"may") => 5,
-        k if k == key(b"jun") => 6,
-        k if k == key(b"jul") => 7,
-        k if k == key(b"aug") => 8,
-        k if k == key(b"sep") => 9,
-        k if k == key(b"oct") => 10,
-        k if k == key(b"nov") => 11,
-        k if k == key(b"dec") => 12,
-        _ => return None,
-    })
+    const NAMES: [u32; 12] = {
+        let names = *b"janfebmaraprmayjunjulaugsepoctnovdec";
+        let mut keys = [0; 12];
+        let mut i = 0;
+        while i < 12 {
+            keys[i] = key(&[names[3 * i], names[3 * i + 1], names[3 * i + 2]]);
+            i += 1;
+        }
+        keys
+    };
+    let k = key(b.first_chunk::<3>()?) | 0x0020_2020;
+    NAMES.iter().position(|&n| n == k).map(|i| i as u8 + 1)
 }
 
 /// A number of ASCII digits (at most four).
