@@ -124,7 +124,7 @@ pub fn parse_into<'a>(payload: &'a [u8], sd: &mut SdList<'a>, out: &mut Message<
         }
         return;
     };
-    if !rfc5424(pri, rest, sd, out) && !rfc3164(Some(pri), rest, out) {
+    if rfc5424(pri, rest, sd, out).is_none() && !rfc3164(Some(pri), rest, out) {
         *out = Message {
             pri: Some(pri),
             message: trim_end(rest),
@@ -149,17 +149,7 @@ fn priority(b: &[u8]) -> Option<(u8, &[u8])> {
 }
 
 /// An RFC 5424 message, into `out` (left as it was when `rest` is not one).
-fn rfc5424<'a>(pri: u8, rest: &'a [u8], sd: &mut SdList<'a>, out: &mut Message<'a>) -> bool {
-    rfc5424_fields(pri, rest, sd, out).is_some()
-}
-
-#[inline(always)]
-fn rfc5424_fields<'a>(
-    pri: u8,
-    rest: &'a [u8],
-    sd: &mut SdList<'a>,
-    out: &mut Message<'a>,
-) -> Option<()> {
+fn rfc5424<'a>(pri: u8, rest: &'a [u8], sd: &mut SdList<'a>, out: &mut Message<'a>) -> Option<()> {
     // VERSION: a non-zero number of at most two digits ("1" today).
     let digits = rest
         .iter()
