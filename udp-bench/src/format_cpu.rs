@@ -11,8 +11,9 @@
 //! nanoseconds, from each thread's schedstat) by the entries it wrote.
 //! The kernel's share (the XDP program and the ring write, on the sender's
 //! CPU) is the same for every format and is left out, so the ratios are
-//! the process's alone: the highest a user would see. Formats run in turn within a round, rounds interleave, and each
-//! row is the median of the per-round ratios.
+//! the process's alone: the highest a user would see. Formats run in turn
+//! within a round, rounds interleave, and each row is the median of the
+//! per-round ratios.
 
 use std::time::Duration;
 
